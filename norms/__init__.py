@@ -1,0 +1,30 @@
+"""normlab.norms — BN, IN, BN+IN, Batch-Instance Norm, IBN and friends for N×C×H×W CNNs."""
+from .functional import batch_instance_norm, batch_instance_norm_reference
+from .gates import (
+    GateReport,
+    attach_gate_clipping,
+    clip_gates_,
+    gate_report,
+    iter_gates,
+    param_groups,
+    set_gates_,
+)
+from .layers import (
+    IBN,
+    BatchInstanceNorm2d,
+    BatchNorm2d,
+    BNIN2d,
+    GroupNorm2d,
+    InstanceNorm2d,
+    LayerNorm2d,
+    SwitchableNorm2d,
+)
+from .registry import NORM_DESCRIPTIONS, NORM_NAMES, NORM_REGISTRY, create_norm, get_norm_layer
+
+__all__ = [
+    "NORM_NAMES", "NORM_REGISTRY", "NORM_DESCRIPTIONS", "get_norm_layer", "create_norm",
+    "param_groups", "clip_gates_", "attach_gate_clipping", "gate_report", "GateReport",
+    "iter_gates", "set_gates_", "batch_instance_norm", "batch_instance_norm_reference",
+    "BatchNorm2d", "InstanceNorm2d", "BatchInstanceNorm2d", "BNIN2d", "IBN", "GroupNorm2d",
+    "LayerNorm2d", "SwitchableNorm2d",
+]

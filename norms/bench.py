@@ -1,0 +1,169 @@
+"""Speed of every registered norm (``normlab norms bench``), as ratios to BatchNorm2d measured
+in the same run, plus a whole-network training step with each norm."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .functional import batch_instance_norm_reference
+from .gates import attach_gate_clipping, param_groups
+from .registry import NORM_NAMES, create_norm
+
+
+class NaiveBIN(nn.Module):
+    """BIN written from eq. (3) as the official code does (full BN + full IN, mixed): the
+    baseline the fused layer is compared against."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.gate = nn.Parameter(torch.ones(num_channels))
+        self.register_buffer("running_mean", torch.zeros(num_channels))
+        self.register_buffer("running_var", torch.ones(num_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return batch_instance_norm_reference(x, self.weight, self.bias, self.gate,
+                                             self.running_mean, self.running_var, self.training)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn`` in milliseconds (device synchronised around each call)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+@dataclass
+class LayerTiming:
+    norm: str
+    device: str
+    shape: tuple[int, ...]
+    fwd_ms: float
+    fwd_bwd_ms: float
+    fwd_ratio: float = 1.0
+    fwd_bwd_ratio: float = 1.0
+
+
+def bench_layers(device: torch.device, shape: tuple[int, int, int, int] = (16, 64, 64, 64),
+                 norms: tuple[str, ...] = NORM_NAMES, repeats: int = 20,
+                 progress: Callable[[str], None] | None = None) -> list[LayerTiming]:
+    """Forward and forward+backward time of each norm layer (training mode) on one input,
+    plus ``bin_naive`` (eq. 3 written naively), with ratios to ``bn``."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape, device=device)
+    g = torch.randn(*shape, device=device)
+    rows: list[LayerTiming] = []
+    names = list(dict.fromkeys(("bn",) + tuple(norms) + ("bin_naive",)))
+    for name in names:
+        if progress:
+            progress(name)
+        layer = NaiveBIN(shape[1]) if name == "bin_naive" else create_norm(name, shape[1])
+        layer = layer.to(device).train()
+        xr = x.clone().requires_grad_()
+
+        def fwd() -> None:
+            with torch.no_grad():
+                layer(x)
+
+        def fwd_bwd() -> None:
+            xr.grad = None
+            layer(xr).backward(g)
+
+        rows.append(LayerTiming(name, device.type, tuple(shape), time_ms(fwd, device, repeats),
+                                time_ms(fwd_bwd, device, repeats)))
+    base = rows[0]
+    for r in rows:
+        r.fwd_ratio = r.fwd_ms / base.fwd_ms
+        r.fwd_bwd_ratio = r.fwd_bwd_ms / base.fwd_bwd_ms
+    return rows
+
+
+@dataclass
+class StepTiming:
+    norm: str
+    device: str
+    model: str
+    batch: int
+    step_ms: float
+    ratio: float = 1.0
+
+
+def bench_train_step(build: Callable[[str], nn.Module], device: torch.device, norms: tuple[str, ...],
+                     model_name: str = "resnet20", batch: int = 128, image: int = 32,
+                     classes: int = 10, repeats: int = 8,
+                     progress: Callable[[str], None] | None = None) -> list[StepTiming]:
+    """Time one SGD training step (forward, loss, backward, step with gate clipping) of
+    ``build(norm)`` for each norm, with ratios to ``bn``. Norms are timed interleaved, round
+    by round, so drifting machine load hits all of them alike."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, image, image, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+    names = list(dict.fromkeys(("bn",) + tuple(norms)))
+    steps = {}
+    for name in names:
+        model = build(name).to(device).train()
+        opt = torch.optim.SGD(param_groups(model, 0.1, 1e-4), lr=0.1, momentum=0.9)
+        attach_gate_clipping(opt, model)
+
+        def step(model=model, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        for _ in range(2):
+            step()
+        steps[name] = step
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(repeats):
+        for name in names:
+            if progress:
+                progress(name)
+            samples[name].append(time_ms(steps[name], device, repeats=1, warmup=0))
+    rows = [StepTiming(n, device.type, model_name, batch, statistics.median(samples[n]))
+            for n in names]
+    for r in rows:
+        r.ratio = r.step_ms / rows[0].step_ms
+    return rows
+
+
+def layer_table(rows: list[LayerTiming]) -> str:
+    out = ["| device | norm | input | fwd ms | fwd ×BN | fwd+bwd ms | fwd+bwd ×BN |",
+           "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        shape = "×".join(map(str, r.shape))
+        out.append(f"| {r.device} | {r.norm} | {shape} | {r.fwd_ms:.2f} | {r.fwd_ratio:.2f} | "
+                   f"{r.fwd_bwd_ms:.2f} | {r.fwd_bwd_ratio:.2f} |")
+    return "\n".join(out)
+
+
+def step_table(rows: list[StepTiming]) -> str:
+    out = ["| device | model | batch | norm | train step ms | ×BN |", "|---|---|---:|---|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r.device} | {r.model} | {r.batch} | {r.norm} | {r.step_ms:.1f} | "
+                   f"{r.ratio:.2f} |")
+    return "\n".join(out)
+
+
+def to_json(layers: list[LayerTiming], steps: list[StepTiming]) -> str:
+    return json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "layers": [asdict(r) for r in layers], "steps": [asdict(r) for r in steps]},
+                      indent=2)

@@ -1,0 +1,32 @@
+"""Device choice shared by every entry point: ``auto`` → cuda, then mps, then cpu."""
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda[:i]``/``mps`` into a ``torch.device``; ``ValueError`` when the
+    requested device is not available here."""
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available here "
+                             "(use --device cpu or auto)")
+        return torch.device(name)
+    if name == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise ValueError("device 'mps' requested but MPS is not available here")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {name!r}; choose from {', '.join(DEVICE_CHOICES)} or cuda:N")

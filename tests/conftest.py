@@ -1,0 +1,44 @@
+"""Shared test fixtures: the ../shared data folder (skipped when absent, unless
+NORMLAB_REQUIRE_SHARED=1) and a fixed seed."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NORMLAB_SHARED", ROOT.parent / "shared"))
+
+
+def need_shared(*parts: str) -> Path:
+    """Path under ../shared; skips the test when missing, fails when NORMLAB_REQUIRE_SHARED=1."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        msg = f"{p} is not available"
+        if os.environ.get("NORMLAB_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + " but NORMLAB_REQUIRE_SHARED=1")
+        pytest.skip(msg)
+    return p
+
+
+@pytest.fixture
+def shared():
+    """The ../shared folder (see need_shared)."""
+    return need_shared()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,8 +1,6 @@
 """``normlab norms ...``: list the registered norms and benchmark them."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -10,22 +8,9 @@ import typer
 from torch import nn
 
 from . import bench as _bench
+from .io import write_text_atomic
 from .registry import NORM_DESCRIPTIONS, NORM_NAMES
 from .runtime import resolve_device
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Typer:

@@ -1,0 +1,88 @@
+"""Checkpoint files for every model built on ``norms``: atomic writes, safetensors with the
+model config in the metadata, and weights-only loading of PyTorch files."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, on error
+    removed. Readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
+                     metadata: dict[str, Any] | None = None) -> None:
+    """Save tensors atomically; every metadata value is stored as JSON text (safetensors allows
+    only string metadata), so configs round-trip with ``load_safetensors``."""
+    from safetensors.torch import save_file
+
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_safetensors(path: str | Path, device: str | torch.device = "cpu"
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a file written by ``save_safetensors``; ``ValueError`` with one line
+    when the file is missing or not a safetensors file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several internal error types
+        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return tensors, meta
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` atomically (tensors, dicts, lists and plain numbers only, so that
+    ``load_torch``'s weights-only unpickler reads it back)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(..., weights_only=True)``: never unpickles arbitrary objects. One-line
+    ``ValueError`` for a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load {path} as a weights-only PyTorch file: {first}") from None

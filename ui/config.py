@@ -1,0 +1,120 @@
+"""Server-side settings of the web UI and the registry of models trained in it.
+
+Nothing here imports gradio: the command line builds a ``UIConfig`` before gradio is loaded.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from norms.io import write_text_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+KINDS = ("stylize", "classify")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def default_allowed_dirs() -> list[Path]:
+    """The bundled sample photos and, when present, the ../shared/data folders."""
+    from weights import SAMPLES_DIR
+
+    dirs = [SAMPLES_DIR]
+    data = SHARED / "data"
+    if data.is_dir():
+        dirs += sorted(p for p in data.iterdir() if p.is_dir())
+    return [d.resolve() for d in dirs if d.is_dir()]
+
+
+def default_vgg_weights() -> Path | None:
+    """The offline VGG encoder of ../shared, if present (style training needs VGG weights)."""
+    p = SHARED / "weights" / "vgg19_normalised_relu3_1.pth"
+    return p if p.is_file() else None
+
+
+@dataclass
+class UIConfig:
+    """What the operator decides when starting ``normlab ui``."""
+
+    allowed_dirs: list[Path] = field(default_factory=default_allowed_dirs)
+    runs_dir: Path = ROOT / "runs" / "ui"
+    device: str = "auto"
+    vgg_weights: Path | None = field(default_factory=default_vgg_weights)
+    max_pixels: int = 16_000_000  # per uploaded image; larger ones are refused with a message
+    max_file_size: str = "25mb"  # per upload, enforced by gradio
+    concurrency: int = 2  # inference requests run at once (one GPU, or a few CPU cores)
+    max_queue: int = 64
+
+    def __post_init__(self) -> None:
+        self.allowed_dirs = [Path(d).expanduser().resolve() for d in self.allowed_dirs]
+        self.runs_dir = Path(self.runs_dir).expanduser().resolve()
+        self.registry = ModelRegistry(self.runs_dir / "registry.json")
+
+    def check_allowed(self, path: str | Path) -> Path:
+        """``path`` resolved, if it lies inside an operator-allowed folder; ``ValueError`` else."""
+        p = Path(path).expanduser().resolve()
+        if not any(p == d or d in p.parents for d in self.allowed_dirs):
+            raise ValueError(f"{path} is not inside a folder the operator allowed "
+                             f"(start the UI with --allowed-dir to add one)")
+        if not p.is_dir():
+            raise ValueError(f"{path} is not a folder")
+        return p
+
+
+def slug(text: str, default: str = "model") -> str:
+    """A file-name-safe model name."""
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip()).strip("-.")
+    return s[:60] or default
+
+
+class ModelRegistry:
+    """Models trained in this UI: a JSON list under the (git-ignored) runs folder, so they survive
+    a restart and show up in the model lists at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        try:
+            return list(json.loads(self.path.read_text()).get("models", []))
+        except (OSError, ValueError):
+            return []
+
+    def entries(self, kind: str) -> list[dict]:
+        """Registered models of ``kind`` whose file still exists, oldest first."""
+        return [e for e in self._read() if e.get("kind") == kind and Path(e["path"]).is_file()]
+
+    def names(self, kind: str) -> list[str]:
+        return [e["name"] for e in self.entries(kind)]
+
+    def path_of(self, kind: str, name: str) -> Path | None:
+        for e in self.entries(kind):
+            if e["name"] == name:
+                return Path(e["path"])
+        return None
+
+    def unique_name(self, kind: str, base: str) -> str:
+        taken = set(self.names(kind))
+        name, i = base, 2
+        while name in taken:
+            name, i = f"{base}-{i}", i + 1
+        return name
+
+    def add(self, kind: str, name: str, path: str | Path, **info) -> str:
+        """Register a trained model file; returns the name it got (made unique)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown model kind {kind!r}")
+        with self._lock:
+            models = self._read()
+            name = self.unique_name(kind, name)
+            models.append({"kind": kind, "name": name, "path": str(Path(path).resolve()),
+                           "created": time.strftime("%Y-%m-%d %H:%M:%S"), **info})
+            write_text_atomic(self.path, json.dumps({"models": models}, indent=1))
+        return name

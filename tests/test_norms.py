@@ -355,3 +355,16 @@ def test_bin_cuda_matches_reference():
     g = torch.randn_like(y)
     torch.testing.assert_close(torch.autograd.grad(y, x, g)[0],
                                torch.autograd.grad(y_ref, x2, g)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_plane_stats_exact_when_mean_dominates():
+    """One-pass E[x²] − μ² would lose the variance of planes sitting far from zero; those planes
+    are recomputed, so the statistics stay exact."""
+    from norms.functional import plane_stats
+
+    x = torch.randn(2, 3, 16, 16) * 1e-2 + torch.tensor([0.0, 1e3, -5e2]).view(1, 3, 1, 1)
+    for t in (x, x.to(memory_format=torch.channels_last)):
+        var, mean = plane_stats(t)
+        v_ref, m_ref = torch.var_mean(x.double(), dim=(2, 3), unbiased=False)
+        torch.testing.assert_close(mean.double(), m_ref, rtol=1e-6, atol=1e-4)
+        torch.testing.assert_close(var.double(), v_ref, rtol=1e-3, atol=1e-7)

@@ -1,0 +1,140 @@
+"""Loading and saving classifiers: our safetensors (config + data facts in the metadata) and the
+official IBN-Net ``.pth`` state dicts (weights-only, strict key check)."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from norms.io import load_safetensors, load_torch, save_safetensors
+
+from .registry import ModelConfig, build_from_config, create_model, default_input_size
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class Classifier:
+    """A ready-to-run classifier: the network (eval mode) and what its inputs must look like."""
+
+    model: nn.Module
+    config: ModelConfig
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names from torchvision's weight metadata (no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def save_classifier(path: str | Path, model: nn.Module, *, class_names: list[str],
+                    mean: list[float], std: list[float], image_size: int,
+                    half: bool = False, **meta: Any) -> Path:
+    """Write ``model`` as safetensors with its ``ModelConfig`` and data facts in the metadata
+    (``half``: store floating tensors as fp16, e.g. for shipping)."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        sd[k] = v.half() if (half and v.is_floating_point()) else v
+    md = {"config": model.config.to_dict(), "class_names": class_names, "mean": mean,
+          "std": std, "image_size": image_size, "format": "normlab.classify/1", **meta}
+    save_safetensors(path, sd, md)
+    return Path(path)
+
+
+def strip_official(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Unwrap a ``{"state_dict": ...}`` checkpoint and drop ``module.`` prefixes (DataParallel)."""
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError("checkpoint is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_state_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching keys
+    and shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)}≠{tuple(own[k].shape)}" for k in own
+              if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (first: {', '.join(shapes[:2])})")
+        arch = getattr(getattr(model, "config", None), "arch", type(model).__name__)
+        raise ValueError(f"{source} does not fit {arch}: keys " + "; ".join(parts))
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def load_official(arch: str, path: str | Path, num_classes: int | None = None) -> nn.Module:
+    """Build ``arch`` (e.g. ``resnet50_ibn_a``) and load an official IBN-Net ``.pth`` into it
+    (``torch.load(weights_only=True)``; wrapped ``state_dict`` and ``module.`` prefixes are
+    accepted; strict key check)."""
+    sd = strip_official(load_torch(path))
+    if num_classes is None:
+        head = sd.get("fc.weight", sd.get("classifier.weight"))
+        num_classes = int(head.shape[0]) if head is not None else 1000
+    model = create_model(arch, num_classes=num_classes)
+    load_state_strict(model, sd, str(path))
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(spec: str, device: str) -> Classifier:
+    return _load(spec, device)
+
+
+def load_classifier(spec: str | Path, device: str = "cpu") -> Classifier:
+    """A ``Classifier`` from a shipped name (``weights/manifest.json``), a ``.safetensors`` file
+    of ours, or ``ARCH:FILE.pth`` for an official IBN-Net checkpoint. Cached; eval mode."""
+    return _load_cached(str(spec), str(device))
+
+
+def _load(spec: str, device: str) -> Classifier:
+    import weights
+
+    name = spec
+    path = Path(spec)
+    if spec in weights.names("classify"):
+        path = weights.path(spec, "classify")
+    elif ":" in spec and spec.split(":", 1)[1].endswith((".pth", ".pt", ".pth.tar")) \
+            and not path.exists():
+        arch, file = spec.split(":", 1)
+        model = load_official(arch, file).to(device).eval()
+        n = model.config.num_classes
+        names = imagenet_class_names() if n == 1000 else [str(i) for i in range(n)]
+        return Classifier(model, model.config, names, IMAGENET_MEAN, IMAGENET_STD,
+                          default_input_size(arch), name=Path(file).stem, meta={"source": file})
+    elif path.suffix != ".safetensors":
+        shipped = ", ".join(weights.names("classify")) or "none"
+        raise ValueError(f"no classifier {spec!r}: give a shipped name ({shipped}), a .safetensors "
+                         "file, or ARCH:FILE.pth for an official IBN-Net checkpoint")
+    else:
+        name = path.stem
+    tensors, meta = load_safetensors(path)
+    if "config" not in meta:
+        raise ValueError(f"{path} has no model config in its metadata (not a normlab classifier)")
+    model = build_from_config(meta["config"])
+    load_state_strict(model, tensors, str(path))
+    model = model.float().to(device).eval()
+    return Classifier(model, model.config, list(meta["class_names"]), list(meta["mean"]),
+                      list(meta["std"]), int(meta["image_size"]), name=name, meta=meta)

@@ -1,0 +1,260 @@
+"""Datasets as in-memory uint8 tensors, with tensor-side augmentation.
+
+Specs (``--data``):
+- ``cifar10:ROOT``: torchvision's CIFAR10 python files under ROOT (downloaded only when
+  ``download=True``).
+- ``folder:TRAIN_DIR[,TEST_DIR]``: ImageFolder layout (``<dir>/<class>/*.jpg``).
+- ``pacs:ROOT`` with ``train_domains`` / ``test_domains``: ``ROOT/<domain>/<class>/*.jpg``.
+
+Decoding tens of thousands of JPEGs every epoch would dominate CPU training, so a folder is decoded
+once (resized to ``image_size``) into a uint8 N×3×S×S tensor cached on disk, keyed by the folder
+path, the image size and every file's name, size and mtime (``NORMLAB_CACHE``, default
+``runs/cache``). Augmentation then works on whole batches with a seeded ``torch.Generator``, which
+is what makes resumed training reproduce uninterrupted training exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image, ImageOps
+
+from norms.io import load_torch, save_torch
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck"]
+
+
+@dataclass
+class TensorDataset:
+    """Images (uint8 N×3×S×S), labels (int64 N), class names, and a name for reports."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+    name: str = ""
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+    def subset(self, n: int | None, seed: int = 0) -> "TensorDataset":
+        """A seeded random subset of ``n`` images (all when ``n`` is None or ≥ len)."""
+        if n is None or n >= len(self):
+            return self
+        if n < 1:
+            raise ValueError(f"subset size must be positive, got {n}")
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=g)[:n].sort().values
+        return TensorDataset(self.x[idx], self.y[idx], self.classes, f"{self.name}[{n}]")
+
+
+@dataclass
+class DataSplit:
+    """Training set and one or more named test sets (domains), all with the same classes."""
+
+    train: TensorDataset | None
+    tests: dict[str, TensorDataset] = field(default_factory=dict)
+    spec: str = ""
+
+    @property
+    def classes(self) -> list[str]:
+        ds = self.train or next(iter(self.tests.values()))
+        return ds.classes
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NORMLAB_CACHE", "runs/cache"))
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file as RGB (EXIF orientation applied); one-line ``ValueError`` when it is
+    not a readable image."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return im.convert("RGB")
+    except Exception as exc:  # PIL raises many types for broken files
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read image {path}: {msg}") from None
+
+
+def fit_square(im: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` and centre-crop to size×size (no-op when it fits)."""
+    if im.size == (size, size):
+        return im
+    w, h = im.size
+    s = size / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def pil_to_uint8(im: Image.Image) -> torch.Tensor:
+    """PIL RGB → uint8 3×H×W."""
+    return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(
+        im.size[1], im.size[0], 3).permute(2, 0, 1).contiguous()
+
+
+def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise ValueError(f"data folder {root} does not exist or is not a folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"data folder {root} has no class subfolders (expected {root}/<class>/*.jpg)")
+    files = []
+    for i, c in enumerate(classes):
+        for p in sorted((root / c).rglob("*")):
+            if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+                files.append((p, i))
+    if not files:
+        raise ValueError(f"data folder {root} has class folders but no images "
+                         f"({', '.join(IMAGE_EXTS)})")
+    return classes, files
+
+
+def load_folder(root: str | Path, image_size: int,
+                progress: Callable[[int, int], None] | None = None) -> TensorDataset:
+    """Decode an ImageFolder tree into a ``TensorDataset`` (cached on disk, see module doc)."""
+    root = Path(root).expanduser().resolve()
+    classes, files = _scan(root)
+    h = hashlib.sha256(f"{root}|{image_size}".encode())
+    for p, _ in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    cache = cache_dir() / f"{root.parent.name}_{root.name}-{image_size}-{h.hexdigest()[:16]}.pt"
+    if cache.is_file():
+        try:
+            d = load_torch(cache)
+            return TensorDataset(d["x"], d["y"], list(d["classes"]), root.name)
+        except (ValueError, KeyError):
+            pass  # unreadable cache: rebuild it
+    from tqdm import tqdm
+
+    x = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
+    y = torch.tensor([c for _, c in files], dtype=torch.long)
+    for i, (p, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", leave=False,
+                                    mininterval=1.0)):
+        x[i] = pil_to_uint8(fit_square(open_rgb(p), image_size))
+        if progress and i % 1000 == 0:
+            progress(i, len(files))
+    try:
+        save_torch(cache, {"x": x, "y": y, "classes": classes})
+    except OSError:
+        pass  # a read-only cache location only costs speed
+    return TensorDataset(x, y, classes, root.name)
+
+
+def load_cifar10(root: str | Path, download: bool = False) -> tuple[TensorDataset, TensorDataset]:
+    """torchvision CIFAR10 (python files) as tensors; downloads only when asked."""
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root).expanduser()
+    out = []
+    for train in (True, False):
+        try:
+            ds = CIFAR10(str(root), train=train, download=download)
+        except RuntimeError as exc:
+            raise ValueError(f"cifar10:{root}: {str(exc).splitlines()[0]} (pass --download to "
+                             "fetch it, or use folder:TRAIN,TEST for an ImageFolder copy)") from None
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        out.append(TensorDataset(x, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes),
+                                 "cifar10-" + ("train" if train else "test")))
+    return out[0], out[1]
+
+
+def _split_names(s: str | list[str] | None) -> list[str]:
+    if s is None:
+        return []
+    if isinstance(s, str):
+        s = s.split(",")
+    return [v.strip() for v in s if v.strip()]
+
+
+def load_data(spec: str, image_size: int = 32, train_domains: str | list[str] | None = None,
+              test_domains: str | list[str] | None = None, download: bool = False,
+              need_train: bool = True) -> DataSplit:
+    """Parse a ``--data`` spec (see module doc) and load it."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"--data must be cifar10:ROOT, folder:TRAIN[,TEST] or pacs:ROOT, got {spec!r}")
+    kind = kind.strip().lower()
+    if kind == "cifar10":
+        tr, te = load_cifar10(rest, download)
+        if image_size != 32:
+            raise ValueError(f"cifar10 images are 32×32; got image size {image_size}")
+        return DataSplit(tr if need_train else None, {"test": te}, spec)
+    if kind == "folder":
+        parts = [p for p in rest.split(",") if p.strip()]
+        if len(parts) > 2:
+            raise ValueError(f"folder: takes TRAIN_DIR[,TEST_DIR], got {len(parts)} paths")
+        train = load_folder(parts[0], image_size) if (need_train or len(parts) == 1) else None
+        tests = {}
+        if len(parts) == 2:
+            tests["test"] = load_folder(parts[1], image_size)
+            if train is not None and tests["test"].classes != train.classes:
+                raise ValueError(f"class folders differ between {parts[0]} and {parts[1]}")
+        elif not need_train:
+            tests["test"], train = train, None
+        return DataSplit(train, tests, spec)
+    if kind == "pacs":
+        root = Path(rest).expanduser()
+        if not root.is_dir():
+            raise ValueError(f"pacs root {root} does not exist")
+        domains = sorted(d.name for d in root.iterdir() if d.is_dir())
+        trd, ted = _split_names(train_domains), _split_names(test_domains)
+        if not ted:
+            raise ValueError(f"pacs needs --test-domains (domains: {', '.join(domains)})")
+        if need_train and not trd:
+            trd = [d for d in domains if d not in ted]
+        for d in trd + ted:
+            if d not in domains:
+                raise ValueError(f"unknown PACS domain {d!r}; domains under {root}: "
+                                 f"{', '.join(domains)}")
+        train = None
+        if need_train:
+            parts = [load_folder(root / d, image_size) for d in trd]
+            for p, d in zip(parts, trd):
+                if p.classes != parts[0].classes:
+                    raise ValueError(f"PACS domain {d} has different classes")
+            train = TensorDataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
+                                  parts[0].classes, "+".join(trd))
+        tests = {d: load_folder(root / d, image_size) for d in ted}
+        for d, t in tests.items():
+            if train is not None and t.classes != train.classes:
+                raise ValueError(f"PACS domain {d} has different classes from the training domains")
+        return DataSplit(train, tests, spec)
+    raise ValueError(f"unknown data kind {kind!r}; use cifar10:ROOT, folder:TRAIN[,TEST] or pacs:ROOT")
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0–1 scale) of a uint8 N×3×H×W tensor."""
+    xf = x.float().div_(255)
+    return xf.mean((0, 2, 3)).tolist(), xf.std((0, 2, 3)).tolist()
+
+
+def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 N×3×H×W → float, (x/255 − mean)/std."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255 - m) / s
+
+
+def augment(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
+    """Standard CIFAR augmentation on a uint8 batch: zero-pad by ``pad``, random crop back,
+    random horizontal flip (He et al. 2016). Random numbers come from ``g`` only."""
+    n, _, h, w = x.shape
+    flips = torch.rand(n, generator=g) < 0.5
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    out = torch.empty_like(x)
+    for i in range(n):
+        crop = xp[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w]
+        out[i] = crop.flip(-1) if flips[i] else crop
+    return out

@@ -1,0 +1,266 @@
+"""VGG perceptual losses (Johnson et al. 2016, Sec. 3): feature reconstruction (content) loss,
+Gram-matrix style loss (Gatys et al. 2016, eq. 3, Gram normalised by C·H·W) and total variation.
+
+The loss network is a frozen, pretrained VGG. It is never random: ``load_vgg_encoder`` reads
+real weights (a torchvision VGG-16/19 state dict, the "normalised VGG-19" encoder that
+WCT/AdaIN/LinearStyleTransfer ship, or torchvision's own cached VGG-16) and otherwise raises a
+one-line ``ValueError`` that says how to provide them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import norms.io
+
+# conv names in order; "P" is a 2×2 max-pool.
+VGG16_PLAN = ["1_1", "1_2", "P", "2_1", "2_2", "P", "3_1", "3_2", "3_3", "P",
+              "4_1", "4_2", "4_3", "P", "5_1", "5_2", "5_3"]
+VGG19_PLAN = ["1_1", "1_2", "P", "2_1", "2_2", "P", "3_1", "3_2", "3_3", "3_4", "P",
+              "4_1", "4_2", "4_3", "4_4", "P", "5_1", "5_2", "5_3", "5_4"]
+# torchvision's features indices of each conv (ReLU right after, pools in between)
+_TV16_CONV_IDX = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+_TV19_CONV_IDX = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+NO_WEIGHTS_HINT = ("no VGG weights for the perceptual loss: pass --vgg-weights PATH (a torchvision "
+                   "VGG-16/19 state dict, or the normalised VGG-19 encoder, e.g. "
+                   "../shared/weights/vgg19_normalised_relu3_1.pth), or --vgg-weights torchvision "
+                   "to download VGG16_Weights.IMAGENET1K_V1 into torchvision's cache ({cache})")
+
+
+@dataclass
+class VGGSpec:
+    """Which taps a loaded encoder offers and the defaults for its feature scale."""
+
+    kind: str  # "torchvision-vgg16" | "torchvision-vgg19" | "normalised-vgg19"
+    style_layers: list[str] = field(default_factory=list)
+    content_layer: str = ""
+    # Loss weights that balance content and style for this encoder's feature scale.
+    content_weight: float = 1e5
+    style_weight: float = 1e10
+
+
+class VGGEncoder(nn.Module):
+    """A frozen VGG up to its last needed tap. Input: RGB in 0–255; output: {tap: features}."""
+
+    def __init__(self, convs: list[nn.Conv2d], plan: list[str], taps: list[str], *,
+                 normalised: bool, first: nn.Conv2d | None = None, kind: str = "") -> None:
+        super().__init__()
+        self.kind = kind
+        self.normalised = normalised
+        self.first = first  # normalised VGG: fixed 1×1 conv, RGB [0,1] → BGR·255 − Caffe mean
+        self.taps = list(taps)
+        last = max(self._conv_names(plan).index(t.removeprefix("relu")) for t in taps)
+        layers: list[tuple[str, nn.Module]] = []
+        names = iter(convs)
+        seen = 0
+        for item in plan:
+            if seen > last:
+                break
+            if item == "P":
+                layers.append(("pool", nn.MaxPool2d(2, 2)))
+                continue
+            layers.append((f"relu{item}", next(names)))
+            seen += 1
+        self.names = [n for n, _ in layers]
+        self.layers = nn.ModuleList([m for _, m in layers])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def _conv_names(plan: list[str]) -> list[str]:
+        return [p for p in plan if p != "P"]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:  # N×3×H×W (0–255) -> {tap: N×C×h×w}
+        if self.normalised:
+            h = self.first(x / 255.0)
+        else:
+            h = (x - self.mean) / self.std
+        out: dict[str, Tensor] = {}
+        want = set(self.taps)
+        for name, layer in zip(self.names, self.layers):
+            if name == "pool":
+                h = F.max_pool2d(h, 2, 2)
+            else:
+                if self.normalised:  # WCT/AdaIN's encoder pads by reflection, torchvision by zeros
+                    h = F.relu(F.conv2d(F.pad(h, (1, 1, 1, 1), mode="reflect"),
+                                        layer.weight, layer.bias))
+                else:
+                    h = F.relu(layer(h))
+                if name in want:
+                    out[name] = h
+                    if len(out) == len(want):
+                        break
+        return out
+
+
+def _conv_from(w: Tensor, b: Tensor | None, padding: int) -> nn.Conv2d:
+    conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], padding=padding, bias=b is not None)
+    with torch.no_grad():
+        conv.weight.copy_(w.float())
+        if b is not None:
+            conv.bias.copy_(b.float())
+    return conv
+
+
+def _numbered_convs(state: dict[str, Tensor]) -> list[tuple[int, Tensor, Tensor | None]]:
+    """(index, weight, bias) of every 4-D weight whose key ends in ``<number>.weight`` or
+    ``conv<number>.weight``, in numeric order; other keys (classifier, prefixes) are ignored."""
+    found = []
+    for k, v in state.items():
+        m = re.search(r"(?:^|\.)(?:conv)?(\d+)\.weight$", k)
+        if m and isinstance(v, Tensor) and v.ndim == 4:
+            if k.startswith("classifier"):
+                continue
+            bias = state.get(k[: -len("weight")] + "bias")
+            found.append((int(m.group(1)), v, bias))
+    found.sort(key=lambda t: t[0])
+    return found
+
+
+def encoder_from_state_dict(state: dict[str, Tensor], source: str = "state dict") -> VGGEncoder:
+    """Build the loss network from a torchvision VGG-16/19 state dict (any prefix of
+    ``features``) or a normalised VGG-19 encoder (first a 3×3×1×1 conv)."""
+    convs = _numbered_convs(state)
+    if not convs:
+        raise ValueError(f"{source} holds no VGG conv weights (expected torchvision "
+                         "'features.N.weight' keys or a normalised VGG-19 encoder)")
+    idx = [i for i, _, _ in convs]
+    if tuple(convs[0][1].shape) == (3, 3, 1, 1):
+        # normalised VGG-19 (AdaIN/WCT: Sequential indices; LinearStyleTransfer: conv1..convN)
+        first = _conv_from(convs[0][1], convs[0][2], 0)
+        body = [_conv_from(w, b, 0) for _, w, b in convs[1:]]
+        plan, kind, normalised = VGG19_PLAN, "normalised-vgg19", True
+    elif tuple(convs[0][1].shape[1:]) == (3, 3, 3):
+        first, normalised = None, False
+        if set(idx) <= set(_TV16_CONV_IDX) and idx == _TV16_CONV_IDX[: len(idx)] and 16 not in idx:
+            plan, kind = VGG16_PLAN, "torchvision-vgg16"
+        elif idx == _TV19_CONV_IDX[: len(idx)]:
+            plan, kind = VGG19_PLAN, "torchvision-vgg19"
+        else:
+            raise ValueError(f"{source}: conv indices {idx[:6]}… match neither torchvision "
+                             "VGG-16 nor VGG-19 features")
+        body = [_conv_from(w, b, 1) for _, w, b in convs]
+    else:
+        raise ValueError(f"{source}: first conv has shape {tuple(convs[0][1].shape)}, not a VGG")
+    names = [f"relu{n}" for n in plan if n != "P"][: len(body)]
+    # check the channel chain so that a foreign network fails here with one line, not in forward
+    expect = {"1": 64, "2": 128, "3": 256, "4": 512, "5": 512}
+    for name, conv in zip(names, body):
+        if conv.weight.shape[0] != expect[name[4]] or conv.weight.shape[2:] != (3, 3):
+            raise ValueError(f"{source}: {name} has shape {tuple(conv.weight.shape)}, not VGG's")
+    spec = default_spec(kind, names)
+    taps = sorted(set(spec.style_layers) | {spec.content_layer}, key=names.index)
+    enc = VGGEncoder(body, plan, taps, normalised=normalised, first=first, kind=kind)
+    enc.spec = spec
+    return enc
+
+
+def default_spec(kind: str, covered: list[str]) -> VGGSpec:
+    """The taps a loaded encoder is used with: Johnson et al.'s VGG-16 taps, Gatys' relu*_1
+    taps for VGG-19, restricted to the layers the weights cover."""
+    if kind == "torchvision-vgg16":
+        style, content, cw, sw = ["relu1_2", "relu2_2", "relu3_3", "relu4_3"], "relu2_2", 1e5, 1e10
+    elif kind == "torchvision-vgg19":
+        style, content, cw, sw = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"], "relu2_2", 1e5, 1e10
+    else:  # normalised VGG-19: Caffe scale (features ≈ 58× torchvision's), so smaller weights
+        style, content, cw, sw = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"], "relu2_1", 1.0, 5e3
+    style = [s for s in style if s in covered]
+    if not style:
+        raise ValueError(f"VGG weights cover only {covered}: too shallow for a style loss")
+    if content not in covered:
+        content = style[-1] if "relu2_1" not in covered else "relu2_1"
+    return VGGSpec(kind=kind, style_layers=style, content_layer=content, content_weight=cw,
+                   style_weight=sw)
+
+
+def torchvision_cache_file() -> Path:
+    """Where torchvision keeps ``VGG16_Weights.IMAGENET1K_V1`` once downloaded."""
+    from torchvision.models import VGG16_Weights
+
+    url = VGG16_Weights.IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def load_vgg_encoder(weights: str | Path | None = None) -> VGGEncoder:
+    """The loss network for training.
+
+    ``weights``: a path to VGG weights (see ``encoder_from_state_dict``); ``None`` uses
+    torchvision's VGG-16 from its cache only; ``"torchvision"`` lets torchvision download it once
+    (for users with a network). Raises ``ValueError`` (one line) when no weights are available.
+    """
+    if weights is None or str(weights) == "torchvision":
+        cache = torchvision_cache_file()
+        if not cache.is_file():
+            if weights is None:
+                raise ValueError(NO_WEIGHTS_HINT.format(cache=cache))
+            from torchvision.models import VGG16_Weights, vgg16
+
+            try:
+                model = vgg16(weights=VGG16_Weights.IMAGENET1K_V1)  # downloads into the cache
+            except Exception as exc:  # network errors come in many types
+                raise ValueError(f"could not download torchvision's VGG-16 ({exc}); "
+                                 + NO_WEIGHTS_HINT.format(cache=cache)) from None
+            return encoder_from_state_dict(model.state_dict(), "torchvision VGG-16")
+        return encoder_from_state_dict(norms.io.load_torch(cache), str(cache))
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"VGG weights file {path} does not exist; "
+                         + NO_WEIGHTS_HINT.format(cache=torchvision_cache_file()))
+    state = norms.io.load_torch(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a state dict")
+    return encoder_from_state_dict(state, str(path))
+
+
+def gram_matrix(f: Tensor) -> Tensor:  # N×C×H×W -> N×C×C, normalised by C·H·W
+    n, c, h, w = f.shape
+    f = f.reshape(n, c, h * w).float()
+    return f.bmm(f.transpose(1, 2)) / (c * h * w)
+
+
+def total_variation(y: Tensor) -> Tensor:
+    """Anisotropic TV (Johnson et al. 2016, Sec. 3.3), mean absolute neighbour difference."""
+    return (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., :, 1:] - y[..., :, :-1]).abs().mean()
+
+
+class PerceptualLoss(nn.Module):
+    """content_weight·‖φ_c(y) − φ_c(x)‖² + style_weight·Σ_l ‖G_l(y) − G_l(s)‖² + tv_weight·TV(y)."""
+
+    def __init__(self, encoder: nn.Module, style_image: Tensor, style_layers: list[str],
+                 content_layer: str, content_weight: float, style_weight: float,
+                 tv_weight: float = 0.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.style_layers = list(style_layers)
+        self.content_layer = content_layer
+        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        with torch.no_grad():
+            feats = encoder(style_image)  # 1×3×S×S, 0–255
+            for i, name in enumerate(self.style_layers):
+                self.register_buffer(f"gram{i}", gram_matrix(feats[name]))
+
+    def forward(self, y: Tensor, x: Tensor) -> dict[str, Tensor]:
+        """y: stylized batch, x: content batch (N×3×H×W, 0–255) → weighted loss terms."""
+        fy = self.encoder(y)
+        with torch.no_grad():
+            fx = self.encoder(x)[self.content_layer]
+        content = F.mse_loss(fy[self.content_layer].float(), fx.float())
+        style = sum(F.mse_loss(gram_matrix(fy[name]), getattr(self, f"gram{i}").expand(y.shape[0], -1, -1))
+                    for i, name in enumerate(self.style_layers))
+        out = {"content_loss": self.content_weight * content, "style_loss": self.style_weight * style}
+        out["tv_loss"] = self.tv_weight * total_variation(y.float()) if self.tv_weight else y.new_zeros(())
+        out["loss"] = out["content_loss"] + out["style_loss"] + out["tv_loss"]
+        return out

@@ -78,7 +78,9 @@ def _affine_nc(x: Tensor, a: Tensor, b: Tensor | None) -> Tensor:
         bb = None if b is None else b.reshape(-1).to(x.dtype)
         y = torch.batch_norm(x.view(1, n * c, h, w), a.reshape(-1).to(x.dtype), bb, zeros, ones,
                              False, 0.0, 0.0, False)
-        return y.view(n, c, h, w)
+        # _unsafe_view: the result must not be an autograd view, or an in-place op on the
+        # layer's output (nn.ReLU(inplace=True)) would be refused.
+        return torch.ops.aten._unsafe_view(y, (n, c, h, w))
     y = x * a.to(x.dtype).view(n, c, 1, 1)
     return y if b is None else y.add_(b.to(x.dtype).view(n, c, 1, 1))
 

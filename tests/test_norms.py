@@ -368,3 +368,15 @@ def test_plane_stats_exact_when_mean_dominates():
         v_ref, m_ref = torch.var_mean(x.double(), dim=(2, 3), unbiased=False)
         torch.testing.assert_close(mean.double(), m_ref, rtol=1e-6, atol=1e-4)
         torch.testing.assert_close(var.double(), v_ref, rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", norms.NORM_NAMES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_inplace_relu_after_every_norm(name, fmt):
+    """Networks follow norms with nn.ReLU(inplace=True) (torchvision, official IBN-Net)."""
+    layer = _randomise(norms.create_norm(name, C))
+    x = _x(fmt=fmt).requires_grad_()
+    y = torch.relu_(layer(x))
+    y.sum().backward()
+    ref = torch.relu(layer(x.detach()))
+    torch.testing.assert_close(y.detach(), ref)

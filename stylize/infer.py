@@ -1,0 +1,249 @@
+"""Loading style models (shipped name, .safetensors, pytorch/examples .pth) and stylizing images:
+size limits, overlapping tiles, colour preservation, strength and BIN gate overrides."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import norms
+import norms.io
+import weights
+from norms.runtime import resolve_device
+
+from .images import _to_rgb_or_rgba, to_image, to_tensor
+from .model import StyleConfig, TransformerNet, load_examples_pth
+
+
+@dataclass
+class StyleModel:
+    """A loaded style network with its config, display name and checkpoint metadata."""
+
+    net: TransformerNet
+    config: StyleConfig
+    name: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def has_gates(self) -> bool:
+        """True for BIN-like models whose ρ can be overridden with ``gate``."""
+        return any(True for _ in norms.iter_gates(self.net))
+
+
+_CACHE: dict[tuple[str, float, str], StyleModel] = {}
+
+
+def list_models() -> list[str]:
+    """Names of the shipped style models (weights/manifest.json, kind "stylize")."""
+    return weights.names("stylize")
+
+
+def _resolve(spec: str | Path) -> tuple[Path, str]:
+    s = str(spec)
+    if s in list_models():
+        return weights.path(s, "stylize"), s
+    p = Path(s)
+    if p.is_file():
+        return p, p.stem
+    shipped = ", ".join(list_models()) or "none"
+    raise ValueError(f"no style model {s!r}: give a shipped name ({shipped}), a .safetensors "
+                     "file or a pytorch/examples .pth file")
+
+
+def load_model(spec: str | Path, device: str | torch.device = "cpu") -> StyleModel:
+    """A shipped model name, a ``.safetensors`` file written by ``stylize train`` or a
+    pytorch/examples ``.pth``; cached per (file, mtime, device)."""
+    path, name = _resolve(spec)
+    dev = resolve_device(device)
+    key = (str(path.resolve()), path.stat().st_mtime, str(dev))
+    if key in _CACHE:
+        return _CACHE[key]
+    if path.suffix.lower() == ".safetensors":
+        tensors, meta = norms.io.load_safetensors(path)
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError(f"{path} has no model config in its metadata (not a stylize model)")
+        if meta.get("kind", "stylize") != "stylize":
+            raise ValueError(f"{path} is a {meta.get('kind')!r} model, not a style model")
+        config = StyleConfig.from_dict(meta["config"])
+        net = TransformerNet(config=config)
+        try:
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                 for k, v in tensors.items()}, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: weights do not match its config "
+                             f"({str(exc).strip().splitlines()[0]})") from None
+    elif path.suffix.lower() in (".pth", ".pt", ".model"):
+        net, meta = load_examples_pth(path), {"source": "pytorch/examples", "style": path.stem}
+        config = net.config
+    else:
+        raise ValueError(f"{path}: unknown model format {path.suffix!r} (use .safetensors or .pth)")
+    model = StyleModel(net=net.to(dev).eval(), config=config, name=name, meta=meta)
+    _CACHE[key] = model
+    return model
+
+
+@contextlib.contextmanager
+def gate_override(net: torch.nn.Module, gate: float | None) -> Iterator[None]:
+    """Temporarily push every ρ toward IN (gate → −1) or BN (gate → +1); restored on exit.
+
+    ρ' = ρ + g·(1 − ρ) for g ≥ 0 and ρ·(1 + g) for g < 0, so g = 0 keeps the learned gates,
+    g = ±1 makes every layer pure BN / pure IN (BIN paper eq. 3 at its two ends).
+    """
+    if gate is None:
+        yield
+        return
+    g = float(gate)
+    if not -1.0 <= g <= 1.0:
+        raise ValueError(f"gate must be in [-1, 1] (−1 = IN, +1 = BN), got {g}")
+    gates = [p for _, p in norms.iter_gates(net)]
+    saved = [p.detach().clone() for p in gates]
+    try:
+        with torch.no_grad():
+            for p in gates:
+                p.copy_(p + g * (1 - p) if g >= 0 else p * (1 + g)).clamp_(0, 1)
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(gates, saved):
+                p.copy_(s)
+
+
+def _run(net: TransformerNet, x: torch.Tensor, fast: bool) -> torch.Tensor:
+    """One forward pass (1×3×H×W, 0–255) under inference mode; ``fast``: channels_last + bf16."""
+    with torch.inference_mode():
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return net(x).float()
+        return net(x)
+
+
+def _ramp(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
+    w = torch.ones(n)
+    k = min(overlap, n // 2)
+    if k > 0:
+        r = (torch.arange(k, dtype=torch.float32) + 0.5) / k
+        if not lo_edge:
+            w[:k] = r
+        if not hi_edge:
+            w[n - k:] = r.flip(0)
+    return w
+
+
+def _starts(n: int, tile: int, stride: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    s = list(range(0, n - tile + 1, stride))
+    if s[-1] + tile < n:
+        s.append(n - tile)
+    return s
+
+
+def _run_tiled(net: TransformerNet, x: torch.Tensor, tile: int, fast: bool) -> torch.Tensor:
+    """Overlapping tiles blended with linear ramps: memory bounded by the tile, not the image."""
+    _, _, h, w = x.shape
+    overlap = max(16, tile // 4)
+    stride = tile - overlap
+    out = torch.zeros(3, h, w)
+    acc = torch.zeros(1, h, w)
+    ys, xs = _starts(h, tile, stride), _starts(w, tile, stride)
+    for y0 in ys:
+        for x0 in xs:
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            y = _run(net, x[..., y0:y1, x0:x1], fast)[0].float().cpu()
+            wy = _ramp(y1 - y0, overlap, y0 == 0, y1 == h)
+            wx = _ramp(x1 - x0, overlap, x0 == 0, x1 == w)
+            m = (wy[:, None] * wx[None, :]).unsqueeze(0)
+            out[:, y0:y1, x0:x1] += y * m
+            acc[:, y0:y1, x0:x1] += m
+    return (out / acc).unsqueeze(0)
+
+
+def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None = None,
+                  tile: int | None = None, preserve_color: bool = False, strength: float = 1.0,
+                  gate: float | None = None, device: str | torch.device = "cpu",
+                  fast: bool = False) -> Image.Image:
+    """Stylize ``image``; the result has the input's size (and its alpha channel, if any).
+
+    ``max_size`` processes a downscaled copy (longest side) and scales the result back;
+    ``tile`` processes overlapping tiles of that size; ``preserve_color`` keeps the input's
+    chroma (YCbCr) and takes only luminance from the stylized image; ``strength`` blends with
+    the input; ``gate`` overrides BIN gates (see ``gate_override``).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    if max_size is not None and max_size < 16:
+        raise ValueError(f"max_size must be at least 16, got {max_size}")
+    if tile is not None and tile < 64:
+        raise ValueError(f"tile must be at least 64 px, got {tile}")
+    if gate is not None and not model.has_gates:
+        raise ValueError(f"model {model.name!r} has no BIN gates (norm {model.config.norm!r}); "
+                         "--gate needs a BIN model")
+    image = _to_rgb_or_rgba(image)
+    alpha = image.getchannel("A") if image.mode == "RGBA" else None
+    src = image.convert("RGB")
+    size = src.size
+    work = src
+    if max_size and max(size) > max_size:
+        s = max_size / max(size)
+        work = src.resize((max(1, round(size[0] * s)), max(1, round(size[1] * s))), Image.LANCZOS)
+    dev = resolve_device(device)
+    with model.lock:
+        net = model.net
+        if next(net.parameters()).device != dev:
+            net.to(dev)
+        net.eval()
+        x = to_tensor(work).to(dev)
+        with gate_override(net, gate):
+            if tile and max(work.size) > tile:
+                y = _run_tiled(net, x, tile, fast)
+            else:
+                y = _run(net, x, fast)
+    out = to_image(y.float().cpu())
+    if out.size != size:
+        out = out.resize(size, Image.BICUBIC)
+    if preserve_color:
+        yy = out.convert("YCbCr").getchannel("Y")
+        _, cb, cr = src.convert("YCbCr").split()
+        out = Image.merge("YCbCr", (yy, cb, cr)).convert("RGB")
+    if strength < 1.0:
+        out = Image.blend(src, out, strength)
+    if alpha is not None:
+        out.putalpha(alpha)
+    return out
+
+
+def compare_grid(models: list[StyleModel], image: Image.Image, max_size: int = 512,
+                 labels: list[str] | None = None, **kw: Any) -> Image.Image:
+    """One labelled grid: the input, then each model's result (BIN paper, Fig. 4/5)."""
+    if not models:
+        raise ValueError("compare needs at least one model")
+    src = _to_rgb_or_rgba(image).convert("RGB")
+    if max(src.size) > max_size:
+        s = max_size / max(src.size)
+        src = src.resize((max(1, round(src.size[0] * s)), max(1, round(src.size[1] * s))),
+                         Image.LANCZOS)
+    names = labels or [f"{m.name} ({m.config.norm})" for m in models]
+    cells = [("input", src)] + [(n, stylize_image(m, src, **kw)) for n, m in zip(names, models)]
+    cols = min(len(cells), 4)
+    rows = (len(cells) + cols - 1) // cols
+    w, h = src.size
+    pad, label_h = 8, 22
+    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    for i, (label, im) in enumerate(cells):
+        r, c = divmod(i, cols)
+        x0, y0 = pad + c * (w + pad), pad + r * (h + label_h + pad)
+        grid.paste(im.convert("RGB"), (x0, y0))
+        draw.text((x0 + 2, y0 + h + 3), label, fill="black", font=font)
+    return grid

@@ -52,6 +52,7 @@ def train_cmd(
     download: bool = typer.Option(False, help="cifar10: download the dataset if missing."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt exactly."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
+    eval_every: int = typer.Option(1, min=0, help="Epochs between test evaluations (0: only at the end)."),
 ) -> None:
     """Train a classifier (BIN paper CIFAR recipe by default); writes OUT/model.safetensors,
     OUT/last.pt and OUT/metrics.jsonl."""
@@ -62,6 +63,7 @@ def train_cmd(
                       device=_device(ctx, device), amp=amp, image_size=image_size,
                       train_subset=train_subset, test_subset=test_subset,
                       train_domains=train_domains, test_domains=test_domains,
-                      download=download, resume=resume, threads=threads)
+                      download=download, resume=resume, threads=threads,
+                      eval_every=eval_every)
     path = train(cfg)
     typer.echo(f"wrote {path}")

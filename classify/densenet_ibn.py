@@ -17,10 +17,10 @@ class _DenseLayer(nn.Module):
     def __init__(self, in_ch: int, growth: int, bn_size: int, norm1, norm) -> None:
         super().__init__()
         self.norm1 = norm1(in_ch)
-        self.relu1 = nn.ReLU(inplace=True)
+        self.relu1 = nn.ReLU()
         self.conv1 = nn.Conv2d(in_ch, bn_size * growth, 1, bias=False)
         self.norm2 = norm(bn_size * growth)
-        self.relu2 = nn.ReLU(inplace=True)
+        self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:  # N×Cin×H×W -> N×growth×H×W
@@ -45,7 +45,7 @@ class _Transition(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, norm) -> None:
         super().__init__()
         self.add_module("norm", norm(in_ch))
-        self.add_module("relu", nn.ReLU(inplace=True))
+        self.add_module("relu", nn.ReLU())
         self.add_module("conv", nn.Conv2d(in_ch, out_ch, 1, bias=False))
         self.add_module("pool", nn.AvgPool2d(2, 2))
 
@@ -62,7 +62,7 @@ class DenseNetIBN(nn.Module):
         f = nn.Sequential()
         f.add_module("conv0", nn.Conv2d(3, init_features, 7, 2, 3, bias=False))
         f.add_module("norm0", base(init_features))
-        f.add_module("relu0", nn.ReLU(inplace=True))
+        f.add_module("relu0", nn.ReLU())
         f.add_module("pool0", nn.MaxPool2d(3, 2, 1))
         ch = init_features
         for i, n in enumerate(block_config):

@@ -29,7 +29,7 @@ class SELayer(nn.Module):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         self.fc = nn.Sequential(nn.Linear(channels, channels // reduction, bias=False),
-                                nn.ReLU(inplace=True),
+                                nn.ReLU(),
                                 nn.Linear(channels // reduction, channels, bias=False), nn.Sigmoid())
 
     def forward(self, x: Tensor) -> Tensor:  # N×C×H×W -> N×C×H×W
@@ -45,7 +45,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = norm1(planes)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = norm(planes)
         self.IN = post_in(planes) if post_in is not None else None
@@ -80,7 +80,7 @@ class Bottleneck(nn.Module):
         self.bn3 = norm(planes * 4)
         self.se = SELayer(planes * 4) if se else None
         self.IN = post_in(planes * 4) if post_in is not None else None
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:  # N×Cin×H×W -> N×4C×H/s×W/s
@@ -115,7 +115,7 @@ class ResNetIBN(nn.Module):
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = (in_layer if ibn_cfg[0] == "b" else base)(64)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages = []
         for i, planes in enumerate((64, 128, 256, 512)):

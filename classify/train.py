@@ -56,6 +56,7 @@ class TrainConfig:
     download: bool = False
     resume: bool = False
     threads: int = 0
+    eval_every: int = 1  # epochs between test evaluations (0: only after the last)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -200,8 +201,10 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
                           "total": steps, "loss": loss_sum / seen, "acc": 100 * correct / seen})
         bar.close()
         secs = time.perf_counter() - t0
-        test_acc = {k: evaluate(model, v, mean, std, device) for k, v in tests.items()}
-        last_test = {k: v[0] for k, v in test_acc.items()}
+        do_eval = epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
+        test_acc = ({k: evaluate(model, v, mean, std, device) for k, v in tests.items()}
+                    if do_eval else {})
+        last_test = {k: v[0] for k, v in test_acc.items()} if do_eval else last_test
         rec = {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / max(seen, 1),
                "train_acc": 100 * correct / max(seen, 1), "seconds": round(secs, 2),
                "images_per_s": round(seen / max(secs, 1e-9), 1),
@@ -213,12 +216,12 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
         with open(metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         tqdm.write(f"epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.4f} train {rec['train_acc']:.2f}% "
-                   + " ".join(f"{k} {v:.2f}%" for k, v in last_test.items())
+                   + " ".join(f"{k} {v[0]:.2f}%" for k, v in test_acc.items())
                    + f" ({rec['images_per_s']:.0f} img/s)")
         if progress:
             progress({"epoch": epoch + 1, "epochs": cfg.epochs, "step": steps, "total": steps,
                       "loss": rec["loss"], "acc": rec["train_acc"],
-                      "test_acc": next(iter(last_test.values()), None)})
+                      "test_acc": next((v[0] for v in test_acc.values()), None)})
     return _finish(model, cfg, out, train_ds, mean, std, image_size, last_test)
 
 

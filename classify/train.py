@@ -183,9 +183,10 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
                 loss = F.cross_entropy(logits.float(), yb)
             if not torch.isfinite(loss):
                 bar.close()
+                kept = (f"last good checkpoint kept at {state_path}" if state_path.is_file()
+                        else "no checkpoint written yet")
                 raise ValueError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                 f"stopped, last good checkpoint kept at {state_path} "
-                                 "(try a lower --lr)")
+                                 f"stopped, {kept} (try a lower --lr)")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

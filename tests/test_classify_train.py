@@ -1,0 +1,118 @@
+"""classify training: generated data, loss goes down, exact resume, one-line data errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import classify
+from classify.train import TrainConfig, lr_at, train
+
+
+def _make_folder(root, n_per_class=24, size=16, seed=0):
+    """Two easy classes: reddish and bluish noise images, as JPEG files."""
+    g = torch.Generator().manual_seed(seed)
+    for c, (r, b) in enumerate([(200, 40), (40, 200)]):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            noise = torch.randint(-40, 40, (size, size, 3), generator=g)
+            base = torch.tensor([r, 110, b])
+            arr = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(d / f"{i:03d}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    return _make_folder(tmp_path / "train")
+
+
+def _cfg(data_dir, out, **kw):
+    base = dict(arch="resnet20", norm="bin", data=f"folder:{data_dir}", out=str(out), epochs=3,
+                batch_size=16, lr=0.05, seed=3, device="cpu", image_size=16)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lr_schedule_is_the_bin_recipe():
+    cfg = TrainConfig(epochs=160)
+    assert [lr_at(cfg, e) for e in (0, 79, 80, 119, 120, 159)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_training_lowers_loss_and_writes_outputs(data_dir, tmp_path):
+    seen = []
+    path = train(_cfg(data_dir, tmp_path / "run", epochs=4), progress=seen.append)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and rows[-1]["loss"] < rows[0]["loss"]
+    assert {"epoch", "epochs", "step", "total", "loss", "acc"} <= set(seen[0])
+    assert any("test_acc" in p for p in seen)
+    clf = classify.load_classifier(path)
+    assert clf.class_names == ["class0", "class1"] and clf.image_size == 16
+    assert len(clf.mean) == 3 and all(s > 0 for s in clf.std)
+    gates = [g for _, g in __import__("norms").iter_gates(clf.model)]
+    assert gates and all(((g >= 0) & (g <= 1)).all() for g in gates)  # clipped every step
+
+
+def test_resume_equals_uninterrupted(data_dir, tmp_path):
+    full = train(_cfg(data_dir, tmp_path / "full"))
+    calls = {"n": 0}
+
+    def stop_in_epoch_2():
+        calls["n"] += 1
+        return calls["n"] > 3  # 48 images / batch 16 = 3 steps per epoch
+
+    train(_cfg(data_dir, tmp_path / "part"), should_stop=stop_in_epoch_2)
+    assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed = train(_cfg(data_dir, tmp_path / "part", resume=True))
+    a = classify.load_classifier(full).model.state_dict()
+    b = classify.load_classifier(resumed).model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_different_run(data_dir, tmp_path):
+    train(_cfg(data_dir, tmp_path / "r", epochs=1))
+    with pytest.raises(ValueError, match="norm differs"):
+        train(_cfg(data_dir, tmp_path / "r", epochs=1, norm="bn", resume=True))
+
+
+def test_nan_loss_stops_with_message(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="loss became nan at epoch 1.*no checkpoint written yet"):
+        train(_cfg(data_dir, tmp_path / "nan", lr=float("nan"), epochs=1, norm="bn"))
+
+
+def _cli(args):
+    import main
+
+    res = CliRunner().invoke(main.app, args)
+    err = getattr(res, "stderr", None) or res.output
+    return res.exit_code, err
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("folder:{tmp}/missing", "does not exist"),
+    ("folder:{tmp}/empty", "has no class subfolders"),
+    ("folder:{tmp}/noimg", "no images"),
+    ("folder:{tmp}/corrupt", "cannot read image"),
+    ("nonsense", "--data must be"),
+    ("pacs:{tmp}/corrupt", "pacs needs --test-domains"),
+])
+def test_bad_data_gives_one_line_error(tmp_path, monkeypatch, spec, msg):
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noimg" / "a").mkdir(parents=True)
+    (tmp_path / "noimg" / "a" / "x.txt").write_text("x")
+    _make_folder(tmp_path / "corrupt", n_per_class=2)
+    (tmp_path / "corrupt" / "class0" / "000.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    code, err = _cli(["classify", "train", "--data", spec.format(tmp=tmp_path), "--epochs", "1",
+                      "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert code == 2, err
+    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and msg in lines[0], err
+    assert "Traceback" not in err

@@ -62,3 +62,138 @@ def train_cmd(
                       vgg_weights=vgg_weights)
     path = train(cfg, resume=resume)
     typer.echo(str(path))
+
+
+def _out_name(src: Path) -> str:
+    """Output file name: same name, PNG for formats we do not write back."""
+    return src.name if src.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif",
+                                              ".tiff") else src.stem + ".png"
+
+
+@app.command("run")
+def run_cmd(
+    ctx: typer.Context,
+    inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    model: str = typer.Option(..., "--model", "-m", help="Shipped model name, .safetensors or pytorch/examples .pth."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file (one input file) or folder."),
+    max_size: Optional[int] = typer.Option(None, help="Process at most this longest side, scale back up."),
+    tile: Optional[int] = typer.Option(None, help="Process in overlapping tiles of this size (bounded memory)."),
+    preserve_color: bool = typer.Option(False, help="Keep the input's colours; transfer luminance only."),
+    strength: float = typer.Option(1.0, help="0 = input, 1 = fully stylized."),
+    gate: Optional[float] = typer.Option(None, help="BIN models: push every ρ toward IN (-1) or BN (+1)."),
+    fast: bool = typer.Option(False, help="channels_last + bf16 autocast (see `stylize bench` for quality)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+) -> None:
+    """Stylize images; the output has the input's size (and alpha). Folders map to folders."""
+    from tqdm.auto import tqdm
+
+    from .images import IMAGE_EXTENSIONS, list_images, load_image, save_image
+    from .infer import load_model, stylize_image
+
+    jobs: list[tuple[Path, Path]] = []
+    single = len(inputs) == 1 and inputs[0].is_file() and output.suffix.lower() in IMAGE_EXTENSIONS
+    for src in inputs:
+        if not src.exists():
+            raise ValueError(f"{src} does not exist")
+        if single:
+            jobs.append((src, output))
+        elif src.is_dir():
+            for f in list_images(src):
+                rel = f.relative_to(src)
+                jobs.append((f, output / src.name / rel.parent / _out_name(f)
+                             if len(inputs) > 1 else output / rel.parent / _out_name(f)))
+        else:
+            jobs.append((src, output / _out_name(src)))
+    if not jobs:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    dev = _device(ctx, device)
+    m = load_model(model, device=dev)
+    kw = dict(max_size=max_size, tile=tile, preserve_color=preserve_color, strength=strength,
+              gate=gate, device=dev, fast=fast)
+    failed: list[str] = []
+    for src, dst in tqdm(jobs, desc=f"stylize {m.name}", unit="img", disable=len(jobs) == 1):
+        try:
+            img = load_image(src)
+        except ValueError as exc:
+            if single:
+                raise
+            failed.append(str(exc))
+            continue
+        save_image(stylize_image(m, img, **kw), dst)
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(jobs)} inputs could not be read (first: {failed[0]})")
+    typer.echo(str(output))
+
+
+@app.command("compare")
+def compare_cmd(
+    ctx: typer.Context,
+    input: Path = typer.Argument(..., help="Content image."),
+    models: str = typer.Option(..., "--models", help="Comma-separated model names or files."),
+    output: Path = typer.Option(..., "--output", "-o", help="Grid image to write (.png/.jpg)."),
+    max_size: int = typer.Option(512, help="Longest side of each cell."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated cell labels (default: name (norm))."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+) -> None:
+    """One labelled grid of the same photo through several models (BIN paper, Fig. 4/5)."""
+    from .images import load_image, save_image
+    from .infer import compare_grid, load_model
+
+    dev = _device(ctx, device)
+    specs = [s.strip() for s in models.split(",") if s.strip()]
+    names = [s.strip() for s in labels.split(",")] if labels else None
+    if names is not None and len(names) != len(specs):
+        raise ValueError(f"--labels has {len(names)} entries for {len(specs)} models")
+    ms = [load_model(s, device=dev) for s in specs]
+    save_image(compare_grid(ms, load_image(input), max_size=max_size, labels=names, device=dev),
+               output)
+    typer.echo(str(output))
+
+
+@app.command("curves")
+def curves_cmd(
+    runs: List[Path] = typer.Argument(..., help="Run folders written by `stylize train`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Figure to write (.png)."),
+    smooth: int = typer.Option(20, help="Moving-average window (steps)."),
+) -> None:
+    """Content and style loss per step for runs with different norms (BIN paper, Fig. 3), and the
+    ρ histograms of BIN runs (Fig. 6)."""
+    from .curves import plot_curves
+
+    plot_curves(runs, output, smooth=smooth)
+    typer.echo(str(output))
+
+
+@app.command("bench")
+def bench_cmd(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to time (default: an untrained IN TransformerNet)."),
+    sizes: str = typer.Option("512,1024", help="Square sizes to time, comma-separated."),
+    repeats: int = typer.Option(3, help="Timed repetitions (median)."),
+    compile: bool = typer.Option(False, "--compile", help="Also time torch.compile of the fast path."),
+    threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
+) -> None:
+    """Inference ms per image: float32 eager vs the fast path, as ratios in one run, with the
+    fast path's PSNR against float32 (bf16 is used only where PSNR ≥ 40 dB)."""
+    import json
+
+    import torch
+
+    from norms.io import write_text_atomic
+
+    from .bench import bench, to_markdown
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        sz = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--sizes must be integers, got {sizes!r}") from None
+    if not sz or min(sz) < 16 or repeats < 1:
+        raise ValueError("--sizes must be ≥ 16 and --repeats ≥ 1")
+    rows = bench(model, sz, repeats=repeats, compile=compile, device=_device(ctx, device))
+    typer.echo(to_markdown(rows))
+    if json_out:
+        write_text_atomic(json_out, json.dumps(rows, indent=2))

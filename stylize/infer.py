@@ -49,8 +49,8 @@ def _resolve(spec: str | Path) -> tuple[Path, str]:
     if s in list_models():
         return weights.path(s, "stylize"), s
     p = Path(s)
-    if p.is_file():
-        return p, p.stem
+    if p.is_file():  # a run's model.safetensors is named after its run folder
+        return p, (p.parent.name if p.stem == "model" and p.parent.name else p.stem)
     shipped = ", ".join(list_models()) or "none"
     raise ValueError(f"no style model {s!r}: give a shipped name ({shipped}), a .safetensors "
                      "file or a pytorch/examples .pth file")

@@ -92,6 +92,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
     lab_choices = H.lab_choices(cfg)
     shifts = H.shift_names()
     norm_names = list(norms.NORM_NAMES)
+    samples = _sample_images()
 
     with gr.Blocks(title="normlab", fill_width=False) as demo:
         gr.Markdown(INTRO)
@@ -101,13 +102,14 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         st_in = gr.Image(label="Input image", type="pil", image_mode="RGB",
-                                         sources=["upload", "clipboard"], elem_id="st_in")
+                                         sources=["upload", "clipboard"], elem_id="st_in",
+                                         height=360)
                         st_model = gr.Dropdown(style_choices, value=_first(style_choices),
                                                label="Style model", allow_custom_value=True,
                                                elem_id="st_model")
                         st_upload = gr.File(label="…or upload a model (.safetensors or "
                                             "pytorch/examples .pth)",
-                                            file_types=[".safetensors", ".pth"], height=90)
+                                            file_types=[".safetensors", ".pth"], height=120)
                         st_info = gr.Markdown(elem_classes="nl-status")
                         with gr.Row():
                             st_strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength")
@@ -119,10 +121,12 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                             st_gate = gr.Slider(-1, 1, value=0, step=0.05, scale=3,
                                                 label="Gate: −1 = all IN · 0 = learned · +1 = all BN")
                         st_run = gr.Button("Stylize", variant="primary", elem_id="st_run")
+                        if samples:
+                            gr.Examples(samples, inputs=st_in, label="Sample photos")
                     with gr.Column():
                         st_out = gr.Image(label="Result", type="pil", format="png",
                                           interactive=False, buttons=["download", "fullscreen"],
-                                          elem_id="st_out")
+                                          elem_id="st_out", height=560)
                 with gr.Accordion("Compare norms: the same image through several models",
                                   open=False):
                     with gr.Row():
@@ -183,11 +187,13 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         cl_in = gr.Image(label="Image", type="pil", image_mode="RGB",
-                                         sources=["upload", "clipboard"])
+                                         sources=["upload", "clipboard"], height=300)
                         cl_model = gr.Dropdown(clf_choices, value=_first(clf_choices),
                                                label="Classifier", allow_custom_value=True)
                         cl_topk = gr.Slider(1, 10, value=5, step=1, label="Top-k")
                         cl_run = gr.Button("Classify", variant="primary")
+                        if samples:
+                            gr.Examples(samples, inputs=cl_in, label="Sample photos")
                     with gr.Column():
                         cl_out = gr.Label(label="Prediction")
                 gr.Markdown("### Shift explorer\nApply an appearance shift and see how models "
@@ -412,6 +418,14 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
     return demo
 
 
+def _sample_images() -> list[list[str]]:
+    """The bundled sample photos (weights/samples), as gr.Examples rows."""
+    from weights import SAMPLES_DIR
+
+    return [[str(p)] for p in sorted(SAMPLES_DIR.glob("*"))
+            if p.suffix.lower() in {".jpg", ".jpeg", ".png"}][:8]
+
+
 def _arch_choices() -> list[str]:
     """Architectures for the training tab, the small CIFAR ResNets first."""
     try:
@@ -424,8 +438,10 @@ def _arch_choices() -> list[str]:
 
 def launch_kwargs(cfg: UIConfig) -> dict:
     """``Blocks.launch`` settings: upload limit, theme/css (gradio 6 takes them in launch), and
-    no folder served beyond gradio's own upload/output cache."""
-    return dict(max_file_size=cfg.max_file_size, allowed_paths=[], show_error=True,
+    no folder served beyond gradio's own upload/output cache and the bundled sample photos."""
+    from weights import SAMPLES_DIR
+
+    return dict(max_file_size=cfg.max_file_size, allowed_paths=[str(SAMPLES_DIR)], show_error=True,
                 theme=gr.themes.Soft(), css=CSS, footer_links=["api"])
 
 

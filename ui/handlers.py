@@ -128,7 +128,8 @@ def style_model_info(cfg: UIConfig, choice: str | None, upload: str | None = Non
     meta = dict(getattr(model, "meta", {}) or {})
     config = getattr(model, "config", None)
     norm = getattr(config, "norm", meta.get("norm", "?"))
-    lines = [f"**{getattr(model, 'name', choice)}** · norm `{norm}`"]
+    shown = Path(upload).name if upload else choice
+    lines = [f"**{shown}** · norm `{norm}`"]
     for key in ("style", "steps", "image_size", "content_loss", "style_loss"):
         if key in meta:
             lines.append(f"{key.replace('_', ' ')}: {meta[key]}")

@@ -1,0 +1,231 @@
+"""The running web UI: every public endpoint through gradio_client, a real browser (Playwright
+driving Debian's Chromium), and 20 concurrent stylize requests."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, need_shared
+from test_ui_handlers import gradient_image, make_ui_config, needs_predict
+
+gradio_client = pytest.importorskip("gradio_client")
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app on 127.0.0.1 and a free port, over tiny models and folders; yields (url, cfg, tmp)."""
+    from ui import launch
+
+    tmp = tmp_path_factory.mktemp("uiapp")
+    cfg = make_ui_config(tmp)
+    port = free_port()
+    demo = launch(cfg, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", cfg, tmp
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return gradio_client.Client(server[0], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def small_png(server) -> str:
+    p = server[2] / "in.png"
+    gradient_image(36, 28).save(p)
+    return str(p)
+
+
+def _size(path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+# ----------------------------------------------------------------------------- gradio_client
+
+def test_public_endpoints_are_the_documented_ones(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert names == {"/stylize", "/compare", "/classify", "/shift_explorer", "/gates",
+                     "/feature_stats", "/train_style", "/cancel_style", "/train_classifier",
+                     "/cancel_classifier"}
+
+
+def test_stylize_endpoint(client, small_png):
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(small_png), "ui:tiny-bin", None, 1.0, False, 0, True, -0.5,
+                         api_name="/stylize")
+    assert _size(out) == (36, 28)
+
+
+def test_stylize_endpoint_shipped_model(client, small_png):
+    import stylize
+
+    shipped = getattr(stylize, "list_models", lambda: [])()
+    if not shipped:
+        pytest.skip("no stylize model is shipped in weights/")
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(small_png), shipped[0], None, 0.8, True, 0, False, 0,
+                         api_name="/stylize")
+    assert _size(out) == (36, 28)
+
+
+def test_bad_input_is_one_line_error(client, small_png):
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match="unknown stylize model 'nope'"):
+        client.predict(handle_file(small_png), "nope", None, 1.0, False, 0, False, 0,
+                       api_name="/stylize")
+    with pytest.raises(Exception, match="upload an image first"):
+        client.predict(None, "ui:tiny-in", None, 1.0, False, 0, False, 0, api_name="/stylize")
+
+
+def test_compare_endpoint(client, small_png):
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(small_png), ["ui:tiny-bin", "ui:tiny-in"], 128,
+                         api_name="/compare")
+    assert _size(out)[0] >= 2 * 36
+
+
+@needs_predict
+def test_classify_endpoints(client, small_png):
+    from gradio_client import handle_file
+
+    label = client.predict(handle_file(small_png), "ui:r20-bn", 2, api_name="/classify")
+    assert len(label["confidences"]) == 2
+    shifted, table = client.predict(handle_file(small_png), ["ui:r20-bn", "ui:r20-bin"],
+                                    "brightness", 0.5, api_name="/shift_explorer")
+    assert _size(shifted) == (36, 28) and "ui:r20-bin" in table
+
+
+@needs_predict
+def test_norms_lab_endpoints(client, small_png):
+    from gradio_client import handle_file
+
+    plot, table = client.predict("stylize:ui:tiny-bin", api_name="/gates")
+    assert plot is not None and "mean ρ" in table
+    shifted, plot = client.predict(handle_file(small_png), ["classify:ui:r20-in",
+                                                            "classify:ui:r20-bn"],
+                                   0.5, "contrast", 0.5, api_name="/feature_stats")
+    assert _size(shifted) == (36, 28) and plot is not None
+
+
+@needs_predict
+def test_train_classifier_endpoint_then_model_is_usable(client, server, small_png):
+    from gradio_client import handle_file
+
+    from ui import handlers as H
+    from ui import training as T
+
+    cfg = server[1]
+    data = T.dataset_dirs(cfg)[0][1]
+    current = ["ui:tiny-bin", [], "ui:r20-bn", [], "stylize:ui:tiny-bin", []]
+    out = client.predict("resnet20", "bn", data, 1, 4, 0.05, 0, "", "", "via-api", *current,
+                         api_name="/train_classifier")
+    assert "ui:via-api" in out[0]
+    assert "ui:via-api" in [v for _, v in H.model_choices(cfg, "classify")]
+    label = client.predict(handle_file(small_png), "ui:via-api", 1, api_name="/classify")
+    assert label["label"] in {"a", "b"}
+    assert "Cancelling" in client.predict(api_name="/cancel_classifier")
+
+
+def test_train_style_endpoint(client, server):
+    need_shared("weights", "vgg19_normalised_relu3_1.pth")
+    from gradio_client import handle_file
+
+    from ui import training as T
+
+    style = server[2] / "style.png"
+    gradient_image(40, 40, seed=3).save(style)
+    current = ["ui:tiny-bin", [], "ui:r20-bn", [], "stylize:ui:tiny-bin", []]
+    out = client.predict(handle_file(str(style)), T.content_dirs(server[1])[0], "in", 64, 2, 2,
+                         "api-style", *current, api_name="/train_style")
+    assert "ui:api-style" in out[0]
+    assert "Cancelling" in client.predict(api_name="/cancel_style")
+
+
+# ----------------------------------------------------------------------------- load
+
+def test_twenty_concurrent_stylize_requests(server, small_png):
+    import io
+
+    import httpx
+    from gradio_client import handle_file
+
+    # results stay on the server (download_files=False): identical outputs downloaded at once
+    # would race on the client's own cache file, which is not what this test is about
+    client = gradio_client.Client(server[0], verbose=False, download_files=False)
+    jobs = [client.submit(handle_file(small_png), "ui:tiny-in", None, 1.0, False, 0, False, 0,
+                          api_name="/stylize") for _ in range(20)]
+    outs = [j.result(timeout=240) for j in jobs]
+    sizes = []
+    with httpx.Client(timeout=60) as http:
+        for o in outs:
+            r = http.get(o["url"])
+            r.raise_for_status()
+            sizes.append(Image.open(io.BytesIO(r.content)).size)
+    assert sizes == [(36, 28)] * 20
+
+
+# ----------------------------------------------------------------------------- real browser
+
+def _browser():
+    """Playwright's sync API and Debian's Chromium, or a skip (a failure when
+    NORMLAB_REQUIRE_BROWSER=1)."""
+    missing = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "playwright is not installed"
+    if missing is None and not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+        missing = f"{CHROMIUM} is not installed"
+    if missing:
+        if os.environ.get("NORMLAB_REQUIRE_BROWSER") == "1":
+            pytest.fail(missing + " but NORMLAB_REQUIRE_BROWSER=1")
+        pytest.skip(missing)
+    return sync_playwright
+
+
+@pytest.mark.browser
+def test_browser_stylize_roundtrip(server, small_png):
+    sync_playwright = _browser()
+    exe = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server[0], wait_until="domcontentloaded")
+            page.locator("#st_run").wait_for(timeout=60_000)
+            page.locator("#st_in input[type=file]").set_input_files(small_png)
+            page.locator("#st_in img").first.wait_for(timeout=30_000)
+            page.locator("#st_run").click()
+            out = page.locator("#st_out img").first
+            out.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#st_out img');"
+                " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+            size = out.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            page.screenshot(path=str(ARTIFACTS / "ui_stylize_roundtrip.png"), full_page=True)
+        finally:
+            browser.close()
+    assert tuple(size) == _size(small_png)

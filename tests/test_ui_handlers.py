@@ -1,0 +1,336 @@
+"""UI handlers, called directly (no server): they are plain functions over the libraries."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import ROOT, need_shared
+from ui import handlers as H
+from ui import training as T
+from ui.config import UIConfig, default_vgg_weights
+
+
+def requires(module: str, *attrs: str):
+    """Skip while a library function the UI calls is not in this build yet (the UI then shows a
+    message saying so, see ``ui.handlers.need``)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    missing = [a for a in attrs if not hasattr(mod, a)]
+    return pytest.mark.skipif(bool(missing), reason=f"{module} has no {', '.join(missing)} yet")
+
+
+needs_predict = requires("classify", "predict", "apply_shift", "SHIFTS")
+
+
+# ----------------------------------------------------------------------------- tiny fixtures
+# (also used by tests/test_ui_app.py)
+
+def gradient_image(w: int, h: int, seed: int = 0) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, h, w, generator=g) * 255
+    return Image.fromarray(x.permute(1, 2, 0).to(torch.uint8).numpy(), "RGB")
+
+
+def pixels(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(__import__("numpy").asarray(img).copy()).float()
+
+
+def make_style_model(path: Path, norm: str) -> Path:
+    """An untrained, small TransformerNet saved with stylize's own save function."""
+    import stylize
+    from stylize.train import save_model
+
+    net = stylize.TransformerNet(config=stylize.StyleConfig(norm, base_channels=8, num_residual=1))
+    if norm == "bin":  # learned-looking gates, so overriding them changes the output
+        with torch.no_grad():
+            for _, g in __import__("norms").iter_gates(net):
+                g.uniform_(0.2, 0.8)
+    meta = {"kind": "stylize", "config": net.config.to_dict(), "style": "tiny", "steps": 0,
+            "finished": True, "final_losses": {}}
+    return save_model(path, net.eval(), meta)
+
+
+def make_classifier(path: Path, norm: str, classes=("cat", "dog", "ship")) -> Path:
+    """An untrained resnet20 classifier saved with classify's own save function."""
+    import classify
+    from classify.checkpoint import save_classifier
+
+    model = classify.create_model("resnet20", num_classes=len(classes), norm=norm).eval()
+    return save_classifier(path, model, class_names=list(classes), mean=[0.5, 0.5, 0.5],
+                           std=[0.25, 0.25, 0.25], image_size=32)
+
+
+def make_image_folder(root: Path, classes=("a", "b"), per_class: int = 6, size: int = 32) -> Path:
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            gradient_image(size, size, seed=100 * ci + i).save(root / c / f"{i}.png")
+    return root
+
+
+def make_ui_config(tmp: Path, with_models: bool = True) -> UIConfig:
+    """A UIConfig over tmp folders: a content folder, a train/test dataset, and (optionally)
+    tiny style models (bin, in) and classifiers (bn, in, bin) registered as UI-trained."""
+    content = make_image_folder(tmp / "content", classes=("x",), per_class=4, size=48)
+    data = tmp / "data" / "tiny"
+    make_image_folder(data / "train", per_class=6)
+    make_image_folder(data / "test", per_class=2)
+    cfg = UIConfig(allowed_dirs=[content, tmp / "data"], runs_dir=tmp / "runs", device="cpu",
+                   vgg_weights=default_vgg_weights())
+    if with_models:
+        (tmp / "models").mkdir(exist_ok=True)
+        for norm in ("bin", "in"):
+            cfg.registry.add("stylize", f"tiny-{norm}",
+                             make_style_model(tmp / "models" / f"style-{norm}.safetensors", norm))
+        for norm in ("bn", "in", "bin"):
+            cfg.registry.add("classify", f"r20-{norm}",
+                             make_classifier(tmp / "models" / f"clf-{norm}.safetensors", norm))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> UIConfig:
+    return make_ui_config(tmp_path_factory.mktemp("ui"))
+
+
+# ----------------------------------------------------------------------------- model lists
+
+def test_model_choices_list_registered_models(cfg):
+    values = [v for _, v in H.model_choices(cfg, "stylize")]
+    assert "ui:tiny-bin" in values and "ui:tiny-in" in values
+    clf = [v for _, v in H.model_choices(cfg, "classify")]
+    assert {"ui:r20-bn", "ui:r20-in", "ui:r20-bin"} <= set(clf)
+    lab = [v for _, v in H.lab_choices(cfg)]
+    assert "stylize:ui:tiny-bin" in lab and "classify:ui:r20-bn" in lab
+
+
+def test_registry_survives_restart_and_names_are_unique(cfg, tmp_path):
+    again = UIConfig(allowed_dirs=cfg.allowed_dirs, runs_dir=cfg.runs_dir)
+    assert again.registry.names("stylize") == cfg.registry.names("stylize")
+    p = make_style_model(tmp_path / "m.safetensors", "in")
+    reg = UIConfig(allowed_dirs=[], runs_dir=tmp_path / "r").registry
+    assert reg.add("stylize", "same", p) == "same"
+    assert reg.add("stylize", "same", p) == "same-2"
+
+
+def test_unknown_model_is_a_clear_error(cfg):
+    with pytest.raises(ValueError, match="unknown stylize model 'ui:nope'"):
+        H.resolve_spec(cfg, "stylize", "ui:nope")
+    with pytest.raises(ValueError, match="unknown classify model '/etc/passwd'"):
+        H.resolve_spec(cfg, "classify", "/etc/passwd")
+    with pytest.raises(ValueError, match="pick a style model"):
+        H.resolve_spec(cfg, "stylize", None)
+
+
+# ----------------------------------------------------------------------------- stylize
+
+@pytest.mark.parametrize("size", [(37, 23), (64, 48)])
+def test_stylize_keeps_the_input_size(cfg, size):
+    out = H.stylize(cfg, gradient_image(*size), "ui:tiny-in")
+    assert isinstance(out, Image.Image) and out.size == size and out.mode == "RGB"
+
+
+def test_stylize_options_change_the_output(cfg):
+    img = gradient_image(40, 32)
+    base = pixels(H.stylize(cfg, img, "ui:tiny-bin"))
+    weak = pixels(H.stylize(cfg, img, "ui:tiny-bin", strength=0.0))
+    to_in = pixels(H.stylize(cfg, img, "ui:tiny-bin", gate=-1.0))
+    assert (weak - pixels(img)).abs().mean() < (base - pixels(img)).abs().mean()  # ≈ the input
+    assert not torch.equal(to_in, base)  # the gate override changes what the net does
+    assert torch.equal(pixels(H.stylize(cfg, img, "ui:tiny-bin")), base)  # ... and does not stick
+
+
+def test_stylize_rejects_bad_input(cfg, tmp_path):
+    with pytest.raises(ValueError, match="upload an image"):
+        H.stylize(cfg, None, "ui:tiny-in")
+    small = UIConfig(allowed_dirs=[], runs_dir=cfg.runs_dir, max_pixels=1000)
+    with pytest.raises(ValueError, match="at most"):
+        H.stylize(small, gradient_image(40, 40), "ui:tiny-in")
+    bad = tmp_path / "x.txt"
+    bad.write_text("no")
+    with pytest.raises(ValueError, match=".safetensors or .pth"):
+        H.stylize(cfg, gradient_image(8, 8), None, upload=str(bad))
+
+
+def test_uploaded_model_file_wins(cfg):
+    path = cfg.registry.path_of("stylize", "tiny-bin")
+    a = H.stylize(cfg, gradient_image(24, 24), "ui:tiny-in", upload=str(path))
+    b = H.stylize(cfg, gradient_image(24, 24), "ui:tiny-bin")
+    assert torch.equal(pixels(a), pixels(b))
+
+
+def test_model_info_reports_gates(cfg):
+    text, gated = H.style_model_info(cfg, "ui:tiny-bin")
+    assert gated and "mean ρ" in text and "bin" in text
+    text, gated = H.style_model_info(cfg, "ui:tiny-in")
+    assert not gated and "`in`" in text
+
+
+def test_compare_makes_one_grid(cfg):
+    grid = H.compare(cfg, gradient_image(32, 32), ["ui:tiny-bin", "ui:tiny-in"], max_size=128)
+    assert grid.width >= 2 * 32
+    with pytest.raises(ValueError, match="at least one"):
+        H.compare(cfg, gradient_image(32, 32), [])
+
+
+# ----------------------------------------------------------------------------- classify
+
+@needs_predict
+def test_classify_topk(cfg):
+    res = H.classify(cfg, gradient_image(32, 32), "ui:r20-bn", topk=2)
+    assert len(res) == 2 and set(res) <= {"cat", "dog", "ship"}
+    assert all(0 <= p <= 1 for p in res.values())
+
+
+@needs_predict
+def test_shift_explorer_rows(cfg):
+    names = H.shift_names()
+    assert "brightness" in names
+    shifted, rows = H.shift_explorer(cfg, gradient_image(32, 32), ["ui:r20-bn", "ui:r20-bin"],
+                                     "brightness", 0.8)
+    assert shifted.size == (32, 32)
+    assert [r.norm for r in rows] == ["bn", "bin"]
+    table = H.shift_table(rows)
+    assert table.count("\n") == 3 and "r20-bin" in table
+
+
+# ----------------------------------------------------------------------------- norms lab
+
+def test_gate_histograms(cfg):
+    fig, md = H.gate_histograms(cfg, "stylize:ui:tiny-bin")
+    assert fig is not None and "mean ρ" in md
+    fig, md = H.gate_histograms(cfg, "classify:ui:r20-bn")
+    assert fig is None and "no BIN gates" in md
+
+
+@needs_predict
+def test_feature_stats_in_removes_the_shift_bn_does_not(cfg):
+    shifted, stats = H.feature_stats(cfg, gradient_image(32, 32), ["classify:ui:r20-in",
+                                                                   "classify:ui:r20-bn"],
+                                     depth=0.0, shift="brightness", strength=0.8)
+    assert shifted.size == (32, 32)
+    gap = {s.model: (torch.tensor(s.mean[0]) - torch.tensor(s.mean[1])).abs().mean().item()
+           for s in stats}
+    assert gap["classify:ui:r20-in"] < 1e-3 < gap["classify:ui:r20-bn"]
+    fig = H.feature_figure(stats, "brightness")
+    assert len(fig.axes) == 4
+
+
+def test_about_lists_every_norm():
+    import norms
+
+    md = H.about_markdown()
+    for name in norms.NORM_NAMES:
+        assert f"**{name}**" in md
+    assert "1805.07925" in md and "1807.09441" in md
+
+
+# ----------------------------------------------------------------------------- training
+
+def test_job_cancel_stops_the_library_loop():
+    job = T.Job()
+    calls = []
+
+    def fake_train(cfg, progress, should_stop):
+        step = 0
+        while not should_stop():
+            step += 1
+            progress({"step": step})
+            time.sleep(0.01)
+        return f"stopped at {step}"
+
+    threading.Timer(0.2, job.cancel).start()
+    events = list(job.run(fake_train, None))
+    assert events[-1][0] == "done" and events[-1][1].startswith("stopped at")
+    assert all(k == "progress" for k, _ in events[:-1]) and len(events) > 3
+
+
+def test_job_reraises_library_errors():
+    def broken(cfg, progress, should_stop):
+        raise ValueError("loss became nan at step 3")
+
+    with pytest.raises(ValueError, match="loss became nan"):
+        list(T.Job().run(broken, None))
+
+
+def test_server_folders_must_be_allowed(cfg, tmp_path):
+    with pytest.raises(ValueError, match="not inside a folder the operator allowed"):
+        cfg.check_allowed(tmp_path)
+    with pytest.raises(ValueError, match="not inside a folder the operator allowed"):
+        list(T.train_style(cfg, T.Job(), str(tmp_path / "s.png"), "/", "in", 32, 1))
+    with pytest.raises(ValueError, match="not one of the operator-allowed datasets"):
+        list(T.train_classifier(cfg, T.Job(), "resnet20", "bn", f"folder:{tmp_path}", 1))
+    assert T.dataset_dirs(cfg)[0][1].startswith("folder:")
+    assert T.content_dirs(cfg) == [str(d) for d in cfg.allowed_dirs]  # both hold images
+
+
+@needs_predict
+def test_train_classifier_registers_the_model(tmp_path):
+    cfg = make_ui_config(tmp_path, with_models=False)
+    data = T.dataset_dirs(cfg)[0][1]
+    fractions = []
+    updates = list(T.train_classifier(cfg, T.Job(), "resnet20", "bin", data, 1, name="mine",
+                                      batch_size=4, lr=0.05,
+                                      on_progress=lambda f, d: fractions.append(f)))
+    assert updates[-1].model_name == "mine" and "ui:mine" in updates[-1].status
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    series = {r["series"] for r in updates[-1].history}
+    assert series == {"train loss", "train acc", "test acc"}
+    assert "ui:mine" in [v for _, v in H.model_choices(cfg, "classify")]
+    assert len(H.classify(cfg, gradient_image(32, 32), "ui:mine", topk=2)) == 2
+
+
+def test_train_style_registers_the_model(tmp_path):
+    need_shared("weights", "vgg19_normalised_relu3_1.pth")
+    cfg = make_ui_config(tmp_path, with_models=False)
+    style = tmp_path / "style.png"
+    gradient_image(48, 48, seed=7).save(style)
+    updates = list(T.train_style(cfg, T.Job(), str(style), T.content_dirs(cfg)[0], "bin", 32, 2,
+                                 batch_size=2, preview_every=1))
+    last = updates[-1]
+    assert last.model_name == "style-bin" and last.preview is not None
+    assert {r["series"] for r in last.history} == {"content", "style"}
+    out = H.stylize(cfg, gradient_image(30, 20), "ui:style-bin")
+    assert out.size == (30, 20)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def test_cli_runs_without_gradio():
+    code = ("import sys; sys.modules['gradio'] = None\n"
+            "import main\n"
+            "try:\n    main.app(['ui', '--allowed-dir', '.'])\n"
+            "except SystemExit as e:\n    sys.exit(e.code)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "needs gradio" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_passes_options_to_launch(monkeypatch, tmp_path):
+    import main
+    import ui
+
+    seen = {}
+    monkeypatch.setattr(ui, "launch", lambda cfg, **kw: seen.update(cfg=cfg, **kw))
+    r = CliRunner().invoke(main.app, ["--device", "cpu", "ui", "--port", "7999",
+                                      "--allowed-dir", str(tmp_path),
+                                      "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 7999 and seen["share"] is False
+    assert seen["cfg"].allowed_dirs == [tmp_path.resolve()] and seen["cfg"].device == "cpu"
+
+
+def test_cli_rejects_a_missing_folder(tmp_path):
+    import main
+
+    r = CliRunner().invoke(main.app, ["ui", "--allowed-dir", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "is not a folder" in r.output

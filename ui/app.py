@@ -70,6 +70,14 @@ def _frame(rows: list[dict], series: set[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["x", "value", "series"])
 
 
+def _prefer(options: list[str], wanted: str) -> str | None:
+    """``wanted`` (or the option whose last path part is ``wanted``) if offered, else the first."""
+    for o in options:
+        if o == wanted or o.rstrip("/").rsplit("/", 1)[-1] == wanted:
+            return o
+    return options[0] if options else None
+
+
 def _first(choices: list[tuple[str, str]]) -> str | None:
     return choices[0][1] if choices else None
 
@@ -155,9 +163,9 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                     with gr.Column():
                         ts_style = gr.Image(label="Style image", type="filepath",
                                             sources=["upload", "clipboard"])
-                        ts_content = gr.Dropdown(content_opts, value=content_opts[0] if
-                                                 content_opts else None, label="Content images "
-                                                 "(server folder)")
+                        ts_content = gr.Dropdown(content_opts, value=_prefer(content_opts,
+                                                                             "content"),
+                                                 label="Content images (server folder)")
                         with gr.Row():
                             ts_norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
                                                   else norm_names[0], label="Norm")
@@ -202,9 +210,9 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                     sx_models = gr.Dropdown(clf_choices, value=[v for _, v in clf_choices][:3],
                                             multiselect=True, label="Classifiers",
                                             allow_custom_value=True, scale=2)
-                    sx_shift = gr.Dropdown(shifts, value=shifts[0] if shifts else None,
+                    sx_shift = gr.Dropdown(shifts, value=_prefer(shifts, "brightness"),
                                            label="Shift", allow_custom_value=True)
-                    sx_strength = gr.Slider(0, 1, value=0.5, step=0.05, label="Strength")
+                    sx_strength = _strength_slider(_prefer(shifts, "brightness"))
                 sx_run = gr.Button("Compare under shift")
                 with gr.Row():
                     sx_img = gr.Image(label="Shifted image", type="pil", interactive=False,
@@ -275,10 +283,10 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                                             multiselect=True, label="Models",
                                             allow_custom_value=True, scale=3)
                     fs_depth = gr.Slider(0, 1, value=0, step=0.05,
-                                         label="Layer depth (0 = first norm layer, 1 = last)")
-                    fs_shift = gr.Dropdown(shifts, value=shifts[0] if shifts else None,
+                                         label="Layer depth (0 = first norm layer → 1 = last)", scale=2)
+                    fs_shift = gr.Dropdown(shifts, value=_prefer(shifts, "brightness"),
                                            label="Shift", allow_custom_value=True)
-                    fs_strength = gr.Slider(0, 1, value=0.7, step=0.05, label="Strength")
+                    fs_strength = _strength_slider(_prefer(shifts, "brightness"))
                 fs_run = gr.Button("Compute statistics")
                 fs_plot = gr.Plot(label="Channel statistics")
 
@@ -354,6 +362,16 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
         fs_run.click(do_stats, [fs_in, fs_models, fs_depth, fs_shift, fs_strength],
                      [fs_shifted, fs_plot], api_name="feature_stats")
 
+        def strength_for(shift):
+            try:
+                lo, hi, default = H.shift_range(shift)
+            except ValueError:
+                return gr.skip()
+            return gr.update(minimum=lo, maximum=hi, value=default, step=(hi - lo) / 100)
+
+        sx_shift.change(strength_for, sx_shift, sx_strength, api_visibility="private")
+        fs_shift.change(strength_for, fs_shift, fs_strength, api_visibility="private")
+
         # ---- training: one job at a time across both tabs (one accelerator)
         model_dropdowns = [st_model, cmp_models, cl_model, sx_models, lab_model, fs_models]
 
@@ -416,6 +434,15 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
 
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
     return demo
+
+
+def _strength_slider(shift: str | None) -> gr.Slider:
+    """A strength slider in the shift's own units (classify.SHIFTS: e.g. RGB+50, contrast ×1.5)."""
+    try:
+        lo, hi, default = H.shift_range(shift)
+    except ValueError:
+        lo, hi, default = 0.0, 1.0, 1.0
+    return gr.Slider(lo, hi, value=default, step=(hi - lo) / 100, label="Strength (shift's units)")
 
 
 def _sample_images() -> list[list[str]]:

@@ -6,6 +6,7 @@ components and turns those errors into ``gr.Error`` messages. No gradio import h
 """
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,10 +179,21 @@ def shift_names() -> list[str]:
     return names
 
 
-def apply_shift(image: Image.Image, shift: str, strength: float) -> Image.Image:
+def shift_range(shift: str | None) -> tuple[float, float, float]:
+    """(low, high, default) strength of a shift in its natural units (``style:*``: 0–1)."""
+    spec = need("classify", "SHIFTS").get(shift or "")
+    if spec is None:
+        return 0.0, 1.0, 1.0
+    return float(spec.lo), float(spec.hi), float(spec.default)
+
+
+def apply_shift(cfg: UIConfig, image: Image.Image, shift: str | None,
+                strength: float | None) -> Image.Image:
+    """The image under an appearance shift (``classify.apply_shift``; None = its default)."""
     if not shift:
         raise ValueError("pick a shift")
-    return need("classify", "apply_shift")(image, shift, float(strength))
+    return need("classify", "apply_shift")(image, shift, None if strength is None
+                                           else float(strength), device=device_of(cfg))
 
 
 @dataclass
@@ -201,7 +213,7 @@ def shift_explorer(cfg: UIConfig, image: Image.Image | None, choices: list[str] 
     image = check_image(cfg, image)
     if not choices:
         raise ValueError("pick at least one classifier")
-    shifted = apply_shift(image, shift, strength)
+    shifted = apply_shift(cfg, image, shift, strength)
     predict = need("classify", "predict")
     rows = []
     for c in choices:
@@ -269,16 +281,16 @@ def norm_layers(net) -> list[tuple[str, Any]]:
 
 def _to_input(kind: str, lib_obj, image: Image.Image):
     """The network input tensor (1×3×H×W) for an image, as the library feeds it."""
-    import torch
-    from torchvision.transforms import functional as TF
-
     if kind == "stylize":
+        from stylize.images import to_tensor
+
         image = image.copy()
         image.thumbnail((256, 256))
-        return TF.pil_to_tensor(image).float().unsqueeze(0)  # RGB 0–255, as TransformerNet takes
-    size = int(lib_obj.image_size)
-    x = TF.to_tensor(image.resize((size, size), Image.BILINEAR))
-    return TF.normalize(x, list(lib_obj.mean), list(lib_obj.std)).unsqueeze(0).to(torch.float32)
+        return to_tensor(image)  # RGB 0–255, as TransformerNet takes it
+    from classify.data import fit_square, normalize, pil_to_uint8  # as classify.predict does
+
+    x = pil_to_uint8(fit_square(image, int(lib_obj.image_size)))[None]
+    return normalize(x, list(lib_obj.mean), list(lib_obj.std))
 
 
 @dataclass
@@ -299,10 +311,11 @@ def feature_stats(cfg: UIConfig, image: Image.Image | None, choices: list[str] |
     image = check_image(cfg, image)
     if not choices:
         raise ValueError("pick at least one model")
-    shifted = apply_shift(image, shift, strength)
+    shifted = apply_shift(cfg, image, shift, strength)
     out = []
     for c in choices:
         kind, net, lib_obj = lab_network(cfg, c)
+        net = copy.deepcopy(net)  # hooks on a private copy: other requests share the cached net
         layers = norm_layers(net)
         if not layers:
             raise ValueError(f"{c} has no normalisation layers")

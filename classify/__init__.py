@@ -11,7 +11,9 @@ from .checkpoint import (
     load_state_strict,
     save_classifier,
 )
+from .analysis import feature_divergence, predict, shift_table
 from .registry import ModelConfig, build_from_config, create_model, default_input_size, list_models
+from .shift import SHIFTS, apply_shift
 from .train import TrainConfig, evaluate, train
 
 
@@ -24,4 +26,5 @@ def list_shipped() -> list[str]:
 
 __all__ = ["create_model", "list_models", "ModelConfig", "build_from_config", "default_input_size",
            "Classifier", "load_classifier", "load_official", "load_state_strict", "save_classifier",
-           "imagenet_class_names", "TrainConfig", "train", "evaluate", "list_shipped"]
+           "imagenet_class_names", "TrainConfig", "train", "evaluate", "list_shipped", "predict",
+           "SHIFTS", "apply_shift", "shift_table", "feature_divergence"]

@@ -129,7 +129,7 @@ def _load(spec: str, device: str) -> Classifier:
         raise ValueError(f"no classifier {spec!r}: give a shipped name ({shipped}), a .safetensors "
                          "file, or ARCH:FILE.pth for an official IBN-Net checkpoint")
     else:
-        name = path.stem
+        name = path.parent.name if path.stem in ("model", "last") else path.stem
     tensors, meta = load_safetensors(path)
     if "config" not in meta:
         raise ValueError(f"{path} has no model config in its metadata (not a normlab classifier)")

@@ -67,3 +67,207 @@ def train_cmd(
                       eval_every=eval_every)
     path = train(cfg)
     typer.echo(f"wrote {path}")
+
+
+def _save_fig(fig, path: Path) -> None:
+    from norms.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
+    typer.echo(f"wrote {path}")
+
+
+def _write(path: Optional[Path], text: str) -> None:
+    if path is not None:
+        from norms.io import write_text_atomic
+
+        write_text_atomic(path, text + "\n")
+        typer.echo(f"wrote {path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="Shipped name, .safetensors file, or ARCH:FILE.pth."),
+    data: str = typer.Option(..., help="cifar10:ROOT | folder:[TRAIN,]TEST | pacs:ROOT"),
+    test_domains: Optional[str] = typer.Option(None, help="pacs: domains to evaluate on."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Seeded subset of this many test images."),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """Top-1 / top-5 accuracy on the test set (per domain for PACS)."""
+    from norms.runtime import resolve_device
+
+    from .analysis import eval_sets
+    from .checkpoint import load_classifier
+    from .train import evaluate
+
+    dev = resolve_device(_device(ctx, device))
+    clf = load_classifier(model, str(dev))
+    typer.echo("| model | test set | images | top-1 % | top-5 % |\n|---|---|---:|---:|---:|")
+    for name, ds in eval_sets(clf, data, test_domains, limit).items():
+        t1, t5 = evaluate(clf.model, ds, clf.mean, clf.std, dev)
+        typer.echo(f"| {clf.name} | {name} | {len(ds)} | {t1:.2f} | {t5:.2f} |")
+
+
+@app.command("shift")
+def shift_cmd(
+    ctx: typer.Context,
+    models: List[str] = typer.Argument(..., help="Shipped names or .safetensors files."),
+    data: str = typer.Option(..., help="Test data: cifar10:ROOT | folder:[TRAIN,]TEST | pacs:ROOT"),
+    shifts: str = typer.Option("rgb_plus,red_plus,contrast,brightness,gamma,hue,grayscale,blur,jpeg",
+                               help="Comma-separated NAME[=STRENGTH] (style:MODEL too); see "
+                                    "`classify shifts`."),
+    test_domains: Optional[str] = typer.Option(None, help="pacs: the test domain."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Seeded subset of this many test images."),
+    out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
+    plot: Optional[Path] = typer.Option(None, help="Write the bar chart (PNG) here."),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """Robustness table: accuracy of each model on the clean and shifted test set."""
+    from tqdm import tqdm
+
+    from .analysis import eval_sets, shift_table
+    from .checkpoint import load_classifier
+    from .shift import parse_shift
+
+    dev = _device(ctx, device)
+    from norms.runtime import resolve_device
+
+    dev = str(resolve_device(dev))
+    conds = [s.strip() for s in shifts.split(",") if s.strip()]
+    for c in conds:
+        parse_shift(c)
+    clfs = [load_classifier(m, dev) for m in models]
+    if len({c.image_size for c in clfs}) > 1:
+        raise ValueError("models with different input sizes cannot share one shifted test set")
+    ds = next(iter(eval_sets(clfs[0], data, test_domains, limit).values()))
+    with tqdm(total=len(conds) + 1, desc="shifts") as bar:
+        table = shift_table(clfs, ds, conds, dev,
+                            progress=lambda c: (bar.set_postfix_str(c), bar.update()))
+    md = table.to_markdown()
+    typer.echo(f"{len(ds)} test images; top-1 % (change vs clean)\n" + md)
+    _write(out, md)
+    if plot is not None:
+        _save_fig(table.figure(), plot)
+
+
+@app.command("shifts")
+def shifts_cmd() -> None:
+    """List the appearance shifts with their default strengths."""
+    from .shift import SHIFTS
+
+    for s in SHIFTS.values():
+        typer.echo(f"{s.name:11s} default {s.default:g} (range {s.lo:g}..{s.hi:g}): {s.help}")
+    typer.echo("style:MODEL  strength 0..1: the image re-rendered by a stylize model")
+
+
+@app.command("gates")
+def gates_cmd(
+    model: str = typer.Argument(..., help="A BIN model: shipped name or .safetensors file."),
+    plot: Optional[Path] = typer.Option(None, help="Write the ρ histograms by stage (PNG) here."),
+    out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
+) -> None:
+    """BIN gate ρ per layer (0 = IN, 1 = BN) and histograms by stage (BIN paper Fig. 2)."""
+    from .analysis import gates_figure
+    from .checkpoint import load_classifier
+
+    rep, fig = gates_figure(load_classifier(model))
+    md = rep.to_markdown()
+    typer.echo(md)
+    _write(out, md)
+    if plot is not None:
+        _save_fig(fig, plot)
+
+
+@app.command("divergence")
+def divergence_cmd(
+    ctx: typer.Context,
+    models: List[str] = typer.Argument(..., help="Shipped names or .safetensors files."),
+    data: str = typer.Option(..., help="pacs:ROOT (domains by name) or a test set (then domains "
+                                       "are `test` and `shift:NAME[=S]`)."),
+    domains: str = typer.Option(..., help="Two domains, e.g. photo,sketch or test,shift:grayscale."),
+    limit: Optional[int] = typer.Option(1000, min=2, help="Images per domain (seeded subset)."),
+    plot: Optional[Path] = typer.Option(None, help="Write the plot by depth (PNG) here."),
+    out: Optional[Path] = typer.Option(None, help="Write the Markdown tables here."),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """IBN-Net feature divergence per layer between two domains, split into the part instance
+    normalisation removes (D on per-channel means μ and stds σ) and the part it keeps."""
+    from norms.runtime import resolve_device
+
+    from .analysis import divergence_figure, domain_sets, feature_divergence
+    from .checkpoint import load_classifier
+
+    dev = str(resolve_device(_device(ctx, device)))
+    doms = [d.strip() for d in domains.split(",") if d.strip()]
+    divs, texts = [], []
+    for m in models:
+        clf = load_classifier(m, dev)
+        sets = domain_sets(clf, data, doms, limit, dev)
+        a, b = (sets[d] for d in doms)
+        d = feature_divergence(clf, a, b, (doms[0], doms[1]), dev)
+        divs.append(d)
+        texts.append(f"### {clf.name}: {doms[0]} vs {doms[1]} ({len(a)}/{len(b)} images)\n\n"
+                     + d.to_markdown())
+    md = "\n\n".join(texts)
+    typer.echo(md)
+    _write(out, md)
+    if plot is not None:
+        _save_fig(divergence_figure(divs), plot)
+
+
+@app.command("predict")
+def predict_cmd(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="Shipped name, .safetensors file, or ARCH:FILE.pth."),
+    images: List[Path] = typer.Argument(..., help="Image files."),
+    topk: int = typer.Option(5, min=1),
+    shift: Optional[str] = typer.Option(None, help="Apply NAME[=STRENGTH] to each image first."),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """Top-k classes with probabilities for each image."""
+    from norms.runtime import resolve_device
+
+    from .analysis import predict
+    from .checkpoint import load_classifier
+    from .data import open_rgb
+    from .shift import apply_shift, parse_shift
+
+    dev = str(resolve_device(_device(ctx, device)))
+    clf = load_classifier(model, dev)
+    for path in images:
+        im = open_rgb(path)
+        if shift:
+            name, s = parse_shift(shift)
+            im = apply_shift(im, name, s, device=dev)
+        top = predict(clf, im, topk)
+        typer.echo(f"{path}: " + ", ".join(f"{n} {p:.3f}" for n, p in top))
+
+
+@app.command("bench")
+def bench_cmd(
+    ctx: typer.Context,
+    norms_: str = typer.Option("bn,in,bn_in,bin,ibn", "--norms", help="Norms to time (ibn: IBN-a placement)."),
+    repeats: int = typer.Option(6, min=2, help="Interleaved rounds (median reported)."),
+    resnet50_size: int = typer.Option(64, min=32, help="ResNet-50 input size (224 is the real one)."),
+    models: str = typer.Option("resnet20,resnet50", help="resnet20 (batch 128, 32 px) and/or resnet50 (batch 32)."),
+    threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
+    out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
+    device: Optional[str] = typer.Option(None),
+) -> None:
+    """Training-step time per norm as ratios to BN in the same run (norms interleaved round by
+    round): CIFAR ResNet-20 at batch 128 and ImageNet ResNet-50 at batch 32."""
+    import torch
+
+    from .bench import bench_steps
+
+    from norms.runtime import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(_device(ctx, device))
+    names = [n.strip() for n in norms_.split(",") if n.strip()]
+    md = bench_steps(dev, names, [m.strip() for m in models.split(",") if m.strip()], repeats,
+                     resnet50_size)
+    typer.echo(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads\n" + md)
+    _write(out, md)

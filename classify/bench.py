@@ -1,0 +1,40 @@
+"""Training-step speed of whole classifiers per norm (``normlab classify bench``), as ratios to BN
+measured in the same run, via ``norms.bench.bench_train_step`` (norms interleaved per round)."""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from norms import NORM_NAMES
+from norms.bench import bench_train_step, step_table
+
+from .registry import create_model
+
+SETUPS = {"resnet20": dict(batch=128, image=32, classes=10),
+          "resnet50": dict(batch=32, image=64, classes=1000)}
+
+
+def bench_steps(device: torch.device, norm_names: list[str], models: list[str], repeats: int = 6,
+                resnet50_size: int = 64) -> str:
+    """Markdown table of step times (ms) and ×BN for each model and norm on ``device``."""
+    bad = [n for n in norm_names if n not in NORM_NAMES]
+    if bad:
+        raise ValueError(f"unknown norm(s) {', '.join(bad)}; known: {', '.join(NORM_NAMES)}")
+    unknown = [m for m in models if m not in SETUPS]
+    if unknown:
+        raise ValueError(f"bench models are {', '.join(SETUPS)}; got {', '.join(unknown)}")
+    devices = [device] if device.type != "cuda" else [torch.device("cpu"), device]
+    rows = []
+    for d in devices:
+        for m in models:
+            s = dict(SETUPS[m])
+            if m == "resnet50":
+                s["image"] = resnet50_size
+            with tqdm(total=repeats * len(set(norm_names) | {"bn"}), desc=f"{m} on {d.type}",
+                      leave=False) as bar:
+                rows += bench_train_step(
+                    lambda n, m=m, c=s["classes"]: create_model(m, num_classes=c, norm=n), d,
+                    tuple(norm_names), model_name=f"{m} @{s['image']}px", batch=s["batch"],
+                    image=s["image"], classes=s["classes"], repeats=repeats,
+                    progress=lambda n: (bar.set_postfix_str(n), bar.update()))
+    return step_table(rows)

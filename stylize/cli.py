@@ -129,7 +129,8 @@ def run_cmd(
 def compare_cmd(
     ctx: typer.Context,
     input: Path = typer.Argument(..., help="Content image."),
-    models: str = typer.Option(..., "--models", help="Comma-separated model names or files."),
+    models: str = typer.Option(..., "--models", help="Comma-separated model names or files; "
+                               "NAME@G overrides a BIN model's gates by G in [-1, 1]."),
     output: Path = typer.Option(..., "--output", "-o", help="Grid image to write (.png/.jpg)."),
     max_size: int = typer.Option(512, help="Longest side of each cell."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated cell labels (default: name (norm))."),
@@ -144,9 +145,16 @@ def compare_cmd(
     names = [s.strip() for s in labels.split(",")] if labels else None
     if names is not None and len(names) != len(specs):
         raise ValueError(f"--labels has {len(names)} entries for {len(specs)} models")
-    ms = [load_model(s, device=dev) for s in specs]
-    save_image(compare_grid(ms, load_image(input), max_size=max_size, labels=names, device=dev),
-               output)
+    ms, gates = [], []
+    for s in specs:  # "name@g": that cell with every BIN gate pushed by g (see `run --gate`)
+        name, _, g = s.rpartition("@") if "@" in s else (s, "", "")
+        try:
+            gates.append(float(g) if g else None)
+        except ValueError:
+            raise ValueError(f"bad gate in {s!r}: use NAME@VALUE with VALUE in [-1, 1]") from None
+        ms.append(load_model(name, device=dev))
+    save_image(compare_grid(ms, load_image(input), max_size=max_size, labels=names, gates=gates,
+                            device=dev), output)
     typer.echo(str(output))
 
 
@@ -197,3 +205,15 @@ def bench_cmd(
     typer.echo(to_markdown(rows))
     if json_out:
         write_text_atomic(json_out, json.dumps(rows, indent=2))
+
+
+@app.command("export")
+def export_cmd(
+    src: Path = typer.Argument(..., help="A model.safetensors written by `stylize train`."),
+    dst: Path = typer.Argument(..., help="Where to write the exported model."),
+    half: bool = typer.Option(True, help="Store weights as float16 (half the size)."),
+) -> None:
+    """Copy a trained model for shipping (fp16 by default; metadata kept)."""
+    from .train import export_model
+
+    typer.echo(str(export_model(src, dst, half=half)))

@@ -220,17 +220,24 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
 
 
 def compare_grid(models: list[StyleModel], image: Image.Image, max_size: int = 512,
-                 labels: list[str] | None = None, **kw: Any) -> Image.Image:
-    """One labelled grid: the input, then each model's result (BIN paper, Fig. 4/5)."""
+                 labels: list[str] | None = None, gates: list[float | None] | None = None,
+                 **kw: Any) -> Image.Image:
+    """One labelled grid: the input, then each model's result (BIN paper, Fig. 4/5).
+    ``gates`` gives a per-cell BIN gate override (None = learned ρ)."""
     if not models:
         raise ValueError("compare needs at least one model")
+    gates = list(gates) if gates is not None else [None] * len(models)
+    if len(gates) != len(models):
+        raise ValueError(f"{len(gates)} gate values for {len(models)} models")
     src = _to_rgb_or_rgba(image).convert("RGB")
     if max(src.size) > max_size:
         s = max_size / max(src.size)
         src = src.resize((max(1, round(src.size[0] * s)), max(1, round(src.size[1] * s))),
                          Image.LANCZOS)
-    names = labels or [f"{m.name} ({m.config.norm})" for m in models]
-    cells = [("input", src)] + [(n, stylize_image(m, src, **kw)) for n, m in zip(names, models)]
+    names = labels or [f"{m.name} ({m.config.norm}" + (f", gate {g:+g})" if g is not None else ")")
+                       for m, g in zip(models, gates)]
+    cells = [("input", src)] + [(n, stylize_image(m, src, gate=g, **kw))
+                                for n, m, g in zip(names, models, gates)]
     cols = min(len(cells), 4)
     rows = (len(cells) + cols - 1) // cols
     w, h = src.size

@@ -300,6 +300,9 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
                                     style=f"{last['style_loss']:.3g}", img_s=f"{ips:.2f}")
                 if progress is not None:
                     progress(info)
+    except KeyboardInterrupt:
+        checkpoint(step)  # Ctrl-C keeps every finished step: continue with --resume
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -308,3 +311,16 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
         last["skipped_files"] = float(len(data.bad))
     final = save_model(out / FINAL, net.eval(), _model_metadata(cfg, net, step, last, step >= total))
     return final
+
+
+def export_model(src: str | Path, dst: str | Path, half: bool = True,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Copy a trained model to ``dst`` (fp16 floats when ``half``), metadata kept and extended."""
+    tensors, meta = norms.io.load_safetensors(src)
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{src} is not a model written by `stylize train` (no config metadata)")
+    meta.update(extra or {})
+    meta["dtype"] = "float16" if half else "float32"
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in tensors.items()}
+    norms.io.save_safetensors(dst, state, meta)
+    return Path(dst)

@@ -198,6 +198,9 @@ def test_compare_curves_bench(tmp_path, in_model, bin_model):
     g = Image.open(grid)
     assert g.size[0] > 3 * 64 and g.size[1] > 48
     _one_error_line(_invoke("compare", "--models", f"{in_model},nope", "-o", grid, photo))
+    r = _invoke("compare", "--models", f"{bin_model}@-1,{bin_model},{bin_model}@1", "-o", grid, photo)
+    assert r.exit_code == 0, r.output
+    _one_error_line(_invoke("compare", "--models", f"{in_model}@-1", "-o", grid, photo))
     runs = []
     for norm, model in (("in", in_model), ("bin", bin_model)):
         run = tmp_path / f"run_{norm}"
@@ -235,3 +238,16 @@ def test_shipped_model_stylizes_the_sample():
         out = stylize_image(m, img)
         assert out.size == img.size
         assert np.abs(np.asarray(out, float) - np.asarray(img, float)).mean() > 5  # it does something
+
+
+def test_export_half_keeps_config_and_output(tmp_path, bin_model):
+    dst = tmp_path / "ship" / "m.safetensors"
+    r = _invoke("export", bin_model, dst)
+    assert r.exit_code == 0, r.output
+    assert dst.stat().st_size < 0.6 * bin_model.stat().st_size
+    a, b = load_model(bin_model), load_model(dst)
+    assert b.config == a.config and b.meta["dtype"] == "float16"
+    img = _photo(40, 32)
+    diff = np.abs(np.asarray(stylize_image(a, img), float) - np.asarray(stylize_image(b, img), float))
+    assert diff.mean() < 1.0
+    _one_error_line(_invoke("export", tmp_path / "nope.safetensors", dst))

@@ -57,9 +57,12 @@ def _gamma(im: Image.Image, s: float) -> Image.Image:
 
 
 def _hue(im: Image.Image, s: float) -> Image.Image:
-    hsv = np.asarray(im.convert("RGB").convert("HSV")).copy()
-    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(round(s / 360.0 * 256))) % 256
-    return Image.fromarray(hsv, "HSV").convert("RGB")
+    # rotate colours by s degrees about the gray axis (1,1,1)/√3 (Rodrigues): grays stay put
+    t = np.deg2rad(s)
+    k = np.full(3, 1 / np.sqrt(3), dtype=np.float64)
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    rot = np.cos(t) * np.eye(3) + np.sin(t) * kx + (1 - np.cos(t)) * np.outer(k, k)
+    return _img(_arr(im) @ rot.T.astype(np.float32))
 
 
 def _grayscale(im: Image.Image, s: float) -> Image.Image:
@@ -86,7 +89,7 @@ SHIFTS: dict[str, Shift] = {s.name: s for s in [
     Shift("contrast", _contrast, 1.5, 0.25, 3, "scale deviations from the image mean (IBN-Net: std×1.5)"),
     Shift("brightness", _brightness, 1.5, 0.2, 3, "multiply every value"),
     Shift("gamma", _gamma, 2.0, 0.3, 3, "255·(x/255)^gamma"),
-    Shift("hue", _hue, 90, 0, 360, "rotate the hue by this many degrees"),
+    Shift("hue", _hue, 90, 0, 360, "rotate colours about the gray axis by this many degrees"),
     Shift("grayscale", _grayscale, 1.0, 0, 1, "blend toward the luma image (1: fully gray)"),
     Shift("blur", _blur, 1.0, 0, 5, "Gaussian blur radius in pixels"),
     Shift("jpeg", _jpeg, 10, 1, 95, "re-encode as JPEG at this quality"),

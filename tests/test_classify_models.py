@@ -66,7 +66,7 @@ def test_cifar_ibn_b_placement():
 
 @pytest.mark.parametrize("name", IMAGENET)
 def test_imagenet_models_forward_backward(name):
-    _forward_backward(classify.create_model(name, num_classes=5), torch.randn(2, 3, 64, 64), 5)
+    _forward_backward(classify.create_model(name, num_classes=5), torch.randn(2, 3, 32, 32), 5)
 
 
 @pytest.mark.parametrize("norm", ["in", "bn_in", "bin", "gn", "ibn"])

@@ -138,3 +138,16 @@ def _load(spec: str, device: str) -> Classifier:
     model = model.float().to(device).eval()
     return Classifier(model, model.config, list(meta["class_names"]), list(meta["mean"]),
                       list(meta["std"]), int(meta["image_size"]), name=name, meta=meta)
+
+
+def export_classifier(src: str | Path, dst: str | Path, half: bool = True) -> Path:
+    """Re-save a classifier safetensors (metadata kept), fp16 when ``half``."""
+    src = Path(src)
+    if src.suffix != ".safetensors":
+        raise ValueError(f"export takes a .safetensors classifier, got {src}")
+    tensors, meta = load_safetensors(src)
+    if "config" not in meta:
+        raise ValueError(f"{src} has no model config in its metadata (not a normlab classifier)")
+    out = {k: (v.half() if half and v.is_floating_point() else v) for k, v in tensors.items()}
+    save_safetensors(dst, out, meta)
+    return Path(dst)

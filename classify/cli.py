@@ -271,3 +271,16 @@ def bench_cmd(
                      resnet50_size)
     typer.echo(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads\n" + md)
     _write(out, md)
+
+
+@app.command("export")
+def export_cmd(
+    src: Path = typer.Argument(..., help="A trained model.safetensors."),
+    dst: Path = typer.Argument(..., help="Output .safetensors."),
+    half: bool = typer.Option(True, help="Store floating tensors as fp16 (half the size)."),
+) -> None:
+    """Copy a trained classifier with its metadata, as fp16 by default (for shipping)."""
+    from .checkpoint import export_classifier
+
+    path = export_classifier(src, dst, half=half)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")

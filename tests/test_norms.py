@@ -380,3 +380,24 @@ def test_inplace_relu_after_every_norm(name, fmt):
     y.sum().backward()
     ref = torch.relu(layer(x.detach()))
     torch.testing.assert_close(y.detach(), ref)
+
+
+def test_bench_cli_writes_table_and_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from main import app
+
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["--device", "cpu", "norms", "bench", "--shape", "2,4,6,6",
+                                   "--repeats", "3", "--step-batch", "4", "--step-norms", "bn,bin",
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert [r["norm"] for r in data["layers"]] == list(norms.NORM_NAMES) + ["bin_naive"]
+    assert data["layers"][0]["fwd_bwd_ratio"] == 1.0
+    assert all(r["fwd_bwd_ms"] > 0 for r in data["layers"])
+    assert [(r["norm"], r["model"]) for r in data["steps"]] == [("bn", "resnet20"),
+                                                                 ("bin", "resnet20")]
+    assert "| cpu | bin_naive |" in res.output
+    bad = CliRunner().invoke(app, ["norms", "bench", "--step-norms", "bn,zz"])
+    assert bad.exit_code == 2 and "unknown norm(s) zz" in bad.output

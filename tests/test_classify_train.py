@@ -116,3 +116,16 @@ def test_bad_data_gives_one_line_error(tmp_path, monkeypatch, spec, msg):
     lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and msg in lines[0], err
     assert "Traceback" not in err
+
+
+def test_pacs_domains(tmp_path, monkeypatch):
+    from classify.data import load_data
+
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    for dom, seed in (("photo", 0), ("sketch", 1), ("cartoon", 2)):
+        _make_folder(tmp_path / "pacs" / dom, n_per_class=3, seed=seed)
+    split = load_data(f"pacs:{tmp_path / 'pacs'}", 16, test_domains="sketch")
+    assert split.train.name == "cartoon+photo" and len(split.train) == 12
+    assert list(split.tests) == ["sketch"] and len(split.tests["sketch"]) == 6
+    with pytest.raises(ValueError, match="unknown PACS domain 'art'.*cartoon, photo, sketch"):
+        load_data(f"pacs:{tmp_path / 'pacs'}", 16, train_domains="art", test_domains="sketch")

@@ -99,14 +99,16 @@ def load_official(arch: str, path: str | Path, num_classes: int | None = None) -
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(spec: str, device: str) -> Classifier:
+def _load_cached(spec: str, device: str, stamp: float) -> Classifier:
     return _load(spec, device)
 
 
 def load_classifier(spec: str | Path, device: str = "cpu") -> Classifier:
     """A ``Classifier`` from a shipped name (``weights/manifest.json``), a ``.safetensors`` file
     of ours, or ``ARCH:FILE.pth`` for an official IBN-Net checkpoint. Cached; eval mode."""
-    return _load_cached(str(spec), str(device))
+    p = Path(spec)
+    stamp = p.stat().st_mtime if p.is_file() else 0.0  # a rewritten file is reloaded
+    return _load_cached(str(spec), str(device), stamp)
 
 
 def _load(spec: str, device: str) -> Classifier:

@@ -101,6 +101,7 @@ def _cli(args):
     ("folder:{tmp}/noimg", "no images"),
     ("folder:{tmp}/corrupt", "cannot read image"),
     ("nonsense", "--data must be"),
+    ("cifar10:{tmp}/nocifar", "pass --download"),
     ("pacs:{tmp}/corrupt", "pacs needs --test-domains"),
 ])
 def test_bad_data_gives_one_line_error(tmp_path, monkeypatch, spec, msg):

@@ -66,8 +66,11 @@ def guard(fn):
 
 
 def _frame(rows: list[dict], series: set[str] | None = None) -> pd.DataFrame:
+    """Plot rows as a typed frame (an untyped empty one would make the plot's axes nominal)."""
     rows = [r for r in rows if series is None or r["series"] in series]
-    return pd.DataFrame(rows, columns=["x", "value", "series"])
+    return pd.DataFrame({"x": pd.Series([r["x"] for r in rows], dtype="float64"),
+                         "value": pd.Series([r["value"] for r in rows], dtype="float64"),
+                         "series": pd.Series([r["series"] for r in rows], dtype="str")})
 
 
 def _prefer(options: list[str], wanted: str) -> str | None:
@@ -76,6 +79,13 @@ def _prefer(options: list[str], wanted: str) -> str | None:
         if o == wanted or o.rstrip("/").rsplit("/", 1)[-1] == wanted:
             return o
     return options[0] if options else None
+
+
+def _plot(title: str, x_title: str, y_title: str) -> gr.LinePlot:
+    """A live training curve. One series per plot and no initial value: the browser fixes a
+    plot's colour domain at its first data, so series that appear later would not be drawn."""
+    return gr.LinePlot(None, x="x", y="value", title=title, x_title=x_title, y_title=y_title,
+                       height=200)
 
 
 def _first(choices: list[tuple[str, str]]) -> str | None:
@@ -162,31 +172,29 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         ts_style = gr.Image(label="Style image", type="filepath",
-                                            sources=["upload", "clipboard"])
+                                            sources=["upload", "clipboard"], elem_id="ts_style")
                         ts_content = gr.Dropdown(content_opts, value=_prefer(content_opts,
                                                                              "content"),
                                                  label="Content images (server folder)")
                         with gr.Row():
                             ts_norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
                                                   else norm_names[0], label="Norm")
-                            ts_size = gr.Slider(64, 512, value=256, step=32, label="Image size")
+                            ts_size = gr.Slider(64, 512, value=256, step=32, label="Image size",
+                                                elem_id="ts_size")
                         with gr.Row():
                             ts_steps = gr.Number(200, precision=0, minimum=1, maximum=100000,
-                                                 label="Steps")
+                                                 label="Steps", elem_id="ts_steps")
                             ts_batch = gr.Number(4, precision=0, minimum=1, maximum=64,
                                                  label="Batch size")
                         ts_name = gr.Textbox(label="Model name (optional)")
                         with gr.Row():
-                            ts_start = gr.Button("Start training", variant="primary")
+                            ts_start = gr.Button("Start training", variant="primary",
+                                                 elem_id="ts_start")
                             ts_cancel = gr.Button("Cancel", variant="stop")
-                        ts_status = gr.Markdown(elem_classes="nl-status")
+                        ts_status = gr.Markdown(elem_classes="nl-status", elem_id="ts_status")
                     with gr.Column():
-                        ts_content_plot = gr.LinePlot(_frame([]), x="x", y="value",
-                                                      color="series", title="Content loss",
-                                                      x_title="step", y_title="loss", height=220)
-                        ts_style_plot = gr.LinePlot(_frame([]), x="x", y="value", color="series",
-                                                    title="Style loss", x_title="step",
-                                                    y_title="loss", height=220)
+                        ts_content_plot = _plot("Content loss", "step", "loss")
+                        ts_style_plot = _plot("Style loss", "step", "loss")
                         ts_preview = gr.Image(label="Preview", type="pil", interactive=False,
                                               height=256)
 
@@ -247,16 +255,15 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                             tc_test_dom = gr.Textbox("sketch", label="PACS test domains")
                         tc_name = gr.Textbox(label="Model name (optional)")
                         with gr.Row():
-                            tc_start = gr.Button("Start training", variant="primary")
+                            tc_start = gr.Button("Start training", variant="primary",
+                                                 elem_id="tc_start")
                             tc_cancel = gr.Button("Cancel", variant="stop")
-                        tc_status = gr.Markdown(elem_classes="nl-status")
+                        tc_status = gr.Markdown(elem_classes="nl-status", elem_id="tc_status")
                     with gr.Column():
-                        tc_loss_plot = gr.LinePlot(_frame([]), x="x", y="value", color="series",
-                                                   title="Loss", x_title="epoch",
-                                                   y_title="loss", height=220)
-                        tc_acc_plot = gr.LinePlot(_frame([]), x="x", y="value", color="series",
-                                                  title="Accuracy", x_title="epoch",
-                                                  y_title="accuracy (%)", height=220)
+                        tc_loss_plot = _plot("Training loss", "epoch", "loss")
+                        tc_acc_plot = _plot("Training accuracy", "epoch", "accuracy (%)")
+                        tc_test_plot = _plot("Test accuracy (end of each epoch)", "epoch",
+                                             "accuracy (%)")
 
             # ------------------------------------------------------------------ Norms lab
             with gr.Tab("Norms lab", id="norms_lab"):
@@ -401,7 +408,8 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                        [ts_style, ts_content, ts_norm, ts_size, ts_steps, ts_batch, ts_name,
                         *model_dropdowns],
                        [ts_status, ts_content_plot, ts_style_plot, ts_preview, *model_dropdowns],
-                       api_name="train_style", concurrency_limit=1, concurrency_id="train")
+                       api_name="train_style", concurrency_limit=1, concurrency_id="train",
+                       show_progress_on=ts_status)
         ts_cancel.click(guard(style_job.cancel), None, ts_status, api_name="cancel_style",
                         concurrency_limit=None)
 
@@ -414,15 +422,16 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                                         batch_size=batch, lr=lr, train_subset=subset,
                                         train_domains=train_dom, test_domains=test_dom,
                                         on_progress=lambda f, d: progress(f, desc=d)):
-                yield train_outputs(u, [{"train loss"}, {"train acc", "test acc"}], [],
+                yield train_outputs(u, [{"train loss"}, {"train acc"}, {"test acc"}], [],
                                     list(current))
 
         tc_start.click(do_train_clf,
                        [tc_arch, tc_norm, tc_data, tc_epochs, tc_batch, tc_lr, tc_subset,
                         tc_train_dom, tc_test_dom, tc_name,
                         *model_dropdowns],
-                       [tc_status, tc_loss_plot, tc_acc_plot, *model_dropdowns],
-                       api_name="train_classifier", concurrency_limit=1, concurrency_id="train")
+                       [tc_status, tc_loss_plot, tc_acc_plot, tc_test_plot, *model_dropdowns],
+                       api_name="train_classifier", concurrency_limit=1, concurrency_id="train",
+                       show_progress_on=tc_status)
         tc_cancel.click(guard(clf_job.cancel), None, tc_status, api_name="cancel_classifier",
                         concurrency_limit=None)
 

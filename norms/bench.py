@@ -67,33 +67,43 @@ def bench_layers(device: torch.device, shape: tuple[int, int, int, int] = (16, 6
                  norms: tuple[str, ...] = NORM_NAMES, repeats: int = 20,
                  progress: Callable[[str], None] | None = None) -> list[LayerTiming]:
     """Forward and forward+backward time of each norm layer (training mode) on one input,
-    plus ``bin_naive`` (eq. 3 written naively), with ratios to ``bn``."""
+    plus ``bin_naive`` (eq. 3 written naively), with ratios to ``bn``. The layers are timed
+    interleaved, one call each per round, so drifting machine load hits all of them alike."""
     torch.manual_seed(0)
     x = torch.randn(*shape, device=device)
     g = torch.randn(*shape, device=device)
-    rows: list[LayerTiming] = []
     names = list(dict.fromkeys(("bn",) + tuple(norms) + ("bin_naive",)))
+    calls: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
     for name in names:
-        if progress:
-            progress(name)
         layer = NaiveBIN(shape[1]) if name == "bin_naive" else create_norm(name, shape[1])
         layer = layer.to(device).train()
         xr = x.clone().requires_grad_()
 
-        def fwd() -> None:
+        def fwd(layer=layer) -> None:
             with torch.no_grad():
                 layer(x)
 
-        def fwd_bwd() -> None:
+        def fwd_bwd(layer=layer, xr=xr) -> None:
             xr.grad = None
             layer(xr).backward(g)
 
-        rows.append(LayerTiming(name, device.type, tuple(shape), time_ms(fwd, device, repeats),
-                                time_ms(fwd_bwd, device, repeats)))
-    base = rows[0]
+        for _ in range(3):  # warm-up: allocator, first-call dispatch
+            fwd(), fwd_bwd()
+        calls[name] = (fwd, fwd_bwd)
+    f_ms: dict[str, list[float]] = {n: [] for n in names}
+    fb_ms: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(repeats):
+        for name in names:
+            if progress:
+                progress(name)
+            fwd, fwd_bwd = calls[name]
+            f_ms[name].append(time_ms(fwd, device, repeats=1, warmup=0))
+            fb_ms[name].append(time_ms(fwd_bwd, device, repeats=1, warmup=0))
+    rows = [LayerTiming(n, device.type, tuple(shape), statistics.median(f_ms[n]),
+                        statistics.median(fb_ms[n])) for n in names]
     for r in rows:
-        r.fwd_ratio = r.fwd_ms / base.fwd_ms
-        r.fwd_bwd_ratio = r.fwd_bwd_ms / base.fwd_bwd_ms
+        r.fwd_ratio = r.fwd_ms / rows[0].fwd_ms
+        r.fwd_bwd_ratio = r.fwd_bwd_ms / rows[0].fwd_bwd_ms
     return rows
 
 

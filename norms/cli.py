@@ -59,7 +59,8 @@ def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Type
         devices = [dev] if dev.type != "cuda" else [torch.device("cpu"), dev]
         layers, steps = [], []
         for d in devices:
-            with tqdm(total=len(NORM_NAMES) + 1, desc=f"layers on {d.type}", leave=False) as bar:
+            with tqdm(total=repeats * (len(NORM_NAMES) + 1), desc=f"layers on {d.type}",
+                      leave=False) as bar:
                 layers += _bench.bench_layers(d, dims, repeats=repeats,
                                               progress=lambda n: (bar.set_postfix_str(n), bar.update()))
             if step and step_model is not None:

@@ -67,6 +67,23 @@ def test_public_endpoints_are_the_documented_ones(client):
                      "/cancel_classifier"}
 
 
+def test_server_binds_loopback_and_limits_uploads(server):
+    import httpx
+
+    url, cfg, _ = server
+    assert url.startswith("http://127.0.0.1:")
+    config = httpx.get(url + "config", timeout=30).json()
+    assert config["max_file_size"] == 25 * 1024 * 1024 and cfg.max_file_size == "25mb"
+    # nothing outside gradio's cache and the sample photos is served
+    r = httpx.get(url + "gradio_api/file=" + str(ROOT / "pyproject.toml"), timeout=30)
+    assert r.status_code in (403, 404)
+    from weights import SAMPLES_DIR
+
+    sample = next((p for p in sorted(SAMPLES_DIR.glob("*.jpg"))), None)
+    if sample is not None:  # ... while the same route serves what is allowed
+        assert httpx.get(url + "gradio_api/file=" + str(sample), timeout=30).status_code == 200
+
+
 def test_stylize_endpoint(client, small_png):
     from gradio_client import handle_file
 
@@ -216,6 +233,8 @@ def test_browser_stylize_roundtrip(server, small_png):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(server[0], wait_until="domcontentloaded")
             page.locator("#st_run").wait_for(timeout=60_000)
+            page.locator("#st_run").click()  # no image yet: a one-line gr.Error toast
+            page.get_by_text("upload an image first").first.wait_for(timeout=30_000)
             page.locator("#st_in input[type=file]").set_input_files(small_png)
             page.locator("#st_in img").first.wait_for(timeout=30_000)
             page.locator("#st_run").click()

@@ -319,14 +319,18 @@ def test_cli_passes_options_to_launch(monkeypatch, tmp_path):
     import main
     import ui
 
+    from PIL import Image as PILImage
+
     seen = {}
     monkeypatch.setattr(ui, "launch", lambda cfg, **kw: seen.update(cfg=cfg, **kw))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after
     r = CliRunner().invoke(main.app, ["--device", "cpu", "ui", "--port", "7999",
                                       "--allowed-dir", str(tmp_path),
                                       "--runs-dir", str(tmp_path / "runs")])
     assert r.exit_code == 0, r.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7999 and seen["share"] is False
     assert seen["cfg"].allowed_dirs == [tmp_path.resolve()] and seen["cfg"].device == "cpu"
+    assert PILImage.MAX_IMAGE_PIXELS == seen["cfg"].max_pixels  # bombs refused while decoding
 
 
 def test_cli_rejects_a_missing_folder(tmp_path):

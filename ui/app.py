@@ -311,8 +311,12 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                              gate if gate_on else None)
 
         st_run.click(do_stylize, style_inputs, st_out, api_name="stylize")
-        st_gate.release(do_stylize, style_inputs, st_out, api_visibility="private")
-        st_gate_on.input(do_stylize, style_inputs, st_out, api_visibility="private")
+        def do_stylize_live(image, *rest):
+            """The gate slider re-renders at once, but only when there is an image to show."""
+            return gr.skip() if image is None else do_stylize(image, *rest)
+
+        st_gate.release(do_stylize_live, style_inputs, st_out, api_visibility="private")
+        st_gate_on.input(do_stylize_live, style_inputs, st_out, api_visibility="private")
 
         @guard
         def do_info(model, upload):

@@ -51,7 +51,13 @@ def serve(ctx: typer.Context,
         import gradio  # noqa: F401  (only now: the rest of the CLI runs without it)
     except ImportError:
         raise ValueError("the web UI needs gradio: pip install 'gradio>=5'") from None
+    from PIL import Image
+
     from . import launch
+
+    # gradio decodes uploads with PIL: in the server process, refuse pixel bombs while decoding
+    # (PIL raises above twice this); handlers refuse anything above max_pixels with a message
+    Image.MAX_IMAGE_PIXELS = cfg.max_pixels
 
     typer.echo(f"normlab ui: device {resolve_device(device)}; allowed folders: "
                + (", ".join(str(d) for d in cfg.allowed_dirs) or "none"))

@@ -203,11 +203,12 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         cl_in = gr.Image(label="Image", type="pil", image_mode="RGB",
-                                         sources=["upload", "clipboard"], height=300)
+                                         sources=["upload", "clipboard"], height=300,
+                                         elem_id="cl_in")
                         cl_model = gr.Dropdown(clf_choices, value=_first(clf_choices),
                                                label="Classifier", allow_custom_value=True)
                         cl_topk = gr.Slider(1, 10, value=5, step=1, label="Top-k")
-                        cl_run = gr.Button("Classify", variant="primary")
+                        cl_run = gr.Button("Classify", variant="primary", elem_id="cl_run")
                         if samples:
                             gr.Examples(samples, inputs=cl_in, label="Sample photos")
                     with gr.Column():
@@ -221,7 +222,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                     sx_shift = gr.Dropdown(shifts, value=_prefer(shifts, "brightness"),
                                            label="Shift", allow_custom_value=True)
                     sx_strength = _strength_slider(_prefer(shifts, "brightness"))
-                sx_run = gr.Button("Compare under shift")
+                sx_run = gr.Button("Compare under shift", elem_id="sx_run")
                 with gr.Row():
                     sx_img = gr.Image(label="Shifted image", type="pil", interactive=False,
                                       height=224)
@@ -273,7 +274,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                 with gr.Row():
                     lab_model = gr.Dropdown(lab_choices, value=_first(lab_choices),
                                             label="Model", allow_custom_value=True, scale=3)
-                    lab_run = gr.Button("Show gates")
+                    lab_run = gr.Button("Show gates", elem_id="lab_run")
                 lab_plot = gr.Plot(label="ρ histograms")
                 lab_table = gr.Markdown()
                 gr.Markdown("### Feature statistics: IN removes style\nPer-channel mean and std "
@@ -282,7 +283,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                             "under BN they follow the shift; BIN sits in between.")
                 with gr.Row():
                     fs_in = gr.Image(label="Image", type="pil", image_mode="RGB",
-                                     sources=["upload", "clipboard"], height=224)
+                                     sources=["upload", "clipboard"], height=224, elem_id="fs_in")
                     fs_shifted = gr.Image(label="Shifted copy", type="pil", interactive=False,
                                           height=224)
                 with gr.Row():
@@ -294,7 +295,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                     fs_shift = gr.Dropdown(shifts, value=_prefer(shifts, "brightness"),
                                            label="Shift", allow_custom_value=True)
                     fs_strength = _strength_slider(_prefer(shifts, "brightness"))
-                fs_run = gr.Button("Compute statistics")
+                fs_run = gr.Button("Compute statistics", elem_id="fs_run")
                 fs_plot = gr.Plot(label="Channel statistics")
 
             # ------------------------------------------------------------------ About

@@ -347,7 +347,14 @@ def feature_figure(stats: list[ChannelStats], shift: str):
         for ax, what, vals in ((row[0], "channel mean", s.mean), (row[1], "channel std", s.std)):
             ax.plot(vals[0], lw=1, label="original")
             ax.plot(vals[1], lw=1, label=f"shifted ({shift})")
-            ax.set_title(f"{s.model} · {s.layer} · {what}", fontsize=8)
+            gap = sum(abs(a - b) for a, b in zip(*vals)) / max(1, len(vals[0]))
+            ax.set_title(f"{s.model} · {s.layer} · {what} · mean |Δ| {gap:.3g}", fontsize=8)
+            # a flat line must look flat: no offset notation, a span of at least 10% of the scale
+            lo, hi = min(min(v) for v in vals), max(max(v) for v in vals)
+            span = max(hi - lo, 0.1 * max(abs(lo), abs(hi), 1.0))
+            mid = (hi + lo) / 2
+            ax.set_ylim(mid - 0.55 * span, mid + 0.55 * span)
+            ax.ticklabel_format(axis="y", useOffset=False)
             ax.tick_params(labelsize=7)
         row[0].legend(fontsize=7)
     axes[-1][0].set_xlabel("channel", fontsize=8)

@@ -38,6 +38,8 @@ def server(tmp_path_factory):
     try:
         yield f"http://127.0.0.1:{port}/", cfg, tmp
     finally:
+        for job in demo.normlab_jobs:
+            job.cancel()
         demo.close()
 
 
@@ -163,6 +165,28 @@ def test_train_classifier_endpoint_then_model_is_usable(client, server, small_pn
     label = client.predict(handle_file(small_png), "ui:via-api", 1, api_name="/classify")
     assert label["label"] in {"a", "b"}
     assert "Cancelling" in client.predict(api_name="/cancel_classifier")
+
+
+@needs_predict
+def test_cancel_stops_a_running_training(client, server):
+    import time
+
+    from ui import training as T
+
+    data = T.dataset_dirs(server[1])[0][1]
+    current = ["ui:tiny-bin", [], "ui:r20-bn", [], "stylize:ui:tiny-bin", []]
+    job = client.submit("resnet20", "in", data, 200, 4, 0.05, 0, "", "", "to-cancel", *current,
+                        api_name="/train_classifier")
+    try:
+        deadline = time.monotonic() + 120
+        while not list((server[1].runs_dir / "classify").glob("*-to-cancel/metrics.jsonl")):
+            assert time.monotonic() < deadline and not job.done(), "training never got going"
+            time.sleep(0.2)
+    finally:
+        assert "Cancelling" in client.predict(api_name="/cancel_classifier")
+    out = job.result(timeout=120)
+    assert out[0].startswith("Cancelled") and "to-cancel" not in server[1].registry.names(
+        "classify")
 
 
 def test_train_style_endpoint(client, server):

@@ -447,6 +447,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
         demo.load(on_load, model_dropdowns, model_dropdowns, api_visibility="private")
 
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
+    demo.normlab_jobs = (style_job, clf_job)  # so a host (or a test) can cancel them on shutdown
     return demo
 
 

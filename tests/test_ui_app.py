@@ -107,6 +107,20 @@ def test_stylize_endpoint_shipped_model(client, small_png):
     assert _size(out) == (36, 28)
 
 
+@needs_predict
+def test_classify_endpoint_shipped_model(client, small_png):
+    import classify
+
+    shipped = classify.list_shipped()
+    if not shipped:
+        pytest.skip("no classifier is shipped in weights/")
+    from gradio_client import handle_file
+
+    label = client.predict(handle_file(small_png), shipped[0], 3, api_name="/classify")
+    assert len(label["confidences"]) == 3
+    assert label["label"] in classify.load_classifier(shipped[0]).class_names
+
+
 def test_bad_input_is_one_line_error(client, small_png):
     from gradio_client import handle_file
 

@@ -238,7 +238,7 @@ def compare_grid(models: list[StyleModel], image: Image.Image, max_size: int = 5
                        for m, g in zip(models, gates)]
     cells = [("input", src)] + [(n, stylize_image(m, src, gate=g, **kw))
                                 for n, m, g in zip(names, models, gates)]
-    cols = min(len(cells), 4)
+    cols = min(len(cells), 5)
     rows = (len(cells) + cols - 1) // cols
     w, h = src.size
     pad, label_h = 8, 22

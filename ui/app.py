@@ -245,13 +245,14 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                                               label="Dataset (server folder)")
                         with gr.Row():
                             tc_epochs = gr.Number(1, precision=0, minimum=1, maximum=500,
-                                                  label="Epochs")
+                                                  label="Epochs", elem_id="tc_epochs")
                             tc_batch = gr.Number(128, precision=0, minimum=2, maximum=1024,
                                                  label="Batch size")
                             tc_lr = gr.Number(0.1, minimum=1e-5, maximum=1.0, label="Learning rate")
                         with gr.Row():
                             tc_subset = gr.Number(2000, precision=0, minimum=0,
-                                                  label="Training images (0 = all)")
+                                                  label="Training images (0 = all)",
+                                                  elem_id="tc_subset")
                             tc_train_dom = gr.Textbox(label="PACS train domains (empty = the rest)")
                             tc_test_dom = gr.Textbox("sketch", label="PACS test domains")
                         tc_name = gr.Textbox(label="Model name (optional)")

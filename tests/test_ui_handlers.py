@@ -338,3 +338,15 @@ def test_cli_rejects_a_missing_folder(tmp_path):
 
     r = CliRunner().invoke(main.app, ["ui", "--allowed-dir", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "is not a folder" in r.output
+
+
+def test_plot_frames_are_typed_and_thinned():
+    from ui.app import _frame
+
+    rows = [{"x": float(i), "value": float(i) / 2, "series": "loss"} for i in range(1, 2001)]
+    rows += [{"x": 1.0, "value": 9.0, "series": "acc"}]
+    df = _frame(rows, "loss", max_points=600)
+    assert len(df) <= 600 and df["x"].iloc[-1] == 2000.0 and df["x"].is_monotonic_increasing
+    assert str(df["x"].dtype) == "float64" and str(df["value"].dtype) == "float64"
+    empty = _frame([], "loss")
+    assert len(empty) == 0 and str(empty["x"].dtype) == "float64"

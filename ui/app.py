@@ -65,9 +65,12 @@ def guard(fn):
     return call
 
 
-def _frame(rows: list[dict], series: set[str] | None = None) -> pd.DataFrame:
-    """Plot rows as a typed frame (an untyped empty one would make the plot's axes nominal)."""
-    rows = [r for r in rows if series is None or r["series"] in series]
+def _frame(rows: list[dict], series: str, max_points: int = 600) -> pd.DataFrame:
+    """One series of plot rows as a typed frame (untyped columns make the plot's axes nominal),
+    thinned to at most ~``max_points`` points so long runs stay cheap to redraw."""
+    rows = [r for r in rows if r["series"] == series]
+    stride = -(-len(rows) // max_points)
+    rows = rows[::-1][::stride][::-1] if stride > 1 else rows  # always keep the latest point
     return pd.DataFrame({"x": pd.Series([r["x"] for r in rows], dtype="float64"),
                          "value": pd.Series([r["value"] for r in rows], dtype="float64"),
                          "series": pd.Series([r["series"] for r in rows], dtype="str")})
@@ -395,7 +398,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                     _dropdown_update(cc, current[2]), _dropdown_update(cc, current[3], True),
                     _dropdown_update(lc, current[4]), _dropdown_update(lc, current[5], True)]
 
-        def train_outputs(u: T.TrainUpdate, plots: list[set[str]], extra: list, current: list):
+        def train_outputs(u: T.TrainUpdate, plots: list[str], extra: list, current: list):
             out = [u.status, *[_frame(u.history, s) for s in plots], *extra]
             out += refreshed(current) if u.model_name else [gr.skip()] * len(model_dropdowns)
             return out
@@ -408,7 +411,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
             for u in T.train_style(cfg, style_job, style, content, norm, size, steps, name,
                                    batch_size=batch,
                                    on_progress=lambda f, d: progress(f, desc=d)):
-                yield train_outputs(u, [{"content"}, {"style"}], [u.preview], list(current))
+                yield train_outputs(u, ["content", "style"], [u.preview], list(current))
 
         ts_start.click(do_train_style,
                        [ts_style, ts_content, ts_norm, ts_size, ts_steps, ts_batch, ts_name,
@@ -428,7 +431,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
                                         batch_size=batch, lr=lr, train_subset=subset,
                                         train_domains=train_dom, test_domains=test_dom,
                                         on_progress=lambda f, d: progress(f, desc=d)):
-                yield train_outputs(u, [{"train loss"}, {"train acc"}, {"test acc"}], [],
+                yield train_outputs(u, ["train loss", "train acc", "test acc"], [],
                                     list(current))
 
         tc_start.click(do_train_clf,

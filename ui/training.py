@@ -24,7 +24,6 @@ class TrainUpdate:
     """One refresh of a training tab."""
 
     status: str
-    fraction: float  # 0–1, for the progress bar
     history: list[dict] = field(default_factory=list)  # rows {x, value, series} for the plots
     preview: Any = None  # PIL image or None
     model_name: str | None = None  # set once, when the finished model is registered
@@ -124,6 +123,18 @@ def _run_dir(cfg: UIConfig, kind: str, name: str) -> Path:
     return cfg.runs_dir / kind / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
 
 
+def _finish(cfg: UIConfig, job: Job, kind: str, base: str, out: Path, path: Path,
+            history: list[dict], preview: Any, **info: Any) -> TrainUpdate:
+    """The last update of a run: register the model, unless the run was cancelled."""
+    if job.stop.is_set():
+        return TrainUpdate(f"Cancelled; the partial run is in {out} (not added to the model "
+                           "list).", history, preview)
+    name = cfg.registry.add(kind, base, path, **info)
+    tab = "Stylize tab's model list" if kind == "stylize" else "Classify tab's model lists"
+    return TrainUpdate(f"Finished: `ui:{name}` is now in the {tab} ({path}).", history, preview,
+                       name)
+
+
 def train_style(cfg: UIConfig, job: Job, style_image: str | None, content_dir: str | None,
                 norm: str, image_size: int, steps: int, name: str = "",
                 batch_size: int = 4, preview_every: int = 0,
@@ -149,15 +160,9 @@ def train_style(cfg: UIConfig, job: Job, style_image: str | None, content_dir: s
     history: list[dict] = []
     preview, last = None, 0.0
     for kind, value in job.run(train, tcfg):
-        if kind == "done" and job.stop.is_set():
-            yield TrainUpdate(f"Cancelled; the partial run is in {out} (not added to the model "
-                              "list).", 0.0, history, preview)
-            return
         if kind == "done":
-            reg = cfg.registry.add("stylize", base, value, norm=norm, style=Path(style_image).name,
-                                   steps=steps)
-            yield TrainUpdate(f"Finished: `ui:{reg}` is now in the Stylize tab's model list "
-                              f"({value}).", 1.0, history, preview, reg)
+            yield _finish(cfg, job, "stylize", base, out, value, history, preview, norm=norm,
+                          style=Path(style_image).name, steps=steps)
             return
         step, total = int(value.get("step", 0)), int(value.get("total", steps) or steps)
         for series in ("content_loss", "style_loss"):
@@ -174,7 +179,7 @@ def train_style(cfg: UIConfig, job: Job, style_image: str | None, content_dir: s
         now = time.monotonic()
         if fresh_preview or now - last >= REFRESH_S or step >= total:
             last = now
-            yield TrainUpdate(status, step / max(total, 1), history, preview)
+            yield TrainUpdate(status, history, preview)
 
 
 def train_classifier(cfg: UIConfig, job: Job, arch: str, norm: str, data: str | None,
@@ -207,14 +212,9 @@ def train_classifier(cfg: UIConfig, job: Job, arch: str, norm: str, data: str | 
     history: list[dict] = []
     last = 0.0
     for kind, value in job.run(train, tcfg):
-        if kind == "done" and job.stop.is_set():
-            yield TrainUpdate(f"Cancelled; the partial run is in {out} (not added to the model "
-                              "list).", 0.0, history)
-            return
         if kind == "done":
-            reg = cfg.registry.add("classify", base, value, arch=arch, norm=norm, epochs=epochs)
-            yield TrainUpdate(f"Finished: `ui:{reg}` is now in the Classify tab's model lists "
-                              f"({value}).", 1.0, history, None, reg)
+            yield _finish(cfg, job, "classify", base, out, value, history, None, arch=arch,
+                          norm=norm, epochs=epochs)
             return
         # the library counts epochs from 1 and reports accuracy in percent
         ep, eps = int(value.get("epoch", 1)), int(value.get("epochs", epochs) or epochs)
@@ -236,4 +236,4 @@ def train_classifier(cfg: UIConfig, job: Job, arch: str, norm: str, data: str | 
         now = time.monotonic()
         if value.get("test_acc") is not None or now - last >= REFRESH_S:
             last = now
-            yield TrainUpdate(status, min(frac, 1.0), history)
+            yield TrainUpdate(status, history)

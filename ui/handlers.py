@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 import norms
@@ -112,7 +113,7 @@ def stylize(cfg: UIConfig, image: Image.Image | None, choice: str | None, upload
     ``gate`` None = the learned ρ, else push every ρ toward IN (-1) or BN (+1)."""
     image = check_image(cfg, image)
     model = load_style(cfg, choice, upload)
-    if gate is not None and not getattr(model, "has_gates", False):
+    if gate is not None and not model.has_gates:
         gate = None  # the slider is hidden for gate-less models; ignore a stale value
     return need("stylize", "stylize_image")(
         model, image, max_size=int(max_size) if max_size else None,
@@ -126,22 +127,16 @@ def style_model_info(cfg: UIConfig, choice: str | None, upload: str | None = Non
     if not choice and not upload:
         return "No model selected.", False
     model = load_style(cfg, choice, upload)
-    meta = dict(getattr(model, "meta", {}) or {})
-    config = getattr(model, "config", None)
-    norm = getattr(config, "norm", meta.get("norm", "?"))
+    meta = model.meta or {}
     shown = Path(upload).name if upload else choice
-    lines = [f"**{shown}** · norm `{norm}`"]
-    for key in ("style", "steps", "image_size", "content_loss", "style_loss"):
-        if key in meta:
-            lines.append(f"{key.replace('_', ' ')}: {meta[key]}")
-    has_gates = bool(getattr(model, "has_gates", False))
-    if has_gates:
+    lines = [f"**{shown}** · norm `{model.config.norm}`"]
+    lines += [f"{key}: {meta[key]}" for key in ("style", "steps") if key in meta]
+    if model.has_gates:
         rep = norms.gate_report(model.net)
-        mean = sum(L.mean * L.values.numel() for L in rep.layers) / max(
-            1, sum(L.values.numel() for L in rep.layers))
+        mean = torch.cat([L.values for L in rep.layers]).mean().item()
         lines.append(f"BIN gates: {len(rep.layers)} layers, mean ρ {mean:.2f} (0 = IN, 1 = BN); "
                      "the gate slider overrides them")
-    return " · ".join(lines), has_gates
+    return " · ".join(lines), model.has_gates
 
 
 def compare(cfg: UIConfig, image: Image.Image | None, choices: list[str] | None,
@@ -306,8 +301,6 @@ def feature_stats(cfg: UIConfig, image: Image.Image | None, choices: list[str] |
     """Per-channel mean/std of a norm layer's output (at relative ``depth`` 0–1 of the model's
     norm layers) for the image and its shifted copy, for each chosen model — the BIN paper's
     point: IN outputs keep the same channel statistics whatever the style, BN's follow it."""
-    import torch
-
     image = check_image(cfg, image)
     if not choices:
         raise ValueError("pick at least one model")

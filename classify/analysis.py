@@ -82,7 +82,7 @@ class ShiftTable:
         import numpy as np
 
         conds = self.conditions[1:]
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(conds) * max(1, len(self.models)) / 2.5), 3.4))
+        fig, ax = plt.subplots(figsize=(min(11.0, max(5.0, 0.25 * len(conds) * len(self.models) + 2)), 3.6))
         w = 0.8 / max(len(self.models), 1)
         xs = np.arange(len(conds))
         for i, m in enumerate(self.models):

@@ -401,3 +401,26 @@ def test_bench_cli_writes_table_and_json(tmp_path):
     assert "| cpu | bin_naive |" in res.output
     bad = CliRunner().invoke(app, ["norms", "bench", "--step-norms", "bn,zz"])
     assert bad.exit_code == 2 and "unknown norm(s) zz" in bad.output
+
+
+def test_atomic_write_leaves_no_temp_and_normal_permissions(tmp_path):
+    import os
+
+    from norms.io import atomic_path, load_safetensors, save_safetensors, write_text_atomic
+
+    target = tmp_path / "m.safetensors"
+    save_safetensors(target, {"w": torch.ones(2)}, {"config": {"norm": "bin"}})
+    tensors, meta = load_safetensors(target)
+    assert meta["config"] == {"norm": "bin"} and torch.equal(tensors["w"], torch.ones(2))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
+    write_text_atomic(tmp_path / "a.txt", "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert (tmp_path / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "m.safetensors"]
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_safetensors(tmp_path / "a.txt")

@@ -71,3 +71,14 @@ def test_cli_runs_without_gradio_import():
             "r = CliRunner().invoke(main.app, ['norms', 'list']); "
             "assert r.exit_code == 0, r.output; assert 'gradio' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_manifest_files_exist_and_match_sha256():
+    import weights
+
+    entries = weights.manifest()
+    assert {e["kind"] for e in entries.values()} == {"stylize", "classify"}
+    for name, entry in entries.items():
+        f = weights.path(name)
+        assert f.is_file() and f.stat().st_size < 8 * 2**20, name
+        assert weights.sha256(f) == entry["sha256"], f"{name}: file and manifest sha256 differ"

@@ -179,6 +179,16 @@ def batch_stats_from_planes(mean_nc: Tensor, var_nc: Tensor) -> tuple[Tensor, Te
     return mean, var
 
 
+@torch.no_grad()
+def update_running_stats_(running_mean: Tensor, running_var: Tensor, mean_nc: Tensor,
+                          var_nc: Tensor, count: int, momentum: float) -> None:
+    """Move running statistics toward this batch's, as ``F.batch_norm`` does: the variance is
+    stored unbiased (× count/(count−1)), ``count`` = N·H·W values per channel."""
+    bn_mean, bn_var = batch_stats_from_planes(mean_nc, var_nc)
+    running_mean.lerp_(bn_mean.to(running_mean.dtype), momentum)
+    running_var.lerp_((bn_var * (count / max(count - 1, 1))).to(running_var.dtype), momentum)
+
+
 def bin_coefficients(mean_nc: Tensor, var_nc: Tensor, weight: Tensor, bias: Tensor, gate: Tensor,
                      bn_mean: Tensor | None = None, bn_var: Tensor | None = None, *,
                      eps: float = 1e-5) -> tuple[Tensor, Tensor]:
@@ -258,12 +268,8 @@ def batch_instance_norm(
     if training or running_mean is None:
         y, mean_nc, var_nc = plane_affine(x, coeff, weight, bias, gate)
         if training and running_mean is not None:
-            with torch.no_grad():
-                bn_mean, bn_var = batch_stats_from_planes(mean_nc, var_nc)
-                count = x.shape[0] * x.shape[2] * x.shape[3]
-                running_mean.lerp_(bn_mean.to(running_mean.dtype), momentum)
-                running_var.lerp_((bn_var * (count / max(count - 1, 1))).to(running_var.dtype),
-                                  momentum)
+            update_running_stats_(running_mean, running_var, mean_nc, var_nc,
+                                  x.shape[0] * x.shape[2] * x.shape[3], momentum)
         return y
     return plane_affine(x, coeff, weight, bias, gate, running_mean, running_var)[0]
 

@@ -16,7 +16,13 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from .functional import _f32, batch_instance_norm, batch_stats_from_planes, plane_affine
+from .functional import (
+    _f32,
+    batch_instance_norm,
+    batch_stats_from_planes,
+    plane_affine,
+    update_running_stats_,
+)
 
 
 def check_nchw(layer: nn.Module, x: Tensor, num_channels: int, *, need_batch: bool = False,
@@ -87,7 +93,31 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         return super().forward(x)
 
 
-class BatchInstanceNorm2d(nn.Module):
+class _RunningStatsNorm(nn.Module):
+    """Per-channel affine ``weight``/``bias`` and BatchNorm2d's running-statistics buffers (same
+    names, same update rule), for the norms that mix batch statistics with others."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
+        super().__init__()
+        self.num_features = num_channels
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("running_mean", torch.zeros(num_channels))
+        self.register_buffer("running_var", torch.ones(num_channels))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchInstanceNorm2d(_RunningStatsNorm):
     """Batch-Instance Normalization, Nam & Kim 2018, eq. (3):
 
         y = (ρ·x̂_BN + (1−ρ)·x̂_IN)·γ + β,   ρ ∈ [0, 1] per channel, initialised to 1.
@@ -100,30 +130,14 @@ class BatchInstanceNorm2d(nn.Module):
 
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  gate_init: float = 1.0) -> None:
-        super().__init__()
-        self.num_features = num_channels
-        self.eps = eps
-        self.momentum = momentum
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
+        super().__init__(num_channels, eps=eps, momentum=momentum)
         self.gate = nn.Parameter(torch.full((num_channels,), float(gate_init)))
-        self.register_buffer("running_mean", torch.zeros(num_channels))
-        self.register_buffer("running_var", torch.ones(num_channels))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-
-    def reset_running_stats(self) -> None:
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
-        self.num_batches_tracked.zero_()
 
     def forward(self, x: Tensor) -> Tensor:  # N×C×H×W -> N×C×H×W
         check_nchw(self, x, self.num_features, need_batch=self.training, need_spatial=True)
         factor = _ema_factor(self) if self.training else 0.0
         return batch_instance_norm(x, self.weight, self.bias, self.gate, self.running_mean,
                                    self.running_var, self.training, factor, self.eps)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
 class BNIN2d(BatchInstanceNorm2d):
@@ -227,24 +241,16 @@ def sn_coefficients(mean_in: Tensor, var_in: Tensor, weight: Tensor, bias: Tenso
     return a, _f32(bias) - mean * a
 
 
-class SwitchableNorm2d(nn.Module):
+class SwitchableNorm2d(_RunningStatsNorm):
     """Switchable Normalization (Luo et al., ICLR 2019): learned softmax weights (``mean_weight``,
     ``var_weight``, order IN, LN, BN) mix the three kinds of statistics. BIN is close to the slice
     without LN, mixing normalised outputs instead of statistics.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
-        super().__init__()
-        self.num_features = num_channels
-        self.eps = eps
-        self.momentum = momentum
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
+        super().__init__(num_channels, eps=eps, momentum=momentum)
         self.mean_weight = nn.Parameter(torch.ones(3))
         self.var_weight = nn.Parameter(torch.ones(3))
-        self.register_buffer("running_mean", torch.zeros(num_channels))
-        self.register_buffer("running_var", torch.ones(num_channels))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def forward(self, x: Tensor) -> Tensor:  # N×C×H×W -> N×C×H×W
         check_nchw(self, x, self.num_features, need_batch=self.training, need_spatial=True)
@@ -253,16 +259,9 @@ class SwitchableNorm2d(nn.Module):
         if not self.training:
             return plane_affine(x, coeff, *params, self.running_mean, self.running_var)[0]
         y, mean_nc, var_nc = plane_affine(x, coeff, *params)
-        with torch.no_grad():
-            f = _ema_factor(self)
-            bn_mean, bn_var = batch_stats_from_planes(mean_nc, var_nc)
-            count = x.shape[0] * x.shape[2] * x.shape[3]
-            self.running_mean.lerp_(bn_mean.to(self.running_mean.dtype), f)
-            self.running_var.lerp_((bn_var * count / max(count - 1, 1)).to(self.running_var.dtype), f)
+        update_running_stats_(self.running_mean, self.running_var, mean_nc, var_nc,
+                              x.shape[0] * x.shape[2] * x.shape[3], _ema_factor(self))
         return y
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
 # BIN-style layers whose ``gate`` is a learned ρ that lives in [0, 1].
@@ -270,6 +269,5 @@ GATED_LAYERS: tuple[type[nn.Module], ...] = (BatchInstanceNorm2d,)
 
 # Every class that normalises; their affine parameters get no weight decay.
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, BatchInstanceNorm2d, IBN,
-    SwitchableNorm2d,
+    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, _RunningStatsNorm, IBN,
 )

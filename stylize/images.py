@@ -2,7 +2,6 @@
 one-line ``ValueError`` for anything that is not a readable image."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -108,6 +107,3 @@ def save_image(img: Image.Image, path: str | Path, quality: int = 95) -> None:
     kw = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     with atomic_path(path) as tmp:
         img.save(tmp, format=fmt, **kw)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output image is a normal file

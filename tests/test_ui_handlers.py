@@ -238,7 +238,6 @@ def test_about_lists_every_norm():
 
 def test_job_cancel_stops_the_library_loop():
     job = T.Job()
-    calls = []
 
     def fake_train(cfg, progress, should_stop):
         step = 0

@@ -16,11 +16,11 @@ try:  # typer ≥ 0.2x vendors click; older releases use the click package
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
 
-import classify.cli
-import norms.cli
-import stylize.cli
-import ui.cli
-from norms.runtime import DEVICE_CHOICES
+import cli.classify
+import cli.norms
+import cli.stylize
+import cli.ui
+from engine.devices import DEVICE_CHOICES
 
 
 class _Group(typer.core.TyperGroup):
@@ -62,13 +62,15 @@ def _root(ctx: typer.Context,
 
 
 def _resnet20(norm: str):
+    import classify
+
     return classify.create_model("resnet20", num_classes=10, norm=norm)
 
 
-app.add_typer(norms.cli.make_app(step_model=_resnet20), name="norms")
-app.add_typer(stylize.cli.app, name="stylize")
-app.add_typer(classify.cli.app, name="classify")
-app.add_typer(ui.cli.app, name="ui")
+app.add_typer(cli.norms.make_app(step_model=_resnet20), name="norms")
+app.add_typer(cli.stylize.app, name="stylize")
+app.add_typer(cli.classify.app, name="classify")
+app.add_typer(cli.ui.app, name="ui")
 
 if __name__ == "__main__":
     sys.exit(app())

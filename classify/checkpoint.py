@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from norms.io import load_safetensors, load_torch, save_safetensors
+from engine.io import load_safetensors, load_torch, save_safetensors
 
 from .registry import ModelConfig, build_from_config, create_model, default_input_size
 

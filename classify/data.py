@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from PIL import Image, ImageOps
 
-from norms.io import load_torch, save_torch
+from engine.io import load_torch, save_torch
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",

@@ -128,16 +128,20 @@ def apply_shift(image: Image.Image, shift: str, strength: float | None = None,
     return s.fn(image, s.default if strength is None else float(strength))
 
 
+# ``style:MODEL`` shifts render with a style-transfer network. classify never imports stylize
+# (see ../shared/architecture.md): the layer that composes both (``experiments``) registers the
+# renderer here.
+_STYLE_RENDERER: Callable[[Image.Image, str, float, str], Image.Image] | None = None
+
+
+def register_style_renderer(fn: Callable[[Image.Image, str, float, str], Image.Image]) -> None:
+    """Install ``fn(image, model, strength, device) -> image`` for ``style:MODEL`` shifts."""
+    global _STYLE_RENDERER
+    _STYLE_RENDERER = fn
+
+
 def _style(image: Image.Image, model: str, strength: float, device: str) -> Image.Image:
-    try:
-        import stylize
-        load, run = stylize.load_model, stylize.stylize_image
-    except (ImportError, AttributeError):
-        raise ValueError("style shifts need the stylize package's load_model/stylize_image") from None
-    m = load(model, device=device)
-    im = image.convert("RGB")
-    small = min(im.size) < 128
-    work = im.resize((im.width * 128 // min(im.size), im.height * 128 // min(im.size)),
-                     Image.BICUBIC) if small else im
-    out = run(m, work, strength=strength, device=device)
-    return out.resize(im.size, Image.BICUBIC) if small else out
+    if _STYLE_RENDERER is None:
+        raise ValueError("style:MODEL shifts need normlab's experiments package "
+                         "(import experiments, or use the normlab command line)")
+    return _STYLE_RENDERER(image, model, strength, device)

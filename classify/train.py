@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import norms
-from norms.io import load_torch, save_torch
-from norms.runtime import resolve_device
+from engine.io import load_torch, save_torch
+from engine.devices import resolve_device
 
 from .checkpoint import save_classifier
 from .data import DataSplit, TensorDataset, augment, channel_stats, load_data, normalize

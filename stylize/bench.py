@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from norms.runtime import resolve_device
+from engine.devices import resolve_device
 
 from .model import TransformerNet
 

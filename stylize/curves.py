@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from norms.io import atomic_path
+from engine.io import atomic_path
 
 
 def read_run(run: str | Path) -> tuple[str, dict[str, np.ndarray]]:

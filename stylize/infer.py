@@ -12,11 +12,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import norms
-import norms.io
+import engine.io
 import weights
-from norms.runtime import resolve_device
+from engine.devices import resolve_device
 
-from .images import _to_rgb_or_rgba, to_image, to_tensor
+from engine.images import _to_rgb_or_rgba, to_image, to_tensor
 from .model import StyleConfig, TransformerNet, load_examples_pth
 
 
@@ -65,7 +65,7 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> StyleMod
     if key in _CACHE:
         return _CACHE[key]
     if path.suffix.lower() == ".safetensors":
-        tensors, meta = norms.io.load_safetensors(path)
+        tensors, meta = engine.io.load_safetensors(path)
         if not isinstance(meta.get("config"), dict):
             raise ValueError(f"{path} has no model config in its metadata (not a stylize model)")
         if meta.get("kind", "stylize") != "stylize":

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import norms.io
+import engine.io
 
 # conv names in order; "P" is a 2×2 max-pool.
 VGG16_PLAN = ["1_1", "1_2", "P", "2_1", "2_2", "P", "3_1", "3_2", "3_3", "P",
@@ -212,12 +212,12 @@ def load_vgg_encoder(weights: str | Path | None = None) -> VGGEncoder:
                 raise ValueError(f"could not download torchvision's VGG-16 ({exc}); "
                                  + NO_WEIGHTS_HINT.format(cache=cache)) from None
             return encoder_from_state_dict(model.state_dict(), "torchvision VGG-16")
-        return encoder_from_state_dict(norms.io.load_torch(cache), str(cache))
+        return encoder_from_state_dict(engine.io.load_torch(cache), str(cache))
     path = Path(weights)
     if not path.is_file():
         raise ValueError(f"VGG weights file {path} does not exist; "
                          + NO_WEIGHTS_HINT.format(cache=torchvision_cache_file()))
-    state = norms.io.load_torch(path)
+    state = engine.io.load_torch(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import norms
-import norms.io
+import engine.io
 
 
 @dataclass
@@ -149,7 +149,7 @@ def convert_examples_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def load_examples_pth(path: str | Path) -> TransformerNet:
     """Build an ``in`` TransformerNet from a pytorch/examples ``.pth`` (weights-only load)."""
-    state = norms.io.load_torch(path)
+    state = engine.io.load_torch(path)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a state dict of tensors (pytorch/examples TransformerNet)")
     state = convert_examples_state_dict(state)

@@ -19,10 +19,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 import norms
-import norms.io
-from norms.runtime import resolve_device
+import engine.io
+from engine.devices import resolve_device
 
-from .images import list_images, load_image, to_image
+from engine.images import list_images, load_image, to_image
 from .losses import PerceptualLoss, load_vgg_encoder
 from .model import StyleConfig, TransformerNet
 
@@ -161,7 +161,7 @@ def save_model(path: str | Path, net: nn.Module, metadata: dict[str, Any],
     """The model as one safetensors file (config in metadata); ``half`` stores floats as fp16."""
     state = {k: (v.half() if half and v.is_floating_point() else v)
              for k, v in net.state_dict().items()}
-    norms.io.save_safetensors(path, state, metadata)
+    engine.io.save_safetensors(path, state, metadata)
     return Path(path)
 
 
@@ -193,7 +193,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     if resume:
         if not ckpt_path.is_file():
             raise ValueError(f"nothing to resume: {ckpt_path} does not exist")
-        state = norms.io.load_torch(ckpt_path)
+        state = engine.io.load_torch(ckpt_path)
         old = TrainConfig.from_dict(json.loads(state["config"]))
         cfg = dataclasses.replace(old, steps=cfg.steps, epochs=cfg.epochs,
                                   checkpoint_every=cfg.checkpoint_every,
@@ -235,15 +235,15 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
     out.mkdir(parents=True, exist_ok=True)
-    norms.io.write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    engine.io.write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
     metrics_path = out / METRICS
-    norms.io.write_text_atomic(metrics_path, "".join(l + "\n" for l in _read_metrics(metrics_path, start)))
+    engine.io.write_text_atomic(metrics_path, "".join(l + "\n" for l in _read_metrics(metrics_path, start)))
 
     preview_src = data.get(0).unsqueeze(0).float().to(device)
     last: dict[str, float] = dict(state.get("last", {})) if state is not None else {}
 
     def checkpoint(step: int) -> None:
-        norms.io.save_torch(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
+        engine.io.save_torch(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
                                         "step": step, "config": json.dumps(cfg.to_dict()),
                                         "last": last})
 
@@ -252,7 +252,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
         with torch.inference_mode():
             img = to_image(net(preview_src))
         net.train()
-        from .images import save_image
+        from engine.images import save_image
         save_image(img, out / f"preview_{step:06d}.jpg")
         return img
 
@@ -316,11 +316,11 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
 def export_model(src: str | Path, dst: str | Path, half: bool = True,
                  extra: dict[str, Any] | None = None) -> Path:
     """Copy a trained model to ``dst`` (fp16 floats when ``half``), metadata kept and extended."""
-    tensors, meta = norms.io.load_safetensors(src)
+    tensors, meta = engine.io.load_safetensors(src)
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{src} is not a model written by `stylize train` (no config metadata)")
     meta.update(extra or {})
     meta["dtype"] = "float16" if half else "float32"
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in tensors.items()}
-    norms.io.save_safetensors(dst, state, meta)
+    engine.io.save_safetensors(dst, state, meta)
     return Path(dst)

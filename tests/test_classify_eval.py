@@ -59,18 +59,6 @@ def test_identity_strengths_and_sizes():
         apply_shift(im, "sepia")
 
 
-def test_style_shift_uses_stylize_lazily(monkeypatch):
-    calls = {}
-    fake = types.SimpleNamespace(
-        load_model=lambda spec, device="cpu": calls.setdefault("model", spec),
-        stylize_image=lambda m, image, **kw: (calls.setdefault("size", image.size),
-                                              image.transpose(Image.FLIP_LEFT_RIGHT))[1])
-    monkeypatch.setitem(sys.modules, "stylize", fake)
-    im = _img(size=32)
-    out = apply_shift(im, "style:candy_in", 0.5)
-    assert calls == {"model": "candy_in", "size": (128, 128)} and out.size == (32, 32)
-
-
 def test_gaussian_sym_kl_closed_form():
     a = torch.tensor([[-1.0], [1.0]])  # mean 0, var 1
     b = a + 1.0  # mean 1, var 1: KL each way = 1/2

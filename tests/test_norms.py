@@ -333,7 +333,7 @@ def test_eval_batchnorm_accepts_single_pixel():
 
 
 def test_resolve_device():
-    from norms.runtime import resolve_device
+    from engine.devices import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
@@ -406,7 +406,7 @@ def test_bench_cli_writes_table_and_json(tmp_path):
 def test_atomic_write_leaves_no_temp_and_normal_permissions(tmp_path):
     import os
 
-    from norms.io import atomic_path, load_safetensors, save_safetensors, write_text_atomic
+    from engine.io import atomic_path, load_safetensors, save_safetensors, write_text_atomic
 
     target = tmp_path / "m.safetensors"
     save_safetensors(target, {"w": torch.ones(2)}, {"config": {"norm": "bin"}})

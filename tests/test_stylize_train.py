@@ -19,7 +19,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import main
-import norms.io
+import engine.io
 from stylize.losses import encoder_from_state_dict, load_vgg_encoder
 from stylize.train import TrainConfig, train
 
@@ -85,7 +85,7 @@ def test_thirty_steps_lower_the_style_loss(images, tmp_path):
     style = _losses(out, "style_loss")
     assert len(style) == 30 and [p["step"] for p in seen] == list(range(1, 31))
     assert np.mean(style[-5:]) < 0.7 * np.mean(style[:5])
-    tensors, meta = norms.io.load_safetensors(path)
+    tensors, meta = engine.io.load_safetensors(path)
     assert meta["config"]["norm"] == "in" and meta["style"] == "style" and meta["steps"] == 30
     assert meta["recipe"]["image_size"] == 32
     assert meta["final_losses"]["skipped_files"] == 1.0  # broken.jpg skipped, not a crash
@@ -103,11 +103,11 @@ def test_resume_equals_uninterrupted(images, tmp_path, norm):
     train(_cfg(images, tmp_path / "b", norm=norm, steps=12, checkpoint_every=4),
           progress=progress, should_stop=lambda: count["n"] >= 7, encoder=TinyEncoder(),
           show_bar=False)
-    assert norms.io.load_torch(tmp_path / "b" / "checkpoint.pt")["step"] == 7
+    assert engine.io.load_torch(tmp_path / "b" / "checkpoint.pt")["step"] == 7
     resumed = train(_cfg(images, tmp_path / "b", norm=norm, steps=12, checkpoint_every=4),
                     resume=True, encoder=TinyEncoder(), show_bar=False)
-    a, _ = norms.io.load_safetensors(full)
-    b, meta = norms.io.load_safetensors(resumed)
+    a, _ = engine.io.load_safetensors(full)
+    b, meta = engine.io.load_safetensors(resumed)
     assert meta["steps"] == 12 and set(a) == set(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -134,7 +134,7 @@ def test_checkpoint_write_is_atomic(images, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         train(_cfg(images, out, steps=20, checkpoint_every=5), encoder=TinyEncoder(),
               show_bar=False)
-    assert norms.io.load_torch(out / "checkpoint.pt")["step"] == 5
+    assert engine.io.load_torch(out / "checkpoint.pt")["step"] == 5
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert not (out / "model.safetensors").exists()
 
@@ -154,7 +154,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(images, tmp_path, monkeyp
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="nan at step 7"):
         train(_cfg(images, out, checkpoint_every=5), encoder=TinyEncoder(), show_bar=False)
-    assert norms.io.load_torch(out / "checkpoint.pt")["step"] == 5
+    assert engine.io.load_torch(out / "checkpoint.pt")["step"] == 5
 
 
 def test_no_vgg_weights_is_one_clear_line(images, tmp_path, monkeypatch):

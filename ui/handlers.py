@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+import experiments  # noqa: F401  (registers style:MODEL shifts with classify)
 import norms
-from norms.runtime import resolve_device
+from engine.devices import resolve_device
 
 from .config import UIConfig
 

@@ -24,7 +24,7 @@ def _device(ctx: typer.Context, device: str | None) -> str:
 @app.command("list")
 def list_cmd() -> None:
     """List the registered architectures and the shipped trained models."""
-    from . import list_models, list_shipped
+    from classify import list_models, list_shipped
 
     typer.echo("architectures: " + ", ".join(list_models()))
     typer.echo("shipped: " + (", ".join(list_shipped()) or "none"))
@@ -56,7 +56,7 @@ def train_cmd(
 ) -> None:
     """Train a classifier (BIN paper CIFAR recipe by default); writes OUT/model.safetensors,
     OUT/last.pt and OUT/metrics.jsonl."""
-    from .train import TrainConfig, train
+    from classify.train import TrainConfig, train
 
     cfg = TrainConfig(arch=arch, norm=norm.value, data=data, out=str(out), epochs=epochs,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
@@ -70,7 +70,7 @@ def train_cmd(
 
 
 def _save_fig(fig, path: Path) -> None:
-    from norms.io import atomic_path
+    from engine.io import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
@@ -79,7 +79,7 @@ def _save_fig(fig, path: Path) -> None:
 
 def _write(path: Optional[Path], text: str) -> None:
     if path is not None:
-        from norms.io import write_text_atomic
+        from engine.io import write_text_atomic
 
         write_text_atomic(path, text + "\n")
         typer.echo(f"wrote {path}")
@@ -95,11 +95,11 @@ def eval_cmd(
     device: Optional[str] = typer.Option(None),
 ) -> None:
     """Top-1 / top-5 accuracy on the test set (per domain for PACS)."""
-    from norms.runtime import resolve_device
+    from engine.devices import resolve_device
 
-    from .analysis import eval_sets
-    from .checkpoint import load_classifier
-    from .train import evaluate
+    from classify.analysis import eval_sets
+    from classify.checkpoint import load_classifier
+    from classify.train import evaluate
 
     dev = resolve_device(_device(ctx, device))
     clf = load_classifier(model, str(dev))
@@ -126,12 +126,13 @@ def shift_cmd(
     """Robustness table: accuracy of each model on the clean and shifted test set."""
     from tqdm import tqdm
 
-    from .analysis import eval_sets, shift_table
-    from .checkpoint import load_classifier
-    from .shift import parse_shift
+    import experiments  # noqa: F401  (registers style:MODEL shifts)
+    from classify.analysis import eval_sets, shift_table
+    from classify.checkpoint import load_classifier
+    from classify.shift import parse_shift
 
     dev = _device(ctx, device)
-    from norms.runtime import resolve_device
+    from engine.devices import resolve_device
 
     dev = str(resolve_device(dev))
     conds = [s.strip() for s in shifts.split(",") if s.strip()]
@@ -154,7 +155,7 @@ def shift_cmd(
 @app.command("shifts")
 def shifts_cmd() -> None:
     """List the appearance shifts with their default strengths."""
-    from .shift import SHIFTS
+    from classify.shift import SHIFTS
 
     for s in SHIFTS.values():
         typer.echo(f"{s.name:11s} default {s.default:g} (range {s.lo:g}..{s.hi:g}): {s.help}")
@@ -168,8 +169,8 @@ def gates_cmd(
     out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
 ) -> None:
     """BIN gate ρ per layer (0 = IN, 1 = BN) and histograms by stage (BIN paper Fig. 2)."""
-    from .analysis import gates_figure
-    from .checkpoint import load_classifier
+    from classify.analysis import gates_figure
+    from classify.checkpoint import load_classifier
 
     rep, fig = gates_figure(load_classifier(model))
     md = rep.to_markdown()
@@ -193,10 +194,10 @@ def divergence_cmd(
 ) -> None:
     """IBN-Net feature divergence per layer between two domains, split into the part instance
     normalisation removes (D on per-channel means μ and stds σ) and the part it keeps."""
-    from norms.runtime import resolve_device
+    from engine.devices import resolve_device
 
-    from .analysis import divergence_figure, domain_sets, feature_divergence
-    from .checkpoint import load_classifier
+    from classify.analysis import divergence_figure, domain_sets, feature_divergence
+    from classify.checkpoint import load_classifier
 
     dev = str(resolve_device(_device(ctx, device)))
     doms = [d.strip() for d in domains.split(",") if d.strip()]
@@ -226,12 +227,13 @@ def predict_cmd(
     device: Optional[str] = typer.Option(None),
 ) -> None:
     """Top-k classes with probabilities for each image."""
-    from norms.runtime import resolve_device
+    from engine.devices import resolve_device
 
-    from .analysis import predict
-    from .checkpoint import load_classifier
-    from .data import open_rgb
-    from .shift import apply_shift, parse_shift
+    import experiments  # noqa: F401  (registers style:MODEL shifts)
+    from classify.analysis import predict
+    from classify.checkpoint import load_classifier
+    from classify.data import open_rgb
+    from classify.shift import apply_shift, parse_shift
 
     dev = str(resolve_device(_device(ctx, device)))
     clf = load_classifier(model, dev)
@@ -259,9 +261,9 @@ def bench_cmd(
     round): CIFAR ResNet-20 at batch 128 and ImageNet ResNet-50 at batch 32."""
     import torch
 
-    from .bench import bench_steps
+    from classify.bench import bench_steps
 
-    from norms.runtime import resolve_device
+    from engine.devices import resolve_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -280,7 +282,7 @@ def export_cmd(
     half: bool = typer.Option(True, help="Store floating tensors as fp16 (half the size)."),
 ) -> None:
     """Copy a trained classifier with its metadata, as fp16 by default (for shipping)."""
-    from .checkpoint import export_classifier
+    from classify.checkpoint import export_classifier
 
     path = export_classifier(src, dst, half=half)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")

@@ -49,7 +49,7 @@ def train_cmd(
     """Train a style network with the VGG perceptual loss; writes <out>/model.safetensors."""
     import torch
 
-    from .train import TrainConfig, train
+    from stylize.train import TrainConfig, train
 
     if threads:
         torch.set_num_threads(threads)
@@ -87,8 +87,8 @@ def run_cmd(
     """Stylize images; the output has the input's size (and alpha). Folders map to folders."""
     from tqdm.auto import tqdm
 
-    from .images import IMAGE_EXTENSIONS, list_images, load_image, save_image
-    from .infer import load_model, stylize_image
+    from engine.images import IMAGE_EXTENSIONS, list_images, load_image, save_image
+    from stylize.infer import load_model, stylize_image
 
     jobs: list[tuple[Path, Path]] = []
     single = len(inputs) == 1 and inputs[0].is_file() and output.suffix.lower() in IMAGE_EXTENSIONS
@@ -137,8 +137,8 @@ def compare_cmd(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
 ) -> None:
     """One labelled grid of the same photo through several models (BIN paper, Fig. 4/5)."""
-    from .images import load_image, save_image
-    from .infer import compare_grid, load_model
+    from engine.images import load_image, save_image
+    from stylize.infer import compare_grid, load_model
 
     dev = _device(ctx, device)
     specs = [s.strip() for s in models.split(",") if s.strip()]
@@ -166,7 +166,7 @@ def curves_cmd(
 ) -> None:
     """Content and style loss per step for runs with different norms (BIN paper, Fig. 3), and the
     ρ histograms of BIN runs (Fig. 6)."""
-    from .curves import plot_curves
+    from stylize.curves import plot_curves
 
     plot_curves(runs, output, smooth=smooth)
     typer.echo(str(output))
@@ -189,9 +189,9 @@ def bench_cmd(
 
     import torch
 
-    from norms.io import write_text_atomic
+    from engine.io import write_text_atomic
 
-    from .bench import bench, to_markdown
+    from stylize.bench import bench, to_markdown
 
     if threads:
         torch.set_num_threads(threads)
@@ -214,6 +214,6 @@ def export_cmd(
     half: bool = typer.Option(True, help="Store weights as float16 (half the size)."),
 ) -> None:
     """Copy a trained model for shipping (fp16 by default; metadata kept)."""
-    from .train import export_model
+    from stylize.train import export_model
 
     typer.echo(str(export_model(src, dst, half=half)))

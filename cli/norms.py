@@ -7,10 +7,10 @@ from typing import Callable, Optional
 import typer
 from torch import nn
 
-from . import bench as _bench
-from .io import write_text_atomic
-from .registry import NORM_DESCRIPTIONS, NORM_NAMES
-from .runtime import resolve_device
+from norms import bench as _bench
+from engine.io import write_text_atomic
+from norms.registry import NORM_DESCRIPTIONS, NORM_NAMES
+from engine.devices import resolve_device
 
 
 def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Typer:

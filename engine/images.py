@@ -96,7 +96,7 @@ def list_images(root: str | Path) -> list[Path]:
 
 def save_image(img: Image.Image, path: str | Path, quality: int = 95) -> None:
     """Save atomically; formats without alpha get RGB."""
-    from norms.io import atomic_path
+    from engine.io import atomic_path
 
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())

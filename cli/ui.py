@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .config import UIConfig, default_allowed_dirs
+from ui.config import UIConfig, default_allowed_dirs
 
 app = typer.Typer(help="Start the Gradio web UI (stylize, classify, train both networks, norms "
                        "lab).", invoke_without_command=True, no_args_is_help=False)
@@ -42,18 +42,18 @@ def serve(ctx: typer.Context,
     """Start the web UI on http://HOST:PORT (127.0.0.1 by default)."""
     if ctx.invoked_subcommand is not None:
         return
-    from norms.runtime import resolve_device
+    from engine.devices import resolve_device
 
     device = device or (ctx.obj or {}).get("device", "auto")
     resolve_device(device)  # fail early, with one line, for an unavailable device
     cfg = make_config(allowed_dir, device, runs_dir)
-    try:
-        import gradio  # noqa: F401  (only now: the rest of the CLI runs without it)
-    except ImportError:
-        raise ValueError("the web UI needs gradio: pip install 'gradio>=5'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:  # only ui/ imports gradio, and only now
+        raise ValueError("the web UI needs gradio: pip install 'gradio>=6'")
     from PIL import Image
 
-    from . import launch
+    from ui import launch
 
     # gradio decodes uploads with PIL: in the server process, refuse pixel bombs while decoding
     # (PIL raises above twice this); handlers refuse anything above max_pixels with a message

@@ -20,6 +20,13 @@ from .layers import (
     SwitchableNorm2d,
 )
 from .registry import NORM_DESCRIPTIONS, NORM_NAMES, NORM_REGISTRY, create_norm, get_norm_layer
+from .statistics import (
+    InstanceStats,
+    StatisticsBank,
+    capture_statistics,
+    stream_statistics,
+    use_statistics,
+)
 
 __all__ = [
     "NORM_NAMES", "NORM_REGISTRY", "NORM_DESCRIPTIONS", "get_norm_layer", "create_norm",
@@ -27,4 +34,5 @@ __all__ = [
     "iter_gates", "set_gates_", "batch_instance_norm", "batch_instance_norm_reference",
     "BatchNorm2d", "InstanceNorm2d", "BatchInstanceNorm2d", "BNIN2d", "IBN", "GroupNorm2d",
     "LayerNorm2d", "SwitchableNorm2d",
+    "capture_statistics", "use_statistics", "stream_statistics", "StatisticsBank", "InstanceStats",
 ]

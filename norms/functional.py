@@ -15,6 +15,7 @@ formula is written once, in its ``coefficients`` function.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -166,9 +167,62 @@ class PlaneAffine(torch.autograd.Function):
 
 
 def plane_affine(x: Tensor, coeff_fn: CoeffFn, *params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Apply a per-plane affine norm (see ``PlaneAffine``), statistics in float32, autocast off."""
+    """Apply a per-plane affine norm (see ``PlaneAffine``), statistics in float32, autocast off.
+
+    While ``torch.onnx.export`` traces the model the same map is written with plain tensor ops
+    (``plane_affine_plain``): an exported graph cannot hold the custom autograd Function, and the
+    one-pass CPU statistics of ``plane_stats`` branch on the data.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return plane_affine_plain(x, coeff_fn, *params)
     with torch.autocast(x.device.type, enabled=False):
         return PlaneAffine.apply(x, coeff_fn, *params)
+
+
+def plane_affine_plain(x: Tensor, coeff_fn: CoeffFn,
+                       *params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``plane_affine`` with ordinary differentiable ops only (var_mean, the coefficient formula,
+    a broadcast multiply-add): what ONNX export records. Same values up to rounding."""
+    var_nc, mean_nc = torch.var_mean(_f32(x), dim=(2, 3), unbiased=False)  # N×C each
+    a, b = coeff_fn(mean_nc, var_nc, *params)  # N×C each (or broadcastable to it)
+    y = _f32(x) * a.unsqueeze(-1).unsqueeze(-1) + b.unsqueeze(-1).unsqueeze(-1)
+    return y.to(x.dtype), mean_nc, var_nc
+
+
+def instance_coefficients(mean: Tensor, var: Tensor, weight: Tensor | None = None,
+                          bias: Tensor | None = None, *,
+                          eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """Per-plane a, b of instance normalization (Ulyanov et al. 2016) with an affine map:
+    y = γ·(x − μ)/√(σ² + ε) + β = a·x + b. ``mean``/``var``: N×C; ``weight``/``bias``: C, N×C or
+    None (γ = 1, β = 0). Also GN/LN once their group statistics are spread over the channels."""
+    a = torch.rsqrt(_f32(var) + eps)
+    if weight is not None:
+        a = _f32(weight) * a
+    b = -_f32(mean) * a
+    if bias is not None:
+        b = b + _f32(bias)
+    return a, b
+
+
+def apply_planes(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """y = a·x + b with a, b of shape N×C (broadcast from 1×C or C if needed), in x's dtype and
+    memory format; the fast kernel of ``PlaneAffine``'s forward (plain ops under ONNX export)."""
+    n, c = x.shape[:2]
+    a, b = a.expand(n, c), b.expand(n, c)
+    if torch.onnx.is_in_onnx_export():
+        y = _f32(x) * a.unsqueeze(-1).unsqueeze(-1) + b.unsqueeze(-1).unsqueeze(-1)
+        return y.to(x.dtype)
+    return _apply_planes(x, a, b)
+
+
+def per_sample_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """y·γ + β for a normalised N×C×H×W ``y``, with γ, β of shape C or N×C (one row per sample,
+    as conditional norms select them) or None."""
+    if weight is not None:
+        y = y * weight.to(y.dtype).unsqueeze(-1).unsqueeze(-1)
+    if bias is not None:
+        y = y + bias.to(y.dtype).unsqueeze(-1).unsqueeze(-1)
+    return y
 
 
 def batch_stats_from_planes(mean_nc: Tensor, var_nc: Tensor) -> tuple[Tensor, Tensor]:
@@ -264,7 +318,11 @@ def batch_instance_norm(
     updated in place as ``F.batch_norm`` updates them (unbiased variance); in eval the BN branch
     uses the running statistics while the IN branch always uses per-instance statistics.
     """
-    coeff = BINCoefficients(eps)
+    coeff: CoeffFn = BINCoefficients(eps)
+    if weight.dim() > 1 or bias.dim() > 1 or gate.dim() > 1:
+        # per-sample γ, β, ρ (N×C, conditional BIN): the closed-form vjp sums over the batch as
+        # for shared parameters, so autograd differentiates the N×C formula instead.
+        coeff = functools.partial(bin_coefficients, eps=eps)
     if training or running_mean is None:
         y, mean_nc, var_nc = plane_affine(x, coeff, weight, bias, gate)
         if training and running_mean is not None:

@@ -8,21 +8,33 @@
 - ``IBN`` (ibn): Pan et al., "Two at Once: Enhancing Learning and Generalization Capacities via
   IBN-Net", ECCV 2018: IN on part of the channels, BN on the rest, official key layout.
 - ``GroupNorm2d`` (gn), ``LayerNorm2d`` (ln), ``SwitchableNorm2d`` (sn, Luo et al. 2018).
+
+Layers with per-instance statistics derive from ``statistics.InstanceStatsNorm`` (where their
+statistics come from: own input, captured, streamed). Layers with affine parameters also have
+``forward_affine(x, weight, bias[, gate])``: the same forward with γ, β (and ρ) given, of shape
+C or N×C (one row per sample), which is what the conditional norms (``conditional.py``) call.
 """
 from __future__ import annotations
 
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .functional import (
     _f32,
+    apply_planes,
     batch_instance_norm,
     batch_stats_from_planes,
+    bin_coefficients,
+    instance_coefficients,
+    per_sample_affine,
     plane_affine,
+    plane_stats,
     update_running_stats_,
 )
+from .statistics import InstanceStats, InstanceStatsNorm
 
 
 def check_nchw(layer: nn.Module, x: Tensor, num_channels: int, *, need_batch: bool = False,
@@ -77,7 +89,7 @@ class BatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
-class InstanceNorm2d(nn.InstanceNorm2d):
+class InstanceNorm2d(InstanceStatsNorm, nn.InstanceNorm2d):
     """Instance norm with affine parameters; per-instance statistics in train and eval.
 
     No running statistics, so its state dict is ``weight``/``bias`` only, as in pytorch/examples'
@@ -89,8 +101,33 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         super().__init__(num_channels, eps=eps, affine=affine, **kw)
 
     def forward(self, x: Tensor) -> Tensor:  # N×C×H×W -> N×C×H×W
+        return self.forward_affine(x, self.weight, self.bias)
+
+    def forward_affine(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """``forward`` with γ, β given (C or N×C); N×C×H×W -> N×C×H×W."""
         check_nchw(self, x, self.num_features, need_spatial=True)
-        return super().forward(x)
+        return self._dispatch(x, {"weight": weight, "bias": bias})
+
+    def uses_instance_stats(self) -> bool:
+        return self.training or not self.track_running_stats
+
+    def _forward_own(self, x: Tensor, weight: Tensor | None = None,
+                     bias: Tensor | None = None) -> Tensor:
+        args = (self.running_mean, self.running_var)
+        flags = (self.training or not self.track_running_stats,
+                 self.momentum if self.momentum is not None else 0.0, self.eps)
+        if (weight is not None and weight.dim() > 1) or (bias is not None and bias.dim() > 1):
+            return per_sample_affine(F.instance_norm(x, *args, None, None, *flags), weight, bias)
+        return F.instance_norm(x, *args, weight, bias, *flags)  # as nn.InstanceNorm2d
+
+    def instance_stats(self, x: Tensor) -> InstanceStats:
+        var, mean = plane_stats(x)  # N×C each
+        return InstanceStats(mean, var)
+
+    def normalize_with_stats(self, x: Tensor, stats: InstanceStats, weight: Tensor | None = None,
+                             bias: Tensor | None = None) -> Tensor:
+        a, b = instance_coefficients(stats.mean, stats.var, weight, bias, eps=self.eps)
+        return apply_planes(x, a, b)
 
 
 class _RunningStatsNorm(nn.Module):
@@ -117,7 +154,7 @@ class _RunningStatsNorm(nn.Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
-class BatchInstanceNorm2d(_RunningStatsNorm):
+class BatchInstanceNorm2d(InstanceStatsNorm, _RunningStatsNorm):
     """Batch-Instance Normalization, Nam & Kim 2018, eq. (3):
 
         y = (ρ·x̂_BN + (1−ρ)·x̂_IN)·γ + β,   ρ ∈ [0, 1] per channel, initialised to 1.
@@ -134,10 +171,28 @@ class BatchInstanceNorm2d(_RunningStatsNorm):
         self.gate = nn.Parameter(torch.full((num_channels,), float(gate_init)))
 
     def forward(self, x: Tensor) -> Tensor:  # N×C×H×W -> N×C×H×W
+        return self.forward_affine(x, self.weight, self.bias, self.gate)
+
+    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor, gate: Tensor) -> Tensor:
+        """``forward`` with γ, β, ρ given (C or N×C); N×C×H×W -> N×C×H×W."""
         check_nchw(self, x, self.num_features, need_batch=self.training, need_spatial=True)
+        return self._dispatch(x, {"weight": weight, "bias": bias, "gate": gate})
+
+    def _forward_own(self, x: Tensor, weight: Tensor, bias: Tensor, gate: Tensor) -> Tensor:
         factor = _ema_factor(self) if self.training else 0.0
-        return batch_instance_norm(x, self.weight, self.bias, self.gate, self.running_mean,
-                                   self.running_var, self.training, factor, self.eps)
+        return batch_instance_norm(x, weight, bias, gate, self.running_mean, self.running_var,
+                                   self.training, factor, self.eps)
+
+    def instance_stats(self, x: Tensor) -> InstanceStats:
+        var, mean = plane_stats(x)  # N×C each
+        return InstanceStats(mean, var)
+
+    def normalize_with_stats(self, x: Tensor, stats: InstanceStats, weight: Tensor, bias: Tensor,
+                             gate: Tensor) -> Tensor:
+        # eval only: the BN branch uses the running statistics, as the default eval path does
+        a, b = bin_coefficients(stats.mean, stats.var, weight, bias, gate, self.running_mean,
+                                self.running_var, eps=self.eps)
+        return apply_planes(x, a, b)
 
 
 class BNIN2d(BatchInstanceNorm2d):
@@ -184,6 +239,19 @@ class IBN(nn.Module):
         xi, xb = torch.split(x, [self.half, self.BN.num_features], dim=1)
         return torch.cat((self.IN(xi), self.BN(xb)), dim=1)
 
+    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Forward with one C-wide γ, β (C or N×C, in channel order) in place of the halves'
+        own; for conditional IBN, whose halves have had their affine parameters removed."""
+        check_nchw(self, x, self.num_features, need_batch=self.training, need_spatial=True)
+        sizes = ([self.BN.num_features, self.half] if self.bn_first
+                 else [self.half, self.BN.num_features])
+        xs = torch.split(x, sizes, dim=1)
+        ws, bs = torch.split(weight, sizes, dim=-1), torch.split(bias, sizes, dim=-1)
+        i_in = 1 if self.bn_first else 0
+        out = [self.IN.forward_affine(xs[i_in], ws[i_in], bs[i_in]),
+               per_sample_affine(self.BN(xs[1 - i_in]), ws[1 - i_in], bs[1 - i_in])]
+        return torch.cat(out[::-1] if self.bn_first else out, dim=1)
+
     def extra_repr(self) -> str:
         return f"{self.num_features}, ratio={self.ratio}, bn_first={self.bn_first}"
 
@@ -196,7 +264,7 @@ def _default_groups(num_channels: int, max_groups: int = 32) -> int:
     return 1
 
 
-class GroupNorm2d(nn.GroupNorm):
+class GroupNorm2d(InstanceStatsNorm, nn.GroupNorm):
     """Group Normalization (Wu & He 2018) with ``num_channels`` first; 32 groups where they divide."""
 
     def __init__(self, num_channels: int, num_groups: int | None = None, eps: float = 1e-5,
@@ -208,11 +276,38 @@ class GroupNorm2d(nn.GroupNorm):
         super().__init__(groups, num_channels, eps=eps, affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:  # N×C×H×W -> N×C×H×W
+        return self.forward_affine(x, self.weight, self.bias)
+
+    def forward_affine(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        """``forward`` with γ, β given (C or N×C); N×C×H×W -> N×C×H×W."""
         check_nchw(self, x, self.num_channels)
         if x.shape[2] * x.shape[3] * (self.num_channels // self.num_groups) <= 1:
             raise ValueError(f"{type(self).__name__}({self.num_channels}): a group of one value "
                              f"cannot be normalised, input shape {tuple(x.shape)}")
-        return super().forward(x)
+        return self._dispatch(x, {"weight": weight, "bias": bias})
+
+    def _forward_own(self, x: Tensor, weight: Tensor | None = None,
+                     bias: Tensor | None = None) -> Tensor:
+        if (weight is not None and weight.dim() > 1) or (bias is not None and bias.dim() > 1):
+            y = F.group_norm(x, self.num_groups, None, None, self.eps)
+            return per_sample_affine(y, weight, bias)
+        return F.group_norm(x, self.num_groups, weight, bias, self.eps)  # as nn.GroupNorm
+
+    def stats_width(self) -> int:
+        return self.num_groups
+
+    def instance_stats(self, x: Tensor) -> InstanceStats:
+        xg = _f32(x).reshape(x.shape[0], self.num_groups, -1)  # N×G×(C/G·H·W)
+        var, mean = torch.var_mean(xg, dim=-1, unbiased=False)  # N×G each
+        return InstanceStats(mean, var)
+
+    def normalize_with_stats(self, x: Tensor, stats: InstanceStats, weight: Tensor | None = None,
+                             bias: Tensor | None = None) -> Tensor:
+        per_group = self.num_channels // self.num_groups
+        mean = stats.mean.repeat_interleave(per_group, dim=1)  # N×G -> N×C, group-major as GN
+        var = stats.var.repeat_interleave(per_group, dim=1)
+        a, b = instance_coefficients(mean, var, weight, bias, eps=self.eps)
+        return apply_planes(x, a, b)
 
 
 class LayerNorm2d(GroupNorm2d):
@@ -241,7 +336,7 @@ def sn_coefficients(mean_in: Tensor, var_in: Tensor, weight: Tensor, bias: Tenso
     return a, _f32(bias) - mean * a
 
 
-class SwitchableNorm2d(_RunningStatsNorm):
+class SwitchableNorm2d(InstanceStatsNorm, _RunningStatsNorm):
     """Switchable Normalization (Luo et al., ICLR 2019): learned softmax weights (``mean_weight``,
     ``var_weight``, order IN, LN, BN) mix the three kinds of statistics. BIN is close to the slice
     without LN, mixing normalised outputs instead of statistics.
@@ -253,9 +348,26 @@ class SwitchableNorm2d(_RunningStatsNorm):
         self.var_weight = nn.Parameter(torch.ones(3))
 
     def forward(self, x: Tensor) -> Tensor:  # N×C×H×W -> N×C×H×W
+        return self.forward_affine(x, self.weight, self.bias)
+
+    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """``forward`` with γ, β given (C or N×C); N×C×H×W -> N×C×H×W."""
         check_nchw(self, x, self.num_features, need_batch=self.training, need_spatial=True)
+        return self._dispatch(x, {"weight": weight, "bias": bias})
+
+    def instance_stats(self, x: Tensor) -> InstanceStats:
+        var, mean = plane_stats(x)  # N×C each; LN statistics derive from them
+        return InstanceStats(mean, var)
+
+    def normalize_with_stats(self, x: Tensor, stats: InstanceStats, weight: Tensor,
+                             bias: Tensor) -> Tensor:
+        a, b = sn_coefficients(stats.mean, stats.var, weight, bias, self.mean_weight,
+                               self.var_weight, self.running_mean, self.running_var, eps=self.eps)
+        return apply_planes(x, a, b)
+
+    def _forward_own(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         coeff = functools.partial(sn_coefficients, eps=self.eps)
-        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
+        params = (weight, bias, self.mean_weight, self.var_weight)
         if not self.training:
             return plane_affine(x, coeff, *params, self.running_mean, self.running_var)[0]
         y, mean_nc, var_nc = plane_affine(x, coeff, *params)

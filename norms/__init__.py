@@ -27,6 +27,7 @@ from .statistics import (
     stream_statistics,
     use_statistics,
 )
+from .sync import batch_stats_synced, sync_batch_stats, unsync_batch_stats
 
 __all__ = [
     "NORM_NAMES", "NORM_REGISTRY", "NORM_DESCRIPTIONS", "get_norm_layer", "create_norm",
@@ -35,4 +36,5 @@ __all__ = [
     "BatchNorm2d", "InstanceNorm2d", "BatchInstanceNorm2d", "BNIN2d", "IBN", "GroupNorm2d",
     "LayerNorm2d", "SwitchableNorm2d",
     "capture_statistics", "use_statistics", "stream_statistics", "StatisticsBank", "InstanceStats",
+    "sync_batch_stats", "unsync_batch_stats", "batch_stats_synced",
 ]

@@ -234,11 +234,19 @@ def batch_stats_from_planes(mean_nc: Tensor, var_nc: Tensor) -> tuple[Tensor, Te
 
 
 @torch.no_grad()
-def update_running_stats_(running_mean: Tensor, running_var: Tensor, mean_nc: Tensor,
-                          var_nc: Tensor, count: int, momentum: float) -> None:
+def update_running_stats_(running_mean: Tensor, running_var: Tensor, mean_nc: Tensor | None,
+                          var_nc: Tensor | None, count: int, momentum: float, *,
+                          batch_stats: tuple[Tensor, Tensor] | None = None) -> None:
     """Move running statistics toward this batch's, as ``F.batch_norm`` does: the variance is
-    stored unbiased (× count/(count−1)), ``count`` = N·H·W values per channel."""
-    bn_mean, bn_var = batch_stats_from_planes(mean_nc, var_nc)
+    stored unbiased (× count/(count−1)), ``count`` = N·H·W values per channel.
+
+    ``batch_stats`` (biased per-channel mean, variance) replaces the statistics derived from
+    the planes: synchronised layers pass the global ones, with the global ``count``.
+    """
+    if batch_stats is None:
+        bn_mean, bn_var = batch_stats_from_planes(mean_nc, var_nc)
+    else:
+        bn_mean, bn_var = batch_stats
     running_mean.lerp_(bn_mean.to(running_mean.dtype), momentum)
     running_var.lerp_((bn_var * (count / max(count - 1, 1))).to(running_var.dtype), momentum)
 

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.io import load_safetensors, load_torch, save_safetensors
+from engine.checkpoint import read_model, save_model
+from engine.io import load_torch
 
 from .registry import ModelConfig, build_from_config, create_model, default_input_size
 
@@ -41,17 +42,14 @@ def imagenet_class_names() -> list[str]:
 
 def save_classifier(path: str | Path, model: nn.Module, *, class_names: list[str],
                     mean: list[float], std: list[float], image_size: int,
-                    half: bool = False, **meta: Any) -> Path:
-    """Write ``model`` as safetensors with its ``ModelConfig`` and data facts in the metadata
-    (``half``: store floating tensors as fp16, e.g. for shipping)."""
-    sd = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        sd[k] = v.half() if (half and v.is_floating_point()) else v
-    md = {"config": model.config.to_dict(), "class_names": class_names, "mean": mean,
-          "std": std, "image_size": image_size, "format": "normlab.classify/1", **meta}
-    save_safetensors(path, sd, md)
-    return Path(path)
+                    half: bool = False, recipe: dict[str, Any] | None = None, **meta: Any) -> Path:
+    """Write ``model`` in the normlab checkpoint schema (``engine.checkpoint``): its
+    ``ModelConfig``, the training recipe and the data facts (class names, normalisation, input
+    size); ``half`` stores floating tensors as fp16, e.g. for shipping."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return save_model(path, sd, kind="classifier", config=model.config.to_dict(), recipe=recipe,
+                      half=half, class_names=class_names, mean=mean, std=std,
+                      image_size=image_size, **meta)
 
 
 def strip_official(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -132,24 +130,19 @@ def _load(spec: str, device: str) -> Classifier:
                          "file, or ARCH:FILE.pth for an official IBN-Net checkpoint")
     else:
         name = path.parent.name if path.stem in ("model", "last") else path.stem
-    tensors, meta = load_safetensors(path)
-    if "config" not in meta:
-        raise ValueError(f"{path} has no model config in its metadata (not a normlab classifier)")
+    tensors, meta = read_model(path, "classifier", validate=ModelConfig.from_dict)
     model = build_from_config(meta["config"])
     load_state_strict(model, tensors, str(path))
+    del tensors
     model = model.float().to(device).eval()
     return Classifier(model, model.config, list(meta["class_names"]), list(meta["mean"]),
                       list(meta["std"]), int(meta["image_size"]), name=name, meta=meta)
 
 
 def export_classifier(src: str | Path, dst: str | Path, half: bool = True) -> Path:
-    """Re-save a classifier safetensors (metadata kept), fp16 when ``half``."""
-    src = Path(src)
-    if src.suffix != ".safetensors":
-        raise ValueError(f"export takes a .safetensors classifier, got {src}")
-    tensors, meta = load_safetensors(src)
-    if "config" not in meta:
-        raise ValueError(f"{src} has no model config in its metadata (not a normlab classifier)")
-    out = {k: (v.half() if half and v.is_floating_point() else v) for k, v in tensors.items()}
-    save_safetensors(dst, out, meta)
-    return Path(dst)
+    """Re-save a classifier (metadata kept, schema brought up to date), fp16 when ``half``."""
+    tensors, meta = read_model(src, "classifier", validate=ModelConfig.from_dict)
+    for k in ("kind", "format", "dtype"):
+        meta.pop(k, None)
+    config, recipe = meta.pop("config"), meta.pop("recipe", None)
+    return save_model(dst, tensors, kind="classifier", config=config, recipe=recipe, half=half, **meta)

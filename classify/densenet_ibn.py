@@ -88,13 +88,10 @@ class DenseNetIBN(nn.Module):
 
 def _builder(cfg: tuple[int, ...]):
     def build(num_classes: int = 1000, norm: str | None = None, **kw) -> DenseNetIBN:
-        if norm not in (None, "bn"):
-            raise ValueError(f"the official DenseNet-IBN-a uses BatchNorm outside the IBN layers, "
-                             f"got norm={norm!r}")
         return DenseNetIBN(cfg, num_classes, "bn", True, **kw)
 
     return build
 
 
-register("densenet121_ibn_a")(_builder((6, 12, 24, 16)))
-register("densenet169_ibn_a")(_builder((6, 12, 32, 32)))
+register("densenet121_ibn_a", norms=("bn",))(_builder((6, 12, 24, 16)))
+register("densenet169_ibn_a", norms=("bn",))(_builder((6, 12, 32, 32)))

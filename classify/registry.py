@@ -14,6 +14,9 @@ Builder = Callable[..., nn.Module]
 
 _MODELS: dict[str, Builder] = {}
 _DEFAULT_INPUT: dict[str, int] = {}
+_NORMS: dict[str, tuple[str, ...] | None] = {}  # norms an architecture accepts (None: any)
+# CIFAR ResNets also take these names for their IBN-a / IBN-b layouts (see cifar_resnet.py)
+IBN_ALIASES = ("ibn_a", "ibn_b")
 
 
 @dataclass
@@ -30,20 +33,45 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """A validated config (bounds and names checked before anything is built)."""
+        if not isinstance(d, dict):
+            raise ValueError("model config must be a JSON object")
         known = {k: d[k] for k in ("arch", "num_classes", "norm", "kwargs") if k in d}
         if "arch" not in known:
             raise ValueError(f"model config has no 'arch' field: {sorted(d)}")
-        return cls(**known)
+        cfg = cls(**known)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """One-line ``ValueError`` for an unknown architecture or norm, a class count out of
+        range, or extra arguments that are not small plain values. Runs before any tensor is
+        allocated, so a crafted checkpoint cannot make the loader build a huge network."""
+        from engine.checkpoint import check_range
+
+        validate_arch_norm(self.arch, self.norm)
+        check_range("number of classes", self.num_classes, 1, 100_000)
+        if not isinstance(self.kwargs, dict):
+            raise ValueError("model config kwargs must be a JSON object")
+        for k, v in self.kwargs.items():
+            if isinstance(v, bool) or v is None or isinstance(v, str) and len(v) < 64:
+                continue
+            vals = v if isinstance(v, (list, tuple)) else [v]
+            if len(vals) > 8 or not all(isinstance(x, int) and 0 < x <= 4096 for x in vals):
+                raise ValueError(f"model config argument {k}={v!r} is out of range")
 
 
-def register(name: str, input_size: int = 224) -> Callable[[Builder], Builder]:
-    """Decorator: add a builder ``f(num_classes=..., norm=..., **kw) -> nn.Module``."""
+def register(name: str, input_size: int = 224, norms: tuple[str, ...] | None = None
+             ) -> Callable[[Builder], Builder]:
+    """Decorator: add a builder ``f(num_classes=..., norm=..., **kw) -> nn.Module`` that accepts
+    the ``norms`` names (None: every registered norm)."""
 
     def deco(fn: Builder) -> Builder:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
         _MODELS[name] = fn
         _DEFAULT_INPUT[name] = input_size
+        _NORMS[name] = norms
         return fn
 
     return deco
@@ -61,15 +89,32 @@ def default_input_size(name: str) -> int:
 
 
 def _check(name: str) -> None:
-    if name not in _MODELS:
+    if not isinstance(name, str) or name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+
+
+def validate_arch_norm(arch: str, norm: str | None) -> None:
+    """``ValueError`` at once (before any work) for an unknown architecture or a norm it does not
+    take, naming what it does take."""
+    from norms import NORM_NAMES
+
+    _check(arch)
+    allowed = _NORMS[arch]
+    if norm is None:
+        return
+    if allowed is None:
+        if norm not in NORM_NAMES and norm not in IBN_ALIASES:
+            raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORM_NAMES)}")
+    elif norm not in allowed:
+        raise ValueError(f"{arch} uses {'/'.join(allowed)} outside its IBN layers (the official "
+                         f"layout); for norm {norm!r} pick an architecture without the IBN suffix")
 
 
 def create_model(name: str, num_classes: int = 1000, norm: str | None = None,
                  **kwargs: Any) -> nn.Module:
     """Build a registered classifier; ``norm`` (a ``norms`` name) where the architecture takes
     one. Unknown names raise a ``ValueError`` listing the known ones."""
-    _check(name)
+    validate_arch_norm(name, norm)
     model = _MODELS[name](num_classes=num_classes, norm=norm, **kwargs)
     model.config = ModelConfig(arch=name, num_classes=num_classes, norm=norm, kwargs=dict(kwargs))
     return model

@@ -157,9 +157,6 @@ def _builder(depth: int, ibn: str | None, **block_kw):
     block, layers = _DEPTHS[depth]
 
     def build(num_classes: int = 1000, norm: str | None = None, **kw) -> ResNetIBN:
-        if ibn is not None and norm not in (None, "bn"):
-            raise ValueError(f"the official IBN-{ibn} models use BatchNorm outside the IBN layers; "
-                             f"for norm={norm!r} build resnet{depth} with norm={norm!r}")
         return ResNetIBN(block, layers, num_classes, norm, _IBN[ibn], **block_kw, **kw)
 
     return build
@@ -167,7 +164,7 @@ def _builder(depth: int, ibn: str | None, **block_kw):
 
 for _d in (18, 34, 50, 101):
     register(f"resnet{_d}")(_builder(_d, None))
-    register(f"resnet{_d}_ibn_a")(_builder(_d, "a"))
-    register(f"resnet{_d}_ibn_b")(_builder(_d, "b"))
-register("resnext101_ibn_a")(_builder(101, "a", cardinality=32, base_width=4))
-register("se_resnet101_ibn_a")(_builder(101, "a", se=True))
+    register(f"resnet{_d}_ibn_a", norms=("bn",))(_builder(_d, "a"))
+    register(f"resnet{_d}_ibn_b", norms=("bn",))(_builder(_d, "b"))
+register("resnext101_ibn_a", norms=("bn",))(_builder(101, "a", cardinality=32, base_width=4))
+register("se_resnet101_ibn_a", norms=("bn",))(_builder(101, "a", se=True))

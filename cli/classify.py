@@ -15,6 +15,7 @@ app = typer.Typer(help="Classification networks with BN, IN, BN+IN, BIN and IBN:
                   no_args_is_help=True)
 
 Norm = Enum("Norm", {n: n for n in NORM_NAMES}, type=str)
+Schedule = Enum("Schedule", {n: n for n in ("step", "onecycle")}, type=str)
 
 
 def _device(ctx: typer.Context, device: str | None) -> str:
@@ -37,35 +38,50 @@ def train_cmd(
     arch: str = typer.Option("resnet20", help="Architecture (see `classify list`)."),
     norm: Norm = typer.Option("bn", help="Normalization layer everywhere (ibn: IBN-a placement)."),
     out: Path = typer.Option(Path("runs/classify/run"), help="Output folder."),
-    epochs: int = typer.Option(160, min=1, help="Epochs (lr ÷10 at 50% and 75%)."),
-    batch_size: int = typer.Option(128, min=2),
-    lr: float = typer.Option(0.1),
-    weight_decay: float = typer.Option(1e-4),
-    seed: int = typer.Option(0),
+    epochs: int = typer.Option(160, help="Epochs."),
+    batch_size: int = typer.Option(128, help="Global batch size (split across torchrun processes)."),
+    lr: float = typer.Option(0.1, help="Peak SGD learning rate (BIN gates get 10×)."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    nesterov: bool = typer.Option(False, help="Nesterov momentum."),
+    weight_decay: float = typer.Option(1e-4, help="Weight decay (not on norm parameters or gates)."),
+    schedule: Schedule = typer.Option("step", help="step: lr ÷10 at 50% and 75% of the epochs (the "
+                                      "papers'); onecycle: warm-up then cosine to 0, per step."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy (0.1 "
+                                          "with onecycle is the fast recipe)."),
+    seed: int = typer.Option(0, help="Random seed (init, data order, augmentation)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
-    amp: bool = typer.Option(False, help="Mixed precision (fp16 on CUDA, bf16 on CPU)."),
+    amp: bool = typer.Option(False, help="Mixed precision (bf16 where supported, else fp16 with "
+                             "loss scaling)."),
+    compile: bool = typer.Option(False, help="torch.compile the model."),
     image_size: Optional[int] = typer.Option(None, help="Input size (default: the arch's, 32 for CIFAR nets)."),
-    train_subset: Optional[int] = typer.Option(None, min=2, help="Train on a seeded random subset of this many images."),
-    test_subset: Optional[int] = typer.Option(None, min=1, help="Evaluate on a seeded subset."),
+    train_subset: Optional[int] = typer.Option(None, help="Train on a seeded random subset of this many images."),
+    test_subset: Optional[int] = typer.Option(None, help="Evaluate on a seeded subset."),
     train_domains: Optional[str] = typer.Option(None, help="pacs: comma-separated training domains."),
     test_domains: Optional[str] = typer.Option(None, help="pacs: comma-separated test domains."),
     download: bool = typer.Option(False, help="cifar10: download the dataset if missing."),
-    resume: bool = typer.Option(False, help="Continue from OUT/last.pt exactly."),
-    threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
-    eval_every: int = typer.Option(1, min=0, help="Epochs between test evaluations (0: only at the end)."),
+    resume: bool = typer.Option(False, help="Continue OUT/checkpoint.pt exactly; its recipe wins."),
+    override: Optional[str] = typer.Option(None, help="With --resume: comma-separated options that "
+                                           "may differ from the checkpoint's recipe (e.g. lr)."),
+    threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
+    eval_every: int = typer.Option(1, help="Epochs between test evaluations (0: only at the end)."),
 ) -> None:
     """Train a classifier (BIN paper CIFAR recipe by default); writes OUT/model.safetensors,
-    OUT/last.pt and OUT/metrics.jsonl."""
+    OUT/checkpoint.pt and OUT/metrics.jsonl. Under torchrun, trains data-parallel with
+    synchronised batch statistics."""
     from classify.train import TrainConfig, train
+    from cli import explicit_options, override_list
 
     cfg = TrainConfig(arch=arch, norm=norm.value, data=data, out=str(out), epochs=epochs,
-                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
-                      device=_device(ctx, device), amp=amp, image_size=image_size,
+                      batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
+                      weight_decay=weight_decay, schedule=schedule.value,
+                      label_smoothing=label_smoothing, seed=seed,
+                      device=_device(ctx, device), amp=amp, compile=compile, image_size=image_size,
                       train_subset=train_subset, test_subset=test_subset,
                       train_domains=train_domains, test_domains=test_domains,
                       download=download, resume=resume, threads=threads,
                       eval_every=eval_every)
-    path = train(cfg)
+    path = train(cfg, explicit=explicit_options(ctx) - {"override"},
+                 override=override_list(override))
     typer.echo(f"wrote {path}")
 
 

@@ -1,6 +1,7 @@
 """``normlab stylize ...``: train, run, compare, curves, bench — thin wrappers over the library."""
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -37,18 +38,25 @@ def train_cmd(
     style_size: Optional[int] = typer.Option(None, help="Resize the style image's shorter side to this."),
     seed: int = typer.Option(42, help="Random seed (init and data order)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
-    amp: bool = typer.Option(False, help="bf16 autocast (CUDA only)."),
+    amp: bool = typer.Option(False, help="Mixed precision (bf16 where supported, else fp16 with "
+                             "loss scaling)."),
+    compile: bool = typer.Option(False, help="torch.compile the network."),
     checkpoint_every: int = typer.Option(200, help="Steps between checkpoints."),
     preview_every: int = typer.Option(0, help="Steps between preview images (0: none)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out exactly where it stopped."),
+    resume: bool = typer.Option(False, help="Continue the run in --out exactly where it stopped; "
+                                "its recipe wins."),
+    override: Optional[str] = typer.Option(None, help="With --resume: comma-separated options that "
+                                           "may differ from the checkpoint's recipe (e.g. lr)."),
     vgg_weights: Optional[str] = typer.Option(
         None, help="VGG weights for the loss: a torchvision VGG-16/19 state dict or a normalised "
                    "VGG-19 encoder; 'torchvision' downloads VGG-16 once. Default: torchvision's cache."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
 ) -> None:
-    """Train a style network with the VGG perceptual loss; writes <out>/model.safetensors."""
+    """Train a style network with the VGG perceptual loss; writes <out>/model.safetensors.
+    Under torchrun, trains data-parallel with synchronised batch statistics."""
     import torch
 
+    from cli import explicit_options, override_list
     from stylize.train import TrainConfig, train
 
     if threads:
@@ -57,10 +65,11 @@ def train_cmd(
                       out=str(out), image_size=image_size, batch_size=batch_size, steps=steps,
                       epochs=epochs, lr=lr, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight, style_size=style_size,
-                      seed=seed, device=_device(ctx, device), amp=amp,
+                      seed=seed, device=_device(ctx, device), amp=amp, compile=compile,
                       checkpoint_every=checkpoint_every, preview_every=preview_every,
-                      vgg_weights=vgg_weights)
-    path = train(cfg, resume=resume)
+                      vgg_weights=vgg_weights, resume=resume)
+    explicit = explicit_options(ctx, {"content": "content_dir"}) - {"override", "threads"}
+    path = train(cfg, explicit=explicit, override=override_list(override))
     typer.echo(str(path))
 
 
@@ -70,46 +79,124 @@ def _out_name(src: Path) -> str:
                                               ".tiff") else src.stem + ".png"
 
 
+def _check_folder(folder: Path, what: str) -> None:
+    """``folder`` can be created or written: no existing file on its path, writable ancestor."""
+    p = folder
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if not p.is_dir():
+        raise ValueError(f"{what} {folder} cannot be created: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder} is not writable (permission denied on {p})")
+
+
+def plan_outputs(inputs: list[Path], output: Path, overwrite: bool = False
+                 ) -> tuple[list[tuple[Path, Path]], bool]:
+    """(input, output) pairs for ``stylize run`` and whether the output is one file, checked
+    before any work: an image extension means a file (one input image only), anything else a
+    folder (a name with an unknown extension is refused); no output may be an input, two inputs
+    may not map to one output, existing outputs need ``overwrite``."""
+    from engine.images import IMAGE_EXTENSIONS, list_images
+
+    for src in inputs:
+        if not src.exists():
+            raise ValueError(f"{src} does not exist")
+    suffix = output.suffix.lower()
+    as_file = not output.is_dir() and suffix in IMAGE_EXTENSIONS
+    if not output.is_dir() and suffix and not as_file:
+        raise ValueError(f"output {output}: unknown image extension {output.suffix!r}; give an "
+                         "image file name (.jpg, .png, ...) or a folder name without extension")
+    jobs: list[tuple[Path, Path]] = []
+    if as_file:
+        if len(inputs) != 1 or inputs[0].is_dir():
+            what = "a folder" if len(inputs) == 1 else f"{len(inputs)} inputs"
+            raise ValueError(f"output {output} is an image file name, but {what} need an output "
+                             "folder: give a folder name without extension")
+        jobs.append((inputs[0], output))
+        _check_folder(output.parent, "output folder")
+        if output.is_dir():
+            raise ValueError(f"output {output} is an existing folder")
+    else:
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"output folder {output} is an existing file")
+        _check_folder(output, "output folder")
+        for src in inputs:
+            if src.is_dir():
+                for f in list_images(src):
+                    rel = f.relative_to(src)
+                    base = output / src.name if len(inputs) > 1 else output
+                    jobs.append((f, base / rel.parent / _out_name(f)))
+            else:
+                jobs.append((src, output / _out_name(src)))
+    if not jobs:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    sources = {os.path.normcase(os.path.realpath(s)) for s, _ in jobs}
+    seen: dict[str, Path] = {}
+    for src, dst in jobs:
+        key = os.path.normcase(os.path.realpath(dst))
+        if key in sources:
+            raise ValueError(f"output {dst} is one of the inputs; it is never overwritten: "
+                             "choose another output")
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {src} would both be written to {dst}; rename one "
+                             "or stylize them into different folders")
+        seen[key] = src
+        if dst.is_dir():
+            raise ValueError(f"output {dst} is an existing folder")
+    existing = [d for _, d in jobs if d.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise ValueError(f"output {existing[0]} already exists{more}; use --overwrite to "
+                         "replace it")
+    return jobs, as_file
+
+
+def _save(img, dst: Path) -> None:
+    """``save_image`` with OS errors naming the user's path (not the temp file) and their cause,
+    e.g. "no space left on device"."""
+    from engine.images import save_image
+
+    try:
+        save_image(img, dst)
+    except OSError as exc:
+        why = os.strerror(exc.errno).lower() if exc.errno else str(exc).split(":")[0]
+        raise ValueError(f"cannot write {dst}: {why}") from None
+
+
 @app.command("run")
 def run_cmd(
     ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     model: str = typer.Option(..., "--model", "-m", help="Shipped model name, .safetensors or pytorch/examples .pth."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output file (one input file) or folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output image file (.jpg, .png, ...; one input image) or folder (several inputs or folders)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (inputs are never overwritten)."),
     max_size: Optional[int] = typer.Option(None, help="Process at most this longest side, scale back up."),
-    tile: Optional[int] = typer.Option(None, help="Process in overlapping tiles of this size (bounded memory)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2G: larger images are processed in tiles with whole-image statistics (default: half the free RAM, or 80 % of free GPU memory)."),
+    tile: Optional[int] = typer.Option(None, help="Force overlapping tiles of this size in px (default: automatic from --max-memory)."),
     preserve_color: bool = typer.Option(False, help="Keep the input's colours; transfer luminance only."),
     strength: float = typer.Option(1.0, help="0 = input, 1 = fully stylized."),
     gate: Optional[float] = typer.Option(None, help="BIN models: push every ρ toward IN (-1) or BN (+1)."),
     fast: bool = typer.Option(False, help="channels_last + bf16 autocast (see `stylize bench` for quality)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
 ) -> None:
-    """Stylize images; the output has the input's size (and alpha). Folders map to folders."""
+    """Stylize images; the output has the input's size (and alpha). Folders map to folders.
+    Outputs are checked before any work; existing files are kept unless --overwrite."""
     from tqdm.auto import tqdm
 
-    from engine.images import IMAGE_EXTENSIONS, list_images, load_image, save_image
+    from engine.images import load_image
     from stylize.infer import load_model, stylize_image
+    from stylize.tiling import parse_memory
 
-    jobs: list[tuple[Path, Path]] = []
-    single = len(inputs) == 1 and inputs[0].is_file() and output.suffix.lower() in IMAGE_EXTENSIONS
-    for src in inputs:
-        if not src.exists():
-            raise ValueError(f"{src} does not exist")
-        if single:
-            jobs.append((src, output))
-        elif src.is_dir():
-            for f in list_images(src):
-                rel = f.relative_to(src)
-                jobs.append((f, output / src.name / rel.parent / _out_name(f)
-                             if len(inputs) > 1 else output / rel.parent / _out_name(f)))
-        else:
-            jobs.append((src, output / _out_name(src)))
-    if not jobs:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    budget = parse_memory(max_memory) if max_memory is not None else None
+    if tile is not None and tile < 64:
+        raise ValueError(f"--tile must be at least 64 px, got {tile}")
+    jobs, single = plan_outputs(list(inputs), output, overwrite)
     dev = _device(ctx, device)
     m = load_model(model, device=dev)
     kw = dict(max_size=max_size, tile=tile, preserve_color=preserve_color, strength=strength,
-              gate=gate, device=dev, fast=fast)
+              gate=gate, device=dev, fast=fast, max_memory=budget)
     failed: list[str] = []
     for src, dst in tqdm(jobs, desc=f"stylize {m.name}", unit="img", disable=len(jobs) == 1):
         try:
@@ -119,7 +206,7 @@ def run_cmd(
                 raise
             failed.append(str(exc))
             continue
-        save_image(stylize_image(m, img, **kw), dst)
+        _save(stylize_image(m, img, **kw), dst)
     if failed:
         raise ValueError(f"{len(failed)} of {len(jobs)} inputs could not be read (first: {failed[0]})")
     typer.echo(str(output))

@@ -1,4 +1,5 @@
-"""Device choice shared by every entry point: ``auto`` → cuda, then mps, then cpu."""
+"""Devices for every entry point (``auto`` → cuda, then mps, then cpu) and the one mixed-precision
+policy both pipelines use."""
 from __future__ import annotations
 
 import torch
@@ -30,3 +31,19 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ValueError(f"unknown device {name!r}; choose from {', '.join(DEVICE_CHOICES)} or cuda:N")
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype for ``device`` (one policy for every pipeline): bf16 where the device
+    supports it (CPU, recent CUDA GPUs), fp16 elsewhere on CUDA (with a ``GradScaler``)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.bfloat16
+
+
+def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
+    """A ``GradScaler`` that is active only for fp16 autocast on CUDA (bf16 needs none)."""
+    on = enabled and device.type == "cuda" and amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler("cuda", enabled=on)

@@ -1,18 +1,22 @@
 """Loading style models (shipped name, .safetensors, pytorch/examples .pth) and stylizing images:
-size limits, overlapping tiles, colour preservation, strength and BIN gate overrides."""
+size limits, any size in bounded memory (thumbnail-statistics tiles, ``stylize.tiling``), colour
+preservation, strength and BIN gate overrides."""
 from __future__ import annotations
 
 import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import norms
 import engine.io
+from engine.checkpoint import read_model
 import weights
 from engine.devices import resolve_device
 
@@ -65,11 +69,8 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> StyleMod
     if key in _CACHE:
         return _CACHE[key]
     if path.suffix.lower() == ".safetensors":
-        tensors, meta = engine.io.load_safetensors(path)
-        if not isinstance(meta.get("config"), dict):
-            raise ValueError(f"{path} has no model config in its metadata (not a stylize model)")
-        if meta.get("kind", "stylize") != "stylize":
-            raise ValueError(f"{path} is a {meta.get('kind')!r} model, not a style model")
+        # kind and config bounds are checked before any tensor is read or the net is built
+        tensors, meta = read_model(path, "style", validate=StyleConfig.from_dict)
         config = StyleConfig.from_dict(meta["config"])
         net = TransformerNet(config=config)
         try:
@@ -124,67 +125,62 @@ def _run(net: TransformerNet, x: torch.Tensor, fast: bool) -> torch.Tensor:
         return net(x)
 
 
-def _ramp(n: int, overlap: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
-    w = torch.ones(n)
-    k = min(overlap, n // 2)
-    if k > 0:
-        r = (torch.arange(k, dtype=torch.float32) + 0.5) / k
-        if not lo_edge:
-            w[:k] = r
-        if not hi_edge:
-            w[n - k:] = r.flip(0)
-    return w
+@contextlib.contextmanager
+def _stage_progress(net: TransformerNet, bar: bool,
+                    progress: Callable[[int, int], None] | None) -> Iterator[None]:
+    """Progress of one untiled pass, one step per stage of the network (conv1 … deconv3): a tqdm
+    bar that appears once the pass has taken 2 s, and/or ``progress(done, total)`` calls."""
+    from tqdm.auto import tqdm
 
+    stages = [m for n, m in net.named_children() if n != "relu"]
+    if not bar and progress is None:
+        yield
+        return
+    with tqdm(total=len(stages), desc="stylize", unit="stage", delay=2.0, leave=False,
+              disable=not bar) as pbar:
+        done = [0]
 
-def _starts(n: int, tile: int, stride: int) -> list[int]:
-    if n <= tile:
-        return [0]
-    s = list(range(0, n - tile + 1, stride))
-    if s[-1] + tile < n:
-        s.append(n - tile)
-    return s
+        def hook(*_: Any) -> None:
+            done[0] += 1
+            pbar.update(1)
+            if progress is not None:
+                progress(done[0], len(stages))
 
-
-def _run_tiled(net: TransformerNet, x: torch.Tensor, tile: int, fast: bool) -> torch.Tensor:
-    """Overlapping tiles blended with linear ramps: memory bounded by the tile, not the image."""
-    _, _, h, w = x.shape
-    overlap = max(16, tile // 4)
-    stride = tile - overlap
-    out = torch.zeros(3, h, w)
-    acc = torch.zeros(1, h, w)
-    ys, xs = _starts(h, tile, stride), _starts(w, tile, stride)
-    for y0 in ys:
-        for x0 in xs:
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            y = _run(net, x[..., y0:y1, x0:x1], fast)[0].float().cpu()
-            wy = _ramp(y1 - y0, overlap, y0 == 0, y1 == h)
-            wx = _ramp(x1 - x0, overlap, x0 == 0, x1 == w)
-            m = (wy[:, None] * wx[None, :]).unsqueeze(0)
-            out[:, y0:y1, x0:x1] += y * m
-            acc[:, y0:y1, x0:x1] += m
-    return (out / acc).unsqueeze(0)
+        handles = [m.register_forward_hook(hook) for m in stages]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None = None,
                   tile: int | None = None, preserve_color: bool = False, strength: float = 1.0,
                   gate: float | None = None, device: str | torch.device = "cpu",
-                  fast: bool = False) -> Image.Image:
+                  fast: bool = False, max_memory: int | str | None = None,
+                  progress: Callable[[int, int], None] | None = None,
+                  bar: bool = True) -> Image.Image:
     """Stylize ``image``; the result has the input's size (and its alpha channel, if any).
 
-    ``max_size`` processes a downscaled copy (longest side) and scales the result back;
-    ``tile`` processes overlapping tiles of that size; ``preserve_color`` keeps the input's
-    chroma (YCbCr) and takes only luminance from the stylized image; ``strength`` blends with
-    the input; ``gate`` overrides BIN gates (see ``gate_override``).
+    ``max_size`` processes a downscaled copy (longest side) and scales the result back.
+    Images whose activations exceed ``max_memory`` (bytes or "2G"; default: half the available
+    RAM, 80 % of free GPU memory) are processed in overlapping tiles with statistics captured on
+    a thumbnail (URST, see ``stylize.tiling``), so they look like the whole-image pass; ``tile``
+    forces tiles of that size. ``preserve_color`` keeps the input's chroma (YCbCr) and takes only
+    luminance from the stylized image; ``strength`` blends with the input; ``gate`` overrides BIN
+    gates (see ``gate_override``). ``progress(done, total)`` is called per tile (or per network
+    stage when untiled); ``bar`` shows a tqdm bar for work that takes over 2 s.
     """
+    from .tiling import parse_memory, plan_memory, stylize_tiled
+
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     if max_size is not None and max_size < 16:
         raise ValueError(f"max_size must be at least 16, got {max_size}")
-    if tile is not None and tile < 64:
-        raise ValueError(f"tile must be at least 64 px, got {tile}")
     if gate is not None and not model.has_gates:
         raise ValueError(f"model {model.name!r} has no BIN gates (norm {model.config.norm!r}); "
                          "--gate needs a BIN model")
+    budget = None if max_memory is None else parse_memory(max_memory)
     image = _to_rgb_or_rgba(image)
     alpha = image.getchannel("A") if image.mode == "RGBA" else None
     src = image.convert("RGB")
@@ -194,18 +190,23 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
         s = max_size / max(size)
         work = src.resize((max(1, round(size[0] * s)), max(1, round(size[1] * s))), Image.LANCZOS)
     dev = resolve_device(device)
+    plan = plan_memory(work.size[0], work.size[1], model.config, device=dev, max_memory=budget,
+                       tile=tile, fast=fast)
     with model.lock:
         net = model.net
         if next(net.parameters()).device != dev:
             net.to(dev)
         net.eval()
-        x = to_tensor(work).to(dev)
         with gate_override(net, gate):
-            if tile and max(work.size) > tile:
-                y = _run_tiled(net, x, tile, fast)
+            if plan.tile is not None:
+                rgb = np.asarray(work)
+                out = Image.fromarray(stylize_tiled(
+                    net, rgb, lambda x: _run(net, x, fast), tile=plan.tile,
+                    thumbnail_side=plan.thumbnail_side, device=dev, progress=progress, bar=bar))
+                del rgb
             else:
-                y = _run(net, x, fast)
-    out = to_image(y.float().cpu())
+                with _stage_progress(net, bar, progress):
+                    out = to_image(_run(net, to_tensor(work).to(dev), fast).float().cpu())
     if out.size != size:
         out = out.resize(size, Image.BICUBIC)
     if preserve_color:

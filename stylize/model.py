@@ -31,8 +31,23 @@ class StyleConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StyleConfig":
+        """A validated config (bounds checked before any network is built)."""
+        if not isinstance(d, dict):
+            raise ValueError("style model config must be a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        cfg = cls(**{k: v for k, v in d.items() if k in names})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """One-line ``ValueError`` for an unknown norm or a size out of range: a crafted file
+        cannot make a loader allocate a huge network (128 channels × 32 blocks ≈ 0.2 GB fp32)."""
+        from engine.checkpoint import check_range
+
+        if self.norm not in norms.NORM_NAMES:
+            raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(norms.NORM_NAMES)}")
+        check_range("base channels", self.base_channels, 1, 128)
+        check_range("number of residual blocks", self.num_residual, 0, 32)
 
 
 class ConvLayer(nn.Module):
@@ -91,6 +106,7 @@ class TransformerNet(nn.Module):
         super().__init__()
         self.config = config or StyleConfig(norm=norm, base_channels=base_channels,
                                             num_residual=num_residual)
+        self.config.validate()
         norm_layer = norms.get_norm_layer(self.config.norm)
         c1 = self.config.base_channels
         c2, c3 = 2 * c1, 4 * c1

@@ -1,18 +1,19 @@
-"""Perceptual-loss training of a ``TransformerNet`` (Johnson et al. 2016) with any norm.
+"""Perceptual-loss training of a ``TransformerNet`` (Johnson et al. 2016) with any norm, on the
+shared ``engine.Trainer`` (resume, checkpoints, metrics, AMP, DDP are the engine's).
 
 Seeded and exactly resumable: the batch of step ``s`` is a pure function of (seed, s) (one
-seeded permutation per epoch), and the checkpoint holds model, optimizer and step, so on CPU a
-resumed run ends with the same weights as an uninterrupted one.
+seeded permutation per epoch), so on CPU a resumed run ends with the same weights as an
+uninterrupted one.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import time
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from PIL import Image
@@ -20,15 +21,19 @@ from torch import Tensor, nn
 
 import norms
 import engine.io
+from engine.checkpoint import check_range, read_model
+from engine.checkpoint import save_model as _save_model
 from engine.devices import resolve_device
+from engine.images import list_images, load_image, save_image, to_image
+from engine.trainer import CHECKPOINT, METRICS, Task, Trainer, load_state, resume_recipe
 
-from engine.images import list_images, load_image, to_image
 from .losses import PerceptualLoss, load_vgg_encoder
 from .model import StyleConfig, TransformerNet
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 FINAL = "model.safetensors"
+# Settings that may change on resume (how and where a run goes, not what it learns).
+RUN_SETTINGS = ("out", "device", "amp", "compile", "steps", "epochs", "checkpoint_every",
+                "preview_every", "resume")
 
 
 @dataclass
@@ -50,7 +55,9 @@ class TrainConfig:
     style_size: int | None = None  # shorter side of the style image; None = as is
     seed: int = 42
     device: str = "auto"
-    amp: bool = False  # bf16 autocast, CUDA only
+    amp: bool = False  # mixed precision (engine.devices.amp_dtype: bf16 where supported)
+    compile: bool = False
+    resume: bool = False
     checkpoint_every: int = 200
     preview_every: int = 0  # 0 = no previews
     vgg_weights: str | None = None
@@ -64,6 +71,31 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self) -> None:
+        """One-line ``ValueError`` naming the option for a missing input or out-of-range value."""
+        if not self.style_image:
+            raise ValueError("no style image given (--style-image)")
+        if not self.content_dir:
+            raise ValueError("no content folder given (--content)")
+        check_range("image size", self.image_size, 16, 4096)
+        check_range("batch size", self.batch_size, 1, 4096)
+        check_range("steps", self.steps, 1, 10**8)
+        if self.epochs is not None:
+            check_range("epochs", self.epochs, 1e-6, 1e6, integer=False)
+        check_range("learning rate (lr)", self.lr, 1e-8, 10, integer=False)
+        for name in ("content_weight", "style_weight"):
+            if getattr(self, name) is not None:
+                check_range(name.replace("_", " "), getattr(self, name), 0, 1e12, integer=False)
+        check_range("tv weight", self.tv_weight, 0, 1e12, integer=False)
+        if self.style_size is not None:
+            check_range("style size", self.style_size, 16, 8192)
+        check_range("checkpoint every (steps)", self.checkpoint_every, 0, 10**8)
+        check_range("preview every (steps)", self.preview_every, 0, 10**8)
+        check_range("seed", self.seed, 0, 2**63 - 1)
+        StyleConfig(self.norm, self.base_channels, self.num_residual).validate()
+        if self.norm in ("bn", "bin", "bn_in", "ibn", "sn") and self.batch_size < 2:
+            raise ValueError(f"norm {self.norm!r} uses batch statistics: use a batch size of 2 or more")
 
 
 class ContentImages:
@@ -143,78 +175,106 @@ def style_tensor(path: str | Path, size: int | None) -> Tensor:
     return arr.view(img.size[1], img.size[0], 3).permute(2, 0, 1).unsqueeze(0).float()
 
 
-def _model_metadata(cfg: TrainConfig, net: TransformerNet, step: int, last: dict[str, float],
+def _model_metadata(cfg: TrainConfig, step: int, last: dict[str, float],
                     finished: bool) -> dict[str, Any]:
-    return {
-        "kind": "stylize",
-        "config": net.config.to_dict(),
-        "style": Path(cfg.style_image).stem,
-        "recipe": cfg.to_dict(),
-        "steps": step,
-        "finished": finished,
-        "final_losses": last,
-    }
+    return {"style": Path(cfg.style_image).stem, "styles": [Path(cfg.style_image).stem],
+            "recipe": cfg.to_dict(), "steps": step, "finished": finished, "final_losses": last}
 
 
 def save_model(path: str | Path, net: nn.Module, metadata: dict[str, Any],
                half: bool = False) -> Path:
-    """The model as one safetensors file (config in metadata); ``half`` stores floats as fp16."""
-    state = {k: (v.half() if half and v.is_floating_point() else v)
-             for k, v in net.state_dict().items()}
-    engine.io.save_safetensors(path, state, metadata)
-    return Path(path)
+    """The model as one safetensors file in the normlab schema (``engine.checkpoint``; its
+    config from ``net.config``); ``half`` stores floats as fp16."""
+    meta = {k: v for k, v in metadata.items() if k not in ("kind", "config", "format", "dtype")}
+    recipe = meta.pop("recipe", None)
+    return _save_model(path, net.state_dict(), kind="style", config=net.config.to_dict(),
+                       recipe=recipe, half=half, **meta)
 
 
-def _read_metrics(path: Path, upto: int) -> list[str]:
-    if not path.exists():
-        return []
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= upto:
-                keep.append(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a crash: everything after it is stale
-    return keep
+class StylizeTask(Task):
+    """Perceptual loss (content + style + TV) on batches of content photos."""
+
+    def __init__(self, cfg: TrainConfig, data: ContentImages, loss_fn: PerceptualLoss,
+                 device: torch.device, out: Path) -> None:
+        self.cfg, self.data, self.loss_fn, self.device, self.out = cfg, data, loss_fn, device, out
+        self.name = f"stylize {cfg.norm}"
+        self.batch_size = cfg.batch_size
+        self.total_steps = (math.ceil(cfg.epochs * len(data) / cfg.batch_size) if cfg.epochs
+                            else cfg.steps)
+        self.schedule = BatchSchedule(len(data), cfg.batch_size, cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.model = TransformerNet(config=StyleConfig(cfg.norm, cfg.base_channels,
+                                                       cfg.num_residual)).to(device)
+        self.optimizer = torch.optim.Adam(norms.param_groups(self.model, cfg.lr, 0.0))
+        self.last: dict[str, float] = {}
+        self._preview_src: Tensor | None = None
+
+    def batch(self, step: int) -> tuple[Tensor, ...]:
+        return (torch.stack([self.data.get(i) for i in self.schedule.indices(step)]).float(),)
+
+    def loss(self, model, batch):
+        (x,) = batch
+        losses = self.loss_fn(model(x), x)
+        return losses["loss"], {k: v.detach() for k, v in losses.items()}
+
+    def preview(self, step: int) -> Image.Image:
+        """The first content photo through the current network, saved as ``preview_STEP.jpg``."""
+        if self._preview_src is None:
+            self._preview_src = self.data.get(0).unsqueeze(0).float().to(self.device)
+        net = self.model
+        net.eval()
+        with torch.inference_mode():
+            img = to_image(net(self._preview_src))
+        net.train()
+        save_image(img, self.out / f"preview_{step:06d}.jpg")
+        return img
+
+    def progress_info(self, step, window, evaluation, images_per_s):
+        self.last = dict(window)
+        info = {"step": step, "total": self.total_steps, "content_loss": window["content_loss"],
+                "style_loss": window["style_loss"], "images_per_s": images_per_s, "preview": None}
+        every = self.cfg.preview_every
+        if every and (step % every == 0 or step == self.total_steps):
+            info["preview"] = self.preview(step)
+        return info
+
+    def postfix(self, window):
+        return {"content": f"{window.get('content_loss', float('nan')):.3g}",
+                "style": f"{window.get('style_loss', float('nan')):.3g}"}
+
+    def extra_state(self):
+        return {"last": self.last}
+
+    def load_extra_state(self, state):
+        self.last = dict(state.get("last") or {})
 
 
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, *, resume: bool = False,
-          encoder: nn.Module | None = None, show_bar: bool = True) -> Path:
+          encoder: nn.Module | None = None, show_bar: bool = True,
+          explicit: Iterable[str] | None = None, override: Iterable[str] = ()) -> Path:
     """Train a style network; returns the final ``.safetensors`` path (``<out>/model.safetensors``).
 
-    ``resume`` continues ``<out>/checkpoint.pt`` exactly (its recipe wins; only ``steps``,
-    ``checkpoint_every``, ``preview_every`` and ``device`` may change). ``encoder`` is a test hook:
-    a loss network to use instead of loading VGG weights (the product always loads real ones).
-    """
+    ``resume`` (or ``cfg.resume``) continues ``<out>/checkpoint.pt`` exactly: its recipe wins,
+    run settings (steps, device, cadences) may change, and any other ``explicit`` option that
+    differs is an error unless named in ``override`` (``engine.trainer.resume_recipe``).
+    ``encoder`` is a test hook: a loss network to use instead of loading VGG weights (the product
+    always loads real ones)."""
     out = Path(cfg.out)
-    ckpt_path = out / CHECKPOINT
     state = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise ValueError(f"nothing to resume: {ckpt_path} does not exist")
-        state = engine.io.load_torch(ckpt_path)
-        old = TrainConfig.from_dict(json.loads(state["config"]))
-        cfg = dataclasses.replace(old, steps=cfg.steps, epochs=cfg.epochs,
-                                  checkpoint_every=cfg.checkpoint_every,
-                                  preview_every=cfg.preview_every, device=cfg.device, out=cfg.out)
-    if not cfg.style_image:
-        raise ValueError("no style image given (--style-image)")
-    if not cfg.content_dir:
-        raise ValueError("no content folder given (--content)")
-    if cfg.image_size < 16 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise ValueError("need image_size ≥ 16, batch_size ≥ 1 and lr > 0")
-    if cfg.norm in ("bn", "bin", "bn_in", "ibn", "sn") and cfg.batch_size < 2:
-        raise ValueError(f"norm {cfg.norm!r} uses batch statistics: use --batch-size 2 or more")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    if resume or cfg.resume:
+        state = load_state(out)
+        given = cfg.to_dict()
+        if explicit is None:  # library call: compare what the caller could mean, not defaults
+            explicit = [k for k, v in given.items() if v != getattr(TrainConfig(), k)]
+        merged = resume_recipe(state["recipe"], given, mutable=RUN_SETTINGS, explicit=explicit,
+                               override=override, source=out / CHECKPOINT)
+        cfg = TrainConfig.from_dict(merged)
+    cfg.validate()
+    env = _dist_env(cfg.device)
+    device = env.device if env is not None else resolve_device(cfg.device)
 
     data = ContentImages(cfg.content_dir, cfg.image_size)
-    total = (math.ceil(cfg.epochs * len(data) / cfg.batch_size) if cfg.epochs else cfg.steps)
-    if total < 1:
-        raise ValueError("need at least one training step (--steps or --epochs)")
-    schedule = BatchSchedule(len(data), cfg.batch_size, cfg.seed)
-
     if encoder is None:
         encoder = load_vgg_encoder(cfg.vgg_weights)
     spec = getattr(encoder, "spec", None)
@@ -226,101 +286,40 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     loss_fn = PerceptualLoss(encoder, style_tensor(cfg.style_image, cfg.style_size), style_layers,
                              content_layer, cw, sw, cfg.tv_weight).to(device)
 
-    net = TransformerNet(config=StyleConfig(cfg.norm, cfg.base_channels, cfg.num_residual)).to(device)
-    opt = torch.optim.Adam(norms.param_groups(net, cfg.lr, 0.0))
-    norms.attach_gate_clipping(opt, net)  # BIN paper Sec. 3.2: ρ clipped to [0, 1] every step
-    start = 0
-    if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-    out.mkdir(parents=True, exist_ok=True)
-    engine.io.write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    metrics_path = out / METRICS
-    engine.io.write_text_atomic(metrics_path, "".join(l + "\n" for l in _read_metrics(metrics_path, start)))
-
-    preview_src = data.get(0).unsqueeze(0).float().to(device)
-    last: dict[str, float] = dict(state.get("last", {})) if state is not None else {}
-
-    def checkpoint(step: int) -> None:
-        engine.io.save_torch(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                        "step": step, "config": json.dumps(cfg.to_dict()),
-                                        "last": last})
-
-    def preview(step: int) -> Image.Image:
-        net.eval()
-        with torch.inference_mode():
-            img = to_image(net(preview_src))
-        net.train()
-        from engine.images import save_image
-        save_image(img, out / f"preview_{step:06d}.jpg")
-        return img
-
-    use_amp = bool(cfg.amp) and device.type == "cuda"
-    bar = None
-    if show_bar:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, initial=start, desc=f"stylize {cfg.norm}", unit="step",
-                   dynamic_ncols=True)
-    net.train()
-    step = start
-    t0, seen = time.perf_counter(), 0
-    try:
-        with open(metrics_path, "a", buffering=1) as mf:
-            while step < total:
-                if should_stop is not None and should_stop():
-                    break
-                idx = schedule.indices(step)
-                x = torch.stack([data.get(i) for i in idx]).float().to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    y = net(x)
-                    losses = loss_fn(y, x)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise ValueError(f"loss became {loss.item()} at step {step + 1}; stopped, last "
-                                     f"good checkpoint kept at {ckpt_path} (try a lower --lr)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                seen += len(idx)
-                last = {k: float(v.detach()) for k, v in losses.items()}
-                rec = {"step": step, **last, "time": round(time.time(), 3)}
-                mf.write(json.dumps(rec) + "\n")
-                ips = seen / max(time.perf_counter() - t0, 1e-9)
-                info = {"step": step, "total": total, "content_loss": last["content_loss"],
-                        "style_loss": last["style_loss"], "images_per_s": ips, "preview": None}
-                if cfg.preview_every and (step % cfg.preview_every == 0 or step == total):
-                    info["preview"] = preview(step)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    checkpoint(step)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(content=f"{last['content_loss']:.3g}",
-                                    style=f"{last['style_loss']:.3g}", img_s=f"{ips:.2f}")
-                if progress is not None:
-                    progress(info)
-    except KeyboardInterrupt:
-        checkpoint(step)  # Ctrl-C keeps every finished step: continue with --resume
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    checkpoint(step)
+    task = StylizeTask(cfg, data, loss_fn, device, out)
+    trainer = Trainer(task, out=out, recipe=cfg.to_dict(), device=device, amp=cfg.amp,
+                      compile=cfg.compile, checkpoint_every=cfg.checkpoint_every, env=env)
+    start = trainer.restore(state) if state is not None else 0
+    if env is None or env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        engine.io.write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    result = trainer.run(start=start, progress=progress, should_stop=should_stop, show_bar=show_bar)
+    last = dict(task.last)
     if data.bad:
         last["skipped_files"] = float(len(data.bad))
-    final = save_model(out / FINAL, net.eval(), _model_metadata(cfg, net, step, last, step >= total))
+    final = out / FINAL
+    if env is None or env.is_main:
+        save_model(final, task.model.eval(),
+                   _model_metadata(cfg, result.step, last, result.step >= task.total_steps))
     return final
+
+
+def _dist_env(device: str):
+    """The torchrun environment when this process is one of several, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from engine.distributed import init_distributed
+
+    return init_distributed(device)
 
 
 def export_model(src: str | Path, dst: str | Path, half: bool = True,
                  extra: dict[str, Any] | None = None) -> Path:
-    """Copy a trained model to ``dst`` (fp16 floats when ``half``), metadata kept and extended."""
-    tensors, meta = engine.io.load_safetensors(src)
-    if not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{src} is not a model written by `stylize train` (no config metadata)")
+    """Copy a trained style model to ``dst`` (fp16 floats when ``half``), metadata kept and
+    extended, schema brought up to date."""
+    tensors, meta = read_model(src, "style", validate=StyleConfig.from_dict)
     meta.update(extra or {})
-    meta["dtype"] = "float16" if half else "float32"
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in tensors.items()}
-    engine.io.save_safetensors(dst, state, meta)
-    return Path(dst)
+    for k in ("kind", "format", "dtype"):
+        meta.pop(k, None)
+    config, recipe = meta.pop("config"), meta.pop("recipe", None)
+    return _save_model(dst, tensors, kind="style", config=config, recipe=recipe, half=half, **meta)

@@ -145,7 +145,7 @@ def test_cli_eval_shift_gates_divergence_predict(saved):
 def test_cli_errors_are_one_line(saved):
     path, tmp = saved
     code, out = _run(["classify", "predict", str(tmp / "nope.safetensors"), str(tmp / "x.jpg")])
-    assert code == 2 and "error: checkpoint" in out and "Traceback" not in out
+    assert code == 2 and "error: model file" in out and "not found" in out and "Traceback" not in out
     (tmp / "bad.jpg").write_bytes(b"garbage")
     code, out = _run(["classify", "predict", str(path), str(tmp / "bad.jpg")])
     assert code == 2 and "error: cannot read image" in out

@@ -78,13 +78,43 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
 
 def test_resume_refuses_a_different_run(data_dir, tmp_path):
     train(_cfg(data_dir, tmp_path / "r", epochs=1))
-    with pytest.raises(ValueError, match="norm differs"):
+    with pytest.raises(ValueError, match="--norm 'bn' conflicts with the checkpoint's 'bin'"):
         train(_cfg(data_dir, tmp_path / "r", epochs=1, norm="bn", resume=True))
 
 
-def test_nan_loss_stops_with_message(data_dir, tmp_path):
-    with pytest.raises(ValueError, match="loss became nan at epoch 1.*no checkpoint written yet"):
+def test_nan_lr_is_refused_before_any_work(data_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"learning rate \(lr\) must be a number"):
         train(_cfg(data_dir, tmp_path / "nan", lr=float("nan"), epochs=1, norm="bn"))
+    assert not (tmp_path / "nan").exists()
+
+
+@pytest.mark.parametrize("bad_step,kept", [(5, "holds the last finite weights \\(step 3\\)"),
+                                           (4, "no checkpoint was written")])
+def test_divergence_names_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch, bad_step, kept):
+    """3 steps per epoch, a checkpoint at each epoch end: a non-finite loss right after a
+    checkpoint step means that checkpoint's weights diverged, so it is never written."""
+    from classify.train import ClassifyTask
+
+    real, calls = ClassifyTask.loss, {"n": 0}
+
+    def poisoned(self, model, batch):
+        calls["n"] += 1
+        loss, m = real(self, model, batch)
+        return (loss * float("nan"), m) if calls["n"] >= bad_step else (loss, m)
+
+    monkeypatch.setattr(ClassifyTask, "loss", poisoned)
+    out = tmp_path / "div"
+    with pytest.raises(ValueError, match=f"loss became nan at step {bad_step}.*{kept}"):
+        train(_cfg(data_dir, out, epochs=3, norm="bn"))
+    ckpt = out / "checkpoint.pt"
+    if bad_step == 5:
+        import engine.io
+
+        state = engine.io.load_torch(ckpt)
+        assert state["step"] == 3
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    else:
+        assert not ckpt.exists()
 
 
 def _cli(args):

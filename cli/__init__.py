@@ -1,0 +1,23 @@
+"""normlab's command line faces: one typer sub-app per package (``norms``, ``stylize``,
+``classify``, ``reproduce``, ``ui``), joined by ``main.py``. Every command is a few lines over a
+library function."""
+from __future__ import annotations
+
+import typer
+
+
+def explicit_options(ctx: typer.Context, rename: dict[str, str] | None = None) -> set[str]:
+    """Config field names of the options the user gave on the command line (not defaults):
+    on ``--resume`` only these can conflict with the checkpoint's recipe."""
+    rename = rename or {}
+    given = set()
+    for name in ctx.params:
+        src = ctx.get_parameter_source(name)  # typer may vendor click: compare by name
+        if getattr(src, "name", "") in ("COMMANDLINE", "ENVIRONMENT"):
+            given.add(rename.get(name, name))
+    return given
+
+
+def override_list(value: str | None) -> list[str]:
+    """``--override lr,epochs`` → ``["lr", "epochs"]`` (flag spellings accepted)."""
+    return [v.strip().lstrip("-").replace("-", "_") for v in (value or "").split(",") if v.strip()]

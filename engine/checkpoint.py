@@ -1,0 +1,133 @@
+"""One checkpoint schema for every normlab model (style networks and classifiers).
+
+A model file is safetensors whose metadata holds, as JSON:
+
+- ``kind``: ``"style"`` or ``"classifier"``;
+- ``format``: the schema version (``FORMAT``);
+- ``config``: the model config that rebuilds the network (``StyleConfig`` / ``ModelConfig``);
+- ``recipe``: the training recipe that produced it (absent for imported weights);
+- data facts the model needs at run time (classifiers: ``class_names``, ``mean``, ``std``,
+  ``image_size``; style models: ``styles``) and results (losses, accuracy, ...).
+
+``read_model`` reads the metadata first, checks the kind and lets the caller validate the config
+with bounds *before* any tensor is read or any network is built, so a crafted file cannot make a
+server allocate gigabytes (see the hardening issue). Files written before this schema
+(``kind: "stylize"``, or ``format: "normlab.classify/1"`` without a kind) are read as their kind.
+
+Training state (``checkpoint.pt``) is a weights-only PyTorch file: see ``engine.trainer``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .io import save_safetensors
+
+FORMAT = 1
+KINDS = {"style": "style model", "classifier": "classifier"}
+_LEGACY_KINDS = {"stylize": "style", "classify": "classifier"}
+
+
+def describe(meta: dict[str, Any]) -> str:
+    """Short human description of a model from its metadata: ``classifier (resnet20, bin)``."""
+    kind = KINDS.get(meta.get("kind", ""), "model")
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    facts = [str(cfg[k]) for k in ("arch", "norm") if cfg.get(k)]
+    styles = meta.get("styles")
+    if meta.get("kind") == "style" and isinstance(styles, list) and styles:
+        facts.append(", ".join(map(str, styles[:4])) + ("…" if len(styles) > 4 else ""))
+    return f"{kind} ({', '.join(facts)})" if facts else kind
+
+
+def save_model(path: str | Path, state: dict[str, torch.Tensor], *, kind: str,
+               config: dict[str, Any], recipe: dict[str, Any] | None = None, half: bool = False,
+               **meta: Any) -> Path:
+    """Write a model atomically in the normlab schema; ``half`` stores floats as fp16."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+    tensors = {k: (v.detach().half() if half and v.is_floating_point() else v.detach())
+               for k, v in state.items()}
+    md = {"kind": kind, "format": FORMAT, "config": config, **meta}
+    if recipe is not None:
+        md["recipe"] = recipe
+    if half:
+        md["dtype"] = "float16"
+    save_safetensors(path, tensors, md)
+    return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a safetensors model file, without reading any tensor; ``kind``
+    normalised for files written before the schema. One-line ``ValueError`` for a missing or
+    non-safetensors file."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"model file {path} not found")
+    if not path.is_file():
+        raise ValueError(f"{path} is a folder, not a model file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            # the header is JSON of the tensor table plus metadata; 100 MB is far above any real one
+            if n <= 1 or n > 100_000_000 or n > path.stat().st_size - 8:
+                raise ValueError
+            header = json.loads(f.read(n))
+        raw = header.get("__metadata__") or {}
+        if not isinstance(raw, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError, OSError):
+        raise ValueError(f"{path} is not a safetensors model file") from None
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except (json.JSONDecodeError, TypeError):
+            meta[k] = v
+    kind = meta.get("kind")
+    if kind in _LEGACY_KINDS:
+        meta["kind"] = _LEGACY_KINDS[kind]
+    elif kind is None and str(meta.get("format", "")).startswith("normlab.classify"):
+        meta["kind"] = "classifier"
+    return meta
+
+
+def check_kind(meta: dict[str, Any], kind: str, source: str | Path) -> None:
+    """``ValueError`` naming what the file is when it is not a ``kind`` model."""
+    if meta.get("kind") == kind:
+        return
+    if meta.get("kind") in KINDS:
+        raise ValueError(f"{source} is a {describe(meta)}, not a {KINDS[kind]}")
+    raise ValueError(f"{source} is not a normlab {KINDS[kind]} (no model kind in its metadata)")
+
+
+def read_model(path: str | Path, kind: str, validate: Callable[[dict[str, Any]], Any] | None = None,
+               device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a ``kind`` model file. The kind is checked and ``validate(config)``
+    runs (bounds, known names) before a single tensor is read."""
+    from safetensors import safe_open
+
+    meta = read_metadata(path)
+    check_kind(meta, kind, path)
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path} has no model config in its metadata")
+    if validate is not None:
+        validate(meta["config"])
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several internal error types
+        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    return tensors, meta
+
+
+def check_range(name: str, value: Any, lo: float, hi: float, *, integer: bool = True) -> None:
+    """``ValueError`` unless ``lo ≤ value ≤ hi`` (and an int when ``integer``): config bounds."""
+    ok = isinstance(value, int) and not isinstance(value, bool) if integer else \
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (lo <= value <= hi):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} from {lo:g} to {hi:g}, got {value!r}")

@@ -1,0 +1,111 @@
+"""Any-size stylization: tile geometry, thumbnail statistics (URST) and the memory budget."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import weights
+from stylize import StyleConfig, load_model, stylize_image
+from stylize import tiling
+from stylize.bench import psnr
+from stylize.infer import _run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # many small tiles: on a busy 2-core box two threads spin against each other (15× slower)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n,tile", [(100, 64), (383, 128), (384, 128), (1000, 256), (4001, 1024),
+                                    (130, 128)])
+def test_tiles_cover_and_weights_sum_to_one(n, tile):
+    margin, feather = tiling.tile_margins(tile)
+    tiles = tiling.axis_tiles(n, tile, margin, feather)
+    assert tiles[0].start == 0 and tiles[-1].end == n
+    total = np.zeros(n)
+    for t, w in zip(tiles, tiling.axis_weights(tiles, feather)):
+        assert t.start % 4 == 0  # the whole image's stride-2 sampling grid
+        assert t.end - t.start <= tile + 3
+        assert t.start <= t.keep_start < t.keep_end <= t.end
+        assert (w >= 0).all() and len(w) == t.keep_end - t.keep_start
+        total[t.keep_start:t.keep_end] += w
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    for a, b in zip(tiles, tiles[1:]):  # neighbours overlap by at least the blend width
+        assert a.keep_end - b.keep_start >= feather
+
+
+def _sample(side: int) -> np.ndarray:
+    img = Image.open(weights.SAMPLES_DIR / "amber.jpg").convert("RGB")
+    s = side / max(img.size)
+    return np.asarray(img.resize((round(img.size[0] * s), round(img.size[1] * s)), Image.LANCZOS))
+
+
+def _untiled(net, rgb: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).float()
+    return _run(net, x, False)[0].clamp(0, 255).round().permute(1, 2, 0).numpy().astype(np.uint8)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return psnr(torch.from_numpy(a.astype(np.float32)), torch.from_numpy(b.astype(np.float32)))
+
+
+@pytest.fixture(scope="module")
+def candy():
+    return load_model("candy_bin")
+
+
+def test_one_tile_covering_the_image_equals_untiled(candy):
+    rgb = _sample(150)  # 150×100, not a multiple of 4: the net pads, the tile path must agree
+    net = candy.net
+    out = tiling.stylize_tiled(net, rgb, lambda x: _run(net, x, False), tile=152, bar=False)
+    assert np.array_equal(out, _untiled(net, rgb))
+
+
+def test_thumbnail_statistics_keep_the_look_on_a_real_photo(candy, monkeypatch):
+    rgb = _sample(384)
+    net = candy.net
+    ref = _untiled(net, rgb)
+    calls = []
+    out = tiling.stylize_tiled(net, rgb, lambda x: _run(net, x, False), tile=128, bar=False,
+                               progress=lambda d, t: calls.append((d, t)))
+    assert len(calls) >= 9 and calls[-1][0] == calls[-1][1]  # several tiles, all done
+    tiled_db = _psnr(out, ref)
+    assert tiled_db >= 30.0
+    # the same tiles with each tile's own statistics (what `--tile` did before) lose the look
+    monkeypatch.setattr(tiling, "thumbnail_statistics", lambda *a: contextlib.nullcontext())
+    own = tiling.stylize_tiled(net, rgb, lambda x: _run(net, x, False), tile=128, bar=False)
+    assert _psnr(own, ref) < tiled_db - 8
+
+
+def test_memory_budget_chooses_tiles_and_stylize_image_uses_them(candy):
+    cfg = StyleConfig("bin")
+    big = tiling.plan_memory(4000, 4000, cfg, max_memory=10 * 2**40)
+    assert big.tile is None  # fits: the untiled path
+    small = tiling.plan_memory(4000, 4000, cfg, max_memory=tiling._process_rss() + 600 * 2**20)
+    assert small.tile is not None and 128 <= small.tile <= 2048
+    assert small.tile ** 2 * tiling.activation_bytes_per_pixel(cfg) <= small.activation_budget
+    with pytest.raises(ValueError, match="memory"):
+        tiling.plan_memory(4000, 4000, cfg, max_memory=tiling._process_rss() + 2**20)
+    assert tiling.plan_memory(100, 80, cfg, tile=128).tile is None  # the tile covers the image
+    assert tiling.parse_memory("1.5G") == int(1.5 * 2**30)
+    assert tiling.parse_memory("512 MB") == 512 * 2**20
+    for bad in ("lots", "-1G", "0", "2X"):
+        with pytest.raises(ValueError, match="memory"):
+            tiling.parse_memory(bad)
+    # a budget that cannot hold the 256×192 activations (54 MB): tiled automatically, same look
+    img = Image.fromarray(_sample(256))
+    steps = []
+    budget = tiling._process_rss() + 30 * 2**20
+    auto = stylize_image(candy, img, max_memory=budget, progress=lambda d, t: steps.append(t),
+                         bar=False)
+    assert steps and steps[0] > 1  # progress per tile
+    ref = stylize_image(candy, img, bar=False)
+    assert _psnr(np.asarray(auto), np.asarray(ref)) >= 30.0

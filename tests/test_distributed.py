@@ -5,6 +5,7 @@ clear errors."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 from pathlib import Path
@@ -295,3 +296,41 @@ def test_init_distributed_errors(monkeypatch):
     with pytest.raises(ValueError, match="RANK=5 is outside 0..1"):
         D.init_distributed("cpu")
     assert not dist.is_initialized()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["bin"])
+def test_torchrun_classify_train_matches_one_process(tmp_path, monkeypatch, norm):
+    """``torchrun --nproc_per_node 2 main.py --device cpu classify train`` (gloo, the batch split
+    across two processes) writes the weights that one process writes for the same command."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from classify.train import TrainConfig, train
+    from test_classify_train import _make_folder
+
+    data = _make_folder(tmp_path / "train", n_per_class=8, size=16)
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    opts = dict(arch="resnet20", norm=norm, epochs=2, batch_size=8, lr=0.05, seed=3,
+                image_size=16, eval_every=0, threads=1)
+    one = train(TrainConfig(data=f"folder:{data}", out=str(tmp_path / "one"), device="cpu",
+                            **opts), show_bar=False)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NORMLAB_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "main.py", "--device", "cpu", "classify", "train", f"--data=folder:{data}",
+         f"--out={tmp_path / 'two'}", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = load_file(one), load_file(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys() and any("gate" in k for k in a)
+    diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    assert diff <= TOL, f"torchrun vs one process: max abs diff {diff:.2e}"
+    metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
+    assert [m["step"] for m in metrics] == [2, 4]  # rank 0 alone wrote the metrics

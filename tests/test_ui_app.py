@@ -178,7 +178,8 @@ def test_train_classifier_endpoint_then_model_is_usable(client, server, small_pn
     assert "ui:via-api" in [v for _, v in H.model_choices(cfg, "classify")]
     label = client.predict(handle_file(small_png), "ui:via-api", 1, api_name="/classify")
     assert label["label"] in {"a", "b"}
-    assert "Cancelling" in client.predict(api_name="/cancel_classifier")
+    assert "test accuracy" in out[0]  # the finish message reports the final accuracy
+    assert client.predict(api_name="/cancel_classifier") == "Nothing is training."
 
 
 @needs_predict
@@ -215,7 +216,52 @@ def test_train_style_endpoint(client, server):
     out = client.predict(handle_file(str(style)), T.content_dirs(server[1])[0], "in", 64, 2, 2,
                          "api-style", *current, api_name="/train_style")
     assert "ui:api-style" in out[0]
-    assert "Cancelling" in client.predict(api_name="/cancel_style")
+    assert client.predict(api_name="/cancel_style") == "Nothing is training."
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+def test_hostile_inputs_get_clean_one_line_errors(client, server):
+    from gradio_client import handle_file
+
+    from test_ui_handlers import crafted_style_model
+
+    tmp = server[2]
+    fake = tmp / "not-an-image.jpg"
+    fake.write_bytes(b"<html>not a jpeg</html>" * 20)
+    huge = crafted_style_model(tmp / "huge.safetensors", num_residual=10**9)
+    png = tmp / "ok.png"
+    gradient_image(20, 20).save(png)
+    cases = [
+        ("not an image this server can read",
+         lambda: client.predict(handle_file(str(fake)), "cifar10_resnet20_bn", 3,
+                                api_name="/classify")),
+        ("residual",
+         lambda: client.predict(handle_file(str(png)), None, handle_file(str(huge)), 1.0, False,
+                                0, False, 0, api_name="/stylize")),
+        ("shadow",  # gradio's own choice check names the typed value; no loader runs
+         lambda: client.predict(handle_file(str(png)), ["ui:r20-bn"], "style:/etc/shadow", 1.0,
+                                api_name="/shift_explorer")),
+    ]
+    for expected, call in cases:
+        with pytest.raises(Exception) as err:
+            call()
+        text = str(err.value)
+        assert expected in text, text
+        assert str(tmp) not in text and "/tmp/" not in text and "Traceback" not in text
+
+
+def test_launch_prints_the_share_flag_not_gradios_hint(tmp_path, capfd):
+    from ui import launch
+
+    cfg = make_ui_config(tmp_path, with_models=False)
+    demo = launch(cfg, port=free_port(), prevent_thread_lock=True)
+    try:
+        out = capfd.readouterr().out
+    finally:
+        demo.close()
+    assert "normlab ui running on http://127.0.0.1:" in out and "--share" in out
+    assert "share=True" not in out
 
 
 # ----------------------------------------------------------------------------- load

@@ -1,12 +1,15 @@
-"""The Gradio Blocks app: tabs, components and events over ``ui.handlers`` / ``ui.training``.
+"""The Gradio Blocks app: one builder per tab over ``ui.handlers`` / ``ui.training``.
 
-Only this module (and ``ui.cli`` lazily) imports gradio.
+Only this module (and ``cli.ui`` lazily) imports gradio. Each ``_..._tab(cfg)`` builds one tab,
+wires its own events and returns the components other tabs need (the model dropdowns that a
+finished training refreshes).
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -21,30 +24,30 @@ log = logging.getLogger("normlab.ui")
 
 CSS = """
 .nl-status { min-height: 2.2em; }
+.nl-table th { white-space: nowrap; }
+.nl-pixelated img { image-rendering: pixelated; }
 footer { display: none !important; }
 """
 
 INTRO = ("**normlab** — normalization layers (BN, IN, BN+IN, BIN, IBN) in style-transfer and "
-         "classification CNNs. This UI trains and runs either network; every button calls the same "
-         "library functions as the `normlab` command line.")
+         "classification CNNs. Every button calls the same library functions as the `normlab` "
+         "command line.")
 
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+NOT_AN_IMAGE = "the uploaded file is not an image this server can read (JPEG, PNG, WebP, …)"
 
 
 def guard(fn):
-    """Turn library errors into ``gr.Error`` pop-ups with one line (never a stack trace in the
-    browser); unexpected errors are logged with their traceback on the server."""
+    """Turn library errors into ``gr.Error`` pop-ups with one line and no server paths (never a
+    stack trace in the browser); unexpected errors are logged with their traceback on the
+    server."""
 
     def convert(exc: BaseException) -> gr.Error:
         if isinstance(exc, gr.Error):
             return exc
         if isinstance(exc, (ValueError, FileNotFoundError, PermissionError)):
-            return gr.Error(_message(exc), print_exception=False)
+            return gr.Error(H.public_message(exc), print_exception=False)
         log.exception("handler %s failed", getattr(fn, "__name__", fn))
-        return gr.Error(f"internal error ({type(exc).__name__}): {_message(exc)}",
+        return gr.Error(f"internal error ({type(exc).__name__}): {H.public_message(exc)}",
                         print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
@@ -65,10 +68,30 @@ def guard(fn):
     return call
 
 
+def image_input(label: str, elem_id: str, **kw) -> gr.Image:
+    """An image upload that hands the handler a file path (decoded by ``engine.images``: 16-bit,
+    CMYK, EXIF), and answers a non-image file with one clean message instead of gradio's
+    "Could not preprocess input component …" with a server temp path."""
+    comp = gr.Image(label=label, type="filepath", sources=["upload", "clipboard"],
+                    elem_id=elem_id, **kw)
+    original = comp.preprocess
+
+    def preprocess(payload):
+        try:
+            return original(payload)
+        except gr.Error:
+            raise
+        except Exception:  # noqa: BLE001 - PIL raises many types for a non-image
+            raise gr.Error(NOT_AN_IMAGE, print_exception=False) from None
+
+    comp.preprocess = preprocess
+    return comp
+
+
 def _frame(rows: list[dict], series: str, max_points: int = 600) -> pd.DataFrame:
     """One series of plot rows as a typed frame (untyped columns make the plot's axes nominal),
     thinned to at most ~``max_points`` points so long runs stay cheap to redraw."""
-    rows = [r for r in rows if r["series"] == series]
+    rows = [r for r in list(rows) if r["series"] == series]
     stride = -(-len(rows) // max_points)
     rows = rows[::-1][::stride][::-1] if stride > 1 else rows  # always keep the latest point
     return pd.DataFrame({"x": pd.Series([r["x"] for r in rows], dtype="float64"),
@@ -76,12 +99,14 @@ def _frame(rows: list[dict], series: str, max_points: int = 600) -> pd.DataFrame
                          "series": pd.Series([r["series"] for r in rows], dtype="str")})
 
 
-def _prefer(options: list[str], wanted: str) -> str | None:
-    """``wanted`` (or the option whose last path part is ``wanted``) if offered, else the first."""
-    for o in options:
-        if o == wanted or o.rstrip("/").rsplit("/", 1)[-1] == wanted:
-            return o
-    return options[0] if options else None
+def _prefer(options: list, wanted: str) -> str | None:
+    """``wanted`` (or the option whose last path part is ``wanted``) if offered, else the first.
+    Options are values or (label, value) pairs."""
+    values = [o[1] if isinstance(o, tuple) else o for o in options]
+    for v in values:
+        if v == wanted or v.rstrip("/").rsplit("/", 1)[-1] == wanted:
+            return v
+    return values[0] if values else None
 
 
 def _plot(title: str, x_title: str, y_title: str) -> gr.LinePlot:
@@ -103,358 +128,6 @@ def _dropdown_update(choices, value=None, multiselect=False):
     return gr.update(choices=choices, value=value if value in values else _first(choices))
 
 
-def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
-    """The whole UI as a ``gr.Blocks`` (queue configured; call ``launch`` on it or use
-    ``ui.launch``)."""
-    cfg = cfg or UIConfig()
-    style_job, clf_job = T.Job(), T.Job()
-    style_choices = H.model_choices(cfg, "stylize")
-    clf_choices = H.model_choices(cfg, "classify")
-    lab_choices = H.lab_choices(cfg)
-    shifts = H.shift_names()
-    norm_names = list(norms.NORM_NAMES)
-    samples = _sample_images()
-
-    with gr.Blocks(title="normlab", fill_width=False) as demo:
-        gr.Markdown(INTRO)
-        with gr.Tabs():
-            # ------------------------------------------------------------------ Stylize
-            with gr.Tab("Stylize", id="stylize"):
-                with gr.Row():
-                    with gr.Column():
-                        st_in = gr.Image(label="Input image", type="pil", image_mode="RGB",
-                                         sources=["upload", "clipboard"], elem_id="st_in",
-                                         height=360)
-                        st_model = gr.Dropdown(style_choices, value=_first(style_choices),
-                                               label="Style model", allow_custom_value=True,
-                                               elem_id="st_model")
-                        st_upload = gr.File(label="…or upload a model (.safetensors or "
-                                            "pytorch/examples .pth)",
-                                            file_types=[".safetensors", ".pth"], height=120)
-                        st_info = gr.Markdown(elem_classes="nl-status")
-                        with gr.Row():
-                            st_strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength")
-                            st_max = gr.Slider(0, 2048, value=1024, step=64,
-                                               label="Max size (px, 0 = full size)")
-                        st_color = gr.Checkbox(label="Preserve colour (transfer luminance only)")
-                        with gr.Row(visible=False) as st_gate_row:
-                            st_gate_on = gr.Checkbox(label="Override learned gates ρ", scale=1)
-                            st_gate = gr.Slider(-1, 1, value=0, step=0.05, scale=3,
-                                                label="Gate: −1 = all IN · 0 = learned · +1 = all BN")
-                        st_run = gr.Button("Stylize", variant="primary", elem_id="st_run")
-                        if samples:
-                            gr.Examples(samples, inputs=st_in, label="Sample photos")
-                    with gr.Column():
-                        st_out = gr.Image(label="Result", type="pil", format="png",
-                                          interactive=False, buttons=["download", "fullscreen"],
-                                          elem_id="st_out", height=560)
-                with gr.Accordion("Compare norms: the same image through several models",
-                                  open=False):
-                    with gr.Row():
-                        cmp_models = gr.Dropdown(style_choices, value=[v for _, v in
-                                                                       style_choices][:4],
-                                                 multiselect=True, label="Models",
-                                                 allow_custom_value=True, scale=3)
-                        cmp_max = gr.Slider(128, 1024, value=384, step=64, label="Max size")
-                    cmp_run = gr.Button("Compare")
-                    cmp_out = gr.Image(label="Comparison", type="pil", format="png",
-                                       interactive=False)
-                with gr.Accordion("Webcam (live)", open=False):
-                    with gr.Row():
-                        cam_in = gr.Image(label="Webcam", sources=["webcam"], streaming=True,
-                                          type="pil", image_mode="RGB")
-                        cam_out = gr.Image(label="Stylized", type="pil", interactive=False)
-
-            # ------------------------------------------------------------------ Train a style
-            with gr.Tab("Train a style", id="train_style"):
-                gr.Markdown("Train a feed-forward style network (Johnson et al. 2016) on a content "
-                            "folder the operator allowed. One training job runs at a time; "
-                            "others wait in the queue. The finished model appears in the Stylize "
-                            "tab at once.")
-                content_opts = T.content_dirs(cfg)
-                with gr.Row():
-                    with gr.Column():
-                        ts_style = gr.Image(label="Style image", type="filepath",
-                                            sources=["upload", "clipboard"], elem_id="ts_style")
-                        ts_content = gr.Dropdown(content_opts, value=_prefer(content_opts,
-                                                                             "content"),
-                                                 label="Content images (server folder)")
-                        with gr.Row():
-                            ts_norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
-                                                  else norm_names[0], label="Norm")
-                            ts_size = gr.Slider(64, 512, value=256, step=32, label="Image size",
-                                                elem_id="ts_size")
-                        with gr.Row():
-                            ts_steps = gr.Number(200, precision=0, minimum=1, maximum=100000,
-                                                 label="Steps", elem_id="ts_steps")
-                            ts_batch = gr.Number(4, precision=0, minimum=1, maximum=64,
-                                                 label="Batch size")
-                        ts_name = gr.Textbox(label="Model name (optional)")
-                        with gr.Row():
-                            ts_start = gr.Button("Start training", variant="primary",
-                                                 elem_id="ts_start")
-                            ts_cancel = gr.Button("Cancel", variant="stop")
-                        ts_status = gr.Markdown(elem_classes="nl-status", elem_id="ts_status")
-                    with gr.Column():
-                        ts_content_plot = _plot("Content loss", "step", "loss")
-                        ts_style_plot = _plot("Style loss", "step", "loss")
-                        ts_preview = gr.Image(label="Preview", type="pil", interactive=False,
-                                              height=256)
-
-            # ------------------------------------------------------------------ Classify
-            with gr.Tab("Classify", id="classify"):
-                with gr.Row():
-                    with gr.Column():
-                        cl_in = gr.Image(label="Image", type="pil", image_mode="RGB",
-                                         sources=["upload", "clipboard"], height=300,
-                                         elem_id="cl_in")
-                        cl_model = gr.Dropdown(clf_choices, value=_first(clf_choices),
-                                               label="Classifier", allow_custom_value=True)
-                        cl_topk = gr.Slider(1, 10, value=5, step=1, label="Top-k")
-                        cl_run = gr.Button("Classify", variant="primary", elem_id="cl_run")
-                        if samples:
-                            gr.Examples(samples, inputs=cl_in, label="Sample photos")
-                    with gr.Column():
-                        cl_out = gr.Label(label="Prediction")
-                gr.Markdown("### Shift explorer\nApply an appearance shift and see how models "
-                            "with different norms change their minds (uses the image above).")
-                with gr.Row():
-                    sx_models = gr.Dropdown(clf_choices, value=[v for _, v in clf_choices][:3],
-                                            multiselect=True, label="Classifiers",
-                                            allow_custom_value=True, scale=2)
-                    sx_shift = gr.Dropdown(shifts, value=_prefer(shifts, "brightness"),
-                                           label="Shift", allow_custom_value=True)
-                    sx_strength = _strength_slider(_prefer(shifts, "brightness"))
-                sx_run = gr.Button("Compare under shift", elem_id="sx_run")
-                with gr.Row():
-                    sx_img = gr.Image(label="Shifted image", type="pil", interactive=False,
-                                      height=224)
-                    sx_table = gr.Markdown()
-
-            # ------------------------------------------------------------------ Train a classifier
-            with gr.Tab("Train a classifier", id="train_classifier"):
-                gr.Markdown("Train a CIFAR-style ResNet (or any registered architecture) with a "
-                            "chosen norm on a dataset folder the operator allowed. One training "
-                            "job at a time; the model appears in the Classify tab at once.")
-                archs = _arch_choices()
-                data_opts = T.dataset_dirs(cfg)
-                with gr.Row():
-                    with gr.Column():
-                        tc_arch = gr.Dropdown(archs, value=archs[0] if archs else None,
-                                              label="Architecture")
-                        tc_norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
-                                              else norm_names[0], label="Norm")
-                        tc_data = gr.Dropdown(data_opts, value=_first(data_opts),
-                                              label="Dataset (server folder)")
-                        with gr.Row():
-                            tc_epochs = gr.Number(1, precision=0, minimum=1, maximum=500,
-                                                  label="Epochs", elem_id="tc_epochs")
-                            tc_batch = gr.Number(128, precision=0, minimum=2, maximum=1024,
-                                                 label="Batch size")
-                            tc_lr = gr.Number(0.1, minimum=1e-5, maximum=1.0, label="Learning rate")
-                        with gr.Row():
-                            tc_subset = gr.Number(2000, precision=0, minimum=0,
-                                                  label="Training images (0 = all)",
-                                                  elem_id="tc_subset")
-                            tc_train_dom = gr.Textbox(label="PACS train domains (empty = the rest)")
-                            tc_test_dom = gr.Textbox("sketch", label="PACS test domains")
-                        tc_name = gr.Textbox(label="Model name (optional)")
-                        with gr.Row():
-                            tc_start = gr.Button("Start training", variant="primary",
-                                                 elem_id="tc_start")
-                            tc_cancel = gr.Button("Cancel", variant="stop")
-                        tc_status = gr.Markdown(elem_classes="nl-status", elem_id="tc_status")
-                    with gr.Column():
-                        tc_loss_plot = _plot("Training loss", "epoch", "loss")
-                        tc_acc_plot = _plot("Training accuracy", "epoch", "accuracy (%)")
-                        tc_test_plot = _plot("Test accuracy (end of each epoch)", "epoch",
-                                             "accuracy (%)")
-
-            # ------------------------------------------------------------------ Norms lab
-            with gr.Tab("Norms lab", id="norms_lab"):
-                gr.Markdown("### Learned gates\nBIN learns, per channel, how much to behave like "
-                            "BN (ρ = 1) or IN (ρ = 0). Histograms of ρ by depth (BIN paper, "
-                            "Fig. 2/6).")
-                with gr.Row():
-                    lab_model = gr.Dropdown(lab_choices, value=_first(lab_choices),
-                                            label="Model", allow_custom_value=True, scale=3)
-                    lab_run = gr.Button("Show gates", elem_id="lab_run")
-                lab_plot = gr.Plot(label="ρ histograms")
-                lab_table = gr.Markdown()
-                gr.Markdown("### Feature statistics: IN removes style\nPer-channel mean and std "
-                            "of a norm layer's output for an image and its shifted copy. Under "
-                            "IN the two lines coincide (the style/contrast is normalised away); "
-                            "under BN they follow the shift; BIN sits in between.")
-                with gr.Row():
-                    fs_in = gr.Image(label="Image", type="pil", image_mode="RGB",
-                                     sources=["upload", "clipboard"], height=224, elem_id="fs_in")
-                    fs_shifted = gr.Image(label="Shifted copy", type="pil", interactive=False,
-                                          height=224)
-                with gr.Row():
-                    fs_models = gr.Dropdown(lab_choices, value=[v for _, v in lab_choices][:3],
-                                            multiselect=True, label="Models",
-                                            allow_custom_value=True, scale=3)
-                    fs_depth = gr.Slider(0, 1, value=0, step=0.05,
-                                         label="Layer depth (0 = first norm layer → 1 = last)", scale=2)
-                    fs_shift = gr.Dropdown(shifts, value=_prefer(shifts, "brightness"),
-                                           label="Shift", allow_custom_value=True)
-                    fs_strength = _strength_slider(_prefer(shifts, "brightness"))
-                fs_run = gr.Button("Compute statistics", elem_id="fs_run")
-                fs_plot = gr.Plot(label="Channel statistics")
-
-            # ------------------------------------------------------------------ About
-            with gr.Tab("About", id="about"):
-                gr.Markdown(H.about_markdown())
-
-        # ====================================================================== events
-        style_inputs = [st_in, st_model, st_upload, st_strength, st_color, st_max, st_gate_on,
-                        st_gate]
-
-        @guard
-        def do_stylize(image, model, upload, strength, color, max_size, gate_on, gate):
-            return H.stylize(cfg, image, model, upload, strength, color, max_size,
-                             gate if gate_on else None)
-
-        st_run.click(do_stylize, style_inputs, st_out, api_name="stylize")
-        def do_stylize_live(image, *rest):
-            """The gate slider re-renders at once, but only when there is an image to show."""
-            return gr.skip() if image is None else do_stylize(image, *rest)
-
-        st_gate.release(do_stylize_live, style_inputs, st_out, api_visibility="private")
-        st_gate_on.input(do_stylize_live, style_inputs, st_out, api_visibility="private")
-
-        @guard
-        def do_info(model, upload):
-            text, gated = H.style_model_info(cfg, model, upload)
-            return text, gr.update(visible=gated)
-
-        for trig in (st_model.change, st_upload.change):
-            trig(do_info, [st_model, st_upload], [st_info, st_gate_row],
-                 api_visibility="private")
-        demo.load(do_info, [st_model, st_upload], [st_info, st_gate_row],
-                  api_visibility="private")
-
-        @guard
-        def do_compare(image, models, max_size):
-            return H.compare(cfg, image, models, max_size)
-
-        cmp_run.click(do_compare, [st_in, cmp_models, cmp_max], cmp_out, api_name="compare")
-
-        @guard
-        def do_webcam(frame, model, strength, color):
-            if frame is None:
-                return None
-            return H.stylize(cfg, frame, model, None, strength, color, 320)
-
-        cam_in.stream(do_webcam, [cam_in, st_model, st_strength, st_color], cam_out,
-                      stream_every=0.5, time_limit=120, concurrency_limit=1,
-                      api_visibility="private")
-
-        @guard
-        def do_classify(image, model, topk):
-            return H.classify(cfg, image, model, topk)
-
-        cl_run.click(do_classify, [cl_in, cl_model, cl_topk], cl_out, api_name="classify")
-
-        @guard
-        def do_shift(image, models, shift, strength):
-            shifted, rows = H.shift_explorer(cfg, image, models, shift, strength)
-            return shifted, H.shift_table(rows)
-
-        sx_run.click(do_shift, [cl_in, sx_models, sx_shift, sx_strength], [sx_img, sx_table],
-                     api_name="shift_explorer")
-
-        @guard
-        def do_gates(model):
-            return H.gate_histograms(cfg, model)
-
-        lab_run.click(do_gates, lab_model, [lab_plot, lab_table], api_name="gates")
-
-        @guard
-        def do_stats(image, models, depth, shift, strength):
-            shifted, stats = H.feature_stats(cfg, image, models, depth, shift, strength)
-            return shifted, H.feature_figure(stats, shift)
-
-        fs_run.click(do_stats, [fs_in, fs_models, fs_depth, fs_shift, fs_strength],
-                     [fs_shifted, fs_plot], api_name="feature_stats")
-
-        def strength_for(shift):
-            try:
-                lo, hi, default = H.shift_range(shift)
-            except ValueError:
-                return gr.skip()
-            return gr.update(minimum=lo, maximum=hi, value=default, step=(hi - lo) / 100)
-
-        sx_shift.change(strength_for, sx_shift, sx_strength, api_visibility="private")
-        fs_shift.change(strength_for, fs_shift, fs_strength, api_visibility="private")
-
-        # ---- training: one job at a time across both tabs (one accelerator)
-        model_dropdowns = [st_model, cmp_models, cl_model, sx_models, lab_model, fs_models]
-
-        def refreshed(current: list) -> list:
-            sc, cc, lc = (H.model_choices(cfg, "stylize"), H.model_choices(cfg, "classify"),
-                          H.lab_choices(cfg))
-            return [_dropdown_update(sc, current[0]), _dropdown_update(sc, current[1], True),
-                    _dropdown_update(cc, current[2]), _dropdown_update(cc, current[3], True),
-                    _dropdown_update(lc, current[4]), _dropdown_update(lc, current[5], True)]
-
-        def train_outputs(u: T.TrainUpdate, plots: list[str], extra: list, current: list):
-            out = [u.status, *[_frame(u.history, s) for s in plots], *extra]
-            out += refreshed(current) if u.model_name else [gr.skip()] * len(model_dropdowns)
-            return out
-
-        @guard
-        def do_train_style(style, content, norm, size, steps, batch, name, c0, c1, c2, c3, c4,
-                           c5, progress=gr.Progress()):
-            current = (c0, c1, c2, c3, c4, c5)
-            progress(0, desc="starting")
-            for u in T.train_style(cfg, style_job, style, content, norm, size, steps, name,
-                                   batch_size=batch,
-                                   on_progress=lambda f, d: progress(f, desc=d)):
-                yield train_outputs(u, ["content", "style"], [u.preview], list(current))
-
-        ts_start.click(do_train_style,
-                       [ts_style, ts_content, ts_norm, ts_size, ts_steps, ts_batch, ts_name,
-                        *model_dropdowns],
-                       [ts_status, ts_content_plot, ts_style_plot, ts_preview, *model_dropdowns],
-                       api_name="train_style", concurrency_limit=1, concurrency_id="train",
-                       show_progress_on=ts_status)
-        ts_cancel.click(guard(style_job.cancel), None, ts_status, api_name="cancel_style",
-                        concurrency_limit=None)
-
-        @guard
-        def do_train_clf(arch, norm, data, epochs, batch, lr, subset, train_dom, test_dom, name,
-                         c0, c1, c2, c3, c4, c5, progress=gr.Progress()):
-            current = (c0, c1, c2, c3, c4, c5)
-            progress(0, desc="starting")
-            for u in T.train_classifier(cfg, clf_job, arch, norm, data, epochs, name,
-                                        batch_size=batch, lr=lr, train_subset=subset,
-                                        train_domains=train_dom, test_domains=test_dom,
-                                        on_progress=lambda f, d: progress(f, desc=d)):
-                yield train_outputs(u, ["train loss", "train acc", "test acc"], [],
-                                    list(current))
-
-        tc_start.click(do_train_clf,
-                       [tc_arch, tc_norm, tc_data, tc_epochs, tc_batch, tc_lr, tc_subset,
-                        tc_train_dom, tc_test_dom, tc_name,
-                        *model_dropdowns],
-                       [tc_status, tc_loss_plot, tc_acc_plot, tc_test_plot, *model_dropdowns],
-                       api_name="train_classifier", concurrency_limit=1, concurrency_id="train",
-                       show_progress_on=tc_status)
-        tc_cancel.click(guard(clf_job.cancel), None, tc_status, api_name="cancel_classifier",
-                        concurrency_limit=None)
-
-        # models trained in other sessions (or before a restart) show up on page load
-        def on_load(c0, c1, c2, c3, c4, c5):
-            return refreshed([c0, c1, c2, c3, c4, c5])
-
-        demo.load(on_load, model_dropdowns, model_dropdowns, api_visibility="private")
-
-    demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
-    demo.normlab_jobs = (style_job, clf_job)  # so a host (or a test) can cancel them on shutdown
-    return demo
-
-
 def _strength_slider(shift: str | None) -> gr.Slider:
     """A strength slider in the shift's own units (classify.SHIFTS: e.g. RGB+50, contrast ×1.5)."""
     try:
@@ -462,6 +135,21 @@ def _strength_slider(shift: str | None) -> gr.Slider:
     except ValueError:
         lo, hi, default = 0.0, 1.0, 1.0
     return gr.Slider(lo, hi, value=default, step=(hi - lo) / 100, label="Strength (shift's units)")
+
+
+def _strength_for(shift):
+    try:
+        lo, hi, default = H.shift_range(shift)
+    except ValueError:
+        return gr.skip()
+    return gr.update(minimum=lo, maximum=hi, value=default, step=(hi - lo) / 100)
+
+
+def _shift_dropdown(shifts: list[str]) -> gr.Dropdown:
+    """Only the offered shifts: a typed value (e.g. ``style:/some/path``) is refused by the
+    component, and by ``handlers.check_shift`` for API clients."""
+    return gr.Dropdown(shifts, value=_prefer(shifts, "brightness"), label="Shift",
+                       allow_custom_value=False)
 
 
 def _sample_images() -> list[list[str]]:
@@ -482,6 +170,404 @@ def _arch_choices() -> list[str]:
     return cifar + [n for n in names if n not in cifar]
 
 
+def _clear(*outputs):
+    """Event: reset outputs (and any stale Error badge on them) when their input changes."""
+    return [None] * len(outputs) if len(outputs) > 1 else None
+
+
+# =========================================================================== tabs
+
+def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
+    style_choices = H.model_choices(cfg, "stylize")
+    samples = _sample_images()
+    with gr.Tab("Stylize", id="stylize"):
+        with gr.Row():
+            with gr.Column():
+                st_in = image_input("Input image", "st_in", height=260)
+                st_model = gr.Dropdown(style_choices, value=_first(style_choices),
+                                       label="Style model", allow_custom_value=True,
+                                       elem_id="st_model")
+                st_run = gr.Button("Stylize", variant="primary", elem_id="st_run")
+                st_info = gr.Markdown(elem_classes="nl-status")
+            with gr.Column():
+                st_out = gr.Image(label="Result", type="pil", format="png", interactive=False,
+                                  buttons=["download", "fullscreen"], elem_id="st_out",
+                                  height=420)
+        with gr.Row():
+            st_strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength (0 = the input)")
+            st_max = gr.Slider(0, 2048, value=1024, step=64, elem_id="st_max",
+                               label="Processing size (longest side, px; 0 = full size)",
+                               info="The network runs at this size. The result is scaled back "
+                                    "to the input's size (softer when it was reduced) unless "
+                                    "'Output size' says otherwise.")
+            st_outsize = gr.Radio(list(H.OUTPUT_SIZES), value=H.OUTPUT_SIZES[0],
+                                  label="Output size", elem_id="st_outsize")
+        with gr.Row():
+            st_color = gr.Checkbox(label="Preserve colour (transfer luminance only)")
+        with gr.Row(visible=False) as st_gate_row:
+            st_gate_on = gr.Checkbox(label="Override learned gates ρ", scale=1,
+                                     elem_id="st_gate_on")
+            st_gate = gr.Slider(-1, 1, value=0, step=0.05, scale=3, interactive=False,
+                                elem_id="st_gate",
+                                label="Gate: −1 = all IN · 0 = learned · +1 = all BN",
+                                info="Tick “Override learned gates ρ” to use this slider.")
+        with gr.Accordion("Upload your own style model", open=False):
+            st_upload = gr.File(label="A .safetensors from `normlab stylize train` or a "
+                                "pytorch/examples .pth (it replaces the model chosen above)",
+                                file_types=[".safetensors", ".pth"], height=120)
+        if samples:
+            gr.Examples(samples, inputs=st_in, label="Sample photos")
+        with gr.Accordion("Compare norms: the same image through several models", open=False):
+            with gr.Row():
+                cmp_models = gr.Dropdown(style_choices, value=[v for _, v in style_choices][:4],
+                                         multiselect=True, label="Models",
+                                         allow_custom_value=True, scale=3)
+                cmp_max = gr.Slider(128, 1024, value=384, step=64,
+                                    label="Size of each cell (longest side, px)")
+            cmp_run = gr.Button("Compare")
+            cmp_out = gr.Image(label="Comparison", type="pil", format="png", interactive=False)
+        with gr.Accordion("Webcam (live)", open=False):
+            with gr.Row():
+                cam_in = gr.Image(label="Webcam", sources=["webcam"], streaming=True,
+                                  type="pil", image_mode="RGB")
+                cam_out = gr.Image(label="Stylized", type="pil", interactive=False)
+
+    inputs = [st_in, st_model, st_upload, st_strength, st_color, st_max, st_gate_on, st_gate,
+              st_outsize]
+
+    @guard
+    def do_stylize(image, model, upload, strength, color, max_size, gate_on, gate,
+                   output_size="input size"):
+        return H.stylize(cfg, image, model, upload, strength, color, max_size,
+                         gate if gate_on else None, output_size or "input size")
+
+    st_run.click(do_stylize, inputs, st_out, api_name="stylize")
+
+    def do_stylize_live(image, *rest):
+        """The gate slider re-renders at once, but only when there is an image to show."""
+        return gr.skip() if image is None else do_stylize(image, *rest)
+
+    st_gate.release(do_stylize_live, inputs, st_out, api_visibility="private")
+    st_gate_on.input(do_stylize_live, inputs, st_out, api_visibility="private")
+    st_gate_on.change(lambda on: gr.update(interactive=bool(on)), st_gate_on, st_gate,
+                      api_visibility="private")
+    st_in.change(_clear, None, st_out, api_visibility="private")
+
+    @guard
+    def do_info(model, upload):
+        text, gated = H.style_model_info(cfg, model, upload)
+        return text, gr.update(visible=gated)
+
+    for trig in (st_model.change, st_upload.change):
+        trig(do_info, [st_model, st_upload], [st_info, st_gate_row], api_visibility="private")
+
+    @guard
+    def do_compare(image, models, max_size):
+        return H.compare(cfg, image, models, max_size)
+
+    cmp_run.click(do_compare, [st_in, cmp_models, cmp_max], cmp_out, api_name="compare")
+
+    @guard
+    def do_webcam(frame, model, strength, color):
+        if frame is None:
+            return None
+        return H.stylize(cfg, frame, model, None, strength, color, 320)
+
+    cam_in.stream(do_webcam, [cam_in, st_model, st_strength, st_color], cam_out,
+                  stream_every=0.5, time_limit=120, concurrency_limit=1,
+                  api_visibility="private")
+    return SimpleNamespace(model=st_model, compare_models=cmp_models, info=(do_info, [st_model,
+                           st_upload], [st_info, st_gate_row]))
+
+
+def _train_status(kind: str) -> gr.Markdown:
+    return gr.Markdown(elem_classes="nl-status", elem_id=f"{kind}_status")
+
+
+def _train_style_tab(cfg: UIConfig) -> SimpleNamespace:
+    norm_names = list(norms.NORM_NAMES)
+    content_opts = T.content_dirs(cfg)
+    with gr.Tab("Train a style", id="train_style"):
+        gr.Markdown("Train a feed-forward style network (Johnson et al. 2016) on a content "
+                    "folder the operator allowed. The run belongs to the server: reloading or "
+                    "closing this page does not stop it, and the page shows it again when "
+                    "reopened. One training runs at a time. The finished model appears in the "
+                    "Stylize tab at once.")
+        with gr.Row():
+            with gr.Column():
+                style = image_input("Style image", "ts_style")
+                content = gr.Dropdown(content_opts, value=_prefer(content_opts, "content"),
+                                      label="Content images (server folder)", elem_id="ts_content")
+                with gr.Row():
+                    norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
+                                       else norm_names[0], label="Norm")
+                    size = gr.Slider(64, 512, value=256, step=32, label="Image size",
+                                     elem_id="ts_size")
+                with gr.Row():
+                    steps = gr.Number(200, precision=0, minimum=1, maximum=100000, label="Steps",
+                                      elem_id="ts_steps")
+                    batch = gr.Number(4, precision=0, minimum=1, maximum=64, label="Batch size")
+                name = gr.Textbox(label="Model name (optional)")
+                with gr.Row():
+                    start = gr.Button("Start training", variant="primary", elem_id="ts_start")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="ts_cancel")
+                status = _train_status("ts")
+            with gr.Column():
+                content_plot = _plot("Content loss", "step", "loss")
+                style_plot = _plot("Style loss", "step", "loss")
+                preview = gr.Image(label="Preview", type="pil", interactive=False, height=256)
+    return SimpleNamespace(inputs=[style, content, norm, size, steps, batch, name], start=start,
+                           cancel=cancel, status=status, plots=[content_plot, style_plot],
+                           series=["content", "style"], extra=[preview])
+
+
+def _classify_tab(cfg: UIConfig) -> SimpleNamespace:
+    clf_choices = H.model_choices(cfg, "classify")
+    shifts = H.shift_names()
+    samples = _sample_images()
+    with gr.Tab("Classify", id="classify"):
+        note = H.classifier_note(cfg)
+        if note:
+            gr.Markdown(note, elem_id="cl_note")
+        with gr.Row():
+            with gr.Column():
+                cl_in = image_input("Image", "cl_in", height=260,
+                                    elem_classes="nl-pixelated")
+                cl_model = gr.Dropdown(clf_choices, value=_first(clf_choices),
+                                       label="Classifier", allow_custom_value=True)
+                cl_topk = gr.Slider(1, 10, value=5, step=1, label="Top-k")
+                cl_run = gr.Button("Classify", variant="primary", elem_id="cl_run")
+                if samples:
+                    gr.Examples(samples, inputs=cl_in, label="Sample photos")
+            with gr.Column():
+                cl_out = gr.Label(label="Prediction", elem_id="cl_out")
+                cl_view = gr.Image(label="What the model sees (its input size, enlarged)",
+                                   type="pil", interactive=False, height=180,
+                                   elem_id="cl_view", elem_classes="nl-pixelated")
+        gr.Markdown("### Shift explorer\nApply an appearance shift and see how models with "
+                    "different norms change their minds (uses the image above).")
+        with gr.Row():
+            sx_models = gr.Dropdown(clf_choices, value=[v for _, v in clf_choices][:3],
+                                    multiselect=True, label="Classifiers",
+                                    allow_custom_value=True, scale=2)
+            sx_shift = _shift_dropdown(shifts)
+            sx_strength = _strength_slider(_prefer(shifts, "brightness"))
+        sx_run = gr.Button("Compare under shift", elem_id="sx_run")
+        with gr.Row():
+            sx_img = gr.Image(label="Shifted image", type="pil", interactive=False, height=224,
+                              elem_classes="nl-pixelated")
+            sx_table = gr.Markdown(elem_classes="nl-table", elem_id="sx_table")
+
+    @guard
+    def do_classify(image, model, topk):
+        return H.classify(cfg, image, model, topk)
+
+    cl_run.click(do_classify, [cl_in, cl_model, cl_topk], cl_out, api_name="classify")
+
+    @guard
+    def do_view(image, model):
+        if not image or not model:
+            return None
+        return H.classify_with_view(cfg, image, model, 1)[1]
+
+    cl_run.click(do_view, [cl_in, cl_model], cl_view, api_visibility="private")
+    cl_in.change(lambda: (None, None), None, [cl_out, cl_view], api_visibility="private")
+
+    @guard
+    def do_shift(image, models, shift, strength):
+        shifted, rows = H.shift_explorer(cfg, image, models, shift, strength)
+        return shifted, H.shift_table(rows)
+
+    sx_run.click(do_shift, [cl_in, sx_models, sx_shift, sx_strength], [sx_img, sx_table],
+                 api_name="shift_explorer")
+    sx_shift.change(_strength_for, sx_shift, sx_strength, api_visibility="private")
+    return SimpleNamespace(model=cl_model, shift_models=sx_models)
+
+
+def _train_classifier_tab(cfg: UIConfig) -> SimpleNamespace:
+    norm_names = list(norms.NORM_NAMES)
+    archs = _arch_choices()
+    data_opts = T.dataset_dirs(cfg)
+    with gr.Tab("Train a classifier", id="train_classifier"):
+        gr.Markdown("Train a CIFAR-style ResNet (or any registered architecture) with a chosen "
+                    "norm on a dataset folder the operator allowed (ImageFolder `train/` + "
+                    "`test/` trees, or a folder of domains like PACS, found at any depth). The "
+                    "run belongs to the server: a reloaded page shows it again. One training "
+                    "at a time; the model appears in the Classify tab at once.")
+        with gr.Row():
+            with gr.Column():
+                arch = gr.Dropdown(archs, value=archs[0] if archs else None, label="Architecture",
+                                   elem_id="tc_arch")
+                norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
+                                   else norm_names[0], label="Norm", elem_id="tc_norm")
+                data = gr.Dropdown(data_opts, value=_first(data_opts),
+                                   label="Dataset (server folder)", elem_id="tc_data")
+                with gr.Row():
+                    epochs = gr.Number(1, precision=0, minimum=1, maximum=500, label="Epochs",
+                                       elem_id="tc_epochs")
+                    batch = gr.Number(128, precision=0, minimum=2, maximum=1024,
+                                      label="Batch size")
+                    lr = gr.Number(0.1, minimum=1e-5, maximum=1.0, label="Learning rate")
+                with gr.Row():
+                    subset = gr.Number(2000, precision=0, minimum=0,
+                                       label="Training images (0 = all)", elem_id="tc_subset")
+                    train_dom = gr.Textbox(label="Training domains (domain datasets; "
+                                                 "empty = the rest)")
+                    test_dom = gr.Textbox("sketch", label="Test domains (domain datasets)")
+                name = gr.Textbox(label="Model name (optional)")
+                with gr.Row():
+                    start = gr.Button("Start training", variant="primary", elem_id="tc_start")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="tc_cancel")
+                status = _train_status("tc")
+            with gr.Column():
+                loss_plot = _plot("Training loss", "epoch", "loss")
+                acc_plot = _plot("Training accuracy", "epoch", "accuracy (%)")
+                test_plot = _plot("Test accuracy (end of each epoch)", "epoch", "accuracy (%)")
+    return SimpleNamespace(inputs=[arch, norm, data, epochs, batch, lr, subset, train_dom,
+                                   test_dom, name], start=start, cancel=cancel, status=status,
+                           plots=[loss_plot, acc_plot, test_plot],
+                           series=["train loss", "train acc", "test acc"], extra=[])
+
+
+def _norms_lab_tab(cfg: UIConfig) -> SimpleNamespace:
+    lab_choices = H.lab_choices(cfg)
+    shifts = H.shift_names()
+    with gr.Tab("Norms lab", id="norms_lab"):
+        gr.Markdown("### Learned gates\nBIN learns, per channel, how much to behave like BN "
+                    "(ρ = 1) or IN (ρ = 0). Histograms of ρ by depth (BIN paper, Fig. 2/6).")
+        with gr.Row():
+            lab_model = gr.Dropdown(lab_choices, value=_first(lab_choices), label="Model",
+                                    allow_custom_value=True, scale=3)
+            lab_run = gr.Button("Show gates", elem_id="lab_run")
+        lab_plot = gr.Plot(label="ρ histograms")
+        lab_table = gr.Markdown(elem_classes="nl-table")
+        gr.Markdown("### Feature statistics: IN removes style\nPer-channel mean and standard "
+                    "deviation of one norm layer's output (x axis: channel index), for an image "
+                    "and its shifted copy. Under IN the two lines coincide (the shift is "
+                    "normalised away); under BN they follow the shift; BIN sits in between. "
+                    "**mean |Δ|** in each panel's title is the average over channels of the "
+                    "absolute difference between the two lines: 0 means the layer removed the "
+                    "shift entirely.")
+        with gr.Row():
+            fs_in = image_input("Image", "fs_in", height=224)
+            fs_shifted = gr.Image(label="Shifted copy", type="pil", interactive=False, height=224)
+        with gr.Row():
+            fs_models = gr.Dropdown(lab_choices, value=[v for _, v in lab_choices][:3],
+                                    multiselect=True, label="Models", allow_custom_value=True,
+                                    scale=3)
+            fs_depth = gr.Slider(0, 1, value=0, step=0.05,
+                                 label="Layer depth (0 = first norm layer → 1 = last)", scale=2)
+            fs_shift = _shift_dropdown(shifts)
+            fs_strength = _strength_slider(_prefer(shifts, "brightness"))
+        fs_run = gr.Button("Compute statistics", elem_id="fs_run")
+        fs_plot = gr.Plot(label="Channel statistics")
+
+    @guard
+    def do_gates(model):
+        return H.gate_histograms(cfg, model)
+
+    lab_run.click(do_gates, lab_model, [lab_plot, lab_table], api_name="gates")
+
+    @guard
+    def do_stats(image, models, depth, shift, strength):
+        shifted, stats = H.feature_stats(cfg, image, models, depth, shift, strength)
+        return shifted, H.feature_figure(stats, shift)
+
+    fs_run.click(do_stats, [fs_in, fs_models, fs_depth, fs_shift, fs_strength],
+                 [fs_shifted, fs_plot], api_name="feature_stats")
+    fs_shift.change(_strength_for, fs_shift, fs_strength, api_visibility="private")
+    return SimpleNamespace(model=lab_model, models=fs_models)
+
+
+def _about_tab(cfg: UIConfig) -> None:
+    with gr.Tab("About", id="about"):
+        gr.Markdown(H.about_markdown(), elem_classes="nl-table", elem_id="about")
+
+
+# =========================================================================== training events
+
+def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.Job,
+                   other: T.Job, start_fn, dropdowns: list, refreshed, api: str) -> None:
+    """Start (checks at once, then follows the server-side job), Cancel, and re-attach on page
+    load. Following holds no worker slot: the job runs in its own server thread."""
+    outputs = [tab.status, *tab.plots, *tab.extra, *dropdowns]
+
+    def render(u: T.TrainUpdate, current: list) -> list:
+        out = [u.status, *[_frame(u.history, s) for s in tab.series]]
+        out += [u.preview] * len(tab.extra)
+        out += refreshed(current) if u.model_name else [gr.skip()] * len(dropdowns)
+        return out
+
+    @guard
+    def do_start(*args):
+        n = len(tab.inputs)
+        values, current = args[:n], list(args[n:])
+        job.start(start_fn(cfg, job, *values), others=(other,))
+        for u in job.follow(raise_errors=True):
+            yield render(u, current)
+
+    tab.start.click(do_start, [*tab.inputs, *dropdowns], outputs, api_name=api,
+                    concurrency_limit=None, show_progress="hidden")
+    tab.cancel.click(guard(job.cancel), None, tab.status, api_name=f"cancel_{api.split('_')[1]}",
+                     concurrency_limit=None, show_progress="hidden")
+
+    def attach(*current):
+        """A (re)loaded page shows the running job (or the last one's end) and follows it."""
+        for u in job.follow():
+            yield render(u, list(current))
+
+    demo.load(attach, dropdowns, outputs, api_visibility="private", concurrency_limit=None,
+              show_progress="hidden")
+
+
+def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
+    """The whole UI as a ``gr.Blocks`` (queue configured; call ``launch`` on it or use
+    ``ui.launch``)."""
+    cfg = cfg or UIConfig()
+    style_job, clf_job = T.Job("style training"), T.Job("classifier training")
+    with gr.Blocks(title="normlab", fill_width=False) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs():
+            st = _stylize_tab(cfg)
+            ts = _train_style_tab(cfg)
+            cl = _classify_tab(cfg)
+            tc = _train_classifier_tab(cfg)
+            lab = _norms_lab_tab(cfg)
+            _about_tab(cfg)
+
+        dropdowns = [st.model, st.compare_models, cl.model, cl.shift_models, lab.model, lab.models]
+
+        def refreshed(current: list) -> list:
+            sc, cc, lc = (H.model_choices(cfg, "stylize"), H.model_choices(cfg, "classify"),
+                          H.lab_choices(cfg))
+            return [_dropdown_update(sc, current[0]), _dropdown_update(sc, current[1], True),
+                    _dropdown_update(cc, current[2]), _dropdown_update(cc, current[3], True),
+                    _dropdown_update(lc, current[4]), _dropdown_update(lc, current[5], True)]
+
+        def start_style(cfg, job, style, content, norm, size, steps, batch, name):
+            return T.train_style(cfg, job, style, content, norm, size, steps, name,
+                                 batch_size=batch)
+
+        def start_clf(cfg, job, arch, norm, data, epochs, batch, lr, subset, train_dom, test_dom,
+                      name):
+            return T.train_classifier(cfg, job, arch, norm, data, epochs, name, batch_size=batch,
+                                      lr=lr, train_subset=subset, train_domains=train_dom,
+                                      test_domains=test_dom)
+
+        _wire_training(cfg, demo, ts, style_job, clf_job, start_style, dropdowns, refreshed,
+                       "train_style")
+        _wire_training(cfg, demo, tc, clf_job, style_job, start_clf, dropdowns, refreshed,
+                       "train_classifier")
+
+        # models trained in other sessions (or before a restart) show up on page load
+        demo.load(lambda *c: refreshed(list(c)), dropdowns, dropdowns, api_visibility="private")
+        demo.load(*st.info, api_visibility="private")
+
+    demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
+    demo.normlab_jobs = (style_job, clf_job)  # so a host (or a test) can cancel them on shutdown
+    return demo
+
+
 def launch_kwargs(cfg: UIConfig) -> dict:
     """``Blocks.launch`` settings: upload limit, theme/css (gradio 6 takes them in launch), and
     no folder served beyond gradio's own upload/output cache and the bundled sample photos."""
@@ -493,9 +579,25 @@ def launch_kwargs(cfg: UIConfig) -> dict:
 
 def launch(cfg: UIConfig | None = None, host: str = "127.0.0.1", port: int | None = None,
            share: bool = False, **kwargs):
-    """Build and serve the app (blocks unless ``prevent_thread_lock=True`` is passed)."""
+    """Build and serve the app (blocks unless ``prevent_thread_lock=True`` is passed). Gradio's
+    own start-up lines are replaced by ours: its hint says ``share=True in launch()``, which a
+    ``normlab ui`` user cannot do; ours says ``--share``."""
     cfg = cfg or UIConfig()
     demo = build_app(cfg)
-    demo.launch(server_name=host, server_port=port, share=share,
-                **{**launch_kwargs(cfg), **kwargs})
+    quiet = kwargs.pop("quiet", False)
+    block = not kwargs.pop("prevent_thread_lock", False)
+    demo.launch(server_name=host, server_port=port, share=share, quiet=True,
+                prevent_thread_lock=True, **{**launch_kwargs(cfg), **kwargs})
+    if not quiet:
+        print(startup_message(demo.local_url, getattr(demo, "share_url", None)), flush=True)
+    if block:
+        demo.block_thread()
     return demo
+
+
+def startup_message(local_url: str, share_url: str | None) -> str:
+    """What ``normlab ui`` prints once the server is up."""
+    lines = [f"normlab ui running on {local_url}"]
+    lines.append(f"public link (temporary): {share_url}" if share_url else
+                 "for a temporary public link, restart with `normlab ui --share`")
+    return "\n".join(lines)

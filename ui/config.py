@@ -45,6 +45,7 @@ class UIConfig:
     device: str = "auto"
     vgg_weights: Path | None = field(default_factory=default_vgg_weights)
     max_pixels: int = 16_000_000  # per uploaded image; larger ones are refused with a message
+    memory_budget_mb: int = 2048  # per inference request (network pass at the processing size)
     max_file_size: str = "25mb"  # per upload, enforced by gradio
     concurrency: int = 2  # inference requests run at once (one GPU, or a few CPU cores)
     max_queue: int = 64
@@ -58,10 +59,10 @@ class UIConfig:
         """``path`` resolved, if it lies inside an operator-allowed folder; ``ValueError`` else."""
         p = Path(path).expanduser().resolve()
         if not any(p == d or d in p.parents for d in self.allowed_dirs):
-            raise ValueError(f"{path} is not inside a folder the operator allowed "
-                             f"(start the UI with --allowed-dir to add one)")
+            raise ValueError("that folder is not inside a folder the operator allowed "
+                             "(start the UI with --allowed-dir to add one)")
         if not p.is_dir():
-            raise ValueError(f"{path} is not a folder")
+            raise ValueError("that path is not a folder")
         return p
 
 

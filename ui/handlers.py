@@ -1,14 +1,19 @@
-"""The UI's handler functions: plain Python over the stylize / classify / norms libraries.
+"""The UI's handler functions: a few lines each over the stylize / classify / experiments
+libraries.
 
-Every function here takes and returns plain values (PIL images, strings, lists, matplotlib
-figures) and raises ``ValueError`` with one line on bad input; ``ui.app`` wires them to gradio
-components and turns those errors into ``gr.Error`` messages. No gradio import here.
+Every function here takes and returns plain values (PIL images, file paths, strings, lists,
+matplotlib figures) and raises ``ValueError`` with one line on bad input; ``ui.app`` wires them
+to gradio components and turns those errors into ``gr.Error`` messages (``public_message`` strips
+server paths first). No gradio import here.
+
+Trust boundary: every value that reaches a loader is one the server offered (a dropdown choice,
+a shift name) or a file the user uploaded; anything else is refused before a loader sees it.
 """
 from __future__ import annotations
 
-import copy
 import importlib
-from dataclasses import dataclass
+import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +23,16 @@ from PIL import Image
 import experiments  # noqa: F401  (registers style:MODEL shifts with classify)
 import norms
 from engine.devices import resolve_device
+from engine.images import load_image
+from experiments import lab
 
 from .config import UIConfig
 
 SHIPPED_TAG = "shipped"
 TRAINED_PREFIX = "ui:"
+# stylize.TransformerNet at 32 base channels peaks near 1 kB per processed pixel on CPU in
+# inference mode (measured: 1.0–1.2 kB/px at 512–1024 px with stylize_image); scaled by width
+STYLE_BYTES_PER_PIXEL = 1100
 
 
 def need(module: str, attr: str) -> Any:
@@ -40,6 +50,17 @@ def need(module: str, attr: str) -> Any:
 
 def device_of(cfg: UIConfig) -> str:
     return str(resolve_device(cfg.device))
+
+
+# absolute POSIX / Windows paths, e.g. /tmp/gradio/ab12/x.jpg or C:\Users\x\y.png
+_PATH = re.compile(r"(?:[A-Za-z]:\\|/)(?:[^\s'\"`:,;()<>]+[/\\])+([^\s'\"`:,;()<>/\\]*)")
+
+
+def public_message(text: str) -> str:
+    """``text`` (an error message) with every absolute server path cut to its file name, first
+    line only: what may be shown to a browser."""
+    text = str(text).strip().splitlines()[0] if str(text).strip() else "error"
+    return _PATH.sub(lambda m: m.group(1) or "(server folder)", text)
 
 
 # --------------------------------------------------------------------------- model lists
@@ -75,29 +96,48 @@ def resolve_spec(cfg: UIConfig, kind: str, choice: str | None) -> str:
     elif choice in {v for _, v in model_choices(cfg, kind)}:
         return choice
     known = ", ".join(v for _, v in model_choices(cfg, kind)) or "none"
-    raise ValueError(f"unknown {kind} model {choice!r}; available: {known}")
+    raise ValueError(f"unknown {kind} model {public_message(choice)!r}; available: {known}")
 
 
 def load_style(cfg: UIConfig, choice: str | None, upload: str | None = None):
-    """The ``stylize.StyleModel`` for a dropdown value, or for an uploaded model file (which wins)."""
+    """The ``stylize.StyleModel`` for a dropdown value, or for an uploaded model file (which wins).
+    Only ``stylize.load_model`` reads model files: it validates the config in the file's metadata
+    with bounds before any tensor is allocated."""
     load = need("stylize", "load_model")
     if upload:
         suffix = Path(upload).suffix.lower()
         if suffix not in {".safetensors", ".pth", ".pt"}:
             raise ValueError(f"model files must be .safetensors or .pth, got {Path(upload).name}")
-        return load(upload, device=device_of(cfg))
+        try:
+            return load(upload, device=device_of(cfg))
+        except ValueError as exc:
+            raise ValueError("the uploaded model: " + public_message(exc)) from None
     return load(resolve_spec(cfg, "stylize", choice), device=device_of(cfg))
 
 
 def load_classifier(cfg: UIConfig, choice: str | None):
+    """The ``classify.Classifier`` for a dropdown value (``classify.load_classifier``)."""
     return need("classify", "load_classifier")(resolve_spec(cfg, "classify", choice),
                                                device=device_of(cfg))
 
 
-def check_image(cfg: UIConfig, image: Image.Image | None, what: str = "an image") -> Image.Image:
-    """The uploaded image as RGB; ``ValueError`` when missing or over the pixel limit."""
-    if image is None:
+def read_image(cfg: UIConfig, image: Image.Image | str | Path | None,
+               what: str = "an image") -> Image.Image:
+    """An uploaded image as RGB: a file path is decoded with ``engine.images.load_image`` (EXIF,
+    16-bit, CMYK, palette, bomb limit); ``ValueError`` when missing, unreadable or over the pixel
+    limit, worded without server paths."""
+    if image is None or image == "":
         raise ValueError(f"upload {what} first")
+    if isinstance(image, (str, Path)):
+        try:
+            image = load_image(image, max_pixels=cfg.max_pixels)
+        except ValueError as exc:
+            text = public_message(exc)
+            if "not an image" in text:
+                text = "the uploaded file is not an image this server can read (JPEG, PNG, …)"
+            elif "truncated" in text or "corrupt" in text:
+                text = "the uploaded image is truncated or corrupt"
+            raise ValueError(text) from None
     w, h = image.size
     if w * h > cfg.max_pixels:
         raise ValueError(f"the image is {w}×{h} = {w * h / 1e6:.1f} MP; this server accepts at "
@@ -105,21 +145,68 @@ def check_image(cfg: UIConfig, image: Image.Image | None, what: str = "an image"
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+check_image = read_image  # the name older callers use
+
+
 # --------------------------------------------------------------------------- stylize
 
-def stylize(cfg: UIConfig, image: Image.Image | None, choice: str | None, upload: str | None = None,
-            strength: float = 1.0, preserve_color: bool = False, max_size: int | None = None,
-            gate: float | None = None) -> Image.Image:
-    """Stylize one image; the output has the input's size. ``max_size`` 0/None = full size;
+OUTPUT_SIZES = ("input size", "processing size")
+
+
+def processing_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """The size the network runs at: ``size`` scaled down so its longest side is ``max_size``
+    (0/None = full size), as ``stylize.stylize_image`` does."""
+    w, h = size
+    if max_size and max(w, h) > max_size:
+        s = max_size / max(w, h)
+        return max(1, round(w * s)), max(1, round(h * s))
+    return w, h
+
+
+def check_memory(cfg: UIConfig, model, size: tuple[int, int]) -> None:
+    """Refuse a request whose network pass would need more than ``cfg.memory_budget_mb``: one
+    request (and a few concurrent ones) must not exhaust the server. Until the library stylizes
+    any size in bounded memory, the UI refuses with the largest size that fits."""
+    per_px = STYLE_BYTES_PER_PIXEL * max(1, int(getattr(model.config, "base_channels", 32))) / 32
+    need_b = size[0] * size[1] * per_px
+    budget = cfg.memory_budget_mb * 2**20
+    if need_b > budget:
+        fit = int((budget / per_px) ** 0.5 * max(size) / (size[0] * size[1]) ** 0.5) // 16 * 16
+        raise ValueError(f"stylizing at {size[0]}×{size[1]} px needs about {need_b / 2**30:.1f} "
+                         f"GB of memory; this server allows {cfg.memory_budget_mb / 1024:.1f} GB per "
+                         f"request: set the processing size to {fit} px or less")
+
+
+def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
+            upload: str | None = None, strength: float = 1.0, preserve_color: bool = False,
+            max_size: int | None = None, gate: float | None = None,
+            output_size: str = "input size") -> Image.Image:
+    """Stylize one image with ``stylize.stylize_image``. The network runs at ``max_size`` (longest
+    side; 0/None = full size); the result comes back at the input's size (scaled up, so softer
+    than the processing size) or, with ``output_size="processing size"``, at the processing size.
     ``gate`` None = the learned ρ, else push every ρ toward IN (-1) or BN (+1)."""
-    image = check_image(cfg, image)
+    image = read_image(cfg, image)
+    if output_size not in OUTPUT_SIZES:
+        raise ValueError(f"output size must be one of: {', '.join(OUTPUT_SIZES)}")
     model = load_style(cfg, choice, upload)
     if gate is not None and not model.has_gates:
         gate = None  # the slider is hidden for gate-less models; ignore a stale value
-    return need("stylize", "stylize_image")(
-        model, image, max_size=int(max_size) if max_size else None,
-        preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
-        device=device_of(cfg))
+    work = processing_size(image.size, int(max_size) if max_size else None)
+    run = need("stylize", "stylize_image")
+    params = inspect.signature(run).parameters
+    extra: dict[str, Any] = {"bar": False} if "bar" in params else {}
+    if "max_memory" in params:
+        # the library bounds the whole process (tiling to fit): this request may add the budget
+        import psutil
+
+        extra["max_memory"] = psutil.Process().memory_info().rss + cfg.memory_budget_mb * 2**20
+    else:
+        check_memory(cfg, model, work)
+    if output_size == "processing size" and work != image.size:
+        image = image.resize(work, Image.LANCZOS)
+    return run(model, image, max_size=int(max_size) if max_size else None,
+               preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
+               device=device_of(cfg), **extra)
 
 
 def style_model_info(cfg: UIConfig, choice: str | None, upload: str | None = None
@@ -136,33 +223,61 @@ def style_model_info(cfg: UIConfig, choice: str | None, upload: str | None = Non
         rep = norms.gate_report(model.net)
         mean = torch.cat([L.values for L in rep.layers]).mean().item()
         lines.append(f"BIN gates: {len(rep.layers)} layers, mean ρ {mean:.2f} (0 = IN, 1 = BN); "
-                     "the gate slider overrides them")
+                     "tick “Override” to move them with the gate slider")
     return " · ".join(lines), model.has_gates
 
 
-def compare(cfg: UIConfig, image: Image.Image | None, choices: list[str] | None,
+def compare(cfg: UIConfig, image: Image.Image | str | None, choices: list[str] | None,
             max_size: int = 512) -> Image.Image:
-    """One labelled grid: the image through each chosen style model."""
-    image = check_image(cfg, image)
+    """One labelled grid: the image through each chosen style model (``stylize.compare_grid``)."""
+    image = read_image(cfg, image)
     if not choices:
         raise ValueError("pick at least one model to compare")
     models = [load_style(cfg, c) for c in choices]
-    return need("stylize", "compare_grid")(models, image, max_size=int(max_size or 512))
+    max_size = int(max_size or 512)
+    for m in models:
+        check_memory(cfg, m, processing_size(image.size, max_size))
+    return need("stylize", "compare_grid")(models, image, max_size=max_size)
 
 
 # --------------------------------------------------------------------------- classify
 
-def classify(cfg: UIConfig, image: Image.Image | None, choice: str | None,
+def classifier_note(cfg: UIConfig) -> str:
+    """What the classifiers on offer can recognise (the shipped ones: CIFAR-10's 10 classes)."""
+    classes: set[tuple[str, ...]] = set()
+    for _, value in model_choices(cfg, "classify"):
+        if not value.startswith(TRAINED_PREFIX):
+            try:
+                classes.add(tuple(load_classifier(cfg, value).class_names))
+            except ValueError:
+                continue
+    if not classes:
+        return ""
+    names = sorted(classes)[0]
+    return (f"The shipped classifiers were trained on CIFAR-10 and know only its {len(names)} "
+            f"classes ({', '.join(names)}), from 32×32 images: any photo is shrunk to 32×32 "
+            "first (shown enlarged below the prediction). Models trained here know their "
+            "dataset's classes.")
+
+
+def classify(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
              topk: int = 5) -> dict[str, float]:
     """Top-k {class: probability} for one image (the shape ``gr.Label`` shows)."""
-    image = check_image(cfg, image)
+    return classify_with_view(cfg, image, choice, topk)[0]
+
+
+def classify_with_view(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
+                       topk: int = 5) -> tuple[dict[str, float], Image.Image]:
+    """Top-k {class: probability} and the model's input, enlarged (``experiments.lab``)."""
+    image = read_image(cfg, image)
     clf = load_classifier(cfg, choice)
-    return {name: float(p) for name, p in
-            need("classify", "predict")(clf, image, topk=max(1, int(topk)))}
+    top = need("classify", "predict")(clf, image, topk=max(1, int(topk)))
+    return {name: float(p) for name, p in top}, lab.classifier_view(clf, image)
 
 
 def shift_names() -> list[str]:
-    """The appearance shifts classify offers, plus ``style:<model>`` for each style model."""
+    """The appearance shifts classify offers, plus ``style:<model>`` for each shipped style
+    model: the only values the Shift boxes accept."""
     try:
         names = list(need("classify", "SHIFTS"))
     except ValueError:
@@ -175,6 +290,17 @@ def shift_names() -> list[str]:
     return names
 
 
+def check_shift(shift: str | None) -> str:
+    """``shift`` if it is one of ``shift_names()``; else a ``ValueError`` that echoes nothing the
+    client sent (a typed ``style:/some/path`` never reaches a model loader)."""
+    if not shift:
+        raise ValueError("pick a shift")
+    offered = shift_names()
+    if shift not in offered:
+        raise ValueError("unknown shift: pick one from the list (" + ", ".join(offered) + ")")
+    return shift
+
+
 def shift_range(shift: str | None) -> tuple[float, float, float]:
     """(low, high, default) strength of a shift in its natural units (``style:*``: 0–1)."""
     spec = need("classify", "SHIFTS").get(shift or "")
@@ -185,179 +311,77 @@ def shift_range(shift: str | None) -> tuple[float, float, float]:
 
 def apply_shift(cfg: UIConfig, image: Image.Image, shift: str | None,
                 strength: float | None) -> Image.Image:
-    """The image under an appearance shift (``classify.apply_shift``; None = its default)."""
-    if not shift:
-        raise ValueError("pick a shift")
-    return need("classify", "apply_shift")(image, shift, None if strength is None
+    """The image under an offered appearance shift (``classify.apply_shift``; None = default)."""
+    return need("classify", "apply_shift")(image, check_shift(shift), None if strength is None
                                            else float(strength), device=device_of(cfg))
 
 
-@dataclass
-class ShiftRow:
-    model: str
-    norm: str
-    top1: str
-    p_top1: float
-    shifted_top1: str
-    p_shifted_top1: float
-    p_kept: float  # probability of the original top-1 class on the shifted image
+ShiftRow = lab.ShiftRow
 
 
-def shift_explorer(cfg: UIConfig, image: Image.Image | None, choices: list[str] | None,
-                   shift: str, strength: float) -> tuple[Image.Image, list[ShiftRow]]:
-    """The shifted image and, per classifier, top-1 before and after the shift."""
-    image = check_image(cfg, image)
+def shift_explorer(cfg: UIConfig, image: Image.Image | str | None, choices: list[str] | None,
+                   shift: str, strength: float) -> tuple[Image.Image, list[lab.ShiftRow]]:
+    """The shifted image and, per classifier, top-1 before and after (``lab.shift_rows``)."""
+    image = read_image(cfg, image)
+    shift = check_shift(shift)
     if not choices:
         raise ValueError("pick at least one classifier")
+    classifiers = {c: load_classifier(cfg, c) for c in choices}
     shifted = apply_shift(cfg, image, shift, strength)
-    predict = need("classify", "predict")
-    rows = []
-    for c in choices:
-        clf = load_classifier(cfg, c)
-        n = len(clf.class_names)
-        before = predict(clf, image, topk=n)
-        after = dict(predict(clf, shifted, topk=n))
-        top, p = before[0]
-        s_top, s_p = max(after.items(), key=lambda kv: kv[1])
-        norm = getattr(clf.config, "norm", None) or (clf.meta or {}).get("norm") or "?"
-        rows.append(ShiftRow(c, str(norm), top, float(p), s_top, float(s_p),
-                             float(after.get(top, 0.0))))
-    return shifted, rows
+    return shifted, lab.shift_rows(classifiers, image, shifted)
 
 
-def shift_table(rows: list[ShiftRow]) -> str:
-    """Markdown for the shift explorer."""
-    if not rows:
-        return ""
-    out = ["| model | norm | top-1 (original) | top-1 (shifted) | p(original top-1) after |",
-           "|---|---|---|---|---:|"]
-    for r in rows:
-        flag = "" if r.top1 == r.shifted_top1 else " ⚠"
-        out.append(f"| {r.model} | {r.norm} | {r.top1} ({r.p_top1:.0%}) | {r.shifted_top1} "
-                   f"({r.p_shifted_top1:.0%}){flag} | {r.p_kept:.0%} |")
-    return "\n".join(out)
+shift_table = lab.shift_rows_markdown
 
 
 # --------------------------------------------------------------------------- norms lab
 
-def lab_network(cfg: UIConfig, choice: str | None):
-    """(kind, nn.Module, loaded library object) for a Norms-lab dropdown value."""
+def lab_model(cfg: UIConfig, choice: str | None):
+    """The loaded style model or classifier behind a Norms-lab dropdown value."""
     if not choice or ":" not in choice:
         raise ValueError("pick a model first")
     kind, value = choice.split(":", 1)
     if kind == "stylize":
-        m = load_style(cfg, value)
-        return kind, m.net, m
+        return load_style(cfg, value)
     if kind == "classify":
-        c = load_classifier(cfg, value)
-        return kind, c.model, c
-    raise ValueError(f"unknown model kind {kind!r}")
+        return load_classifier(cfg, value)
+    raise ValueError("unknown model kind: pick a model from the list")
 
 
 def gate_histograms(cfg: UIConfig, choice: str | None):
     """(matplotlib figure or None, markdown) of the BIN gates ρ of a model, by depth."""
-    _, net, _ = lab_network(cfg, choice)
-    rep = norms.gate_report(net)
+    rep = norms.gate_report(lab.network_of(lab_model(cfg, choice)))
     if not rep:
         return None, (f"`{choice}` has no BIN gates (ρ): its norm layers are fixed, so there is "
                       "nothing learned to show. Pick a BIN model.")
     return rep.figure(title=f"BIN gate ρ by depth — {choice}"), rep.to_markdown()
 
 
-def norm_layers(net) -> list[tuple[str, Any]]:
-    """Top-level normalisation layers of ``net`` in forward order (IBN's inner IN/BN excluded)."""
-    from norms.layers import NORM_LAYERS
-
-    out: list[tuple[str, Any]] = []
-    for name, mod in net.named_modules():
-        if isinstance(mod, NORM_LAYERS) and not any(name.startswith(p + ".") for p, _ in out):
-            out.append((name, mod))
-    return out
+ChannelStats = lab.ChannelStats
+feature_figure = lab.feature_figure
 
 
-def _to_input(kind: str, lib_obj, image: Image.Image):
-    """The network input tensor (1×3×H×W) for an image, as the library feeds it."""
-    if kind == "stylize":
-        from stylize.images import to_tensor
-
-        image = image.copy()
-        image.thumbnail((256, 256))
-        return to_tensor(image)  # RGB 0–255, as TransformerNet takes it
-    from classify.data import fit_square, normalize, pil_to_uint8  # as classify.predict does
-
-    x = pil_to_uint8(fit_square(image, int(lib_obj.image_size)))[None]
-    return normalize(x, list(lib_obj.mean), list(lib_obj.std))
-
-
-@dataclass
-class ChannelStats:
-    model: str
-    layer: str
-    mean: list[list[float]]  # [image][channel]: per-channel spatial mean of the layer's output
-    std: list[list[float]]
-
-
-def feature_stats(cfg: UIConfig, image: Image.Image | None, choices: list[str] | None,
-                  depth: float, shift: str, strength: float) -> tuple[Image.Image, list[ChannelStats]]:
-    """Per-channel mean/std of a norm layer's output (at relative ``depth`` 0–1 of the model's
-    norm layers) for the image and its shifted copy, for each chosen model — the BIN paper's
-    point: IN outputs keep the same channel statistics whatever the style, BN's follow it."""
-    image = check_image(cfg, image)
+def feature_stats(cfg: UIConfig, image: Image.Image | str | None, choices: list[str] | None,
+                  depth: float, shift: str, strength: float
+                  ) -> tuple[Image.Image, list[lab.ChannelStats]]:
+    """The shifted image and, per chosen model, per-channel statistics of a norm layer's output
+    for the image and its shifted copy (``experiments.lab.channel_stats``)."""
+    image = read_image(cfg, image)
+    shift = check_shift(shift)
     if not choices:
         raise ValueError("pick at least one model")
+    models = {c: lab_model(cfg, c) for c in choices}
     shifted = apply_shift(cfg, image, shift, strength)
-    out = []
-    for c in choices:
-        kind, net, lib_obj = lab_network(cfg, c)
-        net = copy.deepcopy(net)  # hooks on a private copy: other requests share the cached net
-        layers = norm_layers(net)
-        if not layers:
-            raise ValueError(f"{c} has no normalisation layers")
-        name, layer = layers[round(float(depth) * (len(layers) - 1))]
-        captured: list[torch.Tensor] = []
-        handle = layer.register_forward_hook(lambda _m, _i, o: captured.append(o.detach()))
-        try:
-            dev = next(net.parameters()).device
-            with torch.inference_mode():
-                for im in (image, shifted):
-                    net(_to_input(kind, lib_obj, im).to(dev))
-        finally:
-            handle.remove()
-        feats = [f[0].float().flatten(1) for f in captured]  # C×(H·W) per image
-        out.append(ChannelStats(c, name, [f.mean(1).tolist() for f in feats],
-                                [f.std(1).tolist() for f in feats]))
-    return shifted, out
-
-
-def feature_figure(stats: list[ChannelStats], shift: str):
-    """Per-channel mean and std lines, original vs shifted, one row per model."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(stats), 2, figsize=(9, 2.3 * len(stats)), squeeze=False)
-    for row, s in zip(axes, stats):
-        for ax, what, vals in ((row[0], "channel mean", s.mean), (row[1], "channel std", s.std)):
-            ax.plot(vals[0], lw=1, label="original")
-            ax.plot(vals[1], lw=1, label=f"shifted ({shift})")
-            gap = sum(abs(a - b) for a, b in zip(*vals)) / max(1, len(vals[0]))
-            ax.set_title(f"{s.model} · {s.layer} · {what} · mean |Δ| {gap:.3g}", fontsize=8)
-            # a flat line must look flat: no offset notation, a span of at least 10% of the scale
-            lo, hi = min(min(v) for v in vals), max(max(v) for v in vals)
-            span = max(hi - lo, 0.1 * max(abs(lo), abs(hi), 1.0))
-            mid = (hi + lo) / 2
-            ax.set_ylim(mid - 0.55 * span, mid + 0.55 * span)
-            ax.ticklabel_format(axis="y", useOffset=False)
-            ax.tick_params(labelsize=7)
-        row[0].legend(fontsize=7)
-    axes[-1][0].set_xlabel("channel", fontsize=8)
-    axes[-1][1].set_xlabel("channel", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return shifted, [lab.channel_stats(m, [image, shifted], depth, name=c)
+                     for c, m in models.items()]
 
 
 # --------------------------------------------------------------------------- about
+
+def _arxiv(ref: str) -> str:
+    """``… — arXiv:1234.5678`` with the identifier turned into a link."""
+    return re.sub(r"arXiv:(\d{4}\.\d{4,5})", r"[arXiv:\1](https://arxiv.org/abs/\1)", ref)
+
 
 PAPERS = {
     "bn": "Ioffe & Szegedy, *Batch Normalization*, ICML 2015 — arXiv:1502.03167",
@@ -374,20 +398,45 @@ PAPERS = {
 }
 
 
+def shipped_models_markdown() -> str:
+    """A table of the shipped models and their figures, from ``weights/manifest.json``."""
+    import weights
+
+    rows = ["| model | kind | norm | trained on | result |", "|---|---|---|---|---|"]
+    for name, e in sorted(weights.manifest().items()):
+        if e.get("kind") == "classify":
+            trained = f"{e.get('dataset', '?')}, {e.get('epochs', '?')} epochs"
+            result = (f"top-1 {e['accuracy']:.1f} % on {e.get('test_images', '?')} test images"
+                      if isinstance(e.get("accuracy"), (int, float)) else "")
+        else:
+            trained = f"style {e.get('style', '?')}, {e.get('steps', '?')} steps"
+            losses = e.get("final_losses") or {}
+            result = " · ".join(f"{k} {v:.3g}" for k, v in losses.items()
+                                if isinstance(v, (int, float)))
+        rows.append(f"| `{name}` | {e.get('kind', '?')} | {e.get('norm', '?')} | {trained} | "
+                    f"{result} |")
+    return "\n".join(rows) if len(rows) > 2 else "No models are shipped in this build."
+
+
 def about_markdown() -> str:
-    """What each norm is, two lines each, with its paper."""
+    """What each norm is, with a link to its paper, the networks, and the shipped models."""
     parts = ["## The normalisation layers", ""]
     for name in norms.NORM_NAMES:
         parts.append(f"**{name}** — {norms.NORM_DESCRIPTIONS.get(name, '')}  ")
-        parts.append(f"{PAPERS.get(name, '')}")
+        parts.append(_arxiv(PAPERS.get(name, "")))
         parts.append("")
     parts += [
         "## The networks",
-        "- Style transfer: Johnson, Alahi & Fei-Fei, *Perceptual Losses for Real-Time Style "
-        "Transfer and Super-Resolution*, ECCV 2016 — arXiv:1603.08155 (layout of pytorch/examples' "
+        "- Style transfer: " + _arxiv("Johnson, Alahi & Fei-Fei, *Perceptual Losses for Real-Time "
+                                      "Style Transfer and Super-Resolution*, ECCV 2016 — "
+                                      "arXiv:1603.08155") + " (layout of pytorch/examples' "
         "fast_neural_style).",
-        "- Classification: He et al., *Deep Residual Learning*, CVPR 2016 (CIFAR ResNets), and "
-        "IBN-Net's ResNet/ResNeXt/DenseNet variants.",
+        "- Classification: " + _arxiv("He, Zhang, Ren & Sun, *Deep Residual Learning for Image "
+                                      "Recognition*, CVPR 2016 — arXiv:1512.03385") + " (CIFAR "
+        "ResNets), and IBN-Net's ResNet/ResNeXt/DenseNet variants.",
+        "",
+        "## Shipped models",
+        shipped_models_markdown(),
         "",
         "Everything here calls the same library functions as the `normlab` command line.",
     ]

@@ -6,6 +6,8 @@ from .gates import (
     clip_gates_,
     gate_report,
     iter_gates,
+    named_norm_parameters,
+    norm_parameters,
     param_groups,
     set_gates_,
 )
@@ -19,7 +21,17 @@ from .layers import (
     LayerNorm2d,
     SwitchableNorm2d,
 )
+from .conditional import (
+    ConditionalNorm,
+    add_styles,
+    conditional_layers,
+    make_conditional,
+    num_styles,
+    set_style,
+    style,
+)
 from .registry import NORM_DESCRIPTIONS, NORM_NAMES, NORM_REGISTRY, create_norm, get_norm_layer
+from .registry import CONDITIONAL_NORM_NAMES, CONDITIONAL_REGISTRY, conditional_norm
 from .statistics import (
     InstanceStats,
     StatisticsBank,
@@ -36,5 +48,8 @@ __all__ = [
     "BatchNorm2d", "InstanceNorm2d", "BatchInstanceNorm2d", "BNIN2d", "IBN", "GroupNorm2d",
     "LayerNorm2d", "SwitchableNorm2d",
     "capture_statistics", "use_statistics", "stream_statistics", "StatisticsBank", "InstanceStats",
+    "ConditionalNorm", "CONDITIONAL_NORM_NAMES", "CONDITIONAL_REGISTRY", "conditional_norm",
+    "set_style", "style", "add_styles", "num_styles", "conditional_layers", "make_conditional",
+    "norm_parameters", "named_norm_parameters",
     "sync_batch_stats", "unsync_batch_stats", "batch_stats_synced",
 ]

@@ -11,15 +11,40 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from .conditional import ConditionalNorm
 from .layers import GATED_LAYERS, NORM_LAYERS
+
+# Conditional BIN holds ρ as an S×C table on the wrapper (its inner layer has none left).
+_GATED = GATED_LAYERS + (ConditionalNorm,)
+_NORMS = NORM_LAYERS + (ConditionalNorm,)
 
 
 def iter_gates(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """(qualified name, ρ parameter) of every gated norm layer in ``model``, in module order."""
+    """(qualified name, ρ parameter) of every gated norm layer in ``model``, in module order
+    (conditional BIN: its S×C table of per-style gates)."""
     for name, module in model.named_modules():
-        if isinstance(module, GATED_LAYERS) and isinstance(getattr(module, "gate", None),
-                                                           nn.Parameter):
+        if isinstance(module, _GATED) and isinstance(getattr(module, "gate", None), nn.Parameter):
             yield (f"{name}.gate" if name else "gate"), module.gate
+
+
+def named_norm_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """(qualified name, parameter) of every normalization parameter of ``model`` — γ, β, ρ of
+    every norm layer (per-style tables of conditional ones) and SN's mixture weights — once
+    each, in module order. What "fine-tune only the norm parameters" trains."""
+    seen: set[int] = set()
+    for mname, module in model.named_modules():
+        if not isinstance(module, _NORMS):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield (f"{mname}.{pname}" if mname else pname), p
+
+
+def norm_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The parameters of ``named_norm_parameters``: ``torch.optim.Adam(norm_parameters(net))``."""
+    for _, p in named_norm_parameters(model):
+        yield p
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
@@ -28,8 +53,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
     biases (no decay), everything else (``weight_decay``). Every trainable parameter is in exactly
     one group; empty groups are left out. Each group carries a ``name``."""
     gate_ids = {id(p) for _, p in iter_gates(model)}
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS)
-                for p in m.parameters(recurse=False)}
+    norm_ids = {id(p) for _, p in named_norm_parameters(model)}
     gates, no_decay, decay, seen = [], [], [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:

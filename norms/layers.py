@@ -173,9 +173,12 @@ class BatchInstanceNorm2d(InstanceStatsNorm, _RunningStatsNorm):
     def forward(self, x: Tensor) -> Tensor:  # N×C×H×W -> N×C×H×W
         return self.forward_affine(x, self.weight, self.bias, self.gate)
 
-    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor, gate: Tensor) -> Tensor:
-        """``forward`` with γ, β, ρ given (C or N×C); N×C×H×W -> N×C×H×W."""
+    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor,
+                       gate: Tensor | None = None) -> Tensor:
+        """``forward`` with γ, β, ρ given (C or N×C; ρ defaults to the layer's own, e.g. BN+IN's
+        fixed 0.5); N×C×H×W -> N×C×H×W."""
         check_nchw(self, x, self.num_features, need_batch=self.training, need_spatial=True)
+        gate = self.gate if gate is None else gate
         return self._dispatch(x, {"weight": weight, "bias": bias, "gate": gate})
 
     def _forward_own(self, x: Tensor, weight: Tensor, bias: Tensor, gate: Tensor) -> Tensor:

@@ -10,6 +10,17 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .conditional import (
+    ConditionalBatchInstanceNorm2d,
+    ConditionalBatchNorm2d,
+    ConditionalBNIN2d,
+    ConditionalGroupNorm2d,
+    ConditionalIBN,
+    ConditionalInstanceNorm2d,
+    ConditionalLayerNorm2d,
+    ConditionalNorm,
+    ConditionalSwitchableNorm2d,
+)
 from .layers import (
     IBN,
     BatchInstanceNorm2d,
@@ -36,6 +47,22 @@ NORM_REGISTRY: dict[str, type[nn.Module]] = {
 
 NORM_NAMES: tuple[str, ...] = tuple(NORM_REGISTRY)
 
+# Conditional variants (one γ, β — and BIN's ρ — per style; see conditional.py): "c" + name.
+# Kept apart from NORM_REGISTRY so that lists of plain norms (CLI choices, benches) stay as they
+# are; ``get_norm_layer`` resolves both.
+CONDITIONAL_REGISTRY: dict[str, type[ConditionalNorm]] = {
+    "cbn": ConditionalBatchNorm2d,
+    "cin": ConditionalInstanceNorm2d,
+    "cbn_in": ConditionalBNIN2d,
+    "cbin": ConditionalBatchInstanceNorm2d,
+    "cibn": ConditionalIBN,
+    "cgn": ConditionalGroupNorm2d,
+    "cln": ConditionalLayerNorm2d,
+    "csn": ConditionalSwitchableNorm2d,
+}
+
+CONDITIONAL_NORM_NAMES: tuple[str, ...] = tuple(CONDITIONAL_REGISTRY)
+
 NORM_DESCRIPTIONS: dict[str, str] = {
     "bn": "Batch Norm: statistics over the batch and space per channel; running averages in eval.",
     "in": "Instance Norm: statistics per image and channel; removes per-image contrast and style.",
@@ -51,18 +78,20 @@ NORM_DESCRIPTIONS: dict[str, str] = {
 def get_norm_layer(name_or_callable: str | NormFactory, **kwargs: Any) -> NormFactory:
     """Resolve a norm name (or pass a callable through) to a factory ``f(num_channels)``.
 
-    Extra keyword arguments are bound with ``functools.partial``. Unknown names raise a
+    Extra keyword arguments are bound with ``functools.partial``. Conditional norms are named
+    "c" + a plain name: ``get_norm_layer("cbin", num_styles=4)``. Unknown names raise a
     ``ValueError`` that lists the registered names.
     """
     if callable(name_or_callable) and not isinstance(name_or_callable, str):
         layer = name_or_callable
     elif isinstance(name_or_callable, str):
         key = name_or_callable.strip().lower().replace("-", "_").replace("+", "_")
-        if key not in NORM_REGISTRY:
+        if key not in NORM_REGISTRY and key not in CONDITIONAL_REGISTRY:
             raise ValueError(
-                f"unknown norm {name_or_callable!r}; known norms: {', '.join(NORM_NAMES)}"
+                f"unknown norm {name_or_callable!r}; known norms: {', '.join(NORM_NAMES)}; "
+                f"conditional (one γ, β per style): {', '.join(CONDITIONAL_NORM_NAMES)}"
             )
-        layer = NORM_REGISTRY[key]
+        layer = NORM_REGISTRY.get(key) or CONDITIONAL_REGISTRY[key]
     else:
         raise ValueError(f"norm must be a name or a callable, got {type(name_or_callable).__name__}; "
                          f"known norms: {', '.join(NORM_NAMES)}")
@@ -72,3 +101,12 @@ def get_norm_layer(name_or_callable: str | NormFactory, **kwargs: Any) -> NormFa
 def create_norm(name: str | NormFactory, num_channels: int, **kwargs: Any) -> nn.Module:
     """Build one normalization layer: ``create_norm("bin", 64)``."""
     return get_norm_layer(name, **kwargs)(num_channels)
+
+
+def conditional_norm(name: str, num_styles: int, **kwargs: Any) -> NormFactory:
+    """Factory ``f(num_channels)`` of the conditional variant of norm ``name`` ("bin" or "cbin")
+    with ``num_styles`` rows of γ, β (ρ)."""
+    key = name.strip().lower().replace("-", "_").replace("+", "_")
+    if key in NORM_REGISTRY:
+        key = "c" + key
+    return get_norm_layer(key, num_styles=num_styles, **kwargs)

@@ -1,12 +1,12 @@
 """Training-step speed of whole classifiers per norm (``normlab classify bench``), as ratios to BN
-measured in the same run, via ``norms.bench.bench_train_step`` (norms interleaved per round)."""
+measured in the same run, via ``engine.bench.bench_train_step`` (norms interleaved per round)."""
 from __future__ import annotations
 
 import torch
 from tqdm import tqdm
 
 from norms import NORM_NAMES
-from norms.bench import bench_train_step, step_table
+from engine.bench import bench_train_step, step_table
 
 from .registry import create_model
 

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import typer
 from torch import nn
 
-from norms import bench as _bench
+from engine import bench as _bench
 from engine.io import write_text_atomic
 from norms.registry import NORM_DESCRIPTIONS, NORM_NAMES
 from engine.devices import resolve_device

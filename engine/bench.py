@@ -1,5 +1,7 @@
-"""Speed of every registered norm (``normlab norms bench``), as ratios to BatchNorm2d measured
-in the same run, plus a whole-network training step with each norm."""
+"""The benchmark harness every ``bench`` command uses (median timings with the device
+synchronised, norms interleaved round by round, PSNR for fast paths), and the norm benchmarks
+(``normlab norms bench``): each registered norm as a ratio to BatchNorm2d measured in the same
+run, plus a whole-network training step with each norm."""
 from __future__ import annotations
 
 import json
@@ -11,9 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .functional import batch_instance_norm_reference
-from .gates import attach_gate_clipping, param_groups
-from .registry import NORM_NAMES, create_norm
+from norms import NORM_NAMES, attach_gate_clipping, create_norm, param_groups
+from norms.functional import batch_instance_norm_reference
 
 
 class NaiveBIN(nn.Module):
@@ -36,6 +37,12 @@ class NaiveBIN(nn.Module):
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of two 0–255 images after clamping, as they would be saved."""
+    mse = (a.float().clamp(0, 255) - b.float().clamp(0, 255)).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(255.0 ** 2 / mse)).item()
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:

@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover
 
 import cli.classify
 import cli.norms
+import cli.reproduce
 import cli.stylize
 import cli.ui
 from engine.devices import DEVICE_CHOICES
@@ -70,6 +71,7 @@ def _resnet20(norm: str):
 app.add_typer(cli.norms.make_app(step_model=_resnet20), name="norms")
 app.add_typer(cli.stylize.app, name="stylize")
 app.add_typer(cli.classify.app, name="classify")
+app.add_typer(cli.reproduce.app, name="reproduce")
 app.add_typer(cli.ui.app, name="ui")
 
 if __name__ == "__main__":

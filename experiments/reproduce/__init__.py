@@ -1,0 +1,66 @@
+"""``normlab reproduce NAME``: the papers' findings, one command each, at a chosen budget.
+
+- ``bin-cifar``: BIN paper (Nam & Kim 2018) Table 1 / Fig. 1 / Fig. 2 on CIFAR-10.
+- ``ibn-shift``: IBN-Net (Pan et al. 2018) Table 1 appearance shifts, plus a style shift.
+- ``pacs``: leave-one-domain-out on PACS, all four held-out domains.
+- ``divergence``: IBN-Net Fig. 3, feature divergence by depth (appearance vs content).
+- ``style-curves``: BIN paper Fig. 3 (loss curves) and Fig. 6 (gate histogram) in style transfer.
+
+Each writes ``README.md`` + PNGs + ``results.json`` into its report folder; training runs live in
+``runs`` (default ``runs/reproduce``) and are reused across reproductions and re-runs.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .budgets import BUDGETS, check_budget
+
+# name -> module (each has TITLE, SUMMARY and run(ctx) -> Path)
+REPRODUCTIONS = {
+    "bin-cifar": "bin_cifar",
+    "ibn-shift": "ibn_shift",
+    "pacs": "pacs",
+    "divergence": "divergence",
+    "style-curves": "style_curves",
+}
+
+
+@dataclass
+class Context:
+    """Everything a reproduction needs from the caller."""
+
+    budget: str
+    out: Path
+    runs: Path = Path("runs/reproduce")
+    data: str | None = None
+    jobs: int = 1
+    device: str = "auto"
+    download: bool = False
+    command: str = ""
+    style_model: str = "candy_bin"  # ibn-shift / divergence: the stylize model used as a shift
+    style_image: str | None = None  # style-curves
+    vgg_weights: str | None = None  # style-curves
+    encoder: Any = None  # style-curves test hook: a loss network instead of VGG weights
+
+
+def list_reproductions() -> dict[str, str]:
+    """{name: one-line summary}."""
+    return {n: importlib.import_module(f".{m}", __name__).SUMMARY for n, m in REPRODUCTIONS.items()}
+
+
+def reproduce(name: str, ctx: Context) -> Path:
+    """Run reproduction ``name`` at ``ctx.budget``; returns the report's README.md path."""
+    if name not in REPRODUCTIONS:
+        raise ValueError(f"unknown reproduction {name!r}; known: {', '.join(REPRODUCTIONS)}")
+    check_budget(ctx.budget)
+    ctx.out, ctx.runs = Path(ctx.out), Path(ctx.runs)
+    if ctx.jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {ctx.jobs}")
+    mod = importlib.import_module(f".{REPRODUCTIONS[name]}", __name__)
+    return mod.run(ctx)
+
+
+__all__ = ["BUDGETS", "Context", "REPRODUCTIONS", "list_reproductions", "reproduce"]

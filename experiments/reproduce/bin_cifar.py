@@ -1,0 +1,159 @@
+"""BIN paper (Nam & Kim, "Batch-Instance Normalization for Adaptively Style-Invariant Neural
+Networks", NeurIPS 2018) on CIFAR-10: Table 1 (top-1 of BN, IN, BN+IN, BIN; IBN-a added) on CIFAR
+ResNets, Fig. 1 (test accuracy during training) and Fig. 2 (ρ histograms by stage)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .budgets import CIFAR, cifar_data
+from .report import Report, mean_sd_table, noise_lines
+from .stats import summarize
+from .sweep import RunResult, RunSpec, plan, run_sweep, values_by
+
+TITLE = "BIN on CIFAR-10: BN vs IN vs BN+IN vs BIN vs IBN-a (BIN paper Table 1, Fig. 1, Fig. 2)"
+SUMMARY = "BIN paper Table 1 / Fig. 1 / Fig. 2 on CIFAR-10 ResNets (bn, in, bn_in, bin, ibn_a)"
+VARIANTS = ("bn", "in", "bn_in", "bin", "ibn_a")
+
+
+def cifar_grid(ctx, variants: Sequence[str], depths: Sequence[int] | None = None) -> list[RunSpec]:
+    """The CIFAR-10 runs of ``ctx.budget`` (shared by bin-cifar, ibn-shift and divergence)."""
+    from engine.devices import resolve_device
+
+    b = CIFAR[ctx.budget]
+    dev = resolve_device(ctx.device)
+    base = b.recipe(cifar_data(ctx.data), str(dev), ctx.download,
+                    amp=dev.type == "cuda" and ctx.budget == "full")
+    return plan(base, variants, b.seeds, depths or b.depths, ctx.runs)
+
+
+def sweep_command(ctx, variants: Sequence[str], depths: Sequence[int]) -> str:
+    """The ``normlab reproduce sweep`` line that trains (or reuses) the same runs."""
+    b = CIFAR[ctx.budget]
+    data = cifar_data(ctx.data)
+    sub = (f" --train-subset {b.train_subset}" if b.train_subset else "") + \
+          (f" --test-subset {b.test_subset}" if b.test_subset else "")
+    return (f"normlab reproduce sweep --data {data} --variants {','.join(variants)} "
+            f"--seeds {','.join(map(str, b.seeds))} --depths {','.join(map(str, depths))} "
+            f"--epochs {b.epochs} --batch-size {b.batch_size} --lr {b.lr:g} --weight-decay "
+            f"{b.weight_decay:g} --schedule {b.schedule} --label-smoothing {b.label_smoothing:g}"
+            f"{sub} --runs {ctx.runs}")
+
+
+def curves_figure(results: Sequence[RunResult], test: str, title: str):
+    """Test top-1 by epoch, mean ± sd band over seeds, one panel per depth (BIN Fig. 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    depths = sorted({r.depth for r in results})
+    fig, axes = plt.subplots(1, len(depths), figsize=(4.4 * len(depths), 3.3), squeeze=False)
+    for ax, d in zip(axes[0], depths):
+        for label in dict.fromkeys(r.label for r in results):
+            runs = [r for r in results if r.depth == d and r.label == label and r.curve]
+            if not runs:
+                continue
+            n = min(len(r.curve) for r in runs)
+            ep = np.array([runs[0].curve[i]["epoch"] for i in range(n)])
+            acc = np.array([[r.curve[i].get(test, np.nan) for i in range(n)] for r in runs])
+            m, s = acc.mean(0), acc.std(0, ddof=1) if len(runs) > 1 else np.zeros(n)
+            ax.plot(ep, m, marker="o" if n < 4 else None, ms=3, lw=1.3,
+                    label=f"{label} (n={len(runs)})")
+            ax.fill_between(ep, m - s, m + s, alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(f"ResNet-{d}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _stage(layer: str) -> str:
+    return layer.split(".")[0] if layer.startswith("layer") else "stem"
+
+
+def gate_stats(results: Sequence[RunResult]) -> tuple[str, dict]:
+    """Mean ρ per stage of every BIN run: Markdown table (mean ± sd over seeds) and raw values."""
+    import norms
+    from classify.checkpoint import load_classifier
+
+    vals: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        if r.label != "bin":
+            continue
+        rep = norms.gate_report(load_classifier(str(r.model)).model)
+        by: dict[str, list[float]] = {}
+        for L in rep.layers:
+            by.setdefault(_stage(L.name), []).extend(L.values.float().tolist())
+        for st, v in by.items():
+            vals.setdefault((f"ResNet-{r.depth}", f"{st} mean ρ"), []).append(float(np.mean(v)))
+            vals.setdefault((f"ResNet-{r.depth}", f"{st} ρ<0.5"),
+                            []).append(100.0 * float(np.mean(np.array(v) < 0.5)))
+    rows = list(dict.fromkeys(k[0] for k in vals))
+    cols = list(dict.fromkeys(k[1] for k in vals))
+    md = mean_sd_table("BIN model", rows, cols, vals, digits=3) if vals else "(no BIN runs)"
+    return md, {f"{a} | {b}": v for (a, b), v in vals.items()}
+
+
+def run(ctx) -> Path:
+    b = CIFAR[ctx.budget]
+    specs = cifar_grid(ctx, VARIANTS)
+    rep = Report("bin-cifar", TITLE, ctx.out, ctx.budget, intro=(
+        "The BIN paper reports that Batch-Instance Normalization, which learns per channel how "
+        "much of instance normalisation to mix into batch normalisation (ρ ∈ [0, 1], 1 = BN), "
+        "improves CIFAR classification over BN, while IN alone and a fixed BN+IN mix are worse, "
+        "and that the learned ρ stays close to 1 (BN) in most channels with a tail toward IN "
+        "(Fig. 2). IBN-a (IBN-Net) is added as the other BN/IN hybrid."))
+    results = run_sweep(specs, ctx.jobs)
+    rep.setup += [
+        f"What ran: CIFAR-10, CIFAR ResNet-{'/'.join(map(str, b.depths))} (option-A shortcuts) × "
+        f"{', '.join(VARIANTS)}; {b.describe()}. Expected cost: {b.estimate}.",
+        "The paper: ResNet-20/56/110 (and others), SGD lr 0.1 ÷10 at 50 %/75 % of training, "
+        "batch 128, weight decay 1e-4, full CIFAR-10; normlab's `full` budget uses that "
+        "schedule (160 epochs)." + ("" if ctx.budget == "full" else
+                                    f" This `{ctx.budget}` budget differs: see the line above "
+                                    "(fewer epochs" + (", the fast one-cycle + label-smoothing "
+                                                       "schedule" if b.schedule != "step" else "")
+                                    + ("" if b.depths == CIFAR["full"].depths else
+                                       ", fewer depths") + ", fewer seeds). Accuracies are lower "
+                                    "than the paper's and only the ranking is comparable."),
+        f"Data: `{cifar_data(ctx.data)}`. Runs (resumable, reused across reports): `{ctx.runs}`.",
+        "BIN gates: 10× lr, no weight decay, clipped to [0, 1] after every step (paper Sec. 3.2).",
+    ]
+    test = next(iter(results[0].test_acc))
+    vals = values_by(results, lambda r: r.label, lambda r: [(f"ResNet-{r.depth}", r.test_acc[test])])
+    cols = [f"ResNet-{d}" for d in b.depths]
+    rep.section("### Table 1: CIFAR-10 test top-1 (%)\n\nmean ± sd over seeds; n = seeds per "
+                "cell; top-1 error = 100 − top-1.\n\n"
+                + mean_sd_table("norm", list(VARIANTS), cols, vals))
+    lines, gaps = noise_lines("bn", list(VARIANTS), cols, vals)
+    rep.section("Gaps to BN (inside the noise = Welch's t-test p ≥ 0.05, or |difference| < "
+                "combined sd when a side has n < 2):\n\n" + "\n".join(lines))
+    gmd, graw = gate_stats(results)
+    rep.section("### Fig. 2 statistics: learned ρ by stage (BIN runs)\n\nmean ± sd over seeds of "
+                "each run's mean ρ per stage, and of the share of channels with ρ < 0.5 (closer "
+                "to IN), in %.\n\n" + gmd)
+    rep.figure(curves_figure(results, test, "CIFAR-10 test top-1 during training (mean ± sd)"),
+               "fig1_curves.png", "Fig. 1: test top-1 by epoch, mean ± sd band over seeds")
+    from classify.analysis import gates_figure
+    from classify.checkpoint import load_classifier
+
+    for r in results:
+        if r.label == "bin" and r.seed == b.seeds[0]:
+            _, fig = gates_figure(load_classifier(str(r.model)),
+                                  title=f"BIN ρ by stage, ResNet-{r.depth}, seed {r.seed}")
+            rep.figure(fig, f"fig2_gates_resnet{r.depth}.png",
+                       f"Fig. 2: ρ histograms by stage, ResNet-{r.depth} BIN, seed {r.seed}")
+    rep.commands += [ctx.command or f"normlab reproduce bin-cifar --budget {ctx.budget}",
+                     "# the same runs, without the report:",
+                     sweep_command(ctx, VARIANTS, b.depths)]
+    rep.data.update(
+        runs=[r.to_dict() for r in results],
+        table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
+        summary={f"{k[0]} | {k[1]}": summarize(v).to_dict() for k, v in vals.items()},
+        gaps=[g.to_dict() for g in gaps], gates=graw)
+    return rep.write()

@@ -1,0 +1,142 @@
+"""What each ``--budget`` runs. ``smoke``: seconds (tests, CI); ``cpu``: a few CPU-hours with a
+fast schedule (one-cycle + label smoothing 0.1, not the papers'); ``full``: the papers'
+schedules, for a GPU. Each reproduction states in its report which budget ran and how it differs
+from the paper."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BUDGETS = ("smoke", "cpu", "full")
+SHARED = Path("../shared")
+
+
+@dataclass(frozen=True)
+class ClassifyBudget:
+    """Classifier training for one budget, plus how many test images the probes use."""
+
+    epochs: int
+    seeds: tuple[int, ...]
+    depths: tuple[int, ...]
+    batch_size: int
+    lr: float
+    schedule: str
+    label_smoothing: float
+    train_subset: int | None
+    test_subset: int | None
+    probe_images: int  # images per condition for shift / divergence probes
+    image_size: int | None = None
+    weight_decay: float = 1e-4
+    estimate: str = ""
+
+    def describe(self) -> str:
+        sched = ("step schedule (lr 0.1, ÷10 at 50 % and 75 % of the epochs)"
+                 if self.schedule == "step" else
+                 f"one-cycle schedule (peak lr {self.lr:g}) with label smoothing "
+                 f"{self.label_smoothing:g}")
+        sub = (f"a seeded {self.train_subset}-image training subset" if self.train_subset
+               else "the full training set")
+        test = f"{self.test_subset} test images" if self.test_subset else "the full test set"
+        return (f"{self.epochs} epoch(s), {sched}, batch {self.batch_size}, weight decay "
+                f"{self.weight_decay:g}, SGD momentum 0.9; {sub}, {test}; seeds "
+                f"{', '.join(map(str, self.seeds))} (n = {len(self.seeds)})")
+
+    def recipe(self, data: str, device: str, download: bool = False, **kw: Any) -> dict[str, Any]:
+        """A ``classify.train.TrainConfig`` recipe dict for this budget."""
+        from classify.train import TrainConfig
+
+        cfg = TrainConfig(data=data, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                          weight_decay=self.weight_decay, schedule=self.schedule,
+                          label_smoothing=self.label_smoothing, train_subset=self.train_subset,
+                          test_subset=self.test_subset, image_size=self.image_size,
+                          device=device, download=download, eval_every=1, **kw)
+        return cfg.recipe()
+
+
+# CIFAR-10 classifiers (bin-cifar, ibn-shift, divergence share these runs).
+# The paper: BIN (Nam & Kim 2018, Sec. 4.1) trains CIFAR ResNets with SGD, batch 128, lr 0.1 ÷10
+# at 50 % / 75 % of training, weight decay 1e-4 — 160 epochs here, as in classify's default.
+CIFAR: dict[str, ClassifyBudget] = {
+    "smoke": ClassifyBudget(1, (0, 1), (20,), 32, 0.05, "onecycle", 0.1, 256, 200, 48,
+                            estimate="seconds"),
+    "cpu": ClassifyBudget(15, (0, 1, 2), (20,), 128, 0.1, "onecycle", 0.1, None, None, 2000,
+                          estimate="≈ 20 min per ResNet-20 run on 2 CPU threads (390 steps × "
+                                   "~0.18 s × 15 epochs + evaluation): bin-cifar 15 runs ≈ 5 h; "
+                                   "ibn-shift adds the 3 IBN-b runs (≈ 1 h) and reuses the rest; "
+                                   "divergence reuses them all"),
+    "full": ClassifyBudget(160, (0, 1, 2, 3, 4), (20, 56, 110), 128, 0.1, "step", 0.0, None, None,
+                           10000, estimate="75 runs of 160 epochs: a GPU (use --jobs to share it)"),
+}
+
+# PACS leave-one-domain-out. The IBN-Net / BIN papers do not report PACS; the usual protocol
+# (Li et al. 2017) fine-tunes an ImageNet-pretrained ResNet-18. No pretrained weights ship here,
+# so every budget trains from scratch — absolute accuracy is far below the literature.
+PACS: dict[str, ClassifyBudget] = {
+    "smoke": ClassifyBudget(1, (0, 1), (20,), 32, 0.05, "onecycle", 0.1, 128, 64, 0,
+                            image_size=32, estimate="seconds"),
+    "cpu": ClassifyBudget(10, (0, 1), (20,), 64, 0.1, "onecycle", 0.1, None, None, 0,
+                          image_size=64, weight_decay=5e-4,
+                          estimate="≈ 7 min per CIFAR ResNet-20 run at 64 px on 2 CPU threads; "
+                                   "4 domains × 4 models × 2 seeds = 32 runs ≈ 4 h"),
+    "full": ClassifyBudget(100, (0, 1, 2), (18,), 64, 0.1, "step", 0.0, None, None, 0,
+                           image_size=128, weight_decay=5e-4,
+                           estimate="48 ImageNet-layout ResNet-18 runs at 128 px: a GPU"),
+}
+
+
+@dataclass(frozen=True)
+class StyleBudget:
+    """Style-transfer training (BIN paper Fig. 3) for one budget."""
+
+    steps: int
+    image_size: int
+    batch_size: int
+    seeds: tuple[int, ...]
+    estimate: str = ""
+
+    def describe(self) -> str:
+        return (f"{self.steps} steps at {self.image_size} px, batch {self.batch_size}, Adam lr "
+                f"1e-3, seeds {', '.join(map(str, self.seeds))} (n = {len(self.seeds)})")
+
+
+# The BIN paper (Sec. 4.3) follows Johnson et al. 2016: 256 px, batch 4, 2 epochs of MS-COCO
+# (80k images, 40k steps). Here the content set is ../shared/data/content (557 photos).
+STYLE: dict[str, StyleBudget] = {
+    "smoke": StyleBudget(4, 32, 2, (0, 1), "seconds"),
+    "cpu": StyleBudget(300, 128, 4, (0, 1),
+                       "≈ 1–1.5 s per step at 128 px on 2 CPU threads: 8 runs ≈ 50–60 min"),
+    "full": StyleBudget(40000, 256, 4, (0, 1, 2), "12 runs of 40k steps: a GPU"),
+}
+
+
+def check_budget(budget: str) -> str:
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    return budget
+
+
+def cifar_data(spec: str | None) -> str:
+    """The CIFAR-10 ``--data`` spec; default ``../shared/data/cifar10`` (ImageFolder train/test),
+    with a one-line error when it is missing."""
+    if spec:
+        return spec
+    root = SHARED / "data" / "cifar10"
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise ValueError(f"CIFAR-10 not found at {root}/{{train,test}}; pass --data "
+                         "folder:TRAIN_DIR,TEST_DIR, or --data cifar10:ROOT --download if you "
+                         "have a network")
+    return f"folder:{root}/train,{root}/test"
+
+
+def pacs_data(spec: str | None) -> str:
+    """The PACS ``--data`` spec (``pacs:ROOT``); default ``../shared/data/pacs``."""
+    if spec:
+        if not spec.startswith("pacs:"):
+            raise ValueError(f"the pacs reproduction needs --data pacs:ROOT, got {spec!r}")
+        return spec
+    root = SHARED / "data" / "pacs"
+    if not root.is_dir():
+        raise ValueError(f"PACS not found at {root} (ROOT/<domain>/<class>/*.jpg); pass --data "
+                         "pacs:ROOT")
+    return f"pacs:{root}"

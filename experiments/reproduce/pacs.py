@@ -1,0 +1,113 @@
+"""PACS (Li et al. 2017) leave-one-domain-out: train on three of photo / art_painting / cartoon /
+sketch, test on the fourth, for every held-out domain, with BN, IBN-a, IBN-b and BIN ResNets —
+the domain-generalisation setting IBN-Net and BIN motivate (style-invariant features)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .budgets import PACS, pacs_data
+from .report import Report, mean_sd_table, noise_lines
+from .stats import summarize
+from .sweep import plan, run_sweep
+
+TITLE = "PACS leave-one-domain-out: BN vs IBN-a vs IBN-b vs BIN"
+SUMMARY = "PACS leave-one-domain-out, all four held-out domains, bn, ibn_a, ibn_b, bin"
+VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
+
+
+def bars_figure(rows, cols, vals):
+    """Held-out top-1 per domain, mean ± sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(cols) + 2), 3.4))
+    w = 0.8 / len(rows)
+    xs = np.arange(len(cols))
+    for i, r in enumerate(rows):
+        s = [summarize(vals.get((r, c), [])) for c in cols]
+        ax.bar(xs + (i - (len(rows) - 1) / 2) * w, [x.mean for x in s], w,
+               yerr=[x.sd for x in s], capsize=2, label=f"{r} (n={s[0].n})")
+    ax.set_xticks(xs, cols, fontsize=8)
+    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title("PACS leave-one-domain-out (mean ± sd over seeds)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def run(ctx) -> Path:
+    from engine.devices import resolve_device
+
+    b = PACS[ctx.budget]
+    data = pacs_data(ctx.data)
+    root = Path(data.split(":", 1)[1])
+    domains = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(domains) < 2:
+        raise ValueError(f"PACS root {root} needs at least two domain folders, found {domains}")
+    dev = resolve_device(ctx.device)
+    base = b.recipe(data, str(dev), amp=dev.type == "cuda" and ctx.budget == "full")
+    depth = b.depths[0]
+    specs = []
+    for held in domains:
+        train = ",".join(d for d in domains if d != held)
+        specs += plan(base, VARIANTS, b.seeds, [depth], ctx.runs, group=held,
+                      extra={"train_domains": train, "test_domains": held})
+    rep = Report("pacs", TITLE, ctx.out, ctx.budget, intro=(
+        "Domain generalisation: a classifier trained on three PACS domains is tested on the "
+        "fourth, unseen one (photo, art painting, cartoon, sketch: same 7 classes, very "
+        "different styles). IBN-Net and BIN argue that instance normalisation removes style "
+        "information, so IBN-a/IBN-b/BIN should lose less on the unseen domain than BN."))
+    results = run_sweep(specs, ctx.jobs)
+    vals: dict[tuple[str, str], list[float]] = {}
+    per_seed: dict[tuple[str, int], list[float]] = {}
+    for r in results:
+        acc = r.test_acc[r.group]
+        vals.setdefault((r.label, r.group), []).append(acc)
+        per_seed.setdefault((r.label, r.seed), []).append(acc)
+    for (label, _), accs in per_seed.items():
+        if len(accs) == len(domains):  # the average over held-out domains, per seed
+            vals.setdefault((label, "average"), []).append(float(np.mean(accs)))
+    cols = domains + ["average"]
+    rows = list(VARIANTS)
+    arch = specs[0].recipe["arch"]
+    rep.setup += [
+        f"What ran: {len(domains)} held-out domains ({', '.join(domains)}) × "
+        f"{', '.join(VARIANTS)} on `{arch}`-family ResNets at "
+        f"{b.image_size} px, trained from scratch on the other domains with {b.describe()}. "
+        f"Expected cost: {b.estimate}.",
+        "The papers do not report PACS; the usual protocol (Li et al. 2017) fine-tunes an "
+        "ImageNet-pretrained ResNet-18 at 224 px. No pretrained weights ship with normlab, so "
+        "every budget trains from scratch and accuracies are far below the literature's; the "
+        "comparison between norms is what this measures.",
+        f"Data: `{data}` (all images of each domain; training uses every image of the three "
+        "source domains, testing every image of the held-out one)."
+        + (f" Subsets in this budget: {b.train_subset} training, {b.test_subset} test images."
+           if b.train_subset else ""),
+    ]
+    rep.section("### Held-out-domain top-1 (%)\n\nmean ± sd over seeds, n = seeds; 'average' "
+                "is each seed's mean over the held-out domains.\n\n"
+                + mean_sd_table("model", rows, cols, vals))
+    lines, gaps = noise_lines("bn", rows, cols, vals)
+    rep.section("Gaps to BN (inside the noise = Welch's t-test p ≥ 0.05):\n\n" + "\n".join(lines))
+    rep.figure(bars_figure(rows, cols, vals), "pacs_heldout.png",
+               "held-out-domain top-1 per domain, mean ± sd over seeds")
+    rep.commands += [ctx.command or f"normlab reproduce pacs --budget {ctx.budget}",
+                     "# one held-out domain's runs alone:",
+                     f"normlab reproduce sweep --data {data} --train-domains "
+                     f"{','.join(d for d in domains if d != domains[-1])} --test-domains "
+                     f"{domains[-1]} --variants {','.join(VARIANTS)} --seeds "
+                     f"{','.join(map(str, b.seeds))} --depths {depth} --image-size "
+                     f"{b.image_size} --epochs {b.epochs} --batch-size {b.batch_size} --lr "
+                     f"{b.lr:g} --weight-decay {b.weight_decay:g} --schedule {b.schedule} "
+                     f"--label-smoothing {b.label_smoothing:g}"
+                     + (f" --train-subset {b.train_subset}" if b.train_subset else "")
+                     + (f" --test-subset {b.test_subset}" if b.test_subset else "")
+                     + f" --runs {ctx.runs}"]
+    rep.data.update(runs=[r.to_dict() for r in results], domains=domains,
+                    table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
+                    gaps=[g.to_dict() for g in gaps])
+    return rep.write()

@@ -1,0 +1,133 @@
+"""A reproduction's self-contained Markdown report: ``README.md`` with setup, tables (mean ± sd
+over seeds, n stated, a noise verdict for every gap), figures (PNG beside it), the exact commands
+and the wall time, plus ``results.json`` with every number. All files are written atomically."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from engine.io import atomic_path, write_text_atomic
+
+from .stats import Gap, summarize, welch
+
+
+def _finite(v: Any) -> Any:
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def mean_sd_table(row_label: str, rows: Sequence[str], cols: Sequence[str],
+                  values: Mapping[tuple[str, str], Sequence[float]], digits: int = 2) -> str:
+    """Markdown table: one row per ``rows``, one column per ``cols``, cells ``mean ± sd`` over the
+    values of (row, col); an ``n`` column gives the number of seeds (a range when it varies)."""
+    head = f"| {row_label} | n | " + " | ".join(cols) + " |"
+    out = [head, "|---|---:|" + "---:|" * len(cols)]
+    for r in rows:
+        ns = sorted({summarize(values.get((r, c), [])).n for c in cols})
+        n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+        cells = [summarize(values.get((r, c), [])).fmt(digits) for c in cols]
+        out.append(f"| {r} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def noise_lines(baseline: str, rows: Sequence[str], cols: Sequence[str],
+                values: Mapping[tuple[str, str], Sequence[float]],
+                unit: str = " points") -> tuple[list[str], list[Gap]]:
+    """For every row ≠ ``baseline`` and column: the gap to ``baseline`` with its noise verdict."""
+    lines, gaps = [], []
+    for c in cols:
+        base = values.get((baseline, c), [])
+        if not base:
+            continue
+        for r in rows:
+            v = values.get((r, c), [])
+            if r == baseline or not v:
+                continue
+            g = welch(v, base, r, baseline)
+            gaps.append(g)
+            lines.append(f"- {c}: {g.sentence(unit)}")
+    return lines, gaps
+
+
+@dataclass
+class Report:
+    """Builder of ``out/README.md`` + PNGs + ``results.json``."""
+
+    name: str
+    title: str
+    out: Path
+    budget: str
+    intro: str = ""
+    setup: list[str] = field(default_factory=list)
+    results: list[str] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def section(self, markdown: str) -> None:
+        """Append Markdown to the results section."""
+        self.results.append(markdown.rstrip())
+
+    def figure(self, fig, filename: str, caption: str) -> Path:
+        """Save a matplotlib figure as ``out/filename`` (PNG) and list it under Figures."""
+        import matplotlib.pyplot as plt
+
+        path = self.out / filename
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        self.figures.append((filename, caption))
+        return path
+
+    def add_png(self, filename: str, caption: str) -> None:
+        """List an already written PNG in ``out`` under Figures."""
+        self.figures.append((filename, caption))
+
+    def write(self) -> Path:
+        """Write README.md and results.json; returns the README path."""
+        import torch
+
+        wall = time.time() - self.started
+        env = (f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+               f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}"
+               f", {platform.processor() or platform.machine()}")
+        md = [f"# {self.title}", ""]
+        if self.intro:
+            md += [self.intro.strip(), ""]
+        md += ["## Setup", "", f"- **budget: `{self.budget}`**"] + [f"- {s}" for s in self.setup]
+        md += ["", "## Results", ""]
+        for block in self.results:
+            md += [block, ""]
+        md += ["## Figures", ""]
+        for fn, cap in self.figures:
+            md += [f"![{cap}]({fn})", "", f"*{cap}*", ""]
+        if not self.figures:
+            md += ["(none)", ""]
+        md += ["## Reproduce", "", "```bash"] + self.commands + ["```", ""]
+        md += ["## Wall time", "",
+               f"{wall / 60:.1f} min ({wall:.0f} s) for this report, including any training it "
+               f"ran (finished runs are reused, not retrained). Finished "
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {env}.", ""]
+        readme = self.out / "README.md"
+        write_text_atomic(readme, "\n".join(md))
+        payload = {"name": self.name, "budget": self.budget, "wall_s": round(wall, 1),
+                   "commands": self.commands, "figures": [f for f, _ in self.figures],
+                   "environment": env, **self.data}
+        write_text_atomic(self.out / "results.json", json.dumps(_finite(payload), indent=1) + "\n")
+        return readme

@@ -1,0 +1,216 @@
+"""BIN paper (Nam & Kim 2018) Fig. 3 and Fig. 6 in style transfer: content and style loss curves
+of the Johnson et al. network with IN, BN, BN+IN and BIN trained at an equal budget (same data,
+steps, seed), and the learned ρ of the BIN network (Fig. 6: ρ moves toward IN)."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.io import write_text_atomic
+
+from .budgets import SHARED, STYLE
+from .report import Report, mean_sd_table, noise_lines
+from .stats import summarize
+
+TITLE = "BIN paper Fig. 3 / Fig. 6: style-transfer loss curves of IN, BN, BN+IN and BIN"
+SUMMARY = "BIN paper Fig. 3 loss curves (in, bn, bn_in, bin) and Fig. 6 gates"
+NORMS = ("in", "bn", "bn_in", "bin")
+RESULT = "result.json"
+
+
+def _inputs(ctx) -> tuple[str, str, str | None]:
+    content = ctx.data or str(SHARED / "data" / "content")
+    style = ctx.style_image or str(SHARED / "data" / "styles" / "candy.jpg")
+    if not Path(content).is_dir():
+        raise ValueError(f"content photos not found at {content}; pass --data CONTENT_DIR")
+    if not Path(style).is_file():
+        raise ValueError(f"style image not found at {style}; pass --style-image FILE")
+    vgg = ctx.vgg_weights
+    if ctx.encoder is None:
+        vgg = vgg or str(SHARED / "weights" / "vgg19_normalised_relu3_1.pth")
+        if not Path(vgg).is_file():
+            raise ValueError(f"VGG weights not found at {vgg}; pass --vgg-weights FILE (a "
+                             "torchvision VGG-16/19 state dict or a normalised VGG-19 encoder)")
+    return content, style, vgg
+
+
+def _tail_mean(rows: list[dict], key: str, k: int) -> float:
+    v = [r[key] for r in rows if key in r][-k:]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _metrics(folder: Path) -> list[dict]:
+    rows = []
+    p = folder / "metrics.jsonl"
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def train_run(ctx, norm: str, seed: int, content: str, style: str, vgg: str | None) -> dict:
+    """One style network (resumed when a checkpoint exists, read back when finished)."""
+    from engine.devices import resolve_device
+
+    st = importlib.import_module("stylize.train")  # the package's `train` attribute is the function
+    b = STYLE[ctx.budget]
+    cfg = st.TrainConfig(style_image=style, content_dir=content, norm=norm, image_size=b.image_size,
+                         batch_size=b.batch_size, steps=b.steps, seed=seed,
+                         device=str(resolve_device(ctx.device)), vgg_weights=vgg,
+                         checkpoint_every=max(1, b.steps // 10))
+    ident = {k: v for k, v in sorted(cfg.to_dict().items())
+             if k not in ("out", "device", "checkpoint_every", "preview_every", "vgg_weights")}
+    ident["loss_network"] = Path(vgg).name if vgg else "test-encoder"
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    folder = Path(ctx.runs) / f"stylize-{norm}-s{seed}-{h}"
+    cfg.out = str(folder)
+    done = folder / RESULT
+    if done.is_file():
+        return json.loads(done.read_text())
+    params = inspect.signature(st.train).parameters
+    kw = {"resume": (folder / st.CHECKPOINT).is_file()}
+    if ctx.encoder is not None:
+        kw["encoder"] = ctx.encoder
+    kw = {k: v for k, v in kw.items() if k in params}
+    t0 = time.perf_counter()
+    st.train(cfg, **kw)
+    rows = _metrics(folder)
+    k = max(1, b.steps // 10)
+    res = {"norm": norm, "seed": seed, "folder": str(folder), "steps": len(rows),
+           "content_loss": _tail_mean(rows, "content_loss", k),
+           "style_loss": _tail_mean(rows, "style_loss", k), "tail_steps": k,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    write_text_atomic(done, json.dumps(res, indent=1) + "\n")
+    return res
+
+
+def mean_curves_figure(runs: list[dict], smooth: int):
+    """Content and style loss by step, moving average, mean ± sd band over seeds per norm."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    for ax, key in zip(axes, ("content_loss", "style_loss")):
+        for norm in NORMS:
+            curves = []
+            for r in runs:
+                if r["norm"] == norm:
+                    v = np.array([x[key] for x in _metrics(Path(r["folder"])) if key in x])
+                    if smooth > 1 and len(v) >= smooth:
+                        v = np.convolve(v, np.ones(smooth) / smooth, mode="valid")
+                    curves.append(v)
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            a = np.array([c[:n] for c in curves])
+            m = a.mean(0)
+            s = a.std(0, ddof=1) if len(a) > 1 else np.zeros(n)
+            xs = np.arange(n) + (smooth if smooth > 1 and n else 1)
+            ax.plot(xs, m, lw=1.2, label=f"{norm} (n={len(a)})")
+            ax.fill_between(xs, np.maximum(m - s, 1e-9), m + s, alpha=0.2)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(key.replace("_", " ") + (f" (moving avg {smooth})" if smooth > 1 else ""),
+                     fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("BIN Fig. 3: training losses, mean ± sd over seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _group(name: str) -> str:
+    # stylize's TransformerNet: in1–in3 encoder, res* residual blocks, in4–in5 decoder
+    return "residual" if name.startswith("res") else ("decoder" if name.split(".")[0] in
+                                                       ("in4", "in5") else "encoder")
+
+
+def run(ctx) -> Path:
+    import norms
+    import stylize
+    from stylize.curves import plot_curves
+
+    b = STYLE[ctx.budget]
+    content, style, vgg = _inputs(ctx)
+    rep = Report("style-curves", TITLE, ctx.out, ctx.budget, intro=(
+        "The BIN paper (Fig. 3) trains Johnson et al.'s feed-forward style-transfer network "
+        "with IN, BN, BN+IN and BIN and reports that BIN reaches a lower style loss than IN and "
+        "BN at a similar content loss, and (Fig. 6) that the learned ρ of BIN moves toward IN "
+        "(ρ → 0) in style transfer — the opposite of classification."))
+    from tqdm.auto import tqdm
+
+    runs = []
+    for norm in tqdm(NORMS, desc="style-curves", leave=False):
+        for seed in b.seeds:
+            runs.append(train_run(ctx, norm, seed, content, style, vgg))
+    vals: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        vals.setdefault((r["norm"], "content loss"), []).append(r["content_loss"])
+        vals.setdefault((r["norm"], "style loss"), []).append(r["style_loss"])
+        vals.setdefault((r["norm"], "total"), []).append(r["content_loss"] + r["style_loss"])
+    cols = ["content loss", "style loss", "total"]
+    rep.setup += [
+        f"What ran: TransformerNet (Johnson et al. 2016; 32 base channels, 5 residual blocks) × "
+        f"{', '.join(NORMS)}, {b.describe()}. Same content photos, style image, steps and seeds "
+        f"for every norm. Expected cost: {b.estimate}.",
+        f"Content photos: `{content}`; style image: `{style}`; loss network: "
+        f"{'`' + vgg + '`' if vgg else 'a test encoder (not VGG: numbers are meaningless)'}"
+        ". Weighted content/style losses as logged by `stylize train`.",
+        "The paper (Sec. 4.3) follows Johnson et al.: 256 px, batch 4, 2 epochs of MS-COCO "
+        "(80k images, ≈ 40k steps), VGG-16 loss network. `full` uses 40k steps at 256 px on "
+        "normlab's 557 content photos"
+        + ("." if ctx.budget == "full" else
+           f"; this `{ctx.budget}` budget runs far fewer steps at a smaller size, so the "
+           "curves show the early phase of training only."),
+    ]
+    rep.section(f"### Final losses (mean over each run's last {max(1, b.steps // 10)} steps)"
+                f"\n\nmean ± sd over seeds, n = seeds.\n\n"
+                + mean_sd_table("norm", list(NORMS), cols, vals, digits=3))
+    lines, gaps = noise_lines("in", list(NORMS), cols, vals, unit="")
+    rep.section("Gaps to IN (negative = lower loss than IN; inside the noise = Welch's t-test "
+                "p ≥ 0.05):\n\n" + "\n".join(lines))
+    gates: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        if r["norm"] != "bin":
+            continue
+        m = stylize.load_model(Path(r["folder"]) / "model.safetensors")
+        by: dict[str, list[float]] = {}
+        for L in norms.gate_report(m.net).layers:
+            by.setdefault(_group(L.name), []).extend(L.values.float().tolist())
+        for g, v in by.items():
+            gates.setdefault(("BIN", f"{g} mean ρ"), []).append(float(np.mean(v)))
+            gates.setdefault(("BIN", f"{g} ρ<0.5 (%)"), []).append(
+                100.0 * float(np.mean(np.array(v) < 0.5)))
+    if gates:
+        gcols = list(dict.fromkeys(k[1] for k in gates))
+        rep.section("### Fig. 6 statistics: learned ρ of the BIN network (initialised at 1 = BN)"
+                    "\n\nmean ± sd over seeds.\n\n" + mean_sd_table("network", ["BIN"], gcols, gates, digits=3))
+    smooth = max(1, min(20, b.steps // 10))
+    rep.figure(mean_curves_figure(runs, smooth), "fig3_losses.png",
+               "Fig. 3: content and style loss by step, mean ± sd over seeds")
+    first = [Path(r["folder"]) for r in runs if r["seed"] == b.seeds[0]]
+    plot_curves(first, ctx.out / "fig3_fig6_seed.png", smooth=smooth)
+    rep.add_png("fig3_fig6_seed.png", f"seed {b.seeds[0]}: loss curves per norm and the BIN "
+                "network's ρ histograms by depth group (Fig. 6)")
+    rep.commands += [ctx.command or f"normlab reproduce style-curves --budget {ctx.budget}",
+                     "# one of the runs alone:",
+                     f"normlab stylize train --style-image {style} --content {content} --norm bin "
+                     f"--image-size {b.image_size} --batch-size {b.batch_size} --steps {b.steps} "
+                     f"--seed {b.seeds[0]}" + (f" --vgg-weights {vgg}" if vgg else "")
+                     + f" --out {first[-1]}",
+                     f"normlab stylize curves {' '.join(map(str, first))} -o curves.png"]
+    rep.data.update(runs=runs, table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
+                    gates={f"{k[0]} | {k[1]}": v for k, v in gates.items()},
+                    gaps=[g.to_dict() for g in gaps])
+    return rep.write()
+

@@ -1,0 +1,300 @@
+"""Grid runner for classifier training: variants (norm / IBN placement) × seeds × depths (and any
+other split, e.g. PACS held-out domains), each run resumable, optionally several at once, one
+summary table.
+
+Every run lives in ``RUNS/<arch>-<norm>-s<seed>-<hash>``; the hash covers everything that changes
+what is learned (data, epochs, schedule, subsets, ...), not where or how it runs, so two
+reproductions asking for the same training share the run. A run is *finished* when its
+``result.json`` exists (written after ``classify.train`` returned); an unfinished run with a
+checkpoint is continued with ``resume`` (bit-identical to an uninterrupted run on CPU); anything
+else starts fresh.
+
+``jobs > 1`` runs that many training processes at once (spawned; each gets ``cpu_count // jobs``
+threads on CPU). On a GPU several small CIFAR models share the device that way; each process
+keeps its whole training set on the GPU as uint8 and augments it there
+(``classify.data.augment``), so no batch crosses the PCIe bus.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from engine.io import write_text_atomic
+
+from .report import mean_sd_table, noise_lines
+
+RESULT = "result.json"
+# Checkpoint file names of the classify trainer (engine.Trainer: checkpoint.pt; older: last.pt).
+CHECKPOINTS = ("checkpoint.pt", "last.pt")
+# Recipe fields that do not change what a run learns (kept out of the run's identity).
+RUN_ONLY = ("out", "device", "amp", "compile", "resume", "threads", "eval_every", "download")
+
+# label -> (architecture template, norm). ``{d}`` is the depth (CIFAR ResNet 6n+2, or ImageNet
+# ResNet 18/34/50...). IBN-a / IBN-b are architectures; BN is their norm outside the IBN layers.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "bn": ("resnet{d}", "bn"),
+    "in": ("resnet{d}", "in"),
+    "bn_in": ("resnet{d}", "bn_in"),
+    "bin": ("resnet{d}", "bin"),
+    "ibn_a": ("resnet{d}_ibn_a", "bn"),
+    "ibn_b": ("resnet{d}_ibn_b", "bn"),
+    "gn": ("resnet{d}", "gn"),
+    "sn": ("resnet{d}", "sn"),
+}
+
+
+def variant_arch(label: str, depth: int) -> tuple[str, str]:
+    """(architecture name, norm) of a variant label at a depth, e.g. ("resnet56_ibn_a", "bn")."""
+    if label not in VARIANTS:
+        raise ValueError(f"unknown variant {label!r}; known: {', '.join(VARIANTS)}")
+    arch, norm = VARIANTS[label]
+    return arch.format(d=depth), norm
+
+
+@dataclass
+class RunSpec:
+    """One training run of the grid."""
+
+    label: str
+    depth: int
+    seed: int
+    recipe: dict[str, Any]
+    group: str = ""  # another grid axis (e.g. the PACS held-out domain); "" when none
+
+    @property
+    def key(self) -> str:
+        """The run's folder name: readable prefix + hash of what it learns."""
+        ident = {k: v for k, v in sorted(self.recipe.items()) if k not in RUN_ONLY}
+        h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        g = f"-{self.group}" if self.group else ""
+        return f"{self.recipe['arch']}-{self.recipe['norm']}{g}-s{self.seed}-{h}"
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced: final test top-1 per test set, per-epoch curve, time."""
+
+    label: str
+    depth: int
+    seed: int
+    group: str
+    folder: str
+    test_acc: dict[str, float]
+    curve: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float | None = None
+    reused: bool = False
+
+    @property
+    def model(self) -> Path:
+        return Path(self.folder) / "model.safetensors"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def plan(base: dict[str, Any], variants: Sequence[str], seeds: Iterable[int],
+         depths: Iterable[int], runs_root: str | Path, group: str = "",
+         extra: dict[str, Any] | None = None) -> list[RunSpec]:
+    """The grid variants × depths × seeds over the recipe ``base`` (a ``TrainConfig`` dict);
+    ``extra`` overrides recipe fields for every run (e.g. the PACS domains of ``group``)."""
+    specs = []
+    for d in depths:
+        for v in variants:
+            arch, norm = variant_arch(v, d)
+            for s in seeds:
+                r = dict(base, arch=arch, norm=norm, seed=int(s), **(extra or {}))
+                spec = RunSpec(v, int(d), int(s), r, group)
+                spec.recipe["out"] = str(Path(runs_root) / spec.key)
+                specs.append(spec)
+    return specs
+
+
+def _read_metrics(folder: Path) -> list[dict[str, Any]]:
+    p = folder / "metrics.jsonl"
+    rows = []
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash
+    return rows
+
+
+def _result_from_folder(spec: RunSpec, seconds: float) -> RunResult:
+    folder = Path(spec.recipe["out"])
+    rows = _read_metrics(folder)
+    curve, final = [], {}
+    ips = None
+    for r in rows:
+        acc = {k[len("test_acc/"):]: float(v) for k, v in r.items() if k.startswith("test_acc/")}
+        if "images_per_s" in r:
+            ips = float(r["images_per_s"])
+        if acc:
+            curve.append({"epoch": float(r.get("epoch", len(curve) + 1)), **acc})
+            final = acc
+    if not final:
+        raise ValueError(f"run {folder} finished without a test accuracy in metrics.jsonl")
+    return RunResult(spec.label, spec.depth, spec.seed, spec.group, str(folder), final, curve,
+                     round(seconds, 1), ips)
+
+
+def status(spec: RunSpec) -> str:
+    """``finished`` | ``partial`` (a checkpoint to resume) | ``new``."""
+    folder = Path(spec.recipe["out"])
+    if (folder / RESULT).is_file():
+        return "finished"
+    if any((folder / c).is_file() for c in CHECKPOINTS):
+        return "partial"
+    return "new"
+
+
+_DATA_CACHE: dict[tuple, Any] = {}
+
+
+def _load_split(recipe: dict[str, Any], device):
+    """The run's data, decoded once per process (and moved to the GPU once, when training there)."""
+    from classify.data import load_data
+    from classify.registry import default_input_size
+
+    size = recipe.get("image_size") or default_input_size(recipe["arch"])
+    key = (recipe["data"], size, recipe.get("train_domains"), recipe.get("test_domains"),
+           str(device))
+    if key not in _DATA_CACHE:
+        if len(_DATA_CACHE) > 2:  # bound memory: PACS grids load a different split per domain
+            _DATA_CACHE.clear()
+        split = load_data(recipe["data"], size, recipe.get("train_domains"),
+                          recipe.get("test_domains"), bool(recipe.get("download")))
+        if getattr(device, "type", "cpu") == "cuda":
+            split = split.to(device)
+        _DATA_CACHE[key] = split
+    return _DATA_CACHE[key]
+
+
+def run_one(spec: RunSpec, show_bar: bool = True) -> RunResult:
+    """Train (or resume, or just read back) one run; writes its ``result.json`` when done."""
+    from classify.train import TrainConfig, train
+    from engine.devices import resolve_device
+
+    folder = Path(spec.recipe["out"])
+    done = folder / RESULT
+    if done.is_file():
+        d = json.loads(done.read_text())
+        d.update(reused=True)
+        return RunResult(**{k: d[k] for k in RunResult.__dataclass_fields__ if k in d})
+    st = status(spec)
+    cfg = TrainConfig.from_recipe(dict(spec.recipe, resume=(st == "partial")))
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    kw: dict[str, Any] = {}
+    if "show_bar" in inspect.signature(train).parameters:
+        kw["show_bar"] = show_bar
+    try:
+        train(cfg, data=_load_split(spec.recipe, device), **kw)
+    except ValueError as exc:
+        # a run killed after its last checkpoint but before result.json: nothing left to train
+        if "already finished" not in str(exc):
+            raise
+    res = _result_from_folder(spec, time.perf_counter() - t0)
+    write_text_atomic(done, json.dumps(res.to_dict(), indent=1) + "\n")
+    return res
+
+
+def _worker(spec_dict: dict[str, Any], threads: int) -> dict[str, Any]:
+    # entry point of a spawned sweep process
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    spec = RunSpec(**spec_dict)
+    if threads and not spec.recipe.get("threads"):
+        spec.recipe["threads"] = threads
+    return run_one(spec, show_bar=False).to_dict()
+
+
+def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
+              progress: Callable[[RunResult, int, int], None] | None = None) -> list[RunResult]:
+    """Run every spec (finished ones are read back, partial ones resumed), ``jobs`` at a time.
+    Results come back in the order of ``specs``."""
+    from tqdm.auto import tqdm
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    results: list[RunResult | None] = [None] * len(specs)
+    todo = []
+    for i, s in enumerate(specs):
+        if status(s) == "finished":
+            results[i] = run_one(s)
+        else:
+            todo.append(i)
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="runs", unit="run",
+               leave=False)
+
+    def done(i: int, r: RunResult) -> None:
+        results[i] = r
+        bar.update(1)
+        bar.set_postfix_str(f"{r.label} s{r.seed} " + " ".join(f"{v:.1f}%" for v in r.test_acc.values()))
+        if progress:
+            progress(r, sum(x is not None for x in results), len(specs))
+
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for i in todo:
+                done(i, run_one(specs[i]))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+                                     mp_context=mp.get_context("spawn")) as ex:
+                futs = {ex.submit(_worker, dataclasses.asdict(specs[i]), threads): i for i in todo}
+                for f in as_completed(futs):
+                    done(futs[f], RunResult(**f.result()))
+    finally:
+        bar.close()
+    return [r for r in results if r is not None]
+
+
+def values_by(results: Sequence[RunResult], row: Callable[[RunResult], str],
+              col: Callable[[RunResult], Iterable[tuple[str, float]]]) -> dict[tuple[str, str], list[float]]:
+    """{(row, column): [one value per seed]} from results, for ``mean_sd_table``."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        for c, v in col(r):
+            out.setdefault((row(r), c), []).append(v)
+    return out
+
+
+def summary_table(results: Sequence[RunResult], baseline: str | None = None) -> str:
+    """Markdown: final top-1 (%) per variant (and depth when several) and test set, mean ± sd over
+    seeds with n, and a noise verdict for each gap to ``baseline`` (default: the first variant)."""
+    if not results:
+        return "(no runs)"
+    depths = sorted({r.depth for r in results})
+
+    def row(r: RunResult) -> str:
+        name = r.label + (f" [{r.group}]" if r.group else "")
+        return f"{name} (depth {r.depth})" if len(depths) > 1 else name
+
+    vals = values_by(results, row, lambda r: r.test_acc.items())
+    rows = list(dict.fromkeys(row(r) for r in results))
+    cols = list(dict.fromkeys(c for (_, c) in vals))
+    md = mean_sd_table("variant", rows, cols, vals)
+    base = baseline or results[0].label
+    lines = []
+    for d in depths:
+        sub = [r for r in results if r.depth == d]
+        rws = list(dict.fromkeys(row(r) for r in sub))
+        b = next((x for x in rws if x.split(" ")[0] == base), None)
+        if b:
+            lines += noise_lines(b, rws, cols, vals)[0]
+    return md + ("\n\nGaps to " + base + " (top-1 points):\n" + "\n".join(lines) if lines else "")

@@ -1,0 +1,221 @@
+"""normlab reproduce: every reproduction end to end at the smoke budget on tiny synthetic data
+(reports with the expected sections, mean ± sd tables with n, plots), the sweep runner's
+skip/resume, the statistics helper, and the tensor augmentation."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from experiments.reproduce import Context, reproduce
+from experiments.reproduce.stats import student_t_sf2, summarize, welch
+
+SECTIONS = ("## Setup", "## Results", "## Figures", "## Reproduce", "## Wall time")
+
+
+def _folder(root: Path, classes: int, per: int, size: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(per):
+            a = np.zeros((size, size, 3))
+            a[..., c % 3] = 60 + 50 * c  # class-dependent colour + noise
+            a = np.clip(a + rng.normal(0, 40, a.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(d / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 4-class 32 px ImageFolder (train 32 / test 16 images), a 4-domain PACS-like tree, the
+    runs folder shared by the CIFAR reproductions (as in real use) and a style-transfer set."""
+    root = tmp_path_factory.mktemp("reproduce")
+    _folder(root / "cifar" / "train", 4, 8, 32, 0)
+    _folder(root / "cifar" / "test", 4, 4, 32, 1)
+    for k, dom in enumerate(["art_painting", "cartoon", "photo", "sketch"]):
+        _folder(root / "pacs" / dom, 2, 4, 40, 10 + k)
+    _folder(root / "content", 1, 4, 40, 20)
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+                    ).save(root / "style.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache_and_threads(tiny, monkeypatch):
+    monkeypatch.setenv("NORMLAB_CACHE", str(tiny / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is faster, and the CI box is shared
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ctx(tiny: Path, name: str, **kw) -> Context:
+    data = f"folder:{tiny}/cifar/train,{tiny}/cifar/test"
+    return Context(budget="smoke", out=tiny / "reports" / name, runs=tiny / "runs",
+                   data=kw.pop("data", data), device="cpu", command=f"normlab reproduce {name}",
+                   **kw)
+
+
+def _check_report(readme: Path, pngs: int) -> tuple[str, dict]:
+    md = readme.read_text()
+    for s in SECTIONS:
+        assert s in md, f"{readme}: no {s}"
+    assert "budget: `smoke`" in md and "| n |" in md
+    assert " ± " in md  # mean ± sd cells (2 seeds)
+    assert "inside the noise" in md or "larger than the noise" in md
+    figs = sorted(readme.parent.glob("*.png"))
+    assert len(figs) >= pngs
+    for f in figs:
+        assert f.stat().st_size > 1000 and f"]({f.name})" in md
+        with Image.open(f) as im:
+            assert im.width > 200
+    res = json.loads((readme.parent / "results.json").read_text())
+    assert res["budget"] == "smoke" and res["wall_s"] >= 0
+    return md, res
+
+
+def test_bin_cifar_smoke_report(tiny):
+    readme = reproduce("bin-cifar", _ctx(tiny, "bin-cifar"))
+    md, res = _check_report(readme, 2)
+    assert "| norm | n | ResNet-20 |" in md
+    for v in ("bn", "in", "bn_in", "bin", "ibn_a"):
+        assert f"| {v} | 2 |" in md
+    assert len(res["runs"]) == 10 and {r["seed"] for r in res["runs"]} == {0, 1}
+    assert "ResNet-20 | stem mean ρ" in res["gates"] and len(res["gates"]["ResNet-20 | stem mean ρ"]) == 2
+    assert (tiny / "reports" / "bin-cifar" / "fig2_gates_resnet20.png").is_file()
+
+
+def test_ibn_shift_smoke_reuses_runs_and_tables_drops(tiny):
+    readme = reproduce("ibn-shift", _ctx(tiny, "ibn-shift"))
+    md, res = _check_report(readme, 1)
+    assert "rgb_plus=50" in md and "style:candy_bin" in md and "| ibn_b | 2 |" in md
+    reused = [r for r in res["runs"] if r["reused"]]
+    assert len(res["runs"]) == 8 and len(reused) >= 6  # bn/ibn_a/bin came from bin-cifar
+    d = res["drop"]["bn | contrast=1.5"]
+    a = res["accuracy"]
+    assert d[0] == pytest.approx(a["bn | clean"][0] - a["bn | contrast=1.5"][0])
+
+
+def test_divergence_smoke_report(tiny):
+    readme = reproduce("divergence", _ctx(tiny, "divergence"))
+    md, res = _check_report(readme, 2)
+    assert "appearance: clean vs style:candy_bin" in md and "content:" in md
+    assert res["layers"][0] == "bn1" and len(res["layers"]) == 10  # stem + 9 blocks
+    curves = res["curves"]["appearance: clean vs style:candy_bin | bn"]
+    assert len(curves) == 2 and all(v >= 0 for c in curves for v in c)
+
+
+def test_pacs_smoke_all_four_domains(tiny):
+    readme = reproduce("pacs", _ctx(tiny, "pacs", data=f"pacs:{tiny}/pacs"))
+    md, res = _check_report(readme, 1)
+    assert "| model | n | art_painting | cartoon | photo | sketch | average |" in md
+    assert len(res["runs"]) == 4 * 4 * 2
+    assert {r["group"] for r in res["runs"]} == {"art_painting", "cartoon", "photo", "sketch"}
+    assert all(list(r["test_acc"]) == [r["group"]] for r in res["runs"])  # held-out only
+
+
+class _Encoder(nn.Module):
+    """Seeded random conv features: a stand-in loss network for tests only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, 2, 1)
+        with torch.no_grad():
+            for c in (self.c1, self.c2):
+                c.weight.copy_(torch.randn(c.weight.shape, generator=g) * 0.3)
+                c.bias.zero_()
+        self.taps = ["t1", "t2"]
+        self.requires_grad_(False)
+
+    def forward(self, x):  # N×3×H×W (0–255) -> {tap: features}
+        h = F.relu(self.c1(x / 255.0))
+        return {"t1": h, "t2": F.relu(self.c2(h))}
+
+
+def test_style_curves_smoke_report(tiny):
+    ctx = _ctx(tiny, "style-curves", data=str(tiny / "content"),
+               style_image=str(tiny / "style.png"), encoder=_Encoder())
+    md, res = _check_report(reproduce("style-curves", ctx), 2)
+    assert "| norm | n | content loss | style loss | total |" in md
+    assert "Fig. 6 statistics" in md and "residual mean ρ" in md
+    assert len(res["runs"]) == 8 and all(r["steps"] == 4 for r in res["runs"])
+
+
+def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
+    from classify.train import TrainConfig
+    import experiments.reproduce.sweep as sw
+
+    base = TrainConfig(data=f"folder:{tiny}/cifar/train,{tiny}/cifar/test", epochs=2,
+                       batch_size=16, train_subset=16, device="cpu").recipe()
+    specs = sw.plan(base, ["bn"], [0, 1], [20], tiny / "sweep")
+    first = sw.run_sweep(specs[:1])
+    assert sw.status(specs[0]) == "finished" and not first[0].reused
+    (Path(specs[0].recipe["out"]) / sw.RESULT).rename(Path(specs[0].recipe["out"]) / "keep.json")
+    assert sw.status(specs[0]) == "partial"  # checkpoint but no result: would be resumed
+    (Path(specs[0].recipe["out"]) / "keep.json").rename(Path(specs[0].recipe["out"]) / sw.RESULT)
+    calls = []
+    real = sw.run_one
+    monkeypatch.setattr(sw, "run_one", lambda s, show_bar=True: (calls.append(s.key), real(s))[1])
+    again = sw.run_sweep(specs)
+    assert [r.reused for r in again] == [True, False]  # the finished run was read back
+    assert again[0].test_acc == first[0].test_acc
+    assert "| bn | 2 |" in sw.summary_table(again)
+
+
+def test_stats_mean_sd_and_noise_verdict():
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert (s.n, s.mean) == (4, 2.5) and s.sd == pytest.approx(math.sqrt(5 / 3))
+    assert s.fmt() == "2.50 ± 1.29"
+    assert student_t_sf2(2.0, 10) == pytest.approx(0.07339, abs=1e-4)  # t-table value
+    assert student_t_sf2(1.0, 1.0) == pytest.approx(0.5)  # Cauchy: P(|T| ≥ 1) = 1/2
+    noisy = welch([90.1, 90.5, 90.3], [90.2, 90.6, 90.0], "bin", "bn")
+    assert noisy.in_noise and "inside the noise" in noisy.sentence()
+    clear = welch([92.1, 92.5, 92.3], [90.2, 90.6, 90.0], "bin", "bn")
+    assert not clear.in_noise and clear.p < 0.01 and clear.diff == pytest.approx(2.0333, abs=1e-3)
+    single = welch([91.0], [90.0, 90.4], "a", "b")  # n = 1: compare to the combined sd
+    assert math.isnan(single.p) and not single.in_noise
+
+
+def test_augment_matches_per_image_loop():
+    from classify.data import augment
+
+    def loop(x, g, pad):  # the previous per-image implementation
+        n, _, h, w = x.shape
+        flips = torch.rand(n, generator=g) < 0.5
+        ox = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+        oy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+        xp = F.pad(x, (pad, pad, pad, pad))
+        out = torch.empty_like(x)
+        for i in range(n):
+            crop = xp[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w]
+            out[i] = crop.flip(-1) if flips[i] else crop
+        return out
+
+    x = torch.randint(0, 256, (9, 3, 12, 10), dtype=torch.uint8)
+    for seed in range(4):
+        a = augment(x, torch.Generator().manual_seed(seed), 2)
+        assert torch.equal(a, loop(x, torch.Generator().manual_seed(seed), 2))
+    assert not torch.equal(augment(x, torch.Generator().manual_seed(0), 2), x)
+
+
+def test_missing_data_is_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import experiments.reproduce.budgets as budgets
+    import main
+
+    monkeypatch.setattr(budgets, "SHARED", tmp_path / "nowhere")
+    r = CliRunner().invoke(main.app, ["--device", "cpu", "reproduce", "bin-cifar", "--out",
+                                      str(tmp_path / "r")])
+    assert r.exit_code == 2
+    out = r.output.strip()
+    assert out.startswith("error: CIFAR-10 not found") and "--download" in out
+    assert len(out.splitlines()) == 1

@@ -325,6 +325,7 @@ def batch_instance_norm(
     In training the BN branch uses batch statistics and the running buffers (if given) are
     updated in place as ``F.batch_norm`` updates them (unbiased variance); in eval the BN branch
     uses the running statistics while the IN branch always uses per-instance statistics.
+    ``weight``, ``bias``, ``gate``: C, or N×C for one row per sample (conditional BIN).
     """
     coeff: CoeffFn = BINCoefficients(eps)
     if weight.dim() > 1 or bias.dim() > 1 or gate.dim() > 1:

@@ -88,10 +88,15 @@ def test_thumbnail_statistics_keep_the_look_on_a_real_photo(candy, monkeypatch):
 def test_memory_budget_chooses_tiles_and_stylize_image_uses_them(candy):
     cfg = StyleConfig("bin")
     big = tiling.plan_memory(4000, 4000, cfg, max_memory=10 * 2**40)
-    assert big.tile is None  # fits: the untiled path
+    assert big.tile is None and big.thumbnail_side == 4000  # fits: the untiled path
     small = tiling.plan_memory(4000, 4000, cfg, max_memory=tiling._process_rss() + 600 * 2**20)
     assert small.tile is not None and 128 <= small.tile <= 2048
-    assert small.tile ** 2 * tiling.activation_bytes_per_pixel(cfg) <= small.activation_budget
+    bpp = tiling.activation_bytes_per_pixel(cfg)
+    assert small.tile ** 2 * bpp <= small.activation_budget
+    t = small.thumbnail_side  # the largest thumbnail that fits the budget
+    assert t ** 2 * bpp <= small.activation_budget < (t + 8) ** 2 * bpp
+    forced = tiling.plan_memory(1000, 800, cfg, tile=256, max_memory=10 * 2**40)
+    assert forced.tile == 256 and forced.thumbnail_side == 1000  # fits: exact statistics
     with pytest.raises(ValueError, match="memory"):
         tiling.plan_memory(4000, 4000, cfg, max_memory=tiling._process_rss() + 2**20)
     assert tiling.plan_memory(100, 80, cfg, tile=128).tile is None  # the tile covers the image
@@ -100,7 +105,9 @@ def test_memory_budget_chooses_tiles_and_stylize_image_uses_them(candy):
     for bad in ("lots", "-1G", "0", "2X"):
         with pytest.raises(ValueError, match="memory"):
             tiling.parse_memory(bad)
-    # a budget that cannot hold the 256×192 activations (54 MB): tiled automatically, same look
+    # a budget that cannot hold the 256×192 activations (54 MB): tiled automatically with the
+    # largest thumbnail that fits (~0.75×). Statistics of a downscaled image are approximate
+    # (URST's trade-off): close to the look, far above per-tile statistics (~13 dB)
     img = Image.fromarray(_sample(256))
     steps = []
     budget = tiling._process_rss() + 30 * 2**20
@@ -108,4 +115,4 @@ def test_memory_budget_chooses_tiles_and_stylize_image_uses_them(candy):
                          bar=False)
     assert steps and steps[0] > 1  # progress per tile
     ref = stylize_image(candy, img, bar=False)
-    assert _psnr(np.asarray(auto), np.asarray(ref)) >= 30.0
+    assert _psnr(np.asarray(auto), np.asarray(ref)) >= 20.0

@@ -133,6 +133,11 @@ def run(ctx) -> Path:
     lines, gaps = noise_lines("bn", list(VARIANTS), cols, vals)
     rep.section("Gaps to BN (inside the noise = Welch's t-test p ≥ 0.05, or |difference| < "
                 "combined sd when a side has n < 2):\n\n" + "\n".join(lines))
+    ips = values_by([r for r in results if r.images_per_s], lambda r: r.label,
+                    lambda r: [(f"ResNet-{r.depth}", r.images_per_s)])
+    if ips:
+        rep.section("### Training throughput (images/s, last logged epoch of each run)\n\n"
+                    + mean_sd_table("norm", list(VARIANTS), cols, ips, digits=0))
     gmd, graw = gate_stats(results)
     rep.section("### Fig. 2 statistics: learned ρ by stage (BIN runs)\n\nmean ± sd over seeds of "
                 "each run's mean ρ per stage, and of the share of channels with ρ < 0.5 (closer "
@@ -156,4 +161,5 @@ def run(ctx) -> Path:
         table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
         summary={f"{k[0]} | {k[1]}": summarize(v).to_dict() for k, v in vals.items()},
         gaps=[g.to_dict() for g in gaps], gates=graw)
+    rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

@@ -33,7 +33,8 @@ def class_halves(ds):
 
 
 def depth_figure(layers: Sequence[str], curves: dict, title: str):
-    """D(μ) by depth per model, mean ± sd band over seeds; one panel per domain pair."""
+    """D(μ) by depth per model, mean over seeds with the seeds' range as a band; one panel
+    per domain pair."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -47,10 +48,10 @@ def depth_figure(layers: Sequence[str], curves: dict, title: str):
                 continue
             a = np.array(runs)  # seeds × layers
             mu = a.mean(0)
-            sd = a.std(0, ddof=1) if len(a) > 1 else np.zeros_like(mu)
             xs = np.arange(len(mu))
             ax.plot(xs, mu, "o-", ms=3, lw=1.2, label=f"{m} (n={len(a)})")
-            ax.fill_between(xs, np.maximum(mu - sd, 1e-6), mu + sd, alpha=0.2)
+            # the band is the range over seeds: mean − sd is often ≤ 0 on this log scale
+            ax.fill_between(xs, a.min(0), a.max(0), alpha=0.2)
         ax.set_yscale("log")
         ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=6)
         ax.set_ylabel("feature divergence D(μ) (sym. KL)", fontsize=8)
@@ -117,9 +118,9 @@ def run(ctx) -> Path:
         "budget's schedule: the shape of the curves is compared, not their values.",
     ]
     rep.section(f"### D(μ) at the stem (shallowest layer), ResNet-{depth}\n\nmean ± sd over "
-                "seeds, n = seeds.\n\n" + mean_sd_table("model", rows, cols, stem, digits=4))
+                "seeds, n = seeds.\n\n" + mean_sd_table("model", rows, cols, stem, digits=3))
     rep.section(f"### D(μ) at the last block (deepest layer)\n\n"
-                + mean_sd_table("model", rows, cols, last, digits=4))
+                + mean_sd_table("model", rows, cols, last, digits=3))
     lines, gaps = noise_lines("bn", rows, cols, stem, unit="")
     lines2, gaps2 = noise_lines("bn", rows, cols, last, unit="")
     rep.section("Gaps to BN, stem (inside the noise = Welch's t-test p ≥ 0.05):\n\n"
@@ -127,14 +128,14 @@ def run(ctx) -> Path:
     trend = []
     for (p, m), runs in curves.items():
         a = np.array(runs)
-        trend.append(f"- {m}, {p}: D(μ) stem {summarize(a[:, 0]).fmt(4)} → last "
-                     f"{summarize(a[:, -1]).fmt(4)} "
+        trend.append(f"- {m}, {p}: D(μ) stem {summarize(a[:, 0]).fmt(3)} → last "
+                     f"{summarize(a[:, -1]).fmt(3)} "
                      f"({'falls' if a[:, -1].mean() < a[:, 0].mean() else 'rises'} with depth)")
     rep.section("Trend with depth (IBN-Net: appearance falls, content rises):\n\n"
                 + "\n".join(trend))
     rep.figure(depth_figure(layers, curves, f"feature divergence by depth, ResNet-{depth}"),
-               "divergence_by_depth.png", "D(μ) by depth, mean ± sd over seeds: appearance "
-               "(left) and content (right)")
+               "divergence_by_depth.png", "D(μ) by depth, mean over seeds (band: range over "
+               "seeds): appearance (left) and content (right)")
     if detail:
         rep.figure(divergence_figure(detail), "divergence_detail.png",
                    f"appearance pair, seed {b.seeds[0]}: D(μ), D(σ) and what survives IN, per model")
@@ -147,4 +148,5 @@ def run(ctx) -> Path:
     rep.data.update(runs=[r.to_dict() for r in results], layers=layers, probe_images=len(test),
                     curves={f"{p} | {m}": v for (p, m), v in curves.items()},
                     gaps=[g.to_dict() for g in gaps + gaps2])
+    rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

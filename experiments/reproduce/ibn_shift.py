@@ -107,4 +107,5 @@ def run(ctx) -> Path:
                     accuracy={f"{k[0]} | {k[1]}": v for k, v in acc.items()},
                     drop={f"{k[0]} | {k[1]}": v for k, v in drop.items()},
                     gaps=[g.to_dict() for g in gaps])
+    rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

@@ -110,4 +110,5 @@ def run(ctx) -> Path:
     rep.data.update(runs=[r.to_dict() for r in results], domains=domains,
                     table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
                     gaps=[g.to_dict() for g in gaps])
+    rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

@@ -74,6 +74,7 @@ class Report:
     figures: list[tuple[str, str]] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float | None = None  # summed training time of the runs, reused ones included
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -107,6 +108,10 @@ class Report:
         env = (f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
                f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}"
                f", {platform.processor() or platform.machine()}")
+        runs = ("" if self.train_seconds is None else
+                f" The training runs behind it took {self.train_seconds / 3600:.2f} h in all "
+                f"({self.train_seconds:.0f} s, summed over runs, including runs trained by an "
+                "earlier report or session and reused here).")
         md = [f"# {self.title}", ""]
         if self.intro:
             md += [self.intro.strip(), ""]
@@ -123,11 +128,11 @@ class Report:
         md += ["## Wall time", "",
                f"{wall / 60:.1f} min ({wall:.0f} s) for this report, including any training it "
                f"ran (finished runs are reused, not retrained). Finished "
-               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {env}.", ""]
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {env}.{runs}", ""]
         readme = self.out / "README.md"
         write_text_atomic(readme, "\n".join(md))
         payload = {"name": self.name, "budget": self.budget, "wall_s": round(wall, 1),
                    "commands": self.commands, "figures": [f for f, _ in self.figures],
-                   "environment": env, **self.data}
+                   "environment": env, "train_s": self.train_seconds, **self.data}
         write_text_atomic(self.out / "results.json", json.dumps(_finite(payload), indent=1) + "\n")
         return readme

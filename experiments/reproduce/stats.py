@@ -19,9 +19,10 @@ class Summary:
         """``91.23 ± 0.40`` (the ± part dropped when n = 1; n is stated in table headers)."""
         if self.n == 0:
             return "–"
+        m = self.mean if round(self.mean, digits) != 0 else 0.0  # no "-0.00"
         if self.n == 1:
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f}"
+            return f"{m:.{digits}f}"
+        return f"{m:.{digits}f} ± {self.sd:.{digits}f}"
 
     def to_dict(self) -> dict:
         return {"n": self.n, "mean": self.mean, "sd": self.sd}

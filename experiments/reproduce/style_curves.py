@@ -212,5 +212,6 @@ def run(ctx) -> Path:
     rep.data.update(runs=runs, table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
                     gates={f"{k[0]} | {k[1]}": v for k, v in gates.items()},
                     gaps=[g.to_dict() for g in gaps])
+    rep.train_seconds = sum(r["seconds"] for r in runs)
     return rep.write()
 

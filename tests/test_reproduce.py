@@ -150,24 +150,33 @@ def test_style_curves_smoke_report(tiny):
 
 
 def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
-    from classify.train import TrainConfig
+    from classify.train import TrainConfig, train
     import experiments.reproduce.sweep as sw
 
     base = TrainConfig(data=f"folder:{tiny}/cifar/train,{tiny}/cifar/test", epochs=2,
                        batch_size=16, train_subset=16, device="cpu").recipe()
     specs = sw.plan(base, ["bn"], [0, 1], [20], tiny / "sweep")
+    assert [sw.status(s) for s in specs] == ["new", "new"]
     first = sw.run_sweep(specs[:1])
     assert sw.status(specs[0]) == "finished" and not first[0].reused
-    (Path(specs[0].recipe["out"]) / sw.RESULT).rename(Path(specs[0].recipe["out"]) / "keep.json")
-    assert sw.status(specs[0]) == "partial"  # checkpoint but no result: would be resumed
-    (Path(specs[0].recipe["out"]) / "keep.json").rename(Path(specs[0].recipe["out"]) / sw.RESULT)
+    # interrupt run 2 after its first epoch (1 step per epoch): a checkpoint, no result
+    steps = []
+    train(TrainConfig.from_recipe(specs[1].recipe), progress=steps.append,
+          should_stop=lambda: len(steps) >= 1)
+    assert sw.status(specs[1]) == "partial"
+    metrics = Path(specs[1].recipe["out"]) / "metrics.jsonl"
+    assert len(metrics.read_text().splitlines()) == 1  # stopped after epoch 1 of 2
     calls = []
     real = sw.run_one
     monkeypatch.setattr(sw, "run_one", lambda s, show_bar=True: (calls.append(s.key), real(s))[1])
     again = sw.run_sweep(specs)
-    assert [r.reused for r in again] == [True, False]  # the finished run was read back
+    assert [r.reused for r in again] == [True, False]  # the finished run was only read back
     assert again[0].test_acc == first[0].test_acc
-    assert "| bn | 2 |" in sw.summary_table(again)
+    epochs = [r["epoch"] for r in again[1].curve]
+    assert epochs[-1] == 2 and len(epochs) == len(set(epochs))  # resumed, not restarted twice
+    assert sw.status(specs[1]) == "finished"
+    md = sw.summary_table(again)
+    assert "| bn | 2 |" in md and " ± " in md
 
 
 def test_stats_mean_sd_and_noise_verdict():

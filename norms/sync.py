@@ -123,18 +123,18 @@ class SyncedBatchStats:
         return int(round(float(count[0]))), (mean.float(), var.float())
 
 
-def bn_coefficients(mean_nc: Tensor, var_nc: Tensor, *params: Tensor,
-                    eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+def bn_coefficients(mean_nc: Tensor, var_nc: Tensor, *params: Tensor, eps: float = 1e-5,
+                    has_weight: bool = True, has_bias: bool = True) -> tuple[Tensor, Tensor]:
     """Batch norm (Ioffe & Szegedy 2015, Alg. 1) as a per-plane affine map, N×C each:
-    ``a = γ/√(σ²_c + ε)``, ``b = β − μ_c·a``. ``params`` = ``(γ, β, μ_c, σ²_c)``, or
-    ``(μ_c, σ²_c)`` for a layer without affine parameters."""
+    ``a = γ/√(σ²_c + ε)``, ``b = β − μ_c·a``. ``params`` = ``(γ, β, μ_c, σ²_c)``, leaving out γ
+    and/or β when the layer has none (``has_weight``/``has_bias``)."""
     *affine, bn_mean, bn_var = params
     a = torch.rsqrt(_f32(bn_var) + eps)  # C
-    if affine:
+    if has_weight:
         a = _f32(affine[0]) * a
     b = -_f32(bn_mean) * a
-    if affine:
-        b = b + _f32(affine[1])
+    if has_bias:
+        b = b + _f32(affine[-1])
     n = mean_nc.shape[0]
     return a.expand(n, -1).contiguous(), b.expand(n, -1).contiguous()
 
@@ -177,10 +177,12 @@ class _SyncBatchNormMixin(_SyncMixin):
         if not self._sync_active():
             return super().forward(x)
         check_nchw(self, x, self.num_features, need_batch=True)
-        params = (self.weight, self.bias) if self.affine else ()
+        # conditional norms strip γ, β (set to None) from the BN they wrap
+        params = tuple(p for p in (self.weight, self.bias) if p is not None)
+        coeff = functools.partial(bn_coefficients, eps=self.eps, has_weight=self.weight is not None,
+                                  has_bias=self.bias is not None)
         track = self.track_running_stats and self.running_mean is not None
-        return _sync_plane_forward(self, x, functools.partial(bn_coefficients, eps=self.eps),
-                                   params, track)
+        return _sync_plane_forward(self, x, coeff, params, track)
 
 
 class SyncBatchNorm2d(_SyncBatchNormMixin, BatchNorm2d):

@@ -222,6 +222,22 @@ def test_synced_path_per_sample_affine(world_of_one, norm):
     torch.testing.assert_close(b.running_var, a.running_var, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm", ["cbn", "cbin", "cibn", "csn"])
+def test_synced_conditional_norms(world_of_one, norm):
+    """Conditional norms (per-style γ, β tables around a plain norm) are synced through the norm
+    they wrap, including a BN whose own γ, β were removed."""
+    a = norms.create_norm(norm, 6)
+    b = norms.sync_batch_stats(copy.deepcopy(a))
+    x = torch.randn(4, 6, 5, 7) * 3 + 2
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = a(xa), b(xb)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-5)
+    assert len(world_of_one) == 2  # one all-reduce forward, one backward
+
+
 def test_torch_batchnorm_synced_and_unsupported_refused(world_of_one):
     a = nn.BatchNorm2d(5)
     b = norms.sync_batch_stats(copy.deepcopy(a))

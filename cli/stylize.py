@@ -8,12 +8,14 @@ from typing import List, Optional
 
 import typer
 
-from norms import NORM_NAMES
+from norms import CONDITIONAL_NORM_NAMES, NORM_NAMES
 
 app = typer.Typer(help="Feed-forward style transfer (Johnson et al. 2016) with any norm: train, "
                        "run, compare, plot curves, benchmark.", no_args_is_help=True)
 
 Norm = Enum("Norm", {n: n for n in NORM_NAMES}, type=str)
+# training also takes the conditional (multi-style) norms: "cin", "cbin", ...
+TrainNorm = Enum("TrainNorm", {n: n for n in NORM_NAMES + CONDITIONAL_NORM_NAMES}, type=str)
 
 
 def _device(ctx: typer.Context, device: Optional[str]) -> str:
@@ -23,9 +25,26 @@ def _device(ctx: typer.Context, device: Optional[str]) -> str:
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
-    style_image: Path = typer.Option(..., "--style-image", help="The style image."),
+    style_image: List[Path] = typer.Option(..., "--style-image", help="The style image; several "
+                                           "(--style-image a.jpg b.jpg ...) train one network "
+                                           "for all (conditional norms; a style is named after "
+                                           "its file)."),
+    more_styles: Optional[List[Path]] = typer.Argument(None, help="More style images, e.g. "
+                                                       "--style-image a.jpg b.jpg c.jpg.",
+                                                       show_default=False),
     content: Path = typer.Option(..., "--content", help="Folder of content photos (searched recursively)."),
-    norm: Norm = typer.Option("in", help="Normalization layer after every conv."),
+    norm: TrainNorm = typer.Option("in", help="Normalization layer after every conv (with "
+                                   "several styles: its conditional variant, e.g. bin → cbin)."),
+    from_model: Optional[str] = typer.Option(None, "--from", help="Add the style(s) to this "
+                                             "model (shipped name or file) and fine-tune only "
+                                             "its normalization parameters."),
+    train_all: bool = typer.Option(False, "--train-all", help="With --from: fine-tune every "
+                                   "parameter (the model's other styles change too)."),
+    style_scales: str = typer.Option("1,2", help="Multi-scale style loss: downsampling factors "
+                                     "whose Gram matrices are matched (1 = usual loss; 1,2,4 "
+                                     "learns larger strokes)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory "
+                                       "format on CPU too (always on GPU)."),
     out: Path = typer.Option(Path("runs/stylize"), help="Run folder (checkpoint, metrics, previews, model)."),
     image_size: int = typer.Option(256, help="Training crop size (px)."),
     batch_size: int = typer.Option(4, help="Batch size."),
@@ -56,21 +75,48 @@ def train_cmd(
     Under torchrun, trains data-parallel with synchronised batch statistics."""
     import torch
 
-    from cli import explicit_options, override_list
+    from cli import explicit_options, is_main_process, override_list
     from stylize.train import TrainConfig, train
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = TrainConfig(style_image=str(style_image), content_dir=str(content), norm=norm.value,
+    images = [str(p) for p in list(style_image) + list(more_styles or [])]
+    try:
+        scales = [int(v) for v in style_scales.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--style-scales must be whole numbers like 1,2,4, got {style_scales!r}") from None
+    cfg = TrainConfig(style_image=images[0] if len(images) == 1 else images,
+                      content_dir=str(content), norm=norm.value, from_model=from_model,
+                      train_all=train_all, style_scales=scales, channels_last=channels_last,
                       out=str(out), image_size=image_size, batch_size=batch_size, steps=steps,
                       epochs=epochs, lr=lr, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight, style_size=style_size,
                       seed=seed, device=_device(ctx, device), amp=amp, compile=compile,
                       checkpoint_every=checkpoint_every, preview_every=preview_every,
                       vgg_weights=vgg_weights, resume=resume)
-    explicit = explicit_options(ctx, {"content": "content_dir"}) - {"override", "threads"}
+    explicit = explicit_options(ctx, {"content": "content_dir", "more_styles": "style_image"}) \
+        - {"override", "threads"}
     path = train(cfg, explicit=explicit, override=override_list(override))
-    typer.echo(str(path))
+    if is_main_process():
+        typer.echo(str(path))
+
+
+@app.command("list")
+def list_cmd(
+    runs: Path = typer.Option(Path("runs"), help="Also list the models of run folders under this folder."),
+) -> None:
+    """Shipped and local style models with their norm and styles (`run --style NAME` picks one;
+    NAME:W,NAME:W blends them)."""
+    from stylize.model import list_style_models
+
+    found = list_style_models(runs)
+    if not found:
+        typer.echo(f"no style models (none shipped, none under {runs})")
+        return
+    for m in found:
+        steps = f", {m.steps} steps" if m.steps else ""
+        typer.echo(f"{m.name}  [{m.source}: {m.norm}{steps}]  styles: {', '.join(m.styles)}"
+                   + (f"  ({m.path})" if m.source == "local" else ""))
 
 
 def _out_name(src: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -236,31 +237,100 @@ def total_variation(y: Tensor) -> Tensor:
     return (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., :, 1:] - y[..., :, :-1]).abs().mean()
 
 
-class PerceptualLoss(nn.Module):
-    """content_weight·‖φ_c(y) − φ_c(x)‖² + style_weight·Σ_l ‖G_l(y) − G_l(s)‖² + tv_weight·TV(y)."""
+def downsample(x: Tensor, factor: int) -> Tensor:
+    """``x`` (N×3×H×W) averaged over ``factor``×``factor`` blocks (identity for 1)."""
+    return x if factor == 1 else F.avg_pool2d(x, factor, factor)
 
-    def __init__(self, encoder: nn.Module, style_image: Tensor, style_layers: list[str],
-                 content_layer: str, content_weight: float, style_weight: float,
-                 tv_weight: float = 0.0) -> None:
+
+def check_style_scales(scales: Sequence[int], image_size: int) -> list[int]:
+    """Validated downsampling factors of the multi-scale style loss: distinct integers ≥ 1
+    that leave at least 16 px of a ``image_size`` training crop."""
+    out = []
+    for f in scales:
+        if isinstance(f, bool) or not isinstance(f, int) or f < 1:
+            raise ValueError(f"style scales must be whole downsampling factors ≥ 1 (e.g. 1,2,4), "
+                             f"got {f!r}")
+        if image_size // f < 16:
+            raise ValueError(f"style scale {f} leaves {image_size // f} px of the {image_size} px "
+                             "training images; use a smaller factor or a larger image size")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise ValueError("style scales must name at least one factor (1 = full size)")
+    return out
+
+
+class PerceptualLoss(nn.Module):
+    """content_weight·‖φ_c(y) − φ_c(x)‖² + style_weight·L_style + tv_weight·TV(y) (Johnson et al.
+    2016, eq. 2–5), for one or several styles.
+
+    Multi-scale style loss: L_style = mean over factors f of Σ_l ‖G_l(↓f y) − G_l(↓f s)‖², with
+    ↓f a f×f average pooling of the image (f = 1 is the usual loss). The loss network here stops
+    at relu3_1 (receptive field ≈ 40 px); at f = 4 the same layers see ≈ 160 px of the image, so
+    strokes larger than relu3_1's field are matched while their size in pixels stays the style
+    image's (both are downsampled by the same f). ``style_images``: one 1×3×H×W tensor (0–255)
+    or a list, one per style; ``forward(..., style=k)`` picks style k's Gram targets.
+    """
+
+    def __init__(self, encoder: nn.Module, style_images: Tensor | Sequence[Tensor],
+                 style_layers: list[str], content_layer: str, content_weight: float,
+                 style_weight: float, tv_weight: float = 0.0,
+                 style_scales: Sequence[int] = (1,)) -> None:
         super().__init__()
         self.encoder = encoder
         self.style_layers = list(style_layers)
         self.content_layer = content_layer
         self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        self.scales = [int(f) for f in style_scales]
+        images = [style_images] if isinstance(style_images, Tensor) else list(style_images)
+        if not images:
+            raise ValueError("no style image given")
+        self.num_styles = len(images)
         with torch.no_grad():
-            feats = encoder(style_image)  # 1×3×S×S, 0–255
-            for i, name in enumerate(self.style_layers):
-                self.register_buffer(f"gram{i}", gram_matrix(feats[name]))
+            for j, f in enumerate(self.scales):
+                grams: list[list[Tensor]] = [[] for _ in self.style_layers]
+                for img in images:
+                    if min(img.shape[-2:]) // f < 16:
+                        raise ValueError(f"style image of {tuple(img.shape[-2:])} px is too small "
+                                         f"for style scale {f}: use a larger style size")
+                    feats = encoder(downsample(img, f))  # 1×3×H×W, 0–255
+                    for i, name in enumerate(self.style_layers):
+                        grams[i].append(gram_matrix(feats[name])[0])
+                for i in range(len(self.style_layers)):  # S×C×C targets of (scale j, layer i)
+                    self.register_buffer(self._key(j, i), torch.stack(grams[i]))
 
-    def forward(self, y: Tensor, x: Tensor) -> dict[str, Tensor]:
-        """y: stylized batch, x: content batch (N×3×H×W, 0–255) → weighted loss terms."""
+    @staticmethod
+    def _key(scale: int, layer: int) -> str:
+        return f"gram{layer}" if scale == 0 else f"gram{layer}_s{scale}"
+
+    def _targets(self, j: int, i: int, style: int | Tensor | None, n: int) -> Tensor:
+        table = getattr(self, self._key(j, i))  # S×C×C
+        if style is None:
+            if self.num_styles != 1:
+                raise ValueError(f"the loss holds {self.num_styles} styles: pass style=")
+            style = 0
+        if isinstance(style, int):
+            return table[style].expand(n, -1, -1)
+        style = style.to(table.device)
+        return table[style.expand(n)] if style.numel() == 1 else table[style]  # N×C×C
+
+    def forward(self, y: Tensor, x: Tensor, style: int | Tensor | None = None) -> dict[str, Tensor]:
+        """y: stylized batch, x: content batch (N×3×H×W, 0–255), ``style``: the batch's style
+        index (or one per image) → weighted loss terms."""
+        n = y.shape[0]
         fy = self.encoder(y)
         with torch.no_grad():
             fx = self.encoder(x)[self.content_layer]
         content = F.mse_loss(fy[self.content_layer].float(), fx.float())
-        style = sum(F.mse_loss(gram_matrix(fy[name]), getattr(self, f"gram{i}").expand(y.shape[0], -1, -1))
-                    for i, name in enumerate(self.style_layers))
-        out = {"content_loss": self.content_weight * content, "style_loss": self.style_weight * style}
+        style_loss = y.new_zeros((), dtype=torch.float32)
+        for j, f in enumerate(self.scales):
+            feats = fy if f == 1 else self.encoder(downsample(y, f))
+            style_loss = style_loss + sum(
+                F.mse_loss(gram_matrix(feats[name]), self._targets(j, i, style, n))
+                for i, name in enumerate(self.style_layers))
+        style_loss = style_loss / len(self.scales)
+        out = {"content_loss": self.content_weight * content,
+               "style_loss": self.style_weight * style_loss}
         out["tv_loss"] = self.tv_weight * total_variation(y.float()) if self.tv_weight else y.new_zeros(())
         out["loss"] = out["content_loss"] + out["style_loss"] + out["tv_loss"]
         return out

@@ -3,14 +3,21 @@
 The module and attribute names follow pytorch/examples' ``fast_neural_style/transformer_net.py``
 exactly, so with ``norm="in"`` the state dict has the layout of its published candy / mosaic /
 udnie / rain_princess models (``../shared/specs/fast_neural_style_state_dict_keys.json``).
+
+Multi-style networks (Dumoulin et al., ICLR 2017) use conditional norms (``cin``, ``cbin``, ...:
+one γ, β — and BIN's ρ — per style); the style names live in the model file's ``styles``
+metadata and ``style_selection`` / ``use_style`` turn "candy" or "candy:0.5,mosaic:0.5" into the
+selection ``norms.set_style`` takes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,9 +29,14 @@ import engine.io
 class StyleConfig:
     """Architecture of a ``TransformerNet``; stored in every checkpoint to rebuild the model."""
 
-    norm: str = "in"
+    norm: str = "in"  # a plain norm, or a conditional one ("cin", "cbin", ...)
     base_channels: int = 32  # 32 → 64 → 128 as in Johnson et al.
     num_residual: int = 5
+    num_styles: int = 1  # > 1: conditional norms (one γ, β, ρ row per style)
+    # "linear": pytorch/examples' raw conv output (0–255 only after long training);
+    # "residual": y = 263·σ(logit((x + 4)/263) + z) − 4 with the last conv zero-initialised, so the network
+    # starts as the identity (see TransformerNet) — no black or striped early outputs.
+    output: str = "linear"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -44,10 +56,35 @@ class StyleConfig:
         cannot make a loader allocate a huge network (128 channels × 32 blocks ≈ 0.2 GB fp32)."""
         from engine.checkpoint import check_range
 
-        if self.norm not in norms.NORM_NAMES:
-            raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(norms.NORM_NAMES)}")
+        if self.norm not in norms.NORM_NAMES and self.norm not in norms.CONDITIONAL_NORM_NAMES:
+            raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(norms.NORM_NAMES)}; "
+                             f"multi-style: {', '.join(norms.CONDITIONAL_NORM_NAMES)}")
         check_range("base channels", self.base_channels, 1, 128)
         check_range("number of residual blocks", self.num_residual, 0, 32)
+        check_range("number of styles", self.num_styles, 1, 1024)
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unknown network output {self.output!r}; known: {', '.join(OUTPUTS)}")
+
+    @property
+    def conditional(self) -> bool:
+        """True when the network has per-style norm parameters (a conditional norm, or > 1 style)."""
+        return self.norm in norms.CONDITIONAL_NORM_NAMES or self.num_styles > 1
+
+    @property
+    def plain_norm(self) -> str:
+        """The norm without its conditional prefix: "cbin" → "bin"."""
+        return self.norm[1:] if self.norm in norms.CONDITIONAL_NORM_NAMES else self.norm
+
+    def norm_layer(self) -> Callable[[int], nn.Module]:
+        """The factory ``f(num_channels)`` of the network's norm layers."""
+        if self.conditional:
+            return norms.conditional_norm(self.plain_norm, self.num_styles)
+        return norms.get_norm_layer(self.norm)
+
+
+OUTPUTS = ("linear", "residual")
+# logit(x̃) of the content image needs x̃ inside (0, 1): 0–255 is mapped to [4/263, 259/263]
+_SKIP_PAD = 4.0
 
 
 class ConvLayer(nn.Module):
@@ -97,8 +134,15 @@ class ResidualBlock(nn.Module):
 class TransformerNet(nn.Module):
     """Image transformation network of Johnson et al. 2016 (pytorch/examples layout).
 
-    Input and output are RGB in 0–255 (no output activation; clamp when saving). Any spatial size
-    works: the input is padded to a multiple of 4 (reflection) and the output cropped back.
+    Input and output are RGB in 0–255. ``output="linear"`` (pytorch/examples) has no output
+    activation (clamp when saving); ``output="residual"`` computes y = 263·σ(logit(x̃) + z) − 4 with
+    x̃ = (x + 4)/263, from the last conv's z, initialised to zero (so y = x at the start). Why: with the linear head the last conv starts at
+    ≈ ±0.3, and Adam (lr 1e-3) raises a 2,592-input conv's output by only ≈ 1 per step, so the
+    first ~100 steps are near-black with streaks of the few channels that grow first; the
+    residual head starts as the content photo, stays within 4 of 0–255, and a colour change of a few
+    logits is a small step. Any spatial size works: the input is padded to a multiple of 4
+    (reflection) and the output cropped back. Conditional configs select their style with
+    ``norms.set_style`` (style 0 when built).
     """
 
     def __init__(self, norm: str = "in", base_channels: int = 32, num_residual: int = 5,
@@ -107,7 +151,7 @@ class TransformerNet(nn.Module):
         self.config = config or StyleConfig(norm=norm, base_channels=base_channels,
                                             num_residual=num_residual)
         self.config.validate()
-        norm_layer = norms.get_norm_layer(self.config.norm)
+        norm_layer = self.config.norm_layer()
         c1 = self.config.base_channels
         c2, c3 = 2 * c1, 4 * c1
         self.conv1 = ConvLayer(3, c1, 9, 1)
@@ -124,6 +168,11 @@ class TransformerNet(nn.Module):
         self.in5 = norm_layer(c1)
         self.deconv3 = ConvLayer(c1, 3, 9, 1)
         self.relu = nn.ReLU()
+        if self.config.output == "residual":  # start as the identity (see the class docstring)
+            nn.init.zeros_(self.deconv3.conv2d.weight)
+            nn.init.zeros_(self.deconv3.conv2d.bias)
+        if self.config.conditional:
+            norms.set_style(self, 0)
 
     def forward(self, x: Tensor) -> Tensor:  # N×3×H×W (0–255) -> N×3×H×W (≈0–255)
         h, w = x.shape[-2:]
@@ -141,6 +190,10 @@ class TransformerNet(nn.Module):
         y = self.relu(self.in4(self.deconv1(y)))  # N×64×H/2×W/2
         y = self.relu(self.in5(self.deconv2(y)))  # N×32×H×W
         y = self.deconv3(y)  # N×3×H×W
+        if self.config.output == "residual":  # in float32: logit/sigmoid near 0 and 255
+            xt = (x.float() + _SKIP_PAD) / (255.0 + 2 * _SKIP_PAD)
+            # N×3×H×W in (−4, 259); exactly x where z = 0
+            y = (255.0 + 2 * _SKIP_PAD) * torch.sigmoid(torch.logit(xt) + y.float()) - _SKIP_PAD
         return y[..., :h, :w] if (ph or pw) else y
 
 
@@ -182,3 +235,152 @@ def load_examples_pth(path: str | Path) -> TransformerNet:
         raise ValueError(f"{path}: tensor shapes do not match TransformerNet "
                          f"({str(exc).splitlines()[-1].strip()})") from None
     return net
+
+
+# ------------------------------------------------------------------------------ multi-style
+
+def style_names(meta: dict[str, Any], num_styles: int) -> list[str]:
+    """The style names of a model from its metadata (``styles``), or "style0".."styleN-1"."""
+    names = meta.get("styles") if isinstance(meta, dict) else None
+    if isinstance(names, list) and len(names) == num_styles and all(isinstance(n, str) for n in names):
+        return list(names)
+    if num_styles == 1 and isinstance(meta, dict) and isinstance(meta.get("style"), str):
+        return [meta["style"]]
+    return [f"style{i}" for i in range(num_styles)]
+
+
+def style_selection(spec: str | int | Sequence[float] | None, names: Sequence[str]
+                    ) -> int | Tensor:
+    """What ``norms.set_style`` takes for a user's style choice over ``names``.
+
+    ``spec``: ``None`` (the first style), a name ("candy"), an index (2 or "2"), a blend
+    "candy:0.5,mosaic:0.5" (weights ≥ 0, rescaled to sum to 1: Dumoulin et al.'s convex
+    combination of γ, β) or a weight per style. One-line ``ValueError`` naming the known styles.
+    """
+    n = len(names)
+    known = ", ".join(names)
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return 0
+    if isinstance(spec, bool):
+        raise ValueError(f"style must be a name or an index, got {spec!r}")
+    if isinstance(spec, int):
+        if not 0 <= spec < n:
+            raise ValueError(f"style {spec} does not exist: the model has {n} styles ({known})")
+        return spec
+    if not isinstance(spec, str):
+        w = torch.as_tensor([float(v) for v in spec], dtype=torch.float32)
+        if w.numel() != n:
+            raise ValueError(f"{w.numel()} style weights for a model with {n} styles ({known})")
+        return _normalised(w, known)
+    lookup = {name.lower(): i for i, name in enumerate(names)}
+
+    def index(name: str) -> int:
+        key = name.strip().lower()
+        if key in lookup:
+            return lookup[key]
+        if key.isdigit() and int(key) < n:
+            return int(key)
+        raise ValueError(f"no style {name.strip()!r} in this model; its styles: {known}")
+
+    if ":" not in spec and "," not in spec:
+        return index(spec)
+    w = torch.zeros(n)
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        name, sep, weight = part.rpartition(":")
+        if not sep:
+            raise ValueError(f"style blend {spec!r}: write NAME:WEIGHT,NAME:WEIGHT "
+                             "(e.g. candy:0.5,mosaic:0.5)")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ValueError(f"style blend {spec!r}: {weight.strip()!r} is not a number") from None
+        w[index(name)] += value
+    return _normalised(w, known)
+
+
+def _normalised(w: Tensor, known: str) -> Tensor:
+    if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
+        raise ValueError(f"style weights must be ≥ 0 with a positive sum (styles: {known})")
+    return w / w.sum()
+
+
+@contextlib.contextmanager
+def use_style(net: nn.Module, spec: str | int | Sequence[float] | None,
+              names: Sequence[str] | None = None) -> Iterator[None]:
+    """Run ``net`` with the style ``spec`` (see ``style_selection``) for the duration of a block;
+    the previous selection is restored after. Single-style networks accept only ``None`` or
+    their one style's name."""
+    count = norms.num_styles(net)
+    names = list(names) if names is not None else [f"style{i}" for i in range(max(count, 1))]
+    if count == 0:  # plain network: one style
+        if spec not in (None, 0, "") and not (isinstance(spec, str) and spec.strip().lower()
+                                             in {n.lower() for n in names} | {"0"}):
+            raise ValueError(f"this model has one style ({', '.join(names)}); "
+                             "it cannot select or blend styles")
+        yield
+        return
+    if len(names) != count:
+        raise ValueError(f"{len(names)} style names for a network with {count} styles")
+    with norms.style(net, style_selection(spec, names)):
+        yield
+
+
+# ------------------------------------------------------------------------------ model files
+
+def resolve_model_file(spec: str | Path) -> Path:
+    """A shipped style model's file (by manifest name) or an existing model file."""
+    import weights
+
+    s = str(spec)
+    if s in weights.names("stylize"):
+        return weights.path(s, "stylize")
+    p = Path(s)
+    if p.is_file():
+        return p
+    shipped = ", ".join(weights.names("stylize")) or "none"
+    raise ValueError(f"no style model {s!r}: give a shipped name ({shipped}) or a .safetensors "
+                     "file written by `stylize train`")
+
+
+@dataclass
+class StyleModelInfo:
+    """One style model found by ``list_style_models`` (read from metadata only)."""
+
+    name: str
+    path: Path
+    source: str  # "shipped" | "local"
+    norm: str
+    styles: list[str]
+    steps: int | None = None
+
+
+def list_style_models(runs: str | Path | None = "runs") -> list[StyleModelInfo]:
+    """The shipped style models, then the ``model.safetensors`` of run folders under ``runs``
+    (named after their folder), with their norm and styles; files that are not style models
+    are skipped."""
+    import weights
+    from engine.checkpoint import read_metadata
+
+    found: list[StyleModelInfo] = []
+
+    def add(name: str, path: Path, source: str) -> None:
+        try:
+            meta = read_metadata(path)
+        except ValueError:
+            return
+        cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        if meta.get("kind") != "style" or not cfg:
+            return
+        n = cfg.get("num_styles", 1) if isinstance(cfg.get("num_styles", 1), int) else 1
+        steps = meta.get("steps") if isinstance(meta.get("steps"), int) else None
+        found.append(StyleModelInfo(name, path, source, str(cfg.get("norm", "?")),
+                                    style_names(meta, n), steps))
+
+    for name in weights.names("stylize"):
+        add(name, weights.path(name, "stylize"), "shipped")
+    if runs is not None and Path(runs).is_dir():
+        for path in sorted(Path(runs).rglob("model.safetensors")):
+            add(path.parent.name, path, "local")
+    return found

@@ -2,8 +2,13 @@
 shared ``engine.Trainer`` (resume, checkpoints, metrics, AMP, DDP are the engine's).
 
 Seeded and exactly resumable: the batch of step ``s`` is a pure function of (seed, s) (one
-seeded permutation per epoch), so on CPU a resumed run ends with the same weights as an
-uninterrupted one.
+seeded permutation per epoch), and so is its style (one seeded permutation of the styles per
+round of S steps), so on CPU a resumed run ends with the same weights as an uninterrupted one.
+
+Several style images train one network with conditional norms (Dumoulin et al., ICLR 2017: one
+γ, β — and BIN's ρ — per style, every batch one style). ``from_model`` adds new styles to an
+existing model and trains only their norm rows (Dumoulin et al. Sec. 4: a new style in a
+fraction of the training), or everything with ``train_all``.
 """
 from __future__ import annotations
 
@@ -27,20 +32,23 @@ from engine.devices import resolve_device
 from engine.images import list_images, load_image, save_image, to_image
 from engine.trainer import CHECKPOINT, METRICS, Task, Trainer, load_state, resume_recipe
 
-from .losses import PerceptualLoss, load_vgg_encoder
-from .model import StyleConfig, TransformerNet
+from .losses import PerceptualLoss, check_style_scales, load_vgg_encoder
+from .model import StyleConfig, TransformerNet, resolve_model_file, style_names
 
 FINAL = "model.safetensors"
 # Settings that may change on resume (how and where a run goes, not what it learns).
 RUN_SETTINGS = ("out", "device", "amp", "compile", "steps", "epochs", "checkpoint_every",
-                "preview_every", "resume")
+                "preview_every", "resume", "channels_last")
+# What a recipe written before a key existed meant (resuming an old run keeps its behaviour).
+LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False}
+BATCH_STAT_NORMS = ("bn", "bin", "bn_in", "ibn", "sn")
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; saved in its checkpoints and final model."""
 
-    style_image: str = ""
+    style_image: str | list[str] = ""  # one image, or several: one multi-style network
     content_dir: str = ""
     norm: str = "in"
     out: str = "runs/stylize"
@@ -63,6 +71,25 @@ class TrainConfig:
     vgg_weights: str | None = None
     base_channels: int = 32
     num_residual: int = 5
+    output: str = "residual"  # network head (stylize.model.StyleConfig.output)
+    # Multi-scale style loss: downsampling factors of the image whose Gram matrices are matched
+    # (stylize.losses.PerceptualLoss); [1] is the single-scale loss.
+    style_scales: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
+    from_model: str | None = None  # add the style(s) to this model (norm-only fine-tuning)
+    train_all: bool = False  # with from_model: fine-tune every parameter, not only the norms
+    channels_last: bool = False  # channels_last memory format on CPU too (always on GPU)
+
+    @property
+    def style_images(self) -> list[str]:
+        """The style image paths as a list (one per style)."""
+        if isinstance(self.style_image, (list, tuple)):
+            return [str(p) for p in self.style_image]
+        return [str(self.style_image)] if self.style_image else []
+
+    @property
+    def style_names(self) -> list[str]:
+        """The names of the styles this run trains: the style images' file names without suffix."""
+        return [Path(p).stem for p in self.style_images]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,8 +101,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         """One-line ``ValueError`` naming the option for a missing input or out-of-range value."""
-        if not self.style_image:
+        if not self.style_images or not all(self.style_images):
             raise ValueError("no style image given (--style-image)")
+        names = [n.lower() for n in self.style_names]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"two style images are both named {dup[0]!r}: styles are named after "
+                             "their files, rename one")
+        if self.train_all and not self.from_model:
+            raise ValueError("--train-all fine-tunes a model given with --from; without --from "
+                             "every parameter is trained anyway")
         if not self.content_dir:
             raise ValueError("no content folder given (--content)")
         check_range("image size", self.image_size, 16, 4096)
@@ -93,8 +128,10 @@ class TrainConfig:
         check_range("checkpoint every (steps)", self.checkpoint_every, 0, 10**8)
         check_range("preview every (steps)", self.preview_every, 0, 10**8)
         check_range("seed", self.seed, 0, 2**63 - 1)
-        StyleConfig(self.norm, self.base_channels, self.num_residual).validate()
-        if self.norm in ("bn", "bin", "bn_in", "ibn", "sn") and self.batch_size < 2:
+        check_style_scales(self.style_scales, self.image_size)
+        StyleConfig(self.norm, self.base_channels, self.num_residual, output=self.output).validate()
+        plain = self.norm[1:] if self.norm in norms.CONDITIONAL_NORM_NAMES else self.norm
+        if plain in BATCH_STAT_NORMS and self.batch_size < 2 and not self.from_model:
             raise ValueError(f"norm {self.norm!r} uses batch statistics: use a batch size of 2 or more")
 
 
@@ -164,6 +201,64 @@ class BatchSchedule:
         return out
 
 
+class StyleSchedule:
+    """The style of step ``s``: every round of S steps visits each style once, in an order that
+    is a pure function of (seed, round) — balanced, shuffled and exactly resumable."""
+
+    def __init__(self, num_styles: int, seed: int, first: int = 0) -> None:
+        self.n, self.seed, self.first = num_styles, seed, first
+        self._round: tuple[int, list[int]] | None = None
+
+    def __call__(self, step: int) -> int:
+        if self.n == 1:
+            return self.first
+        r, k = divmod(step, self.n)
+        if self._round is None or self._round[0] != r:
+            # a stream apart from BatchSchedule's (seed·1_000_003 + epoch)
+            g = torch.Generator().manual_seed((self.seed * 2_000_029 + r) ^ 0x5EED5EED)
+            self._round = (r, torch.randperm(self.n, generator=g).tolist())
+        return self.first + self._round[1][k]
+
+
+def build_network(cfg: TrainConfig) -> tuple[TransformerNet, list[str], int]:
+    """(network, names of all its styles, index of the first style this run trains).
+
+    Without ``from_model``: a new network; several styles make its norms conditional ("bin" →
+    "cbin"). With it: that model (shipped name or file) with one new norm row per style image,
+    initialised to the mean of its rows (a single-style model is made conditional first, its
+    style kept as style 0)."""
+    new = cfg.style_names
+    if not cfg.from_model:
+        norm = cfg.norm
+        if len(new) > 1 and norm not in norms.CONDITIONAL_NORM_NAMES:
+            norm = "c" + norm
+        config = StyleConfig(norm, cfg.base_channels, cfg.num_residual, len(new), cfg.output)
+        return TransformerNet(config=config), new, 0
+    path = resolve_model_file(cfg.from_model)
+    tensors, meta = read_model(path, "style", validate=StyleConfig.from_dict)
+    config = StyleConfig.from_dict(meta["config"])
+    net = TransformerNet(config=config)
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in tensors.items()}, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not match its config "
+                         f"({str(exc).strip().splitlines()[0]})") from None
+    old = style_names(meta, config.num_styles)
+    clash = sorted({n.lower() for n in old} & {n.lower() for n in new})
+    if clash:
+        raise ValueError(f"{path} already has a style named {clash[0]!r}; rename the new style "
+                         "image (styles are named after their files)")
+    if not config.conditional:
+        norms.make_conditional(net, 1)
+        config = dataclasses.replace(config, norm="c" + config.norm)
+    total = norms.add_styles(net, len(new))
+    net.config = dataclasses.replace(config, num_styles=total)
+    first = total - len(new)
+    norms.set_style(net, first)
+    return net, old + new, first
+
+
 def style_tensor(path: str | Path, size: int | None) -> Tensor:
     """1×3×H×W (0–255) style image, shorter side resized to ``size`` when given."""
     img = load_image(path).convert("RGB")
@@ -175,9 +270,9 @@ def style_tensor(path: str | Path, size: int | None) -> Tensor:
     return arr.view(img.size[1], img.size[0], 3).permute(2, 0, 1).unsqueeze(0).float()
 
 
-def _model_metadata(cfg: TrainConfig, step: int, last: dict[str, float],
+def _model_metadata(cfg: TrainConfig, names: list[str], step: int, last: dict[str, float],
                     finished: bool) -> dict[str, Any]:
-    return {"style": Path(cfg.style_image).stem, "styles": [Path(cfg.style_image).stem],
+    return {"style": names[0] if len(names) == 1 else cfg.style_names[0], "styles": names,
             "recipe": cfg.to_dict(), "steps": step, "finished": finished, "final_losses": last}
 
 
@@ -192,40 +287,70 @@ def save_model(path: str | Path, net: nn.Module, metadata: dict[str, Any],
 
 
 class StylizeTask(Task):
-    """Perceptual loss (content + style + TV) on batches of content photos."""
+    """Perceptual loss (content + style + TV) on batches of content photos; each batch one style.
+
+    Norm-only fine-tuning (``from_model`` without ``train_all``) trains the norm parameters
+    alone, with the batch-statistics branches in eval mode (running statistics frozen), so the
+    model's other styles keep exactly their outputs and training sees what inference sees."""
 
     def __init__(self, cfg: TrainConfig, data: ContentImages, loss_fn: PerceptualLoss,
                  device: torch.device, out: Path) -> None:
         self.cfg, self.data, self.loss_fn, self.device, self.out = cfg, data, loss_fn, device, out
-        self.name = f"stylize {cfg.norm}"
         self.batch_size = cfg.batch_size
         self.total_steps = (math.ceil(cfg.epochs * len(data) / cfg.batch_size) if cfg.epochs
                             else cfg.steps)
         self.schedule = BatchSchedule(len(data), cfg.batch_size, cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.model = TransformerNet(config=StyleConfig(cfg.norm, cfg.base_channels,
-                                                       cfg.num_residual)).to(device)
+        net, self.names, self.first = build_network(cfg)
+        self.conditional = net.config.conditional
+        self.name = f"stylize {net.config.norm}"
+        self.styles = StyleSchedule(len(cfg.style_images), cfg.seed, self.first)
+        self.norm_only = bool(cfg.from_model) and not cfg.train_all
+        if self.norm_only:
+            keep = {id(p) for p in norms.norm_parameters(net)}
+            for p in net.parameters():
+                p.requires_grad_(id(p) in keep)
+        self.model = net.to(device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(norms.param_groups(self.model, cfg.lr, 0.0))
         self.last: dict[str, float] = {}
         self._preview_src: Tensor | None = None
 
     def batch(self, step: int) -> tuple[Tensor, ...]:
-        return (torch.stack([self.data.get(i) for i in self.schedule.indices(step)]).float(),)
+        """(N×3×S×S content, N style indices — all the same: one style per batch)."""
+        x = torch.stack([self.data.get(i) for i in self.schedule.indices(step)]).float()
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, torch.full((x.shape[0],), self.styles(step), dtype=torch.long)
 
     def loss(self, model, batch):
-        (x,) = batch
-        losses = self.loss_fn(model(x), x)
-        return losses["loss"], {k: v.detach() for k, v in losses.items()}
+        x, idx = batch
+        k = int(idx[0])
+        if self.norm_only:
+            model.eval()  # frozen running statistics: the other styles stay as they were
+        if self.conditional:
+            norms.set_style(model, k)
+        losses = self.loss_fn(model(x), x, style=k - self.first)
+        metrics = {k_: v.detach() for k_, v in losses.items()}
+        metrics["style"] = torch.tensor(float(k))
+        return losses["loss"], metrics
 
     def preview(self, step: int) -> Image.Image:
-        """The first content photo through the current network, saved as ``preview_STEP.jpg``."""
+        """The first content photo through the current network, saved as ``preview_STEP.jpg``;
+        with several trained styles, one panel per style side by side (at most 8)."""
         if self._preview_src is None:
             self._preview_src = self.data.get(0).unsqueeze(0).float().to(self.device)
         net = self.model
         net.eval()
+        panels = []
         with torch.inference_mode():
-            img = to_image(net(self._preview_src))
+            for k in range(self.first, self.first + min(len(self.cfg.style_images), 8)):
+                if self.conditional:
+                    norms.set_style(net, k)
+                panels.append(net(self._preview_src))
         net.train()
+        img = to_image(torch.cat(panels, -1))
         save_image(img, self.out / f"preview_{step:06d}.jpg")
         return img
 
@@ -267,7 +392,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
         given = cfg.to_dict()
         if explicit is None:  # library call: compare what the caller could mean, not defaults
             explicit = [k for k, v in given.items() if v != getattr(TrainConfig(), k)]
-        merged = resume_recipe(state["recipe"], given, mutable=RUN_SETTINGS, explicit=explicit,
+        saved = {**LEGACY_RECIPE, **state["recipe"]}
+        merged = resume_recipe(saved, given, mutable=RUN_SETTINGS, explicit=explicit,
                                override=override, source=out / CHECKPOINT)
         cfg = TrainConfig.from_dict(merged)
     cfg.validate()
@@ -283,8 +409,9 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     cfg = dataclasses.replace(cfg, content_weight=cw, style_weight=sw)
     style_layers = spec.style_layers if spec else list(encoder.taps)
     content_layer = spec.content_layer if spec else encoder.taps[-1]
-    loss_fn = PerceptualLoss(encoder, style_tensor(cfg.style_image, cfg.style_size), style_layers,
-                             content_layer, cw, sw, cfg.tv_weight).to(device)
+    loss_fn = PerceptualLoss(encoder, [style_tensor(p, cfg.style_size) for p in cfg.style_images],
+                             style_layers, content_layer, cw, sw, cfg.tv_weight,
+                             style_scales=cfg.style_scales).to(device)
 
     task = StylizeTask(cfg, data, loss_fn, device, out)
     trainer = Trainer(task, out=out, recipe=cfg.to_dict(), device=device, amp=cfg.amp,
@@ -300,7 +427,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     final = out / FINAL
     if env is None or env.is_main:
         save_model(final, task.model.eval(),
-                   _model_metadata(cfg, result.step, last, result.step >= task.total_steps))
+                   _model_metadata(cfg, task.names, result.step, last,
+                                   result.step >= task.total_steps))
     return final
 
 

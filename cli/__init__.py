@@ -3,6 +3,8 @@
 library function."""
 from __future__ import annotations
 
+import os
+
 import typer
 
 
@@ -21,3 +23,8 @@ def explicit_options(ctx: typer.Context, rename: dict[str, str] | None = None) -
 def override_list(value: str | None) -> list[str]:
     """``--override lr,epochs`` → ``["lr", "epochs"]`` (flag spellings accepted)."""
     return [v.strip().lstrip("-").replace("-", "_") for v in (value or "").split(",") if v.strip()]
+
+
+def is_main_process() -> bool:
+    """False on every torchrun process but rank 0 (which alone reports what was written)."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -69,7 +69,7 @@ def train_cmd(
     OUT/checkpoint.pt and OUT/metrics.jsonl. Under torchrun, trains data-parallel with
     synchronised batch statistics."""
     from classify.train import TrainConfig, train
-    from cli import explicit_options, override_list
+    from cli import explicit_options, is_main_process, override_list
 
     cfg = TrainConfig(arch=arch, norm=norm.value, data=data, out=str(out), epochs=epochs,
                       batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
@@ -82,7 +82,8 @@ def train_cmd(
                       eval_every=eval_every)
     path = train(cfg, explicit=explicit_options(ctx) - {"override"},
                  override=override_list(override))
-    typer.echo(f"wrote {path}")
+    if is_main_process():
+        typer.echo(f"wrote {path}")
 
 
 def _save_fig(fig, path: Path) -> None:

@@ -245,15 +245,11 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _shard(self, batch: Sequence[Tensor]) -> list[Tensor]:
-        env = self.env
-        if env is None or not env.enabled:
+        if self.env is None or not self.env.enabled:
             return list(batch)
-        n = batch[0].shape[0]
-        if n % env.world_size:
-            raise ValueError(f"the batch size ({n}) must divide by the number of processes "
-                             f"({env.world_size}): change --batch-size")
-        k = n // env.world_size
-        return [t[env.rank * k:(env.rank + 1) * k] for t in batch]
+        from .distributed import shard_batch
+
+        return [shard_batch(t, self.env) for t in batch]
 
     def _to_device(self, batch: Sequence[Tensor]) -> list[Tensor]:
         out = []
@@ -267,11 +263,9 @@ class Trainer:
     def _mean_across(self, t: Tensor) -> Tensor:
         if self.env is None or not self.env.enabled:
             return t
-        import torch.distributed as dist
+        from .distributed import all_reduce_mean
 
-        t = t.detach().clone()
-        dist.all_reduce(t)
-        return t / self.env.world_size
+        return all_reduce_mean(t, self.env)
 
     def run(self, *, start: int = 0, progress: Callable[[dict], None] | None = None,
             should_stop: Callable[[], bool] | None = None, show_bar: bool = True) -> TrainResult:

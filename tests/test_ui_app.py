@@ -332,3 +332,87 @@ def test_browser_stylize_roundtrip(server, small_png):
         finally:
             browser.close()
     assert tuple(size) == _size(small_png)
+
+
+def _chromium(p):
+    exe = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    return p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+
+
+def _toasts(page) -> str:
+    return " ".join(page.locator(".toast-body, [data-testid='toast-body']").all_inner_texts())
+
+
+@pytest.mark.browser
+def test_browser_layout_gate_and_clean_upload_errors(server, small_png):
+    """At 1400×900: Stylize button and Result above the fold; the gate slider is disabled until
+    'Override' is ticked; a non-image named .jpg gives one message with no server path."""
+    sync_playwright = _browser()
+    fake = server[2] / "fake.jpg"
+    fake.write_bytes(b"GIF89a? no, just text" * 30)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server[0], wait_until="domcontentloaded")
+            page.locator("#st_run").wait_for(timeout=60_000)
+            for sel in ("#st_run", "#st_out"):
+                box = page.locator(sel).bounding_box()
+                assert box["y"] + min(box["height"], 120) <= 900, (sel, box)
+            gate_on = page.locator("#st_gate_on input[type=checkbox]")
+            gate_on.wait_for(timeout=30_000)  # the first model (BIN) shows the gate row
+            slider = page.locator("#st_gate input[type=range]")
+            assert slider.is_disabled()
+            page.locator("#st_gate_on").get_by_text("Override learned gates").click()
+            page.wait_for_function("() => !document.querySelector('#st_gate input[type=range]')"
+                                   ".disabled", timeout=15_000)
+            page.get_by_role("tab", name="Classify").click()
+            page.locator("#cl_in input[type=file]").set_input_files(str(fake))
+            page.wait_for_timeout(500)
+            page.locator("#cl_run").click()
+            page.get_by_text("not an image this server can read").first.wait_for(timeout=30_000)
+            text = _toasts(page) + page.locator("body").inner_text()
+            assert "Could not preprocess" not in text and str(server[2]) not in text
+            assert "/tmp/" not in text and "UnidentifiedImageError" not in text
+            # a new image clears the failed prediction: no stale "Error" badge stays on it
+            page.locator("#cl_in input[type=file]").set_input_files(small_png)
+            page.wait_for_function("() => !document.querySelector('#cl_out').innerText"
+                                   ".includes('Error')", timeout=30_000)
+            page.locator("#cl_run").click()
+            page.locator("#cl_view img").first.wait_for(timeout=60_000)
+            assert "Error" not in page.locator("#cl_out").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "ui_layout_1400x900.png"))
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+@needs_predict
+def test_browser_reload_reattaches_to_a_running_training(server):
+    """A training started in one page keeps running when the page is reloaded; the new page
+    shows its progress and its Cancel works."""
+    sync_playwright = _browser()
+    with sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server[0], wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Train a classifier").click()
+            epochs = page.locator("#tc_epochs input")
+            epochs.fill("300")
+            page.locator("#tc_subset input").fill("0")
+            page.locator("#tc_start").click()
+            status = page.locator("#tc_status")
+            page.wait_for_function("() => /epoch \\d+\\/300/.test(document.querySelector("
+                                   "'#tc_status').innerText)", timeout=90_000)
+            assert "elapsed" in status.inner_text()
+            page.reload(wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Train a classifier").click()
+            page.wait_for_function("() => /epoch \\d+\\/300/.test(document.querySelector("
+                                   "'#tc_status').innerText)", timeout=60_000)
+            page.locator("#tc_cancel").click()
+            page.wait_for_function("() => document.querySelector('#tc_status').innerText"
+                                   ".includes('Cancelled')", timeout=90_000)
+        finally:
+            browser.close()

@@ -513,6 +513,9 @@ def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.
 
     def attach(*current):
         """A (re)loaded page shows the running job (or the last one's end) and follows it."""
+        if job.update is None:  # nothing ran yet; a generator must not end without a value
+            yield [gr.skip()] * len(outputs)
+            return
         for u in job.follow():
             yield render(u, list(current))
 

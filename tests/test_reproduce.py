@@ -228,3 +228,16 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch):
     out = r.output.strip()
     assert out.startswith("error: CIFAR-10 not found") and "--download" in out
     assert len(out.splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_gpu_resident_data_augments_on_device_like_cpu():
+    from classify.data import DataSplit, TensorDataset, augment
+
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    split = DataSplit(TensorDataset(x, torch.arange(64) % 4, list("abcd")), {}).to("cuda")
+    assert split.train.x.is_cuda and split.train.y.is_cuda
+    idx = torch.randperm(64, generator=torch.Generator().manual_seed(0))[:32]
+    on_gpu = augment(split.train.x[idx], torch.Generator().manual_seed(5), 4)
+    assert on_gpu.is_cuda
+    assert torch.equal(on_gpu.cpu(), augment(x[idx], torch.Generator().manual_seed(5), 4))

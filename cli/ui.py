@@ -1,5 +1,5 @@
-"""``normlab ui``: start the web UI. gradio is imported only when the server starts, so the rest of
-the command line works where gradio is not installed."""
+"""``normlab ui``: start the web UI. Neither gradio nor torch is imported until the server starts,
+so ``normlab --help`` stays fast and the rest of the command line works without gradio."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,38 +7,49 @@ from typing import Optional
 
 import typer
 
-from ui.config import UIConfig, default_allowed_dirs
-
 app = typer.Typer(help="Start the Gradio web UI (stylize, classify, train both networks, norms "
-                       "lab).", invoke_without_command=True, no_args_is_help=False)
+                       "lab).", invoke_without_command=True, no_args_is_help=False,
+                  subcommand_metavar="")
 
 
-def make_config(allowed_dirs: list[Path] | None, device: str, runs_dir: Path | None = None
-                ) -> UIConfig:
-    """The server settings from the command-line options; ``ValueError`` for a missing folder."""
+def make_config(allowed_dirs: list[Path] | None, device: str, runs_dir: Path | None = None,
+                memory_budget_mb: int | None = None):
+    """The server settings (``ui.config.UIConfig``) from the command-line options; ``ValueError``
+    for a missing folder or a budget below 64 MB."""
+    from ui.config import UIConfig, default_allowed_dirs
+
     dirs = list(allowed_dirs) if allowed_dirs else default_allowed_dirs()
     for d in dirs:
         if not Path(d).expanduser().is_dir():
             raise ValueError(f"--allowed-dir {d} is not a folder")
-    kw = {"runs_dir": runs_dir} if runs_dir else {}
+    kw: dict = {"runs_dir": runs_dir} if runs_dir else {}
+    if memory_budget_mb is not None:
+        if memory_budget_mb < 64:
+            raise ValueError(f"--memory-budget must be at least 64 (MB), got {memory_budget_mb}")
+        kw["memory_budget_mb"] = memory_budget_mb
     return UIConfig(allowed_dirs=dirs, device=device, **kw)
 
 
 @app.callback(invoke_without_command=True)
 def serve(ctx: typer.Context,
-          host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the UI to "
-                                   "your network."),
-          port: Optional[int] = typer.Option(None, help="Port (default: gradio's, 7860 or the "
-                                             "next free one)."),
-          share: bool = typer.Option(False, help="Also open a temporary public gradio.live link."),
+          host: str = typer.Option("127.0.0.1", metavar="HOST", help="Interface to bind; 0.0.0.0 "
+                                   "exposes the UI to your network."),
+          port: Optional[int] = typer.Option(None, metavar="PORT", help="Port (default: "
+                                             "gradio's, 7860 or the next free one)."),
+          share: bool = typer.Option(False, "--share", help="Also open a temporary public "
+                                     "gradio.live link."),
           allowed_dir: Optional[list[Path]] = typer.Option(
-              None, "--allowed-dir", help="A server folder users may pick as style-training "
-              "content or classifier dataset (repeatable). Default: the bundled samples and the "
-              "../shared/data folders when present."),
-          runs_dir: Optional[Path] = typer.Option(None, help="Where UI-trained models go "
-                                                  "(default runs/ui)."),
-          device: Optional[str] = typer.Option(None, help="auto, cpu, cuda[:N] or mps (default: "
-                                               "the global --device).")) -> None:
+              None, "--allowed-dir", metavar="DIR", help="A server folder whose image folders "
+              "and datasets (found at any depth) users may pick for style or classifier "
+              "training (repeatable). Default: the bundled samples and the ../shared/data "
+              "folders when present."),
+          runs_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Where UI-trained "
+                                                  "models go (default runs/ui)."),
+          memory_budget: Optional[int] = typer.Option(
+              None, "--memory-budget", metavar="MB", help="Memory one stylize request may use "
+              "(default 2048); larger images are processed in tiles or refused with a message."),
+          device: Optional[str] = typer.Option(None, metavar="DEVICE", help="auto, cpu, cuda[:N] "
+                                               "or mps (default: the global --device).")) -> None:
     """Start the web UI on http://HOST:PORT (127.0.0.1 by default)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -46,7 +57,7 @@ def serve(ctx: typer.Context,
 
     device = device or (ctx.obj or {}).get("device", "auto")
     resolve_device(device)  # fail early, with one line, for an unavailable device
-    cfg = make_config(allowed_dir, device, runs_dir)
+    cfg = make_config(allowed_dir, device, runs_dir, memory_budget)
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:  # only ui/ imports gradio, and only now

@@ -612,3 +612,31 @@ def test_startup_message_says_share_flag():
     assert "--share" in text and "share=True" not in text
     assert "https://x.gradio.live" in startup_message("http://127.0.0.1:7860/",
                                                       "https://x.gradio.live")
+
+
+def test_cli_ui_help_and_import_stay_light():
+    code = ("import sys, cli.ui\n"
+            "assert 'torch' not in sys.modules and 'gradio' not in sys.modules, 'heavy import'\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    import main
+
+    out = CliRunner().invoke(main.app, ["ui", "--help"]).output
+    assert "COMMAND [ARGS]" not in out and "--memory-budget" in out and "--share" in out
+
+
+def test_cli_memory_budget_option(monkeypatch, tmp_path):
+    import main
+    import ui
+
+    from PIL import Image as PILImage
+
+    seen = {}
+    monkeypatch.setattr(ui, "launch", lambda cfg, **kw: seen.update(cfg=cfg))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)
+    args = ["--device", "cpu", "ui", "--allowed-dir", str(tmp_path), "--memory-budget"]
+    assert CliRunner().invoke(main.app, args + ["512"]).exit_code == 0
+    assert seen["cfg"].memory_budget_mb == 512
+    r = CliRunner().invoke(main.app, args + ["1"])
+    assert r.exit_code == 2 and "--memory-budget must be at least 64" in r.output

@@ -1,6 +1,7 @@
 """Server-side settings of the web UI and the registry of models trained in it.
 
-Nothing here imports gradio: the command line builds a ``UIConfig`` before gradio is loaded.
+Nothing here imports gradio, nor torch at import time: the command line builds a ``UIConfig``
+before gradio is loaded, and ``normlab --help`` stays fast.
 """
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from engine.io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -110,6 +109,8 @@ class ModelRegistry:
 
     def add(self, kind: str, name: str, path: str | Path, **info) -> str:
         """Register a trained model file; returns the name it got (made unique)."""
+        from engine.io import write_text_atomic  # (imports torch: only when a model is added)
+
         if kind not in KINDS:
             raise ValueError(f"unknown model kind {kind!r}")
         with self._lock:

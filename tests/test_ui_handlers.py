@@ -640,3 +640,16 @@ def test_cli_memory_budget_option(monkeypatch, tmp_path):
     assert seen["cfg"].memory_budget_mb == 512
     r = CliRunner().invoke(main.app, args + ["1"])
     assert r.exit_code == 2 and "--memory-budget must be at least 64" in r.output
+
+
+def test_stylize_reports_progress(cfg):
+    import inspect
+
+    import stylize
+
+    if "progress" not in inspect.signature(stylize.stylize_image).parameters:
+        pytest.skip("stylize_image reports no progress in this build")
+    calls = []
+    H.stylize(cfg, gradient_image(40, 30), "ui:tiny-in", on_progress=lambda d, t: calls.append(
+        (d, t)))
+    assert calls and calls[-1][0] == calls[-1][1] and calls == sorted(calls)

@@ -197,9 +197,10 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
             st_strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength (0 = the input)")
             st_max = gr.Slider(0, 2048, value=1024, step=64, elem_id="st_max",
                                label="Processing size (longest side, px; 0 = full size)",
-                               info="The network runs at this size. The result is scaled back "
-                                    "to the input's size (softer when it was reduced) unless "
-                                    "'Output size' says otherwise.")
+                               info="The network runs at this size; large images are "
+                                    "processed in tiles within the server's memory budget. The "
+                                    "result is scaled back to the input's size (softer when it "
+                                    "was reduced) unless 'Output size' says otherwise.")
             st_outsize = gr.Radio(list(H.OUTPUT_SIZES), value=H.OUTPUT_SIZES[0],
                                   label="Output size", elem_id="st_outsize")
         with gr.Row():
@@ -237,15 +238,21 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
 
     @guard
     def do_stylize(image, model, upload, strength, color, max_size, gate_on, gate,
-                   output_size="input size"):
+                   output_size="input size", progress=gr.Progress()):
         return H.stylize(cfg, image, model, upload, strength, color, max_size,
-                         gate if gate_on else None, output_size or "input size")
+                         gate if gate_on else None, output_size or "input size",
+                         on_progress=lambda done, total: progress(
+                             done / max(total, 1), desc=f"stylizing: {done}/{total}"))
 
     st_run.click(do_stylize, inputs, st_out, api_name="stylize")
 
     def do_stylize_live(image, *rest):
         """The gate slider re-renders at once, but only when there is an image to show."""
-        return gr.skip() if image is None else do_stylize(image, *rest)
+        if image is None:
+            return gr.skip()
+        model, upload, strength, color, max_size, gate_on, gate, output_size = rest
+        return guard(H.stylize)(cfg, image, model, upload, strength, color, max_size,
+                                gate if gate_on else None, output_size or "input size")
 
     st_gate.release(do_stylize_live, inputs, st_out, api_visibility="private")
     st_gate_on.input(do_stylize_live, inputs, st_out, api_visibility="private")

@@ -15,7 +15,7 @@ import importlib
 import inspect
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -145,8 +145,6 @@ def read_image(cfg: UIConfig, image: Image.Image | str | Path | None,
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-check_image = read_image  # the name older callers use
-
 
 # --------------------------------------------------------------------------- stylize
 
@@ -180,11 +178,13 @@ def check_memory(cfg: UIConfig, model, size: tuple[int, int]) -> None:
 def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
             upload: str | None = None, strength: float = 1.0, preserve_color: bool = False,
             max_size: int | None = None, gate: float | None = None,
-            output_size: str = "input size") -> Image.Image:
+            output_size: str = "input size",
+            on_progress: Callable[[int, int], None] | None = None) -> Image.Image:
     """Stylize one image with ``stylize.stylize_image``. The network runs at ``max_size`` (longest
     side; 0/None = full size); the result comes back at the input's size (scaled up, so softer
     than the processing size) or, with ``output_size="processing size"``, at the processing size.
-    ``gate`` None = the learned ρ, else push every ρ toward IN (-1) or BN (+1)."""
+    ``gate`` None = the learned ρ, else push every ρ toward IN (-1) or BN (+1).
+    ``on_progress(done, total)`` follows the network's stages or tiles of a large image."""
     image = read_image(cfg, image)
     if output_size not in OUTPUT_SIZES:
         raise ValueError(f"output size must be one of: {', '.join(OUTPUT_SIZES)}")
@@ -195,6 +195,8 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
     run = need("stylize", "stylize_image")
     params = inspect.signature(run).parameters
     extra: dict[str, Any] = {"bar": False} if "bar" in params else {}
+    if on_progress is not None and "progress" in params:
+        extra["progress"] = on_progress
     if "max_memory" in params:
         # the library bounds the whole process (tiling to fit): this request may add the budget
         import psutil

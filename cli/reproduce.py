@@ -42,6 +42,8 @@ def _make(name: str, summary: str):
                                   "between reproductions)."),
         jobs: int = typer.Option(1, min=1, help="Training runs at once (processes)."),
         download: bool = typer.Option(False, help="cifar10:ROOT: download CIFAR-10 if missing."),
+        compile: bool = typer.Option(False, "--compile", help="torch.compile the classifiers "
+                                     "(worth it for long GPU runs)."),
         style_model: str = typer.Option("candy_bin", help="ibn-shift/divergence: the stylize "
                                         "model used as a style shift."),
         style_image: Optional[str] = typer.Option(None, help="style-curves: style image "
@@ -53,7 +55,7 @@ def _make(name: str, summary: str):
         from experiments.reproduce import Context, reproduce
 
         c = Context(budget=budget.value, out=out or Path("reports") / name, runs=runs, data=data,
-                    jobs=jobs, device=_device(ctx, device), download=download,
+                    jobs=jobs, device=_device(ctx, device), download=download, compile=compile,
                     command=_command(), style_model=style_model, style_image=style_image,
                     vgg_weights=vgg_weights)
         path = reproduce(name, c)

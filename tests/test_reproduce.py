@@ -218,10 +218,9 @@ def test_augment_matches_per_image_loop():
 def test_missing_data_is_one_line(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import experiments.reproduce.budgets as budgets
     import main
 
-    monkeypatch.setattr(budgets, "SHARED", tmp_path / "nowhere")
+    monkeypatch.setenv("NORMLAB_SHARED", str(tmp_path / "nowhere"))
     r = CliRunner().invoke(main.app, ["--device", "cpu", "reproduce", "bin-cifar", "--out",
                                       str(tmp_path / "r")])
     assert r.exit_code == 2

@@ -39,6 +39,7 @@ class Context:
     jobs: int = 1
     device: str = "auto"
     download: bool = False
+    compile: bool = False  # torch.compile the classifiers (pays off for long GPU runs)
     command: str = ""
     style_model: str = "candy_bin"  # ibn-shift / divergence: the stylize model used as a shift
     style_image: str | None = None  # style-curves

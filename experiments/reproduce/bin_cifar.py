@@ -24,8 +24,9 @@ def cifar_grid(ctx, variants: Sequence[str], depths: Sequence[int] | None = None
 
     b = CIFAR[ctx.budget]
     dev = resolve_device(ctx.device)
+    # bf16/fp16 autocast for the long GPU schedule; channels_last is the trainer's on CUDA
     base = b.recipe(cifar_data(ctx.data), str(dev), ctx.download,
-                    amp=dev.type == "cuda" and ctx.budget == "full")
+                    amp=dev.type == "cuda" and ctx.budget == "full", compile=ctx.compile)
     return plan(base, variants, b.seeds, depths or b.depths, ctx.runs)
 
 

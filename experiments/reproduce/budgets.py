@@ -4,12 +4,22 @@ schedules, for a GPU. Each reproduction states in its report which budget ran an
 from the paper."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 BUDGETS = ("smoke", "cpu", "full")
-SHARED = Path("../shared")
+
+
+def shared_root() -> Path:
+    """The shared data folder: ``NORMLAB_SHARED``, else ``../shared`` from the working directory
+    (the project's convention), else the folder beside the project root."""
+    env = os.environ.get("NORMLAB_SHARED")
+    if env:
+        return Path(env)
+    here = Path("../shared")
+    return here if here.is_dir() else Path(__file__).resolve().parents[2].parent / "shared"
 
 
 @dataclass(frozen=True)
@@ -121,7 +131,7 @@ def cifar_data(spec: str | None) -> str:
     with a one-line error when it is missing."""
     if spec:
         return spec
-    root = SHARED / "data" / "cifar10"
+    root = shared_root() / "data" / "cifar10"
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise ValueError(f"CIFAR-10 not found at {root}/{{train,test}}; pass --data "
                          "folder:TRAIN_DIR,TEST_DIR, or --data cifar10:ROOT --download if you "
@@ -135,7 +145,7 @@ def pacs_data(spec: str | None) -> str:
         if not spec.startswith("pacs:"):
             raise ValueError(f"the pacs reproduction needs --data pacs:ROOT, got {spec!r}")
         return spec
-    root = SHARED / "data" / "pacs"
+    root = shared_root() / "data" / "pacs"
     if not root.is_dir():
         raise ValueError(f"PACS not found at {root} (ROOT/<domain>/<class>/*.jpg); pass --data "
                          "pacs:ROOT")

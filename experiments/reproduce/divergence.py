@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .bin_cifar import cifar_grid, sweep_command
 from .budgets import CIFAR, cifar_data

@@ -49,7 +49,8 @@ def run(ctx) -> Path:
     if len(domains) < 2:
         raise ValueError(f"PACS root {root} needs at least two domain folders, found {domains}")
     dev = resolve_device(ctx.device)
-    base = b.recipe(data, str(dev), amp=dev.type == "cuda" and ctx.budget == "full")
+    base = b.recipe(data, str(dev), amp=dev.type == "cuda" and ctx.budget == "full",
+                    compile=ctx.compile)
     depth = b.depths[0]
     specs = []
     for held in domains:

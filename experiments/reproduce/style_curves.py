@@ -14,9 +14,8 @@ import numpy as np
 
 from engine.io import write_text_atomic
 
-from .budgets import SHARED, STYLE
+from .budgets import STYLE, shared_root
 from .report import Report, mean_sd_table, noise_lines
-from .stats import summarize
 
 TITLE = "BIN paper Fig. 3 / Fig. 6: style-transfer loss curves of IN, BN, BN+IN and BIN"
 SUMMARY = "BIN paper Fig. 3 loss curves (in, bn, bn_in, bin) and Fig. 6 gates"
@@ -25,15 +24,15 @@ RESULT = "result.json"
 
 
 def _inputs(ctx) -> tuple[str, str, str | None]:
-    content = ctx.data or str(SHARED / "data" / "content")
-    style = ctx.style_image or str(SHARED / "data" / "styles" / "candy.jpg")
+    content = ctx.data or str(shared_root() / "data" / "content")
+    style = ctx.style_image or str(shared_root() / "data" / "styles" / "candy.jpg")
     if not Path(content).is_dir():
         raise ValueError(f"content photos not found at {content}; pass --data CONTENT_DIR")
     if not Path(style).is_file():
         raise ValueError(f"style image not found at {style}; pass --style-image FILE")
     vgg = ctx.vgg_weights
     if ctx.encoder is None:
-        vgg = vgg or str(SHARED / "weights" / "vgg19_normalised_relu3_1.pth")
+        vgg = vgg or str(shared_root() / "weights" / "vgg19_normalised_relu3_1.pth")
         if not Path(vgg).is_file():
             raise ValueError(f"VGG weights not found at {vgg}; pass --vgg-weights FILE (a "
                              "torchvision VGG-16/19 state dict or a normalised VGG-19 encoder)")

@@ -653,3 +653,31 @@ def test_stylize_reports_progress(cfg):
     H.stylize(cfg, gradient_image(40, 30), "ui:tiny-in", on_progress=lambda d, t: calls.append(
         (d, t)))
     assert calls and calls[-1][0] == calls[-1][1] and calls == sorted(calls)
+
+
+def test_multi_style_model_selects_and_blends_styles(cfg, tmp_path):
+    import norms
+    import stylize
+    from stylize.train import save_model
+
+    if not hasattr(norms, "conditional_layers"):
+        pytest.skip("no multi-style (conditional norm) models in this build")
+    net = stylize.TransformerNet(config=stylize.StyleConfig("cin", 8, 1, num_styles=2,
+                                                            output="residual"))
+    with torch.no_grad():
+        for _, layer in norms.conditional_layers(net):
+            layer.weight.normal_(1, 0.3)
+            layer.bias.normal_(0, 0.3)
+        net.deconv3.conv2d.weight.normal_(0, 0.05)
+    path = save_model(tmp_path / "two.safetensors", net.eval(), {"styles": ["stripes", "dots"]})
+    name = cfg.registry.add("stylize", "two-styles", path)
+    choice = f"ui:{name}"
+    assert H.style_choices(cfg, choice) == ["stripes", "dots"]
+    assert H.style_choices(cfg, "ui:tiny-in") == []
+    img = gradient_image(32, 24)
+    a, b = (pixels(H.stylize(cfg, img, choice, style=s)) for s in ("stripes", "dots"))
+    mid = pixels(H.stylize(cfg, img, choice, style="stripes:0.5,dots:0.5"))
+    assert not torch.equal(a, b) and not torch.equal(mid, a) and not torch.equal(mid, b)
+    assert torch.equal(pixels(H.stylize(cfg, img, choice)), a)  # the cached net is untouched
+    with pytest.raises(ValueError, match="no style 'nope'"):
+        H.stylize(cfg, img, choice, style="nope")

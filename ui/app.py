@@ -205,6 +205,10 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                                   label="Output size", elem_id="st_outsize")
         with gr.Row():
             st_color = gr.Checkbox(label="Preserve colour (transfer luminance only)")
+            st_style = gr.Dropdown([], value=None, visible=False, allow_custom_value=True,
+                                   elem_id="st_style", label="Style (this model holds several)",
+                                   info="Pick one, or type a blend such as "
+                                        "candy:0.5,mosaic:0.5")
         with gr.Row(visible=False) as st_gate_row:
             st_gate_on = gr.Checkbox(label="Override learned gates ρ", scale=1,
                                      elem_id="st_gate_on")
@@ -234,15 +238,16 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                 cam_out = gr.Image(label="Stylized", type="pil", interactive=False)
 
     inputs = [st_in, st_model, st_upload, st_strength, st_color, st_max, st_gate_on, st_gate,
-              st_outsize]
+              st_outsize, st_style]
 
     @guard
     def do_stylize(image, model, upload, strength, color, max_size, gate_on, gate,
-                   output_size="input size", progress=gr.Progress()):
+                   output_size="input size", style=None, progress=gr.Progress()):
         return H.stylize(cfg, image, model, upload, strength, color, max_size,
                          gate if gate_on else None, output_size or "input size",
                          on_progress=lambda done, total: progress(
-                             done / max(total, 1), desc=f"stylizing: {done}/{total}"))
+                             done / max(total, 1), desc=f"stylizing: {done}/{total}"),
+                         style=style)
 
     st_run.click(do_stylize, inputs, st_out, api_name="stylize")
 
@@ -250,9 +255,10 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
         """The gate slider re-renders at once, but only when there is an image to show."""
         if image is None:
             return gr.skip()
-        model, upload, strength, color, max_size, gate_on, gate, output_size = rest
+        model, upload, strength, color, max_size, gate_on, gate, output_size, style = rest
         return guard(H.stylize)(cfg, image, model, upload, strength, color, max_size,
-                                gate if gate_on else None, output_size or "input size")
+                                gate if gate_on else None, output_size or "input size",
+                                style=style)
 
     st_gate.release(do_stylize_live, inputs, st_out, api_visibility="private")
     st_gate_on.input(do_stylize_live, inputs, st_out, api_visibility="private")
@@ -263,10 +269,14 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
     @guard
     def do_info(model, upload):
         text, gated = H.style_model_info(cfg, model, upload)
-        return text, gr.update(visible=gated)
+        styles = H.style_choices(cfg, model, upload)
+        return (text, gr.update(visible=gated),
+                gr.update(choices=styles, value=styles[0] if styles else None,
+                          visible=bool(styles)))
 
+    info_io = ([st_model, st_upload], [st_info, st_gate_row, st_style])
     for trig in (st_model.change, st_upload.change):
-        trig(do_info, [st_model, st_upload], [st_info, st_gate_row], api_visibility="private")
+        trig(do_info, *info_io, api_visibility="private")
 
     @guard
     def do_compare(image, models, max_size):
@@ -283,8 +293,7 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
     cam_in.stream(do_webcam, [cam_in, st_model, st_strength, st_color], cam_out,
                   stream_every=0.5, time_limit=120, concurrency_limit=1,
                   api_visibility="private")
-    return SimpleNamespace(model=st_model, compare_models=cmp_models, info=(do_info, [st_model,
-                           st_upload], [st_info, st_gate_row]))
+    return SimpleNamespace(model=st_model, compare_models=cmp_models, info=(do_info, *info_io))
 
 
 def _train_status(kind: str) -> gr.Markdown:

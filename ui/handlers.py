@@ -11,9 +11,12 @@ a shift name) or a file the user uploaded; anything else is refused before a loa
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
 import inspect
 import re
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -179,12 +182,15 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
             upload: str | None = None, strength: float = 1.0, preserve_color: bool = False,
             max_size: int | None = None, gate: float | None = None,
             output_size: str = "input size",
-            on_progress: Callable[[int, int], None] | None = None) -> Image.Image:
+            on_progress: Callable[[int, int], None] | None = None,
+            style: str | None = None) -> Image.Image:
     """Stylize one image with ``stylize.stylize_image``. The network runs at ``max_size`` (longest
     side; 0/None = full size); the result comes back at the input's size (scaled up, so softer
     than the processing size) or, with ``output_size="processing size"``, at the processing size.
     ``gate`` None = the learned ρ, else push every ρ toward IN (-1) or BN (+1).
-    ``on_progress(done, total)`` follows the network's stages or tiles of a large image."""
+    ``on_progress(done, total)`` follows the network's stages or tiles of a large image.
+    ``style`` picks or blends the styles of a multi-style model ("candy", "candy:0.5,mosaic:0.5",
+    see ``stylize.model.style_selection``); ignored for one-style models."""
     image = read_image(cfg, image)
     if output_size not in OUTPUT_SIZES:
         raise ValueError(f"output size must be one of: {', '.join(OUTPUT_SIZES)}")
@@ -206,9 +212,34 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
         check_memory(cfg, model, work)
     if output_size == "processing size" and work != image.size:
         image = image.resize(work, Image.LANCZOS)
+    names = style_names_of(model)
+    if names and style and str(style).strip():
+        from stylize.model import use_style
+
+        # the cached network is shared by concurrent requests: select the style on a private copy
+        model = dataclasses.replace(model, net=copy.deepcopy(model.net), lock=threading.Lock())
+        with use_style(model.net, str(style), names):
+            return run(model, image, max_size=int(max_size) if max_size else None,
+                       preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
+                       device=device_of(cfg), **extra)
     return run(model, image, max_size=int(max_size) if max_size else None,
                preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
                device=device_of(cfg), **extra)
+
+
+def style_names_of(model) -> list[str]:
+    """The style names of a multi-style model (``[]`` for a model with one style)."""
+    n = norms.num_styles(model.net) if hasattr(norms, "num_styles") else 0
+    if n <= 1:
+        return []
+    return need("stylize.model", "style_names")(model.meta or {}, n)
+
+
+def style_choices(cfg: UIConfig, choice: str | None, upload: str | None = None) -> list[str]:
+    """The styles of the chosen model for the Style box (empty for one-style models)."""
+    if not choice and not upload:
+        return []
+    return style_names_of(load_style(cfg, choice, upload))
 
 
 def style_model_info(cfg: UIConfig, choice: str | None, upload: str | None = None

@@ -93,7 +93,8 @@ def train_run(ctx, norm: str, seed: int, content: str, style: str, vgg: str | No
 
 
 def mean_curves_figure(runs: list[dict], smooth: int):
-    """Content and style loss by step, moving average, mean ± sd band over seeds per norm."""
+    """Content and style loss by step, moving average, mean over seeds per norm with the
+    seeds' range as a band."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -101,6 +102,7 @@ def mean_curves_figure(runs: list[dict], smooth: int):
 
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
     for ax, key in zip(axes, ("content_loss", "style_loss")):
+        positive = True
         for norm in NORMS:
             curves = []
             for r in runs:
@@ -112,18 +114,18 @@ def mean_curves_figure(runs: list[dict], smooth: int):
             if not curves:
                 continue
             n = min(len(c) for c in curves)
-            a = np.array([c[:n] for c in curves])
-            m = a.mean(0)
-            s = a.std(0, ddof=1) if len(a) > 1 else np.zeros(n)
+            a = np.array([c[:n] for c in curves])  # seeds × steps
             xs = np.arange(n) + (smooth if smooth > 1 and n else 1)
-            ax.plot(xs, m, lw=1.2, label=f"{norm} (n={len(a)})")
-            ax.fill_between(xs, np.maximum(m - s, 1e-9), m + s, alpha=0.2)
-        ax.set_yscale("log")
+            ax.plot(xs, a.mean(0), lw=1.2, label=f"{norm} (n={len(a)})")
+            ax.fill_between(xs, a.min(0), a.max(0), alpha=0.2)  # range over seeds
+            positive = positive and bool((a > 0).all())
+        if positive:  # a residual-output network starts at content loss 0: no log scale then
+            ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(key.replace("_", " ") + (f" (moving avg {smooth})" if smooth > 1 else ""),
                      fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle("BIN Fig. 3: training losses, mean ± sd over seeds", fontsize=10)
+    fig.suptitle("BIN Fig. 3: training losses, mean over seeds (band: range)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -196,7 +198,7 @@ def run(ctx) -> Path:
                     "\n\nmean ± sd over seeds.\n\n" + mean_sd_table("network", ["BIN"], gcols, gates, digits=3))
     smooth = max(1, min(20, b.steps // 10))
     rep.figure(mean_curves_figure(runs, smooth), "fig3_losses.png",
-               "Fig. 3: content and style loss by step, mean ± sd over seeds")
+               "Fig. 3: content and style loss by step, mean over seeds (band: range over seeds)")
     first = [Path(r["folder"]) for r in runs if r["seed"] == b.seeds[0]]
     plot_curves(first, ctx.out / "fig3_fig6_seed.png", smooth=smooth)
     rep.add_png("fig3_fig6_seed.png", f"seed {b.seeds[0]}: loss curves per norm and the BIN "

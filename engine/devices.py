@@ -2,7 +2,10 @@
 policy both pipelines use."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads only when a device is resolved: `normlab --help` stays fast
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -10,6 +13,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """Turn ``auto``/``cpu``/``cuda[:i]``/``mps`` into a ``torch.device``; ``ValueError`` when the
     requested device is not available here."""
+    import torch
+
     if isinstance(name, torch.device):
         return name
     name = (name or "auto").strip().lower()
@@ -36,6 +41,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 def amp_dtype(device: torch.device) -> torch.dtype:
     """The autocast dtype for ``device`` (one policy for every pipeline): bf16 where the device
     supports it (CPU, recent CUDA GPUs), fp16 elsewhere on CUDA (with a ``GradScaler``)."""
+    import torch
+
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
@@ -45,5 +52,7 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     """A ``GradScaler`` that is active only for fp16 autocast on CUDA (bf16 needs none)."""
+    import torch
+
     on = enabled and device.type == "cuda" and amp_dtype(device) == torch.float16
     return torch.amp.GradScaler("cuda", enabled=on)

@@ -1,55 +1,69 @@
-"""normlab.norms — BN, IN, BN+IN, Batch-Instance Norm, IBN and friends for N×C×H×W CNNs."""
-from .functional import batch_instance_norm, batch_instance_norm_reference
-from .gates import (
-    GateReport,
-    attach_gate_clipping,
-    clip_gates_,
-    gate_report,
-    iter_gates,
-    named_norm_parameters,
-    norm_parameters,
-    param_groups,
-    set_gates_,
-)
-from .layers import (
-    IBN,
-    BatchInstanceNorm2d,
-    BatchNorm2d,
-    BNIN2d,
-    GroupNorm2d,
-    InstanceNorm2d,
-    LayerNorm2d,
-    SwitchableNorm2d,
-)
-from .conditional import (
-    ConditionalNorm,
-    add_styles,
-    conditional_layers,
-    make_conditional,
-    num_styles,
-    set_style,
-    style,
-)
-from .registry import NORM_DESCRIPTIONS, NORM_NAMES, NORM_REGISTRY, create_norm, get_norm_layer
-from .registry import CONDITIONAL_NORM_NAMES, CONDITIONAL_REGISTRY, conditional_norm
-from .statistics import (
-    InstanceStats,
-    StatisticsBank,
-    capture_statistics,
-    stream_statistics,
-    use_statistics,
-)
-from .sync import batch_stats_synced, sync_batch_stats, unsync_batch_stats
+"""normlab.norms — BN, IN, BN+IN, Batch-Instance Norm, IBN and friends for N×C×H×W CNNs.
 
-__all__ = [
-    "NORM_NAMES", "NORM_REGISTRY", "NORM_DESCRIPTIONS", "get_norm_layer", "create_norm",
-    "param_groups", "clip_gates_", "attach_gate_clipping", "gate_report", "GateReport",
-    "iter_gates", "set_gates_", "batch_instance_norm", "batch_instance_norm_reference",
-    "BatchNorm2d", "InstanceNorm2d", "BatchInstanceNorm2d", "BNIN2d", "IBN", "GroupNorm2d",
-    "LayerNorm2d", "SwitchableNorm2d",
-    "capture_statistics", "use_statistics", "stream_statistics", "StatisticsBank", "InstanceStats",
-    "ConditionalNorm", "CONDITIONAL_NORM_NAMES", "CONDITIONAL_REGISTRY", "conditional_norm",
-    "set_style", "style", "add_styles", "num_styles", "conditional_layers", "make_conditional",
-    "norm_parameters", "named_norm_parameters",
-    "sync_batch_stats", "unsync_batch_stats", "batch_stats_synced",
-]
+Attributes load on first use (PEP 562), so ``from norms.catalog import NORM_NAMES`` — what the
+command line needs for its choices and ``--help`` — does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "CONDITIONAL_NORM_NAMES": "catalog",
+    "NORM_DESCRIPTIONS": "catalog",
+    "NORM_NAMES": "catalog",
+    "ConditionalNorm": "conditional",
+    "add_styles": "conditional",
+    "conditional_layers": "conditional",
+    "make_conditional": "conditional",
+    "num_styles": "conditional",
+    "set_style": "conditional",
+    "style": "conditional",
+    "batch_instance_norm": "functional",
+    "batch_instance_norm_reference": "functional",
+    "GateReport": "gates",
+    "attach_gate_clipping": "gates",
+    "clip_gates_": "gates",
+    "gate_report": "gates",
+    "iter_gates": "gates",
+    "named_norm_parameters": "gates",
+    "norm_parameters": "gates",
+    "param_groups": "gates",
+    "set_gates_": "gates",
+    "BNIN2d": "layers",
+    "BatchInstanceNorm2d": "layers",
+    "BatchNorm2d": "layers",
+    "GroupNorm2d": "layers",
+    "IBN": "layers",
+    "InstanceNorm2d": "layers",
+    "LayerNorm2d": "layers",
+    "SwitchableNorm2d": "layers",
+    "CONDITIONAL_REGISTRY": "registry",
+    "NORM_REGISTRY": "registry",
+    "conditional_norm": "registry",
+    "create_norm": "registry",
+    "get_norm_layer": "registry",
+    "InstanceStats": "statistics",
+    "StatisticsBank": "statistics",
+    "capture_statistics": "statistics",
+    "stream_statistics": "statistics",
+    "use_statistics": "statistics",
+    "batch_stats_synced": "sync",
+    "sync_batch_stats": "sync",
+    "unsync_batch_stats": "sync",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'norms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

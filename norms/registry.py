@@ -21,6 +21,7 @@ from .conditional import (
     ConditionalNorm,
     ConditionalSwitchableNorm2d,
 )
+from .catalog import CONDITIONAL_NORM_NAMES, NORM_DESCRIPTIONS, NORM_NAMES
 from .layers import (
     IBN,
     BatchInstanceNorm2d,
@@ -45,7 +46,8 @@ NORM_REGISTRY: dict[str, type[nn.Module]] = {
     "sn": SwitchableNorm2d,
 }
 
-NORM_NAMES: tuple[str, ...] = tuple(NORM_REGISTRY)
+if tuple(NORM_REGISTRY) != NORM_NAMES:  # catalog.py is the torch-free copy of these names
+    raise ImportError("norms.catalog.NORM_NAMES and NORM_REGISTRY disagree")
 
 # Conditional variants (one γ, β — and BIN's ρ — per style; see conditional.py): "c" + name.
 # Kept apart from NORM_REGISTRY so that lists of plain norms (CLI choices, benches) stay as they
@@ -61,18 +63,9 @@ CONDITIONAL_REGISTRY: dict[str, type[ConditionalNorm]] = {
     "csn": ConditionalSwitchableNorm2d,
 }
 
-CONDITIONAL_NORM_NAMES: tuple[str, ...] = tuple(CONDITIONAL_REGISTRY)
+if tuple(CONDITIONAL_REGISTRY) != CONDITIONAL_NORM_NAMES:
+    raise ImportError("norms.catalog.CONDITIONAL_NORM_NAMES and CONDITIONAL_REGISTRY disagree")
 
-NORM_DESCRIPTIONS: dict[str, str] = {
-    "bn": "Batch Norm: statistics over the batch and space per channel; running averages in eval.",
-    "in": "Instance Norm: statistics per image and channel; removes per-image contrast and style.",
-    "bn_in": "BN+IN: the average of the batch- and instance-normalised outputs (ρ fixed at 0.5).",
-    "bin": "Batch-Instance Norm (Nam & Kim 2018): a learned per-channel gate ρ mixes BN and IN.",
-    "ibn": "IBN (Pan et al. 2018): IN on half of the channels, BN on the other half.",
-    "gn": "Group Norm (Wu & He 2018): statistics per image over groups of channels.",
-    "ln": "Layer Norm: statistics per image over all channels and space.",
-    "sn": "Switchable Norm (Luo et al. 2019): learned softmax mix of IN, LN and BN statistics.",
-}
 
 
 def get_norm_layer(name_or_callable: str | NormFactory, **kwargs: Any) -> NormFactory:

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from norms.registry import NORM_NAMES
+from norms.catalog import NORM_NAMES
 
 app = typer.Typer(help="Classification networks with BN, IN, BN+IN, BIN and IBN: train, eval, "
                   "shift robustness, gates, feature divergence, predict, bench.",

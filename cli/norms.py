@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
-from torch import nn
 
-from engine import bench as _bench
-from engine.io import write_text_atomic
-from norms.registry import NORM_DESCRIPTIONS, NORM_NAMES
-from engine.devices import resolve_device
+from norms.catalog import NORM_DESCRIPTIONS, NORM_NAMES
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Typer:
@@ -42,6 +41,10 @@ def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Type
         eq.-(3) BIN, and a ResNet-20 training step per norm, as ratios to BN in the same run."""
         import torch
         from tqdm import tqdm
+
+        from engine import bench as _bench
+        from engine.devices import resolve_device
+        from engine.io import write_text_atomic
 
         dev = resolve_device(device or (ctx.obj or {}).get("device", "auto"))
         if threads:

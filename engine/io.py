@@ -7,9 +7,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
@@ -76,6 +77,8 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu"
 def save_torch(path: str | Path, obj: Any) -> None:
     """``torch.save`` atomically (tensors, dicts, lists and plain numbers only, so that
     ``load_torch``'s weights-only unpickler reads it back)."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -83,6 +86,8 @@ def save_torch(path: str | Path, obj: Any) -> None:
 def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(..., weights_only=True)``: never unpickles arbitrary objects. One-line
     ``ValueError`` for a missing, truncated or foreign file."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")

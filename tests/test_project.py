@@ -86,6 +86,18 @@ def test_layering(pkg):
         assert "gradio" not in _imports(pkg), f"{pkg}/ imports gradio"
 
 
+def test_help_imports_neither_torch_nor_gradio():
+    """`normlab --help` and every sub-command's help stay fast: no torch, no gradio."""
+    code = ("import sys, main; from typer.testing import CliRunner; r = CliRunner(); "
+            "cmds = [[], ['norms'], ['stylize'], ['classify'], ['reproduce'], ['ui'], "
+            "['stylize', 'train'], ['stylize', 'run'], ['classify', 'train'], ['norms', 'bench']]; "
+            "codes = [r.invoke(main.app, c + ['--help']).exit_code for c in cmds]; "
+            "assert codes == [0] * len(cmds), codes; "
+            "heavy = sorted(m for m in ('torch', 'gradio', 'torchvision') if m in sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
 def test_cli_runs_without_gradio_import():
     code = ("import sys, main; from typer.testing import CliRunner; "
             "r = CliRunner().invoke(main.app, ['norms', 'list']); "

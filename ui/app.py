@@ -24,7 +24,7 @@ log = logging.getLogger("normlab.ui")
 
 CSS = """
 .nl-status { min-height: 2.2em; }
-.nl-table th { white-space: nowrap; }
+.nl-table th, .nl-table td:first-child { white-space: nowrap; }
 .nl-pixelated img { image-rendering: pixelated; }
 footer { display: none !important; }
 """

@@ -44,6 +44,16 @@ class _Group(typer.core.TyperGroup):
             raise typer.Exit(2)
 
 
+# typer 0.29's rich help prints a "<bool>" type for on/off flags (--amp/--no-amp <bool>); a flag
+# takes no value, so show none.
+_display_type_rich = getattr(typer.core.TyperOption, "display_type_rich", None)
+if _display_type_rich is not None:
+    def _flag_type(self, ctx):
+        return None if getattr(self, "is_flag", False) else _display_type_rich(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = _flag_type
+
+
 Device = Enum("Device", {d: d for d in DEVICE_CHOICES}, type=str)
 
 app = typer.Typer(

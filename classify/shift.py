@@ -103,11 +103,22 @@ def parse_shift(spec: str) -> tuple[str, float | None]:
         strength = float(val) if sep else None
     except ValueError:
         raise ValueError(f"shift strength must be a number: {spec!r}") from None
-    _check(name)
+    _check(name, strength)
     return name, strength
 
 
-def _check(name: str) -> None:
+def _check(name: str, strength: float | None = None) -> None:
+    """Unknown names and strengths outside a shift's range (NaN included) are one-line errors."""
+    _check_name(name)
+    if strength is None:
+        return
+    lo, hi = (0.0, 1.0) if name.startswith("style:") else (SHIFTS[name].lo, SHIFTS[name].hi)
+    if not (isinstance(strength, (int, float)) and lo <= strength <= hi):  # NaN fails both
+        label = "style" if name.startswith("style:") else name
+        raise ValueError(f"{label} shift strength must be from {lo:g} to {hi:g}, got {strength!r}")
+
+
+def _check_name(name: str) -> None:
     if name.startswith("style:"):
         if not name[6:]:
             raise ValueError("style shift needs a model: style:MODEL")
@@ -121,7 +132,7 @@ def apply_shift(image: Image.Image, shift: str, strength: float | None = None,
     """The shifted image (same size, RGB). ``strength`` None uses the shift's default;
     ``style:MODEL`` renders with a ``stylize`` model at ``strength`` (0–1, default 1), working at
     ≥ 128 px so that small (CIFAR) images survive the network's downsampling."""
-    _check(shift)
+    _check(shift, strength)
     if shift.startswith("style:"):
         return _style(image, shift[6:], 1.0 if strength is None else strength, device)
     s = SHIFTS[shift]

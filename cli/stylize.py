@@ -258,6 +258,48 @@ def run_cmd(
     typer.echo(str(output))
 
 
+@app.command("video")
+def video_cmd(
+    ctx: typer.Context,
+    input: Path = typer.Argument(..., help="Video file (anything FFmpeg reads: .mp4, .mov, .mkv, .webm, ...)."),
+    model: str = typer.Option(..., "--model", "-m", help="Shipped model name, .safetensors or pytorch/examples .pth."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output video (.mp4, .mov, .mkv, .webm, .avi); fps and audio are kept."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    smooth: bool = typer.Option(False, "--smooth", help="Temporal stability: normalise with a moving average of the statistics over frames."),
+    momentum: float = typer.Option(0.9, help="With --smooth: weight of the past in the moving average, in [0, 1)."),
+    batch: int = typer.Option(4, help="Frames per forward pass."),
+    max_size: Optional[int] = typer.Option(None, help="Process frames at most this longest side, scale back up."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2G (limits the frame batch)."),
+    gate: Optional[float] = typer.Option(None, help="BIN models: push every ρ toward IN (-1) or BN (+1)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+) -> None:
+    """Stylize a video file frame by frame; prints the flicker metric (mean |Δ| between
+    consecutive output frames over that of the input; lower is steadier)."""
+    from stylize.infer import load_model
+    from stylize.tiling import parse_memory
+    from stylize.video import stylize_video, video_format
+
+    video_format(output)
+    if not input.is_file():
+        raise ValueError(f"{input} does not exist" if not input.exists() else f"{input} is not a file")
+    if os.path.realpath(input) == os.path.realpath(output):
+        raise ValueError(f"output {output} is the input; it is never overwritten")
+    if output.exists() and not overwrite:
+        raise ValueError(f"output {output} already exists; use --overwrite to replace it")
+    _check_folder(output.parent, "output folder")
+    budget = parse_memory(max_memory) if max_memory is not None else None
+    dev = _device(ctx, device)
+    m = load_model(model, device=dev)
+    try:
+        report = stylize_video(m, input, output, smooth=momentum if smooth else None, batch=batch,
+                               max_size=max_size, gate=gate, device=dev, max_memory=budget)
+    except OSError as exc:
+        why = os.strerror(exc.errno).lower() if exc.errno else str(exc).split(":")[0]
+        raise ValueError(f"cannot write {output}: {why}") from None
+    typer.echo(report.summary())
+    typer.echo(str(output))
+
+
 @app.command("compare")
 def compare_cmd(
     ctx: typer.Context,
@@ -315,9 +357,14 @@ def bench_cmd(
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
+    tiling: bool = typer.Option(False, "--tiling", help="Instead: the any-size path. Each size is a photo upscaled to size², stylized in a fresh process within --max-memory; reports time per megapixel, peak RSS and PSNR against untiled."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="With --tiling: the memory budget, e.g. 2G (default: half the free RAM)."),
+    untiled_up_to: int = typer.Option(0, help="With --tiling: also run sizes up to this untiled, for time per megapixel and PSNR."),
+    photo: Optional[Path] = typer.Option(None, help="With --tiling: the photo to upscale (default: the amber sample)."),
 ) -> None:
     """Inference ms per image: float32 eager vs the fast path, as ratios in one run, with the
-    fast path's PSNR against float32 (bf16 is used only where PSNR ≥ 40 dB)."""
+    fast path's PSNR against float32 (bf16 is used only where PSNR ≥ 40 dB). With --tiling:
+    time, peak memory and fidelity of the any-size (tiled) path."""
     import json
 
     import torch
@@ -334,8 +381,19 @@ def bench_cmd(
         raise ValueError(f"--sizes must be integers, got {sizes!r}") from None
     if not sz or min(sz) < 16 or repeats < 1:
         raise ValueError("--sizes must be ≥ 16 and --repeats ≥ 1")
-    rows = bench(model, sz, repeats=repeats, compile=compile, device=_device(ctx, device))
-    typer.echo(to_markdown(rows))
+    if tiling:
+        from stylize.bench import bench_tiling, tiling_markdown
+        from stylize.tiling import parse_memory
+
+        budget = parse_memory(max_memory) if max_memory is not None else None
+        if photo is not None and not photo.is_file():
+            raise ValueError(f"--photo {photo} does not exist")
+        rows = bench_tiling(model or "candy_bin", sz, budget, device=_device(ctx, device),
+                            photo=str(photo) if photo else None, untiled_up_to=untiled_up_to)
+        typer.echo(tiling_markdown(rows, budget))
+    else:
+        rows = bench(model, sz, repeats=repeats, compile=compile, device=_device(ctx, device))
+        typer.echo(to_markdown(rows))
     if json_out:
         write_text_atomic(json_out, json.dumps(rows, indent=2))
 

@@ -101,3 +101,108 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['size']}² | {r['variant']} | {r['ms']:.0f} | {r['ratio']:.2f} | {q} | "
                      f"{'yes' if r['used'] else 'no'} |")
     return "\n".join(lines)
+
+
+def _tiling_child(args_json: str) -> None:
+    """Run in a fresh process by ``bench_tiling``: what ``stylize run`` does for one image
+    (load, stylize within the budget, save); prints a JSON line with the timings."""
+    import json
+    import resource
+
+    from engine.images import load_image, save_image
+
+    from .infer import load_model, stylize_image
+    from .tiling import plan_memory
+
+    a = json.loads(args_json)
+    m = load_model(a["model"], device=a["device"])
+    t0 = time.perf_counter()
+    img = load_image(a["photo"], max_pixels=10**9)
+    plan = plan_memory(img.size[0], img.size[1], m.config, device=resolve_device(a["device"]),
+                       max_memory=a["max_memory"], tile=a.get("tile"))
+    t1 = time.perf_counter()
+    c1 = time.process_time()
+    out = stylize_image(m, img, device=a["device"], max_memory=a["max_memory"], tile=a.get("tile"),
+                        bar=False)
+    t2 = time.perf_counter()
+    cpu = time.process_time() - c1
+    save_image(out, a["out"])
+    print(json.dumps({"tile": plan.tile, "thumbnail": plan.thumbnail_side, "load_s": t1 - t0,
+                      "stylize_s": t2 - t1, "cpu_s": cpu,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def bench_tiling(model: str, sizes: list[int], max_memory: int | None, device: str = "cpu",
+                 photo: str | None = None, untiled_up_to: int = 0) -> list[dict[str, Any]]:
+    """Any-size path: for each size, a photo upscaled to size×size is stylized in a fresh process
+    (as ``stylize run`` would) within ``max_memory`` bytes, measuring wall time and peak RSS
+    (``ru_maxrss``, the whole process: Python, torch, images, activations); sizes up to
+    ``untiled_up_to`` are also run untiled, and tiled with the same tiles but statistics of the
+    whole image (the thumbnail is the image: what ``tile`` does when the image fits), to compare
+    time per megapixel and PSNR. CPU seconds are reported too: on a shared machine they vary
+    less than wall time."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    import weights
+
+    src = Image.open(photo or weights.SAMPLES_DIR / "amber.jpg").convert("RGB")
+    rows: list[dict[str, Any]] = []
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in sizes:
+            inp = Path(tmp) / f"photo_{s}.png"
+            src.resize((s, s), Image.BICUBIC).save(inp)
+            outs: dict[str, Path] = {}
+            modes: list[tuple[str, int | None, int | None]] = [("tiled", max_memory, None)]
+            for mode, budget, tile in modes:
+                out = Path(tmp) / f"out_{s}_{mode}.png"
+                args = json.dumps({"model": model, "device": device, "photo": str(inp),
+                                   "max_memory": budget, "out": str(out), "tile": tile})
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", f"from stylize.bench import _tiling_child; "
+                                           f"_tiling_child({args!r})"],
+                    cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                t = time.perf_counter()
+                stdout, stderr = proc.communicate()
+                wall = time.perf_counter() - t
+                if proc.returncode != 0:
+                    last = (stderr.strip().splitlines() or ["?"])[-1]
+                    raise RuntimeError(f"{mode} run at {s}² failed: {last}")
+                r = json.loads(stdout.strip().splitlines()[-1])
+                outs[mode] = out
+                rows.append({"size": s, "mode": mode, "tile": r["tile"],
+                             "thumbnail": r["thumbnail"], "stylize_s": r["stylize_s"],
+                             "cpu_s": r["cpu_s"], "s_per_mp": r["stylize_s"] / (s * s / 1e6),
+                             "wall_s": wall, "peak_rss_mb": r["peak_rss_mb"], "psnr_db": None})
+                if mode == "tiled" and s <= untiled_up_to and r["tile"]:
+                    modes += [("tiled, whole-image statistics", 2**50, r["tile"]),
+                              ("untiled", 2**50, None)]
+            if "untiled" in outs:
+                ref = torch.from_numpy(np.asarray(Image.open(outs["untiled"]), dtype=np.float32))
+                for row in rows[-len(outs):]:
+                    if row["mode"] != "untiled":
+                        a = np.asarray(Image.open(outs[row["mode"]]), dtype=np.float32)
+                        row["psnr_db"] = psnr(torch.from_numpy(a), ref)
+            os.remove(inp)
+    return rows
+
+
+def tiling_markdown(rows: list[dict[str, Any]], max_memory: int | None) -> str:
+    """The ``bench_tiling`` rows as a Markdown table."""
+    budget = "default" if max_memory is None else f"{max_memory / 2**30:.2g} GiB"
+    lines = [f"| size | mode (budget {budget}) | tile | thumbnail | s | CPU s | CPU s/MP | "
+             "peak RSS MB | PSNR vs untiled (dB) |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        q = "—" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
+        lines.append(f"| {r['size']}² | {r['mode']} | {r['tile'] or '—'} | {r['thumbnail']} | "
+                     f"{r['stylize_s']:.1f} | {r['cpu_s']:.1f} | {r['cpu_s'] / (r['size'] ** 2 / 1e6):.2f} | "
+                     f"{r['peak_rss_mb']:.0f} | {q} |")
+    return "\n".join(lines)

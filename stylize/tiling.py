@@ -38,9 +38,10 @@ import norms
 from .model import StyleConfig
 
 # Peak RSS growth of one fp32 inference-mode pass of the 32-channel TransformerNet on CPU, per
-# input pixel: 1061 B at 512², 967 B at 1024² (candy_bin, `resource.ru_maxrss` in a fresh
-# process). Rounded up; it scales with the channel width.
-_FP32_BYTES_PER_PIXEL = 1100.0
+# input pixel: 1061 B at 512², 967 B at 1024², 1024–1155 B at 768² with or without frozen
+# statistics (candy_bin, `resource.ru_maxrss` in a fresh process). Rounded up; it scales with
+# the channel width.
+_FP32_BYTES_PER_PIXEL = 1250.0
 # channels_last + bf16 autocast on a CPU without native bf16 (AVX2 only) keeps fp32 copies and
 # reorder buffers: 5501 B/px measured at 1024².
 _CPU_BF16_FACTOR = 5.0
@@ -140,8 +141,14 @@ def plan_memory(width: int, height: int, config: StyleConfig, *, device: torch.d
         return MemoryPlan(tile if max(width, height) > tile else None, thumb, budget)
     if width * height * bpp <= budget:
         return MemoryPlan(None, thumb, budget)
-    # tiles overlap, so bigger is cheaper; beyond 2048 px the overlap is already < 10 %
-    return MemoryPlan(max(2 * MIN_TILE, min(2048, fit_side)), thumb, budget)
+    # tiles overlap, so bigger is cheaper (beyond 2048 px the overlap is < 10 %); then balance:
+    # as many tiles as the largest size needs, each as small as that count allows
+    top = max(2 * MIN_TILE, min(2048, fit_side))
+    margin, feather = tile_margins(top)
+    lost = 2 * margin + feather  # overlap between neighbours
+    n = max(1, math.ceil((max(width, height) - lost) / (top - lost)))
+    balanced = -(-(max(width, height) + (n - 1) * lost) // n) + 3  # +3: starts snap to 4 px
+    return MemoryPlan(max(2 * MIN_TILE, min(top, -(-balanced // 4) * 4)), thumb, budget)
 
 
 @dataclass(frozen=True)

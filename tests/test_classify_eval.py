@@ -157,3 +157,17 @@ def test_cli_errors_are_one_line(saved):
                                   mean=bn.mean, std=bn.std, image_size=16)
     code, out = _run(["classify", "gates", str(p2)])
     assert code == 2 and "no BIN gates" in out
+
+
+@pytest.mark.parametrize("spec,msg", [("jpeg=1000", "jpeg shift strength must be from 1 to 95"),
+                                      ("hue=nan", "hue shift strength"),
+                                      ("gamma=-1", "gamma shift strength"),
+                                      ("style:candy_bin=2", "style shift strength must be from 0 to 1")])
+def test_shift_strength_out_of_range_is_refused(spec, msg):
+    from classify.shift import apply_shift, parse_shift
+
+    with pytest.raises(ValueError, match=msg):
+        parse_shift(spec)
+    name, _, val = spec.partition("=")
+    with pytest.raises(ValueError, match=msg):
+        apply_shift(Image.new("RGB", (8, 8)), name, float(val))

@@ -1,0 +1,318 @@
+"""Stylize video files with PyAV: frame batches, fps and audio kept, temporal smoothing of the
+normalization statistics, and a flicker metric.
+
+Flicker in feed-forward style transfer comes largely from per-frame instance statistics: content
+entering or leaving the frame shifts every IN layer's mean and variance, and the whole frame's
+look shifts with it. ``smooth`` normalises with an exponential moving average of the statistics
+over the stream (``norms.stream_statistics``), so the look changes only as fast as the average.
+
+Flicker metric: mean |y_t − y_{t−1}| over consecutive output frames divided by the same for the
+input frames (at the processed size). 1 means the output changes as much as the input does.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+import norms
+from engine.devices import resolve_device
+from engine.io import atomic_path
+
+from .infer import StyleModel, _run, gate_override
+
+# container format per output extension (the temp file of atomic_path has no telling suffix)
+VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
+                 ".avi": "avi"}
+_VIDEO_CODECS = {"mp4": "libx264", "mov": "libx264", "matroska": "libx264", "webm": "libvpx-vp9",
+                 "avi": "mpeg4"}
+
+
+@dataclass
+class VideoReport:
+    """What ``stylize_video`` did; ``flicker`` = output flicker / input flicker."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio: bool
+    seconds: float
+    flicker_input: float
+    flicker_output: float
+    flicker: float
+    smooth: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        s = "off" if self.smooth is None else f"momentum {self.smooth:g}"
+        return (f"{self.frames} frames {self.width}×{self.height} at {self.fps:.3g} fps"
+                f"{' with audio' if self.audio else ''} in {self.seconds:.1f} s; flicker "
+                f"{self.flicker:.3f} (output {self.flicker_output:.2f} / input "
+                f"{self.flicker_input:.2f} mean |Δ| per frame; smoothing {s})")
+
+
+class FlickerMeter:
+    """Running mean |x_t − x_{t−1}| of a frame sequence (frames as H×W×3 arrays)."""
+
+    def __init__(self) -> None:
+        self.prev: np.ndarray | None = None
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        f = frame.astype(np.float32)
+        if self.prev is not None and self.prev.shape == f.shape:
+            self.total += float(np.abs(f - self.prev).mean())
+            self.count += 1
+        self.prev = f
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+
+def flicker_ratio(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> float:
+    """Output flicker over input flicker for two frame lists (see module docstring)."""
+    a, b = FlickerMeter(), FlickerMeter()
+    for x, y in zip(inputs, outputs):
+        a.add(x)
+        b.add(y)
+    return b.value / a.value if a.value > 0 else float("nan")
+
+
+def _open_input(path: Path) -> Any:
+    import av
+
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ValueError(f"{path} is not a video file PyAV/FFmpeg can read ({exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path} has no video stream")
+    return container
+
+
+def video_format(path: Path) -> str:
+    """Container format for an output name; ``ValueError`` for unknown extensions."""
+    fmt = VIDEO_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"output {path}: unknown video extension {path.suffix!r}; use one of "
+                         f"{', '.join(sorted(VIDEO_FORMATS))}")
+    return fmt
+
+
+@contextlib.contextmanager
+def _statistics(net: torch.nn.Module, smooth: float | None) -> Iterator[None]:
+    if smooth is None:
+        yield
+    else:
+        with norms.stream_statistics(net, momentum=smooth):
+            yield
+
+
+def _forward(net: torch.nn.Module, frames: list[np.ndarray], batch: int, dev: torch.device,
+             fast: bool) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
+    for i in range(0, len(frames), batch):
+        x = torch.from_numpy(np.stack(frames[i:i + batch])).to(dev)
+        x = x.permute(0, 3, 1, 2).float()  # N×3×H×W, 0–255
+        y = _run(net, x, fast).float().clamp(0, 255).round().to(torch.uint8)  # N×3×H×W
+        out.extend(y.permute(0, 2, 3, 1).cpu().numpy())
+    return out
+
+
+def stylize_frames(model: StyleModel, frames: list[np.ndarray], *, smooth: float | None = None,
+                   batch: int = 4, device: str | torch.device = "cpu",
+                   fast: bool = False) -> list[np.ndarray]:
+    """Stylize a list of H×W×3 ``uint8`` frames in order (one stream: with ``smooth`` the
+    statistics carry over from frame to frame); returns ``uint8`` frames."""
+    if smooth is not None and not 0.0 <= smooth < 1.0:
+        raise ValueError(f"smoothing momentum must be in [0, 1), got {smooth}")
+    dev = resolve_device(device)
+    with model.lock:
+        net = model.net.to(dev).eval()
+        with _statistics(net, smooth):
+            return _forward(net, frames, max(1, batch), dev, fast)
+
+
+def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
+                  smooth: float | None = None, batch: int = 4, max_size: int | None = None,
+                  gate: float | None = None, device: str | torch.device = "cpu",
+                  fast: bool = False, max_memory: int | None = None,
+                  progress: Callable[[int, int | None], None] | None = None,
+                  bar: bool = True) -> VideoReport:
+    """Stylize every frame of ``src`` into ``dst`` (written atomically), keeping the frame rate
+    and remuxing the first audio stream unchanged.
+
+    ``smooth``: EMA momentum of the normalization statistics across frames (e.g. 0.9; None =
+    per-frame statistics). ``batch``: frames per forward pass (reduced to fit ``max_memory``).
+    ``max_size``: process frames downscaled to this longest side, scaled back up.
+    ``progress(done, total)`` per batch (total None when the container does not say).
+    """
+    import av
+    from tqdm.auto import tqdm
+
+    from .tiling import activation_bytes_per_pixel, default_memory_budget
+
+    src, dst = Path(src), Path(dst)
+    fmt = video_format(dst)
+    if batch < 1:
+        raise ValueError(f"frame batch must be at least 1, got {batch}")
+    if smooth is not None and not 0.0 <= smooth < 1.0:
+        raise ValueError(f"smoothing momentum must be in [0, 1), got {smooth}")
+    if max_size is not None and max_size < 16:
+        raise ValueError(f"max_size must be at least 16, got {max_size}")
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"output {dst} is the input; choose another output")
+    if gate is not None and not model.has_gates:
+        raise ValueError(f"model {model.name!r} has no BIN gates; --gate needs a BIN model")
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    inp = _open_input(src)
+    try:
+        vin = inp.streams.video[0]
+        ain = inp.streams.audio[0] if inp.streams.audio else None
+        rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        w, h = vin.codec_context.width, vin.codec_context.height
+        if not w or not h:
+            raise ValueError(f"{src}: the video stream has no frame size")
+        pw, ph = w, h
+        if max_size and max(w, h) > max_size:
+            s = max_size / max(w, h)
+            pw, ph = max(16, round(w * s)), max(16, round(h * s))
+        budget = default_memory_budget(dev) if max_memory is None else max_memory
+        per_frame = activation_bytes_per_pixel(model.config, dev, fast) * pw * ph
+        if per_frame > budget:
+            raise ValueError(f"a {pw}×{ph} frame needs about {per_frame / 2**30:.1f} GB, over the "
+                             f"memory budget of {budget / 2**30:.1f} GB; use a smaller max size")
+        batch = max(1, min(batch, int(budget // per_frame)))
+        ow, oh = w - w % 2, h - h % 2  # yuv420p needs even sizes
+        total = vin.frames or None
+        fin, fout = FlickerMeter(), FlickerMeter()
+        n = 0
+        with atomic_path(dst) as tmp, contextlib.ExitStack() as stack:
+            out = stack.enter_context(av.open(str(tmp), mode="w", format=fmt))
+            vout = out.add_stream(_VIDEO_CODECS[fmt], rate=rate)
+            vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
+            tb = Fraction(rate.denominator, rate.numerator)  # one tick per frame
+            if fmt != "webm" or ain is None:
+                aout = out.add_stream_from_template(ain) if ain is not None else None
+            else:
+                aout = None  # webm takes only opus/vorbis audio; most sources are aac
+            pbar = stack.enter_context(tqdm(total=total, desc="frames", unit="frame",
+                                            disable=not bar, leave=False))
+            stack.enter_context(model.lock)
+            net = model.net.to(dev).eval()
+            stack.enter_context(gate_override(net, gate))
+            pending: list[np.ndarray] = []
+
+            def flush() -> None:
+                nonlocal n
+                for x, y in zip(pending, _forward(net, pending, len(pending), dev, fast)):
+                    fin.add(x)
+                    fout.add(y)
+                    if (pw, ph) != (ow, oh):
+                        y = np.asarray(Image.fromarray(y).resize((w, h), Image.BICUBIC))
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(y[:oh, :ow]),
+                                                       format="rgb24")
+                    frame.pts = n
+                    frame.time_base = tb
+                    for packet in vout.encode(frame):
+                        out.mux(packet)
+                    n += 1
+                pbar.update(len(pending))
+                if progress is not None:
+                    progress(n, total)
+                pending.clear()
+
+            with _statistics(net, smooth):  # one stream across all batches
+                streams = [vin] + ([ain] if aout is not None else [])
+                for packet in inp.demux(*streams):
+                    if packet.stream is ain:
+                        if packet.dts is not None:
+                            packet.stream = aout
+                            out.mux(packet)
+                        continue
+                    for frame in packet.decode():
+                        rgb = frame.to_ndarray(format="rgb24")
+                        if (pw, ph) != (w, h):
+                            rgb = np.asarray(Image.fromarray(rgb).resize((pw, ph), Image.LANCZOS))
+                        pending.append(rgb)
+                        if len(pending) >= batch:
+                            flush()
+                if pending:
+                    flush()
+            for packet in vout.encode():
+                out.mux(packet)
+            if n == 0:
+                raise ValueError(f"{src} has no decodable video frames")
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"video error on {src}: {exc}") from None
+    finally:
+        inp.close()
+    fi, fo = fin.value, fout.value
+    return VideoReport(frames=n, fps=float(rate), width=ow, height=oh, audio=aout is not None,
+                       seconds=time.perf_counter() - t0, flicker_input=fi, flicker_output=fo,
+                       flicker=fo / fi if fi > 0 else float("nan"), smooth=smooth)
+
+
+def write_clip(frames: list[np.ndarray], path: str | Path, fps: int | Fraction = 25,
+               audio: bool = False) -> Path:
+    """Write H×W×3 ``uint8`` frames as a video (format from the extension), optionally with a
+    440 Hz AAC tone as long as the clip; for tests and benchmarks."""
+    import av
+
+    path = Path(path)
+    fmt = video_format(path)
+    rate = Fraction(fps)
+    h, w = frames[0].shape[:2]
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format=fmt) as out:
+        v = out.add_stream(_VIDEO_CODECS[fmt], rate=rate)
+        v.width, v.height, v.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        a = out.add_stream("aac", rate=44100) if audio else None
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:v.height, :v.width]),
+                                               format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(rate.denominator, rate.numerator)
+            for p in v.encode(frame):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+        if a is not None:
+            n = int(44100 * len(frames) / rate)
+            tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / 44100)).astype(np.float32)
+            for i in range(0, n, 1024):
+                chunk = tone[None, i:i + 1024]
+                af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                af.sample_rate, af.pts = 44100, i
+                for p in a.encode(af):
+                    out.mux(p)
+            for p in a.encode():
+                out.mux(p)
+    return path
+
+
+def read_clip(path: str | Path) -> tuple[list[np.ndarray], float, bool]:
+    """(frames as H×W×3 ``uint8``, fps, has audio) of a video file."""
+    inp = _open_input(Path(path))
+    try:
+        v = inp.streams.video[0]
+        fps = float(v.average_rate or v.guessed_rate or 0)
+        frames = [f.to_ndarray(format="rgb24") for f in inp.decode(v)]
+        return frames, fps, bool(inp.streams.audio)
+    finally:
+        inp.close()

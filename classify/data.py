@@ -243,9 +243,10 @@ def load_data(spec: str, image_size: int = 32, train_domains: str | list[str] | 
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (0–1 scale) of a uint8 N×3×H×W tensor."""
+    """Per-channel mean and std (0–1 scale) of a uint8 N×3×H×W tensor. The std is at least one
+    grey level (1/255), so a channel that is constant over the data does not divide by zero."""
     xf = x.float().div_(255)
-    return xf.mean((0, 2, 3)).tolist(), xf.std((0, 2, 3)).tolist()
+    return xf.mean((0, 2, 3)).tolist(), xf.std((0, 2, 3)).clamp_min(1 / 255).tolist()
 
 
 def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:

@@ -86,13 +86,28 @@ def save_torch(path: str | Path, obj: Any) -> None:
 def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(..., weights_only=True)``: never unpickles arbitrary objects. One-line
     ``ValueError`` for a missing, truncated or foreign file."""
+    import pickle
+    import zipfile
+
     import torch
 
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"file {path} not found")
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise ValueError(f"{path} is a folder, not a checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle stream: 0x80 + protocol)
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is a truncated or corrupt PyTorch checkpoint")
+    if not zipfile.is_zipfile(path) and not (len(head) >= 2 and head[0] == 0x80 and head[1] <= 5):
+        raise ValueError(f"{path} is not a PyTorch checkpoint file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} holds Python objects other than tensors and plain data; normlab "
+                         "reads checkpoints weights-only and will not execute them") from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load {path} as a weights-only PyTorch file: {first}") from None
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is a truncated or corrupt PyTorch checkpoint ({first})") from None

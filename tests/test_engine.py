@@ -1,0 +1,128 @@
+"""engine/: checkpoint schema, safe loading, resume rules, AMP policy."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine.checkpoint import describe, read_metadata, read_model, save_model
+from engine.devices import amp_dtype, grad_scaler
+from engine.io import load_torch
+from engine.trainer import resume_recipe
+
+
+class _Evil:
+    pass
+
+
+def test_load_torch_messages_are_one_clear_line(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(bytes(range(200)))
+    evil, ok, trunc = tmp_path / "evil.pth", tmp_path / "ok.pth", tmp_path / "trunc.pth"
+    torch.save({"a": _Evil()}, evil)
+    torch.save({"a": torch.ones(3)}, ok)
+    trunc.write_bytes(ok.read_bytes()[:200])
+    cases = [(tmp_path / "missing.pth", "not found"), (junk, "is not a PyTorch checkpoint file"),
+             (evil, "will not execute them"), (trunc, "truncated or corrupt"),
+             (tmp_path, "is a folder")]
+    for path, msg in cases:
+        with pytest.raises(ValueError, match=msg) as err:
+            load_torch(path)
+        assert "\n" not in str(err.value) and "weights_only` set to `False`" not in str(err.value)
+    assert torch.equal(load_torch(ok)["a"], torch.ones(3))
+
+
+def test_wrong_kind_says_what_the_file_is(tmp_path):
+    p = save_model(tmp_path / "c.safetensors", {"w": torch.zeros(2)}, kind="classifier",
+                   config={"arch": "resnet20", "norm": "bin"})
+    assert describe(read_metadata(p)) == "classifier (resnet20, bin)"
+    with pytest.raises(ValueError, match=r"is a classifier \(resnet20, bin\), not a style model"):
+        read_model(p, "style")
+
+
+def test_config_is_validated_before_any_tensor_is_read(tmp_path, monkeypatch):
+    p = save_model(tmp_path / "s.safetensors", {"w": torch.zeros(2)}, kind="style",
+                   config={"norm": "in", "num_residual": 10**9})
+    import safetensors
+
+    def no_read(*a, **k):
+        raise AssertionError("tensors were read before the config was checked")
+
+    monkeypatch.setattr(safetensors, "safe_open", no_read)
+
+    def bounded(cfg):
+        if cfg["num_residual"] > 32:
+            raise ValueError("number of residual blocks must be an integer from 0 to 32")
+
+    with pytest.raises(ValueError, match="residual blocks"):
+        read_model(p, "style", validate=bounded)
+
+
+def test_legacy_files_read_as_their_kind(tmp_path):
+    from engine.io import save_safetensors
+
+    save_safetensors(tmp_path / "a.safetensors", {"w": torch.zeros(1)},
+                     {"kind": "stylize", "config": {"norm": "in"}})
+    save_safetensors(tmp_path / "b.safetensors", {"w": torch.zeros(1)},
+                     {"format": "normlab.classify/1", "config": {"arch": "resnet20"}})
+    assert read_metadata(tmp_path / "a.safetensors")["kind"] == "style"
+    assert read_metadata(tmp_path / "b.safetensors")["kind"] == "classifier"
+    (tmp_path / "c.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{not json")
+    with pytest.raises(ValueError, match="is not a safetensors model file"):
+        read_metadata(tmp_path / "c.safetensors")
+
+
+def test_resume_recipe_checkpoint_wins_and_names_the_flag():
+    saved = {"lr": 0.1, "epochs": 30, "device": "cpu", "norm": "bin"}
+    # unchanged options and run settings pass; a conflicting option is an error naming it
+    assert resume_recipe(saved, {"lr": 0.1, "device": "cuda"}, mutable={"device"}) == \
+        {**saved, "device": "cuda"}
+    with pytest.raises(ValueError, match=r"--lr 0.001 conflicts with the checkpoint's 0.1.*--override lr"):
+        resume_recipe(saved, {"lr": 0.001}, mutable=())
+    assert resume_recipe(saved, {"lr": 0.001}, mutable=(), override=["lr"])["lr"] == 0.001
+    # only explicit options count: a default that differs is not the user's choice
+    assert resume_recipe(saved, {"lr": 0.5, "norm": "bin"}, mutable=(), explicit={"norm"})["lr"] == 0.1
+    with pytest.raises(ValueError, match="--override: unknown option"):
+        resume_recipe(saved, {}, mutable=(), override=["nope"])
+
+
+def test_amp_policy_is_bf16_on_cpu_without_a_scaler():
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu) == torch.bfloat16 and not grad_scaler(cpu, True).is_enabled()
+
+
+def test_metrics_and_resume_through_the_cli(tmp_path, monkeypatch):
+    """`classify train --resume --lr X` names the flag; `--override lr` accepts it."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import main
+
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    for c in range(2):
+        d = tmp_path / "data" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), (200 * c, 80, 40 + i)).save(d / f"{i}.png")
+    base = ["--device", "cpu", "classify", "train", "--data", f"folder:{tmp_path / 'data'}",
+            "--image-size", "8", "--batch-size", "8", "--epochs", "1", "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(main.app, base)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main.app, base[:-2] + ["--out", str(tmp_path / "r"), "--resume",
+                                                  "--epochs", "2", "--lr", "0.01"])
+    assert r.exit_code == 2 and ("--epochs 2 conflicts" in r.output or "--lr 0.01 conflicts" in r.output), r.output
+    r = CliRunner().invoke(main.app, base[:-2] + ["--out", str(tmp_path / "r"), "--resume",
+                                                  "--epochs", "2", "--override", "epochs"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_constant_channel_does_not_divide_by_zero():
+    from classify.data import channel_stats
+
+    x = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    x[:, 0] = torch.randint(0, 255, (4, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(x)
+    assert std[1] == std[2] == pytest.approx(1 / 255) and std[0] > 0.1

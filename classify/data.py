@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -82,15 +83,12 @@ def cache_dir() -> Path:
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file as RGB (EXIF orientation applied); one-line ``ValueError`` when it is
-    not a readable image."""
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
-    except Exception as exc:  # PIL raises many types for broken files
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot read image {path}: {msg}") from None
+    """Decode an image file as RGB with the shared decoder (EXIF, 16-bit, CMYK, palette, alpha,
+    bomb limit: ``engine.images.load_image``); one-line ``ValueError`` when it is not a readable
+    image."""
+    from engine.images import load_image
+
+    return load_image(path).convert("RGB")
 
 
 def fit_square(im: Image.Image, size: int) -> Image.Image:
@@ -148,11 +146,22 @@ def load_folder(root: str | Path, image_size: int,
 
     x = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
     y = torch.tensor([c for _, c in files], dtype=torch.long)
+    ok = torch.ones(len(files), dtype=torch.bool)
     for i, (p, _) in enumerate(tqdm(files, desc=f"decoding {root.name}", leave=False,
                                     mininterval=1.0)):
-        x[i] = pil_to_uint8(fit_square(open_rgb(p), image_size))
+        try:
+            x[i] = pil_to_uint8(fit_square(open_rgb(p), image_size))
+        except ValueError as exc:  # one bad file costs that file, not the run
+            ok[i] = False
+            tqdm.write(f"skipped: {exc}", file=sys.stderr)
         if progress and i % 1000 == 0:
             progress(i, len(files))
+    if not ok.any():
+        raise ValueError(f"data folder {root}: none of its {len(files)} images could be read")
+    if not ok.all():
+        tqdm.write(f"{root}: skipped {int((~ok).sum())} unreadable of {len(files)} images",
+                   file=sys.stderr)
+        x, y = x[ok], y[ok]
     try:
         save_torch(cache, {"x": x, "y": y, "classes": classes})
     except OSError:

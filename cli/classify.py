@@ -120,8 +120,9 @@ def eval_cmd(
 
     dev = resolve_device(_device(ctx, device))
     clf = load_classifier(model, str(dev))
+    sets = eval_sets(clf, data, test_domains, limit)  # fails before any output on bad data
     typer.echo("| model | test set | images | top-1 % | top-5 % |\n|---|---|---:|---:|---:|")
-    for name, ds in eval_sets(clf, data, test_domains, limit).items():
+    for name, ds in sets.items():
         t1, t5 = evaluate(clf.model, ds, clf.mean, clf.std, dev)
         typer.echo(f"| {clf.name} | {name} | {len(ds)} | {t1:.2f} | {t5:.2f} |")
 
@@ -238,29 +239,41 @@ def divergence_cmd(
 def predict_cmd(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="Shipped name, .safetensors file, or ARCH:FILE.pth."),
-    images: List[Path] = typer.Argument(..., help="Image files."),
-    topk: int = typer.Option(5, min=1),
+    images: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    topk: int = typer.Option(5, min=1, help="How many classes to show per image."),
     shift: Optional[str] = typer.Option(None, help="Apply NAME[=STRENGTH] to each image first."),
-    device: Optional[str] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
-    """Top-k classes with probabilities for each image."""
+    """Top-k classes with probabilities for each image. Unreadable files are skipped with one line
+    each, and the command then exits non-zero."""
     from engine.devices import resolve_device
+    from engine.images import list_images, load_image
 
     import experiments  # noqa: F401  (registers style:MODEL shifts)
     from classify.analysis import predict
     from classify.checkpoint import load_classifier
-    from classify.data import open_rgb
     from classify.shift import apply_shift, parse_shift
 
+    files = [f for p in images for f in list_images(p)]
+    if not files:
+        raise ValueError("no image files in " + ", ".join(map(str, images)))
+    name, strength = parse_shift(shift) if shift else (None, None)
     dev = str(resolve_device(_device(ctx, device)))
     clf = load_classifier(model, dev)
-    for path in images:
-        im = open_rgb(path)
-        if shift:
-            name, s = parse_shift(shift)
-            im = apply_shift(im, name, s, device=dev)
+    bad = 0
+    for path in files:
+        try:
+            im = load_image(path).convert("RGB")
+        except ValueError as exc:
+            bad += 1
+            typer.echo(f"skipped: {exc}", err=True)
+            continue
+        if name:
+            im = apply_shift(im, name, strength, device=dev)
         top = predict(clf, im, topk)
         typer.echo(f"{path}: " + ", ".join(f"{n} {p:.3f}" for n, p in top))
+    if bad:
+        raise ValueError(f"{bad} of {len(files)} files could not be read")
 
 
 @app.command("bench")

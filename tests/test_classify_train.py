@@ -129,7 +129,7 @@ def _cli(args):
     ("folder:{tmp}/missing", "does not exist"),
     ("folder:{tmp}/empty", "has no class subfolders"),
     ("folder:{tmp}/noimg", "no images"),
-    ("folder:{tmp}/corrupt", "cannot read image"),
+    ("folder:{tmp}/noreadable", "none of its 2 images could be read"),
     ("nonsense", "--data must be"),
     ("cifar10:{tmp}/nocifar", "pass --download"),
     ("pacs:{tmp}/corrupt", "pacs needs --test-domains"),
@@ -141,6 +141,9 @@ def test_bad_data_gives_one_line_error(tmp_path, monkeypatch, spec, msg):
     (tmp_path / "noimg" / "a" / "x.txt").write_text("x")
     _make_folder(tmp_path / "corrupt", n_per_class=2)
     (tmp_path / "corrupt" / "class0" / "000.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    for c in ("a", "b"):
+        (tmp_path / "noreadable" / c).mkdir(parents=True)
+        (tmp_path / "noreadable" / c / "x.jpg").write_bytes(b"not an image")
     code, err = _cli(["classify", "train", "--data", spec.format(tmp=tmp_path), "--epochs", "1",
                       "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert code == 2, err
@@ -160,3 +163,35 @@ def test_pacs_domains(tmp_path, monkeypatch):
     assert list(split.tests) == ["sketch"] and len(split.tests["sketch"]) == 6
     with pytest.raises(ValueError, match="unknown PACS domain 'art'.*cartoon, photo, sketch"):
         load_data(f"pacs:{tmp_path / 'pacs'}", 16, train_domains="art", test_domains="sketch")
+
+
+def test_one_bad_image_in_a_data_folder_is_skipped_not_fatal(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    _make_folder(tmp_path / "d", n_per_class=4)
+    (tmp_path / "d" / "class0" / "000.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    code, err = _cli(["classify", "train", "--data", f"folder:{tmp_path / 'd'}", "--epochs", "1",
+                      "--image-size", "16", "--batch-size", "4", "--out", str(tmp_path / "out"),
+                      "--device", "cpu"])
+    assert code == 0, err
+    assert "skipped" in err and "000.jpg" in err and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_predict_accepts_folders_and_skips_bad_files(tmp_path):
+    import numpy as np
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(d / "a.png")
+    (d / "bad.jpg").write_bytes(b"junk")
+    # a 16-bit grayscale PNG of mid grey must not decode as white
+    Image.fromarray(np.full((20, 20), 32768, dtype=np.uint16)).save(d / "g16.png")
+    import main
+
+    res = CliRunner().invoke(main.app, ["--device", "cpu", "classify", "predict",
+                                        "cifar10_resnet20_bn", str(d)])
+    err, out = res.stderr, res.stdout
+    assert res.exit_code == 2 and "skipped:" in err and "bad.jpg" in err, err
+    assert "1 of 3 files could not be read" in err and "a.png:" in out and "g16.png:" in out
+    from classify.data import open_rgb
+
+    assert 120 < np.asarray(open_rgb(d / "g16.png")).mean() < 136

@@ -225,6 +225,7 @@ def run_cmd(
     strength: float = typer.Option(1.0, help="0 = input, 1 = fully stylized."),
     gate: Optional[float] = typer.Option(None, help="BIN models: push every ρ toward IN (-1) or BN (+1)."),
     fast: bool = typer.Option(False, help="channels_last + bf16 autocast (see `stylize bench` for quality)."),
+    backend: str = typer.Option("auto", help="torch, onnxruntime (CPU, exported once and cached) or auto (the fastest measured on this kind of device)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
 ) -> None:
     """Stylize images; the output has the input's size (and alpha). Folders map to folders.
@@ -238,11 +239,15 @@ def run_cmd(
     budget = parse_memory(max_memory) if max_memory is not None else None
     if tile is not None and tile < 64:
         raise ValueError(f"--tile must be at least 64 px, got {tile}")
+    from stylize.infer import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     jobs, single = plan_outputs(list(inputs), output, overwrite)
     dev = _device(ctx, device)
     m = load_model(model, device=dev)
     kw = dict(max_size=max_size, tile=tile, preserve_color=preserve_color, strength=strength,
-              gate=gate, device=dev, fast=fast, max_memory=budget)
+              gate=gate, device=dev, fast=fast, max_memory=budget, backend=backend)
     failed: list[str] = []
     for src, dst in tqdm(jobs, desc=f"stylize {m.name}", unit="img", disable=len(jobs) == 1):
         try:
@@ -353,7 +358,8 @@ def bench_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to time (default: an untrained IN TransformerNet)."),
     sizes: str = typer.Option("512,1024", help="Square sizes to time, comma-separated."),
     repeats: int = typer.Option(3, help="Timed repetitions (median)."),
-    compile: bool = typer.Option(False, "--compile", help="Also time torch.compile of the fast path."),
+    compile: bool = typer.Option(False, "--compile", help="Also time torch.compile (bf16 fast path and fp32)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also time the onnxruntime backend (CPU)."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
@@ -392,7 +398,8 @@ def bench_cmd(
                             photo=str(photo) if photo else None, untiled_up_to=untiled_up_to)
         typer.echo(tiling_markdown(rows, budget))
     else:
-        rows = bench(model, sz, repeats=repeats, compile=compile, device=_device(ctx, device))
+        rows = bench(model, sz, repeats=repeats, compile=compile, device=_device(ctx, device),
+                     onnx=onnx)
         typer.echo(to_markdown(rows))
     if json_out:
         write_text_atomic(json_out, json.dumps(rows, indent=2))
@@ -400,11 +407,29 @@ def bench_cmd(
 
 @app.command("export")
 def export_cmd(
-    src: Path = typer.Argument(..., help="A model.safetensors written by `stylize train`."),
-    dst: Path = typer.Argument(..., help="Where to write the exported model."),
-    half: bool = typer.Option(True, help="Store weights as float16 (half the size)."),
+    src: str = typer.Argument(..., help="A shipped model name or a model.safetensors written by `stylize train`."),
+    dst: Path = typer.Argument(..., help="Where to write the exported model (.safetensors or .onnx)."),
+    format: str = typer.Option("safetensors", "--format", help="safetensors (for normlab, fp16 by default) or onnx (dynamic batch/height/width, for onnxruntime and other runtimes)."),
+    half: bool = typer.Option(True, help="safetensors: store weights as float16 (half the size)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
-    """Copy a trained model for shipping (fp16 by default; metadata kept)."""
+    """Copy a trained model for shipping (fp16 safetensors, metadata kept) or export it to ONNX."""
+    fmt = format.lower()
+    if fmt not in ("safetensors", "onnx"):
+        raise ValueError(f"--format must be safetensors or onnx, got {format!r}")
+    if dst.exists() and not overwrite:
+        raise ValueError(f"output {dst} already exists; use --overwrite to replace it")
+    if Path(src).exists() and os.path.realpath(src) == os.path.realpath(dst):
+        raise ValueError(f"output {dst} is the input; choose another output")
+    _check_folder(dst.parent, "output folder")
+    if fmt == "onnx":
+        from stylize.deploy import export_onnx
+        from stylize.infer import load_model
+
+        typer.echo(str(export_onnx(load_model(src, device="cpu"), dst)))
+        return
     from stylize.train import export_model
 
-    typer.echo(str(export_model(src, dst, half=half)))
+    if not Path(src).is_file():
+        raise ValueError(f"{src} does not exist (safetensors export copies a model file)")
+    typer.echo(str(export_model(Path(src), dst, half=half)))

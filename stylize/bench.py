@@ -37,9 +37,10 @@ def _time(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) ->
 
 
 def bench(model: str | None, sizes: list[int], repeats: int = 3, compile: bool = False,
-          device: str = "auto") -> list[dict[str, Any]]:
-    """Rows {size, variant, ms, ratio, psnr_db, used}; ``used`` says whether the variant would be
-    chosen (bf16 only when its PSNR against float32 is ≥ 40 dB)."""
+          device: str = "auto", onnx: bool = False) -> list[dict[str, Any]]:
+    """Rows {size, variant, ms, ratio, psnr_db, used}; ``used`` says whether the variant's output
+    is good enough to be chosen (PSNR against float32 ≥ 40 dB). ``compile`` adds torch.compile
+    (bf16 and fp32), ``onnx`` (CPU) the onnxruntime backend (exported ONNX, fp32)."""
     dev = resolve_device(device)
     if model:
         from .infer import load_model
@@ -82,7 +83,28 @@ def bench(model: str | None, sizes: list[int], repeats: int = 3, compile: bool =
                 with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
                     return compiled(xc).float()
 
-            variants.append(("fast bf16 + torch.compile", fast_compiled))
+            compiled32 = torch.compile(net)
+
+            def compiled_fp32():
+                with torch.inference_mode():
+                    return compiled32(x)
+
+            variants += [("fast bf16 + torch.compile", fast_compiled),
+                         ("fp32 torch.compile", compiled_fp32)]
+        if onnx and dev.type == "cpu":
+            try:
+                from .deploy import OnnxStyleRunner, export_onnx
+                from .infer import StyleModel
+            except ImportError:  # pragma: no cover - onnxruntime is a dependency
+                OnnxStyleRunner = None
+            if OnnxStyleRunner is not None:
+                import tempfile
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = export_onnx(StyleModel(net=net, config=net.config, name="bench"),
+                                       f"{tmp}/m.onnx")
+                    runner = OnnxStyleRunner(path)
+                variants.append(("onnxruntime fp32", lambda: runner(x)))
         for name, fn in variants:
             net.to(memory_format=torch.channels_last)
             ms, out = _time(fn, repeats, dev)

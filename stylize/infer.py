@@ -115,6 +115,30 @@ def gate_override(net: torch.nn.Module, gate: float | None) -> Iterator[None]:
                 p.copy_(s)
 
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+# What "auto" picks on CPU, from `normlab --device cpu stylize bench --sizes 512,1024` (fp32
+# eager vs bf16 vs torch.compile vs onnxruntime, ratios in one run; see README).
+AUTO_CPU_BACKEND = "torch"
+
+
+def resolve_backend(backend: str, device: torch.device, fast: bool = False) -> str:
+    """"torch" or "onnxruntime" for a requested backend; ``ValueError`` for unknown names or
+    onnxruntime on a GPU / with the bf16 fast path."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if device.type != "cpu" or fast:
+            return "torch"
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "torch"
+        return AUTO_CPU_BACKEND
+    if backend == "onnxruntime" and (device.type != "cpu" or fast):
+        raise ValueError("the onnxruntime backend runs fp32 on CPU: use device cpu without fast")
+    return backend
+
+
 def _run(net: TransformerNet, x: torch.Tensor, fast: bool) -> torch.Tensor:
     """One forward pass (1×3×H×W, 0–255) under inference mode; ``fast``: channels_last + bf16."""
     with torch.inference_mode():
@@ -159,7 +183,7 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
                   gate: float | None = None, device: str | torch.device = "cpu",
                   fast: bool = False, max_memory: int | str | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  bar: bool = True) -> Image.Image:
+                  bar: bool = True, backend: str = "auto") -> Image.Image:
     """Stylize ``image``; the result has the input's size (and its alpha channel, if any).
 
     ``max_size`` processes a downscaled copy (longest side) and scales the result back.
@@ -169,7 +193,10 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
     forces tiles of that size. ``preserve_color`` keeps the input's chroma (YCbCr) and takes only
     luminance from the stylized image; ``strength`` blends with the input; ``gate`` overrides BIN
     gates (see ``gate_override``). ``progress(done, total)`` is called per tile (or per network
-    stage when untiled); ``bar`` shows a tqdm bar for work that takes over 2 s.
+    stage when untiled); ``bar`` shows a tqdm bar for work that takes over 2 s. ``backend``:
+    "torch", "onnxruntime" (CPU; the model is exported once and cached, see
+    ``stylize.deploy``) or "auto" (see ``resolve_backend``); tiles always run in torch (their
+    frozen statistics are a PyTorch-side mechanism).
     """
     from .tiling import parse_memory, plan_memory, stylize_tiled
 
@@ -180,6 +207,7 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
     if gate is not None and not model.has_gates:
         raise ValueError(f"model {model.name!r} has no BIN gates (norm {model.config.norm!r}); "
                          "--gate needs a BIN model")
+    resolve_backend(backend, resolve_device(device), fast)  # bad names fail before any work
     budget = None if max_memory is None else parse_memory(max_memory)
     image = _to_rgb_or_rgba(image)
     alpha = image.getchannel("A") if image.mode == "RGBA" else None
@@ -204,6 +232,10 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
                     net, rgb, lambda x: _run(net, x, fast), tile=plan.tile,
                     thumbnail_side=plan.thumbnail_side, device=dev, progress=progress, bar=bar))
                 del rgb
+            elif resolve_backend(backend, dev, fast) == "onnxruntime":
+                from .deploy import onnx_runner
+
+                out = to_image(onnx_runner(model)(to_tensor(work)))
             else:
                 with _stage_progress(net, bar, progress):
                     out = to_image(_run(net, to_tensor(work).to(dev), fast).float().cpu())

@@ -366,7 +366,9 @@ def bench_cmd(
     tiling: bool = typer.Option(False, "--tiling", help="Instead: the any-size path. Each size is a photo upscaled to size², stylized in a fresh process within --max-memory; reports time per megapixel, peak RSS and PSNR against untiled."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="With --tiling: the memory budget, e.g. 2G (default: half the free RAM)."),
     untiled_up_to: int = typer.Option(0, help="With --tiling: also run sizes up to this untiled, for time per megapixel and PSNR."),
-    photo: Optional[Path] = typer.Option(None, help="With --tiling: the photo to upscale (default: the amber sample)."),
+    photo: Optional[Path] = typer.Option(None, help="With --tiling / --video: the photo to use (default: the amber sample)."),
+    video: bool = typer.Option(False, "--video", help="Instead: flicker of a clip panning across --photo (first size = crop size), without and with --smooth; --flashes adds a flashing square."),
+    flashes: bool = typer.Option(False, "--flashes", help="With --video: a square flashing black/white at random places."),
 ) -> None:
     """Inference ms per image: float32 eager vs the fast path, as ratios in one run, with the
     fast path's PSNR against float32 (bf16 is used only where PSNR ≥ 40 dB). With --tiling:
@@ -387,7 +389,17 @@ def bench_cmd(
         raise ValueError(f"--sizes must be integers, got {sizes!r}") from None
     if not sz or min(sz) < 16 or repeats < 1:
         raise ValueError("--sizes must be ≥ 16 and --repeats ≥ 1")
-    if tiling:
+    if video:
+        from stylize.bench import bench_flicker
+
+        rows = bench_flicker(model or "candy_bin", photo=str(photo) if photo else None,
+                             size=sz[0], device=_device(ctx, device), flashes=flashes)
+        typer.echo("| smoothing | flicker (out/in mean abs diff) | motion-aligned output diff |")
+        typer.echo("|---|---:|---:|")
+        for r in rows:
+            sm = "off" if r["smooth"] is None else f"momentum {r['smooth']:g}"
+            typer.echo(f"| {sm} | {r['flicker']:.3f} | {r['motion_aligned_output_diff']:.2f} |")
+    elif tiling:
         from stylize.bench import bench_tiling, tiling_markdown
         from stylize.tiling import parse_memory
 
@@ -402,7 +414,7 @@ def bench_cmd(
                      onnx=onnx)
         typer.echo(to_markdown(rows))
     if json_out:
-        write_text_atomic(json_out, json.dumps(rows, indent=2))
+        write_text_atomic(json_out, json.dumps(rows, indent=2, default=str))
 
 
 @app.command("export")

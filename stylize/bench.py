@@ -228,3 +228,53 @@ def tiling_markdown(rows: list[dict[str, Any]], max_memory: int | None) -> str:
                      f"{r['stylize_s']:.1f} | {r['cpu_s']:.1f} | {r['cpu_s'] / (r['size'] ** 2 / 1e6):.2f} | "
                      f"{r['peak_rss_mb']:.0f} | {q} |")
     return "\n".join(lines)
+
+
+def bench_flicker(model: str, photo: str | None = None, frames: int = 24, size: int = 256,
+                  momenta: tuple[float, ...] = (0.5, 0.9), device: str = "cpu",
+                  flashes: bool = False) -> list[dict[str, Any]]:
+    """Flicker (output mean |Δ| / input mean |Δ| between consecutive frames) of a clip made from
+    a real photo — a ``size``-px square crop panning across it (4 px per frame), encoded as
+    H.264 — stylized without and with stream-statistics smoothing. ``flashes`` adds a square
+    flashing black/white at random places (what per-frame statistics react to). Also reports
+    the motion-aligned output difference (consecutive frames shifted by the known pan), which
+    measures instability without the motion."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    import weights
+
+    from .infer import load_model
+    from .video import read_clip, stylize_video, write_clip
+
+    img = Image.open(photo or weights.SAMPLES_DIR / "amber.jpg").convert("RGB")
+    s = (size + 4 * frames) / min(img.size)
+    img = img.resize((round(img.size[0] * s) + 1, round(img.size[1] * s) + 1), Image.LANCZOS)
+    a = np.asarray(img)
+    rng = np.random.default_rng(0)
+    clip = []
+    for t in range(frames):
+        f = a[2 * t:2 * t + size, 4 * t:4 * t + size].copy()  # diagonal pan
+        if flashes:
+            y0, x0 = rng.integers(0, size - size // 4, 2)
+            f[y0:y0 + size // 4, x0:x0 + size // 4] = 255 if t % 2 else 0
+        clip.append(f)
+    m = load_model(model, device=device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = write_clip(clip, Path(tmp) / "pan.mp4", fps=24)
+        for mom in (None, *momenta):
+            r = stylize_video(m, src, Path(tmp) / "out.mp4", smooth=mom, device=device,
+                              bar=False)
+            # the pan is known (2 px down, 4 px right per frame): aligned consecutive frames
+            # differ only by what is not motion — the temporal instability itself
+            out = [f.astype(np.float32) for f in read_clip(Path(tmp) / "out.mp4")[0]]
+            aligned = float(np.mean([np.abs(b[:-2, :-4] - a[2:, 4:]).mean()
+                                     for a, b in zip(out, out[1:])]))
+            rows.append({"smooth": mom, "flicker": r.flicker, "input_mean_abs_diff":
+                         r.flicker_input, "output_mean_abs_diff": r.flicker_output,
+                         "motion_aligned_output_diff": aligned, "seconds": r.seconds})
+    return rows

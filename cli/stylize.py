@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from norms import CONDITIONAL_NORM_NAMES, NORM_NAMES
+from norms.catalog import CONDITIONAL_NORM_NAMES, NORM_NAMES
 
 app = typer.Typer(help="Feed-forward style transfer (Johnson et al. 2016) with any norm: train, "
                        "run, compare, plot curves, benchmark.", no_args_is_help=True)

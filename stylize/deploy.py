@@ -27,6 +27,36 @@ from .infer import StyleModel
 ONNX_OPSET = 17
 
 
+def _restore_initializers(proto, net: torch.nn.Module) -> None:
+    """Make every parameter the graph uses a plain initializer. The TorchScript exporter's
+    initializer de-duplication keeps one of several identical tensors (e.g. the all-ones γ of
+    Switchable Norm layers) and feeds the others through ``Identity`` nodes, which onnxruntime
+    rejects ("… is not a graph input, initializer, or output of a previous node"); it can also
+    drop one outright. Identity-of-initializer nodes become initializers, lost ones come back
+    from the state dict."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    keep = []
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            t = TensorProto()
+            t.CopyFrom(inits[node.input[0]])
+            t.name = node.output[0]
+            proto.graph.initializer.append(t)
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    have = {i.name for i in proto.graph.initializer} | {i.name for i in proto.graph.input}
+    made = {o for n in proto.graph.node for o in n.output}
+    state = net.state_dict()
+    for name in sorted({i for n in proto.graph.node for i in n.input} - have - made - {""}):
+        if name in state:
+            proto.graph.initializer.append(
+                numpy_helper.from_array(state[name].detach().float().cpu().numpy(), name))
+
+
 def export_onnx(model: StyleModel, dst: str | Path, opset: int = ONNX_OPSET) -> Path:
     """Write ``model`` as an ONNX file (input ``x``: N×3×H×W float32 in 0–255, output ``y``
     the same shape; N, H and W dynamic). The config and style go into the file's metadata."""
@@ -42,6 +72,7 @@ def export_onnx(model: StyleModel, dst: str | Path, opset: int = ONNX_OPSET) -> 
                           dynamic_axes={"x": {0: "n", 2: "h", 3: "w"},
                                         "y": {0: "n", 2: "h", 3: "w"}})
         proto = onnx.load(str(tmp))
+        _restore_initializers(proto, net)
         meta = {"kind": "stylize", "config": json.dumps(model.config.to_dict()),
                 "name": model.name, "style": str(model.meta.get("style", model.name)),
                 "input": "N×3×H×W float32 RGB 0–255; H, W multiples of 4 and ≥ 16 (pad by "

@@ -36,11 +36,7 @@ def _model(norm: str) -> StyleModel:
     return StyleModel(net=net.eval(), config=net.config, name=f"tiny_{norm}")
 
 
-@pytest.mark.parametrize("norm", [
-    pytest.param(n, marks=pytest.mark.xfail(
-        reason="norms: SwitchableNorm2d inside TransformerNet exports a graph that references "
-               "'res1.in1.weight' without an initializer (onnxruntime refuses to load it)"))
-    if n == "sn" else n for n in norms.NORM_NAMES])
+@pytest.mark.parametrize("norm", norms.NORM_NAMES)
 def test_onnx_matches_pytorch_for_every_norm(norm, tmp_path):
     m = _model(norm)
     path = export_onnx(m, tmp_path / f"{norm}.onnx")

@@ -116,9 +116,14 @@ def gate_override(net: torch.nn.Module, gate: float | None) -> Iterator[None]:
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-# What "auto" picks on CPU, from `normlab --device cpu stylize bench --sizes 512,1024` (fp32
-# eager vs bf16 vs torch.compile vs onnxruntime, ratios in one run; see README).
-AUTO_CPU_BACKEND = "torch"
+# What "auto" picks on CPU: `normlab --device cpu stylize bench --model candy_bin --sizes
+# 512,1024 --repeats 2 --compile --onnx` (2-core AVX2 EPYC, shared): onnxruntime 0.28× / 0.69×
+# the fp32 eager time at 512² / 1024² (PSNR vs fp32 > 110 dB), fp32 torch.compile 0.35× /
+# 0.82×, bf16 autocast 6.2× / 6.6× (no native bf16 on AVX2).
+AUTO_CPU_BACKEND = "onnxruntime"
+# Above this many pixels "auto" stays in torch when a bar is wanted: onnxruntime runs the whole
+# graph in one call, so only torch can report progress per network stage.
+AUTO_ONNX_MAX_PIXELS = 2_000_000
 
 
 def resolve_backend(backend: str, device: torch.device, fast: bool = False) -> str:
@@ -232,7 +237,8 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
                     net, rgb, lambda x: _run(net, x, fast), tile=plan.tile,
                     thumbnail_side=plan.thumbnail_side, device=dev, progress=progress, bar=bar))
                 del rgb
-            elif resolve_backend(backend, dev, fast) == "onnxruntime":
+            elif resolve_backend(backend, dev, fast) == "onnxruntime" and not (
+                    backend == "auto" and bar and work.size[0] * work.size[1] > AUTO_ONNX_MAX_PIXELS):
                 from .deploy import onnx_runner
 
                 out = to_image(onnx_runner(model)(to_tensor(work)))

@@ -114,3 +114,18 @@ def test_manifest_files_exist_and_match_sha256():
         f = weights.path(name)
         assert f.is_file() and f.stat().st_size < 8 * 2**20, name
         assert weights.sha256(f) == entry["sha256"], f"{name}: file and manifest sha256 differ"
+
+
+def test_every_top_level_package_is_installed():
+    """A fresh `pip install` must ship every package of ours (the console script imports them)."""
+    import tomllib
+    from fnmatch import fnmatch
+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = conf["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [d.name for d in ROOT.iterdir() if (d / "__init__.py").is_file()]
+    assert {"norms", "engine", "stylize", "classify", "experiments", "cli", "ui", "weights"} <= set(packages)
+    for p in packages:
+        assert any(fnmatch(p, pat) for pat in include), f"{p}/ is not in pyproject's packages"
+    for d in ("engine", "cli", "experiments", "experiments/reproduce"):
+        assert (ROOT / d / "__init__.py").is_file(), f"{d}/ needs an __init__.py to be installed"

@@ -144,11 +144,12 @@ def test_cli_eval_shift_gates_divergence_predict(saved):
 
 def test_cli_errors_are_one_line(saved):
     path, tmp = saved
+    Image.new("RGB", (8, 8)).save(tmp / "x.jpg")
     code, out = _run(["classify", "predict", str(tmp / "nope.safetensors"), str(tmp / "x.jpg")])
     assert code == 2 and "error: model file" in out and "not found" in out and "Traceback" not in out
     (tmp / "bad.jpg").write_bytes(b"garbage")
     code, out = _run(["classify", "predict", str(path), str(tmp / "bad.jpg")])
-    assert code == 2 and "error: cannot read image" in out
+    assert code == 2 and "skipped:" in out and "error: 1 of 1 files could not be read" in out
     code, out = _run(["classify", "shift", str(path), "--data", f"folder:{tmp / 'test'}",
                       "--shifts", "sepia"])
     assert code == 2 and "error: unknown shift 'sepia'" in out

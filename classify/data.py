@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from engine.io import load_torch, save_torch
 

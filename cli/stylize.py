@@ -224,6 +224,8 @@ def run_cmd(
     preserve_color: bool = typer.Option(False, help="Keep the input's colours; transfer luminance only."),
     strength: float = typer.Option(1.0, help="0 = input, 1 = fully stylized."),
     gate: Optional[float] = typer.Option(None, help="BIN models: push every ρ toward IN (-1) or BN (+1)."),
+    style: Optional[str] = typer.Option(None, help="Multi-style models: a style NAME (see `stylize "
+                                        "list`) or a blend NAME:W,NAME:W (default: the first)."),
     fast: bool = typer.Option(False, help="channels_last + bf16 autocast (see `stylize bench` for quality)."),
     backend: str = typer.Option("auto", help="torch, onnxruntime (CPU, exported once and cached) or auto (the fastest measured on this kind of device)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
@@ -246,8 +248,13 @@ def run_cmd(
     jobs, single = plan_outputs(list(inputs), output, overwrite)
     dev = _device(ctx, device)
     m = load_model(model, device=dev)
+    if style is not None:  # a bad name fails before any image is processed
+        from stylize.model import style_names, use_style
+
+        with use_style(m.net, style, style_names(m.meta, m.config.num_styles)):
+            pass
     kw = dict(max_size=max_size, tile=tile, preserve_color=preserve_color, strength=strength,
-              gate=gate, device=dev, fast=fast, max_memory=budget, backend=backend)
+              gate=gate, device=dev, fast=fast, max_memory=budget, backend=backend, style=style)
     failed: list[str] = []
     for src, dst in tqdm(jobs, desc=f"stylize {m.name}", unit="img", disable=len(jobs) == 1):
         try:

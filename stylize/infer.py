@@ -15,13 +15,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import norms
-import engine.io
-from engine.checkpoint import read_model
 import weights
 from engine.devices import resolve_device
 
 from engine.images import _to_rgb_or_rgba, to_image, to_tensor
-from .model import StyleConfig, TransformerNet, load_examples_pth
+from .model import (StyleConfig, TransformerNet, load_examples_pth, load_style_net, style_names,
+                    use_style)
 
 
 @dataclass
@@ -69,16 +68,8 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu") -> StyleMod
     if key in _CACHE:
         return _CACHE[key]
     if path.suffix.lower() == ".safetensors":
-        # kind and config bounds are checked before any tensor is read or the net is built
-        tensors, meta = read_model(path, "style", validate=StyleConfig.from_dict)
-        config = StyleConfig.from_dict(meta["config"])
-        net = TransformerNet(config=config)
-        try:
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                 for k, v in tensors.items()}, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"{path}: weights do not match its config "
-                             f"({str(exc).strip().splitlines()[0]})") from None
+        net, meta = load_style_net(path)  # kind and config bounds checked before any tensor
+        config = net.config
     elif path.suffix.lower() in (".pth", ".pt", ".model"):
         net, meta = load_examples_pth(path), {"source": "pytorch/examples", "style": path.stem}
         config = net.config
@@ -188,7 +179,8 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
                   gate: float | None = None, device: str | torch.device = "cpu",
                   fast: bool = False, max_memory: int | str | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  bar: bool = True, backend: str = "auto") -> Image.Image:
+                  bar: bool = True, backend: str = "auto",
+                  style: str | int | None = None) -> Image.Image:
     """Stylize ``image``; the result has the input's size (and its alpha channel, if any).
 
     ``max_size`` processes a downscaled copy (longest side) and scales the result back.
@@ -201,7 +193,8 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
     stage when untiled); ``bar`` shows a tqdm bar for work that takes over 2 s. ``backend``:
     "torch", "onnxruntime" (CPU; the model is exported once and cached, see
     ``stylize.deploy``) or "auto" (see ``resolve_backend``); tiles always run in torch (their
-    frozen statistics are a PyTorch-side mechanism).
+    frozen statistics are a PyTorch-side mechanism). ``style`` picks a multi-style model's style
+    by name or index, or blends them ("candy:0.5,mosaic:0.5"; see ``stylize.model.style_selection``).
     """
     from .tiling import parse_memory, plan_memory, stylize_tiled
 
@@ -230,7 +223,8 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
         if next(net.parameters()).device != dev:
             net.to(dev)
         net.eval()
-        with gate_override(net, gate):
+        names = style_names(model.meta, model.config.num_styles)
+        with gate_override(net, gate), use_style(net, style, names):
             if plan.tile is not None:
                 rgb = np.asarray(work)
                 out = Image.fromarray(stylize_tiled(
@@ -238,10 +232,13 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
                     thumbnail_side=plan.thumbnail_side, device=dev, progress=progress, bar=bar))
                 del rgb
             elif resolve_backend(backend, dev, fast) == "onnxruntime" and not (
-                    backend == "auto" and bar and work.size[0] * work.size[1] > AUTO_ONNX_MAX_PIXELS):
+                    backend == "auto" and bar and work.size[0] * work.size[1] > AUTO_ONNX_MAX_PIXELS
+            ) and model.config.num_styles == 1:  # an exported graph holds one style
                 from .deploy import onnx_runner
 
                 out = to_image(onnx_runner(model)(to_tensor(work)))
+                if progress is not None:  # one opaque call: report it as one finished stage
+                    progress(1, 1)
             else:
                 with _stage_progress(net, bar, progress):
                     out = to_image(_run(net, to_tensor(work).to(dev), fast).float().cpu())

@@ -329,6 +329,22 @@ def use_style(net: nn.Module, spec: str | int | Sequence[float] | None,
 
 # ------------------------------------------------------------------------------ model files
 
+def load_style_net(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
+    """(network, metadata) of a style model file. Kind and config bounds are checked before any
+    tensor is read or a layer is built (``engine.checkpoint.read_model``)."""
+    from engine.checkpoint import read_model
+
+    tensors, meta = read_model(path, "style", validate=StyleConfig.from_dict)
+    net = TransformerNet(config=StyleConfig.from_dict(meta["config"]))
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in tensors.items()}, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not match its config "
+                         f"({str(exc).strip().splitlines()[0]})") from None
+    return net, meta
+
+
 def resolve_model_file(spec: str | Path) -> Path:
     """A shipped style model's file (by manifest name) or an existing model file."""
     import weights

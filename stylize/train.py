@@ -30,10 +30,11 @@ from engine.checkpoint import check_range, read_model
 from engine.checkpoint import save_model as _save_model
 from engine.devices import resolve_device
 from engine.images import list_images, load_image, save_image, to_image
-from engine.trainer import CHECKPOINT, METRICS, Task, Trainer, load_state, resume_recipe
+from engine.trainer import CHECKPOINT, Task, Trainer, load_state, resume_recipe
 
 from .losses import PerceptualLoss, check_style_scales, load_vgg_encoder
-from .model import StyleConfig, TransformerNet, resolve_model_file, style_names
+from .model import (StyleConfig, TransformerNet, load_style_net, resolve_model_file,
+                    style_names)
 
 FINAL = "model.safetensors"
 # Settings that may change on resume (how and where a run goes, not what it learns).
@@ -235,15 +236,8 @@ def build_network(cfg: TrainConfig) -> tuple[TransformerNet, list[str], int]:
         config = StyleConfig(norm, cfg.base_channels, cfg.num_residual, len(new), cfg.output)
         return TransformerNet(config=config), new, 0
     path = resolve_model_file(cfg.from_model)
-    tensors, meta = read_model(path, "style", validate=StyleConfig.from_dict)
-    config = StyleConfig.from_dict(meta["config"])
-    net = TransformerNet(config=config)
-    try:
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                             for k, v in tensors.items()}, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not match its config "
-                         f"({str(exc).strip().splitlines()[0]})") from None
+    net, meta = load_style_net(path)
+    config = net.config
     old = style_names(meta, config.num_styles)
     clash = sorted({n.lower() for n in old} & {n.lower() for n in new})
     if clash:

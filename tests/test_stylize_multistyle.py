@@ -253,3 +253,35 @@ def test_cli_trains_several_styles_given_after_one_flag(images, tmp_path):
     _, meta = engine.io.load_safetensors(out / "model.safetensors")
     assert meta["styles"] == ["stripes", "checks"] and meta["config"]["norm"] == "cbin"
     assert meta["recipe"]["style_scales"] == [1, 2]
+
+
+def test_run_style_option_picks_and_blends(tmp_path):
+    """`stylize run --style` renders the named style; a blend lies between; a bad name is one
+    line before any output is written."""
+    from stylize.model import StyleConfig, TransformerNet
+    from stylize.train import save_model
+
+    torch.manual_seed(0)
+    net = TransformerNet(config=StyleConfig("cin", base_channels=8, num_residual=1, num_styles=2))
+    with torch.no_grad():
+        net.deconv3.conv2d.weight.mul_(20)
+        for name, p in net.named_parameters():
+            if name.endswith(".bias") and p.ndim == 2:  # S×C tables: make the two styles differ
+                p[1].add_(1.0)
+    path = save_model(tmp_path / "two.safetensors", net.eval(), {"styles": ["sun", "rain"]})
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)).save(src)
+    outs = {}
+    for style in ("sun", "rain", "sun:0.5,rain:0.5"):
+        dst = tmp_path / f"{style.replace(':', '_').replace(',', '_')}.png"
+        r = CliRunner().invoke(main.app, ["--device", "cpu", "stylize", "run", "--model", str(path),
+                                          "--style", style, "-o", str(dst), str(src)])
+        assert r.exit_code == 0, r.output
+        outs[style] = np.asarray(Image.open(dst)).astype(float)
+    assert np.abs(outs["sun"] - outs["rain"]).mean() > 1.0
+    mid = outs["sun:0.5,rain:0.5"]
+    assert np.abs(mid - outs["sun"]).mean() < np.abs(outs["rain"] - outs["sun"]).mean()
+    bad = tmp_path / "bad.png"
+    r = CliRunner().invoke(main.app, ["--device", "cpu", "stylize", "run", "--model", str(path),
+                                      "--style", "snow", "-o", str(bad), str(src)])
+    assert r.exit_code == 2 and "snow" in r.output and not bad.exists()

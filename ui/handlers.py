@@ -11,12 +11,8 @@ a shift name) or a file the user uploaded; anything else is refused before a loa
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import importlib
-import inspect
 import re
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -198,33 +194,19 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
     if gate is not None and not model.has_gates:
         gate = None  # the slider is hidden for gate-less models; ignore a stale value
     work = processing_size(image.size, int(max_size) if max_size else None)
-    run = need("stylize", "stylize_image")
-    params = inspect.signature(run).parameters
-    extra: dict[str, Any] = {"bar": False} if "bar" in params else {}
-    if on_progress is not None and "progress" in params:
-        extra["progress"] = on_progress
-    if "max_memory" in params:
-        # the library bounds the whole process (tiling to fit): this request may add the budget
-        import psutil
+    import psutil
 
-        extra["max_memory"] = psutil.Process().memory_info().rss + cfg.memory_budget_mb * 2**20
-    else:
-        check_memory(cfg, model, work)
+    from stylize import stylize_image
+
     if output_size == "processing size" and work != image.size:
         image = image.resize(work, Image.LANCZOS)
     names = style_names_of(model)
-    if names and style and str(style).strip():
-        from stylize.model import use_style
-
-        # the cached network is shared by concurrent requests: select the style on a private copy
-        model = dataclasses.replace(model, net=copy.deepcopy(model.net), lock=threading.Lock())
-        with use_style(model.net, str(style), names):
-            return run(model, image, max_size=int(max_size) if max_size else None,
-                       preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
-                       device=device_of(cfg), **extra)
-    return run(model, image, max_size=int(max_size) if max_size else None,
-               preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
-               device=device_of(cfg), **extra)
+    # the library bounds the whole process (tiling to fit): this request may add the budget
+    budget = psutil.Process().memory_info().rss + cfg.memory_budget_mb * 2**20
+    return stylize_image(model, image, max_size=int(max_size) if max_size else None,
+                         preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
+                         device=device_of(cfg), bar=False, progress=on_progress, max_memory=budget,
+                         style=str(style) if names and style and str(style).strip() else None)
 
 
 def style_names_of(model) -> list[str]:

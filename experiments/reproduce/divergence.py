@@ -118,7 +118,7 @@ def run(ctx) -> Path:
     ]
     rep.section(f"### D(μ) at the stem (shallowest layer), ResNet-{depth}\n\nmean ± sd over "
                 "seeds, n = seeds.\n\n" + mean_sd_table("model", rows, cols, stem, digits=3))
-    rep.section(f"### D(μ) at the last block (deepest layer)\n\n"
+    rep.section("### D(μ) at the last block (deepest layer)\n\n"
                 + mean_sd_table("model", rows, cols, last, digits=3))
     lines, gaps = noise_lines("bn", rows, cols, stem, unit="")
     lines2, gaps2 = noise_lines("bn", rows, cols, last, unit="")

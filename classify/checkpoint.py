@@ -124,6 +124,10 @@ def _load(spec: str, device: str) -> Classifier:
         names = imagenet_class_names() if n == 1000 else [str(i) for i in range(n)]
         return Classifier(model, model.config, names, IMAGENET_MEAN, IMAGENET_STD,
                           default_input_size(arch), name=Path(file).stem, meta={"source": file})
+    elif spec in weights.names("stylize"):
+        raise ValueError(f"{spec} is a shipped style model ({weights.manifest()[spec].get('norm')}), "
+                         f"not a classifier (shipped classifiers: "
+                         f"{', '.join(weights.names('classify')) or 'none'})")
     elif path.suffix != ".safetensors":
         shipped = ", ".join(weights.names("classify")) or "none"
         raise ValueError(f"no classifier {spec!r}: give a shipped name ({shipped}), a .safetensors "

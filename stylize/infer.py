@@ -55,6 +55,14 @@ def _resolve(spec: str | Path) -> tuple[Path, str]:
     if p.is_file():  # a run's model.safetensors is named after its run folder
         return p, (p.parent.name if p.stem == "model" and p.parent.name else p.stem)
     shipped = ", ".join(list_models()) or "none"
+    if s in weights.names("classify"):
+        e = weights.manifest()[s]
+        raise ValueError(f"{s} is a shipped classifier ({e.get('arch')}, {e.get('norm')}), not a "
+                         f"style model (shipped style models: {shipped})")
+    if p.is_dir():
+        raise ValueError(f"{s} is a folder, not a model file")
+    if p.suffix.lower() in (".safetensors", ".pth", ".pt", ".model") or "/" in s or "\\" in s:
+        raise ValueError(f"model file {s} not found (shipped models: {shipped})")
     raise ValueError(f"no style model {s!r}: give a shipped name ({shipped}), a .safetensors "
                      "file or a pytorch/examples .pth file")
 

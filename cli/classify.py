@@ -109,7 +109,7 @@ def eval_cmd(
     data: str = typer.Option(..., help="cifar10:ROOT | folder:[TRAIN,]TEST | pacs:ROOT"),
     test_domains: Optional[str] = typer.Option(None, help="pacs: domains to evaluate on."),
     limit: Optional[int] = typer.Option(None, min=1, help="Seeded subset of this many test images."),
-    device: Optional[str] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
     """Top-1 / top-5 accuracy on the test set (per domain for PACS)."""
     from engine.devices import resolve_device
@@ -139,7 +139,7 @@ def shift_cmd(
     limit: Optional[int] = typer.Option(None, min=1, help="Seeded subset of this many test images."),
     out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
     plot: Optional[Path] = typer.Option(None, help="Write the bar chart (PNG) here."),
-    device: Optional[str] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
     """Robustness table: accuracy of each model on the clean and shifted test set."""
     from tqdm import tqdm
@@ -208,7 +208,7 @@ def divergence_cmd(
     limit: Optional[int] = typer.Option(1000, min=2, help="Images per domain (seeded subset)."),
     plot: Optional[Path] = typer.Option(None, help="Write the plot by depth (PNG) here."),
     out: Optional[Path] = typer.Option(None, help="Write the Markdown tables here."),
-    device: Optional[str] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
     """IBN-Net feature divergence per layer between two domains, split into the part instance
     normalisation removes (D on per-channel means μ and stds σ) and the part it keeps."""
@@ -285,7 +285,7 @@ def bench_cmd(
     models: str = typer.Option("resnet20,resnet50", help="resnet20 (batch 128, 32 px) and/or resnet50 (batch 32)."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
     out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
-    device: Optional[str] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
     """Training-step time per norm as ratios to BN in the same run (norms interleaved round by
     round): CIFAR ResNet-20 at batch 128 and ImageNet ResNet-50 at batch 32."""

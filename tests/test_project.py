@@ -129,3 +129,22 @@ def test_every_top_level_package_is_installed():
         assert any(fnmatch(p, pat) for pat in include), f"{p}/ is not in pyproject's packages"
     for d in ("engine", "cli", "experiments", "experiments/reproduce"):
         assert (ROOT / d / "__init__.py").is_file(), f"{d}/ needs an __init__.py to be installed"
+
+
+def test_every_option_is_described():
+    from typer.main import get_command
+
+    import main
+
+    missing = []
+
+    def walk(cmd, path):
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            walk(sub, path + [name])
+        for p in getattr(cmd, "params", []):
+            if getattr(p, "param_type_name", "") == "option" and p.name != "help" \
+                    and not (p.help or "").strip():
+                missing.append(f"{' '.join(path)} {p.opts[0]}")
+
+    walk(get_command(main.app), [])
+    assert not missing, missing

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import os
 import queue
 import threading
@@ -478,14 +477,13 @@ def _classifier_updates(cfg: UIConfig, job: Job, train: Callable, tcfg: Any, bas
                         ) -> Iterator[TrainUpdate]:
     history: list[dict] = []
     yield TrainUpdate("preparing…", history)
-    if "data" in inspect.signature(train).parameters:
-        from classify import default_input_size
+    from classify import default_input_size
 
-        size = int(getattr(tcfg, "image_size", None) or default_input_size(tcfg.arch))
-        # decoding can take a while: its progress goes straight to the job's state
-        split = _decode(job, tcfg.data, size, lambda msg: job.publish(TrainUpdate(msg, history)))
-        if split is not None:
-            train = functools.partial(train, data=split)
+    size = int(getattr(tcfg, "image_size", None) or default_input_size(tcfg.arch))
+    # decoding can take a while: its progress goes straight to the job's state
+    split = _decode(job, tcfg.data, size, lambda msg: job.publish(TrainUpdate(msg, history)))
+    if split is not None:
+        train = functools.partial(train, data=split)
     if job.stop.is_set():
         raise Cancelled()
     epochs = int(tcfg.epochs)

@@ -7,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from .bin_cifar import cifar_grid, sweep_command
 from .budgets import CIFAR, cifar_data
-from .report import Report, mean_sd_table, noise_lines
-from .stats import summarize
+from .report import Report, grouped_bars, mean_sd_table, noise_lines
 from .sweep import run_sweep
 
 TITLE = "IBN-Net Table 1 on CIFAR-10: accuracy under appearance and style shifts"
@@ -23,25 +21,8 @@ SHIFTS = ("rgb_plus=50", "red_plus=50", "contrast=1.5")
 
 def drops_figure(rows: Sequence[str], conds: Sequence[str], drops: dict):
     """Bar chart: top-1 drop vs clean per shift, mean with ± sd error bars over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(conds) + 2), 3.4))
-    w = 0.8 / len(rows)
-    xs = np.arange(len(conds))
-    for i, r in enumerate(rows):
-        s = [summarize(drops.get((r, c), [])) for c in conds]
-        ax.bar(xs + (i - (len(rows) - 1) / 2) * w, [x.mean for x in s], w,
-               yerr=[x.sd for x in s], capsize=2, label=f"{r} (n={s[0].n})")
-    ax.set_xticks(xs, conds, fontsize=8)
-    ax.set_ylabel("top-1 drop vs clean (points)")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_title("accuracy drop under appearance shifts (mean ± sd over seeds)", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return grouped_bars(rows, conds, drops, ylabel="top-1 drop vs clean (points)", zero_line=True,
+                        title="accuracy drop under appearance shifts (mean ± sd over seeds)")
 
 
 def run(ctx) -> Path:

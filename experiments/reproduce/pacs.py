@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .budgets import PACS, pacs_data
-from .report import Report, mean_sd_table, noise_lines
-from .stats import summarize
+from .report import Report, grouped_bars, mean_sd_table, noise_lines
 from .sweep import plan, run_sweep
 
 TITLE = "PACS leave-one-domain-out: BN vs IBN-a vs IBN-b vs BIN"
@@ -19,24 +18,8 @@ VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
 
 def bars_figure(rows, cols, vals):
     """Held-out top-1 per domain, mean ± sd over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(cols) + 2), 3.4))
-    w = 0.8 / len(rows)
-    xs = np.arange(len(cols))
-    for i, r in enumerate(rows):
-        s = [summarize(vals.get((r, c), [])) for c in cols]
-        ax.bar(xs + (i - (len(rows) - 1) / 2) * w, [x.mean for x in s], w,
-               yerr=[x.sd for x in s], capsize=2, label=f"{r} (n={s[0].n})")
-    ax.set_xticks(xs, cols, fontsize=8)
-    ax.set_ylabel("held-out top-1 (%)")
-    ax.set_title("PACS leave-one-domain-out (mean ± sd over seeds)", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return grouped_bars(rows, cols, vals, ylabel="held-out top-1 (%)",
+                        title="PACS leave-one-domain-out (mean ± sd over seeds)")
 
 
 def run(ctx) -> Path:

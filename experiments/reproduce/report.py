@@ -27,6 +27,33 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def grouped_bars(rows: Sequence[str], cols: Sequence[str], vals: Mapping, *, ylabel: str,
+                 title: str, zero_line: bool = False):
+    """One bar per (row, column) — mean with ± sd error bars over seeds, n in the legend —
+    grouped by column: the figure every table of this package gets."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(cols) + 2), 3.4))
+    w = 0.8 / len(rows)
+    xs = np.arange(len(cols))
+    for i, r in enumerate(rows):
+        s = [summarize(vals.get((r, c), [])) for c in cols]
+        ax.bar(xs + (i - (len(rows) - 1) / 2) * w, [x.mean for x in s], w,
+               yerr=[x.sd for x in s], capsize=2, label=f"{r} (n={s[0].n})")
+    ax.set_xticks(xs, cols, fontsize=8)
+    ax.set_ylabel(ylabel)
+    if zero_line:
+        ax.axhline(0, color="k", lw=0.5)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def mean_sd_table(row_label: str, rows: Sequence[str], cols: Sequence[str],
                   values: Mapping[tuple[str, str], Sequence[float]], digits: int = 2) -> str:
     """Markdown table: one row per ``rows``, one column per ``cols``, cells ``mean ± sd`` over the

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from experiments.reproduce import Context, reproduce
 from experiments.reproduce.stats import student_t_sf2, summarize, welch
+from test_stylize_train import TinyEncoder
 
 SECTIONS = ("## Setup", "## Results", "## Figures", "## Reproduce", "## Wall time")
 
@@ -121,28 +121,9 @@ def test_pacs_smoke_all_four_domains(tiny):
     assert all(list(r["test_acc"]) == [r["group"]] for r in res["runs"])  # held-out only
 
 
-class _Encoder(nn.Module):
-    """Seeded random conv features: a stand-in loss network for tests only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, 2, 1)
-        with torch.no_grad():
-            for c in (self.c1, self.c2):
-                c.weight.copy_(torch.randn(c.weight.shape, generator=g) * 0.3)
-                c.bias.zero_()
-        self.taps = ["t1", "t2"]
-        self.requires_grad_(False)
-
-    def forward(self, x):  # N×3×H×W (0–255) -> {tap: features}
-        h = F.relu(self.c1(x / 255.0))
-        return {"t1": h, "t2": F.relu(self.c2(h))}
-
-
 def test_style_curves_smoke_report(tiny):
     ctx = _ctx(tiny, "style-curves", data=str(tiny / "content"),
-               style_image=str(tiny / "style.png"), encoder=_Encoder())
+               style_image=str(tiny / "style.png"), encoder=TinyEncoder())
     md, res = _check_report(reproduce("style-curves", ctx), 2)
     assert "| norm | n | content loss | style loss | total |" in md
     assert "Fig. 6 statistics" in md and "residual mean ρ" in md

@@ -15,13 +15,7 @@ from stylize.bench import psnr
 from stylize.infer import _run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # many small tiles: on a busy 2-core box two threads spin against each other (15× slower)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("n,tile", [(100, 64), (383, 128), (384, 128), (1000, 256), (4001, 1024),

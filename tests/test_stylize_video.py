@@ -20,13 +20,7 @@ def _invoke(*args):
     return runner.invoke(main.app, ["--device", "cpu", "stylize", *map(str, args)])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny frames: on a busy 2-core box two threads spin against each other
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

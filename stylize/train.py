@@ -384,8 +384,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     if resume or cfg.resume:
         state = load_state(out)
         given = cfg.to_dict()
-        if explicit is None:  # library call: compare what the caller could mean, not defaults
-            explicit = [k for k, v in given.items() if v != getattr(TrainConfig(), k)]
+        if explicit is None:  # library call: every value given counts; None means "the default"
+            explicit = [k for k, v in given.items() if v is not None]
         saved = {**LEGACY_RECIPE, **state["recipe"]}
         merged = resume_recipe(saved, given, mutable=RUN_SETTINGS, explicit=explicit,
                                override=override, source=out / CHECKPOINT)

@@ -202,3 +202,12 @@ def test_normalised_vgg19_encoder_loads():
     feats = enc(x)
     assert torch.allclose(feats["relu1_1"], ref, atol=1e-3)
     assert feats["relu3_1"].shape == (1, 256, 4, 4)
+
+
+def test_library_resume_refuses_a_different_norm_even_if_it_is_the_default(images, tmp_path):
+    """Passing norm="in" (the default) against a bin checkpoint is a conflict, not ignored."""
+    out = tmp_path / "r"
+    train(_cfg(images, out, norm="bin", steps=2), encoder=TinyEncoder(), show_bar=False)
+    with pytest.raises(ValueError, match="--norm 'in' conflicts with the checkpoint's 'bin'"):
+        train(_cfg(images, out, norm="in", steps=4), resume=True, encoder=TinyEncoder(),
+              show_bar=False)

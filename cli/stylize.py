@@ -236,7 +236,7 @@ def run_cmd(
 
     from engine.images import load_image
     from stylize.infer import load_model, stylize_image
-    from stylize.tiling import parse_memory
+    from stylize.tiling import max_image_pixels, parse_memory
 
     budget = parse_memory(max_memory) if max_memory is not None else None
     if tile is not None and tile < 64:
@@ -258,7 +258,8 @@ def run_cmd(
     failed: list[str] = []
     for src, dst in tqdm(jobs, desc=f"stylize {m.name}", unit="img", disable=len(jobs) == 1):
         try:
-            img = load_image(src)
+            # any size that the tiled path can hold within the budget, not a fixed pixel cap
+            img = load_image(src, max_pixels=max_image_pixels(budget, dev))
         except ValueError as exc:
             if single:
                 raise

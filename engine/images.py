@@ -2,8 +2,11 @@
 one-line ``ValueError`` for anything that is not a readable image."""
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -38,9 +41,31 @@ def _to_rgb_or_rgba(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, YCbCr, LAB, HSV
 
 
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's own bomb check (a warning at ``Image.MAX_IMAGE_PIXELS``) raised to ``max_pixels``
+    while a larger limit is in force; the explicit check in ``load_image`` still applies."""
+    before = Image.MAX_IMAGE_PIXELS
+    if before is None or max_pixels <= before:
+        yield
+        return
+    with _PIL_LIMIT_LOCK:  # only large-limit loads serialise; the usual path takes no lock
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(max_pixels, before or 0)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image file as RGB (or RGBA if it has transparency), EXIF orientation applied.
 
+    ``max_pixels`` guards against decompression bombs; callers that can process larger images
+    in bounded memory (tiled stylization) pass a limit derived from their memory budget.
     Raises ``ValueError`` with one line for missing, truncated, non-image or too large files.
     """
     path = Path(path)
@@ -49,7 +74,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not an image")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_limit(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size

@@ -72,6 +72,18 @@ def default_memory_budget(device: torch.device | str = "cpu") -> int:
     return int(psutil.virtual_memory().available * 0.5)
 
 
+def max_image_pixels(max_memory: int | None = None, device: torch.device | str = "cpu") -> int:
+    """The largest image (pixels) worth decoding for tiled stylization: its buffers (input and
+    output, ``_IMAGE_BYTES_PER_PIXEL``) must fit the host-memory budget, ``max_memory`` on CPU or
+    ``default_memory_budget("cpu")`` otherwise; never below ``engine.images.MAX_PIXELS``, so the
+    memory planner, not the decoder, explains a budget that is too small."""
+    from engine.images import MAX_PIXELS
+
+    host = int(max_memory) if (max_memory is not None and torch.device(device).type == "cpu") \
+        else default_memory_budget("cpu")
+    return max(MAX_PIXELS, int(host / _IMAGE_BYTES_PER_PIXEL))
+
+
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
           "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40}
 

@@ -126,3 +126,29 @@ def test_constant_channel_does_not_divide_by_zero():
     x[:, 0] = torch.randint(0, 255, (4, 8, 8), dtype=torch.uint8)
     mean, std = channel_stats(x)
     assert std[1] == std[2] == pytest.approx(1 / 255) and std[0] > 0.1
+
+
+def test_load_image_limit_above_pillows_own(tmp_path, monkeypatch):
+    """A caller's larger pixel limit (tiled stylization) also lifts Pillow's bomb check for that
+    load only; the explicit limit still refuses with one line."""
+    from PIL import Image
+
+    from engine.images import load_image
+
+    p = tmp_path / "big.png"
+    Image.new("RGB", (50, 50), (10, 20, 30)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2500 px is a "bomb" to Pillow now
+    with pytest.raises(ValueError, match="too large|over the limit"):
+        load_image(p, max_pixels=2000)
+    assert load_image(p, max_pixels=5000).size == (50, 50)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+    with pytest.raises(ValueError):
+        load_image(p, max_pixels=1000)
+
+
+def test_max_image_pixels_follows_the_budget():
+    from engine.images import MAX_PIXELS
+    from stylize.tiling import max_image_pixels
+
+    assert max_image_pixels(2**20, "cpu") == MAX_PIXELS  # tiny budget: the planner explains it
+    assert max_image_pixels(64 * 2**30, "cpu") == 64 * 2**30 // 16  # 16 B/px of image buffers

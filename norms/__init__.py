@@ -45,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "get_norm_layer": "registry",
     "InstanceStats": "statistics",
     "StatisticsBank": "statistics",
+    "StreamState": "statistics",
     "capture_statistics": "statistics",
     "stream_statistics": "statistics",
     "use_statistics": "statistics",

@@ -18,7 +18,9 @@ Three sources:
   Normalization, Chen et al., "Towards Ultra-Resolution Neural Style Transfer via Thumbnail
   Instance Normalization", AAAI 2022 (URST), sec. 3.2;
 - ``stream_statistics``: an exponential moving average of the statistics over a stream of
-  frames, in order, so that batched and unbatched video give the same output.
+  frames, in order, so that batched and unbatched video give the same output. The average lives
+  in the block, or in a ``StreamState`` passed to it, which carries it across blocks (a live
+  stream that arrives one frame per call, e.g. a webcam in a web UI).
 
 BN-type branches keep their running statistics, as in eval mode today.
 """
@@ -185,10 +187,54 @@ class _Use:
             return layer.normalize_with_stats(x, InstanceStats(mean, var), **affine)
 
 
+class StreamState:
+    """The per-layer moving averages of ``stream_statistics``, kept between blocks.
+
+    Pass one to ``stream_statistics(model, momentum, state=...)`` to continue a stream where the
+    last block stopped: N frames through one block and the same frames one block per frame with
+    one ``StreamState`` give identical outputs. ``reset()`` starts a new stream (the next frame
+    normalises with its own statistics). Keys are module names, values the running
+    ``InstanceStats`` (K float32 values each); a layer whose statistics change size or device
+    (another resolution of GN/LN groups, another model) restarts from its next frame. Inference
+    only; not thread-safe: one stream per state.
+    """
+
+    def __init__(self) -> None:
+        self._stats: dict[str, InstanceStats] = {}
+        self.frames = 0  # frames seen since the last reset (by the first layer that saw them)
+
+    def reset(self) -> None:
+        """Forget the averages: the next frame starts a new stream."""
+        self._stats.clear()
+        self.frames = 0
+
+    def __len__(self) -> int:
+        return len(self._stats)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._stats
+
+    def __getitem__(self, name: str) -> InstanceStats:
+        return self._stats[name]
+
+    def __repr__(self) -> str:
+        return f"StreamState({len(self)} layers, {self.frames} frames)"
+
+    def _get(self, name: str) -> InstanceStats | None:
+        return self._stats.get(name)
+
+    def _put(self, name: str, stats: InstanceStats, frames: int) -> None:
+        if not self._stats:
+            self.frames = 0
+        first = not self._stats or name == next(iter(self._stats))
+        self._stats[name] = stats
+        if first:
+            self.frames += frames
+
+
 class _Stream:
-    def __init__(self, momentum: float, name: str) -> None:
-        self.momentum, self.name = momentum, name
-        self.state: InstanceStats | None = None
+    def __init__(self, momentum: float, name: str, state: StreamState) -> None:
+        self.momentum, self.name, self.state = momentum, name, state
 
     def __call__(self, layer: Any, x: Tensor, affine: dict[str, Any]) -> Tensor:
         _check_eval(layer, self.name, "stream_statistics")
@@ -196,7 +242,8 @@ class _Stream:
             return layer._forward_own(x, **affine)  # no memory: exactly the default path
         with _fp32(x):
             s = layer.instance_stats(x)
-        m, v = self.state if self.state is not None else (s.mean[0], s.var[0])
+        prev = self.state._get(self.name)
+        m, v = prev if prev is not None else (s.mean[0], s.var[0])
         if m.shape != s.mean.shape[1:] or m.device != s.mean.device:
             m, v = s.mean[0], s.var[0]  # a different stream (size of the statistics changed)
         w = 1.0 - self.momentum
@@ -209,7 +256,7 @@ class _Stream:
             v = torch.lerp(v, s.var[t], w)
             means.append(m)
             vars_.append(v)
-        self.state = InstanceStats(m, v)
+        self.state._put(self.name, InstanceStats(m.detach(), v.detach()), x.shape[0])
         with _fp32(x):
             return layer.normalize_with_stats(
                 x, InstanceStats(torch.stack(means), torch.stack(vars_)), **affine)
@@ -247,14 +294,22 @@ def use_statistics(model: nn.Module, bank: Mapping[str, InstanceStats]) -> Itera
 
 
 @contextlib.contextmanager
-def stream_statistics(model: nn.Module, momentum: float = 0.9) -> Iterator[None]:
+def stream_statistics(model: nn.Module, momentum: float = 0.9,
+                      state: StreamState | None = None) -> Iterator[StreamState]:
     """Inside the block, per-instance statistics are an exponential moving average over the
     successive forward calls and over the batch elements in order:
     s̄_t = momentum·s̄_{t−1} + (1 − momentum)·s_t (first frame: its own statistics). For video:
     temporally stable normalization, batched or not. ``momentum=0`` is the default path exactly.
+
+    Without ``state`` every block starts a new stream. With a ``StreamState`` the block starts
+    from the averages it holds and leaves its own there, so a stream can span many blocks (one
+    per webcam frame, say); ``state.reset()`` starts over. Yields the state in use.
     """
     if not 0.0 <= float(momentum) < 1.0:
         raise ValueError(f"stream smoothing momentum must be in [0, 1), got {momentum}")
+    if state is not None and not isinstance(state, StreamState):
+        raise TypeError(f"state must be a norms.StreamState, got {type(state).__name__}")
+    state = StreamState() if state is None else state
     layers = _instance_layers(model, "stream_statistics")
-    with _installed([(m, _Stream(float(momentum), n)) for n, m in layers]):
-        yield
+    with _installed([(m, _Stream(float(momentum), n, state)) for n, m in layers]):
+        yield state

@@ -155,6 +155,59 @@ def test_stream_state_resets_between_blocks():
 
 
 @pytest.mark.parametrize("name", INSTANCE_NORMS)
+def test_stream_state_carries_the_stream_across_blocks(name):
+    net = _net(name)
+    clip = _x(6, 3, 8, 8)
+    with torch.no_grad():
+        with norms.stream_statistics(net, momentum=0.8) as inner:
+            one_block = [net(f[None]) for f in clip]
+        state = norms.StreamState()
+        per_call = []
+        for f in clip:  # one block per frame, as a web UI's per-frame handler does
+            with norms.stream_statistics(net, momentum=0.8, state=state) as used:
+                assert used is state
+                per_call.append(net(f[None]))
+        default = [net(f[None]) for f in clip]
+    assert isinstance(inner, norms.StreamState) and len(inner) == len(state) > 0
+    for a, b in zip(one_block, per_call):
+        assert torch.equal(a, b)  # exactly the same stream
+    assert state.frames == 6
+    assert (per_call[-1] - default[-1]).abs().max() > 1e-3  # it did smooth
+    state.reset()
+    assert len(state) == 0 and state.frames == 0
+    with torch.no_grad():
+        with norms.stream_statistics(net, momentum=0.8, state=state):
+            again = net(clip[3:4])
+        with norms.stream_statistics(net, momentum=0.8):
+            fresh = net(clip[3:4])
+    assert torch.equal(again, fresh)  # after reset: a first frame, as in a new block
+    torch.testing.assert_close(again, default[3], rtol=1e-5, atol=1e-5)  # its own statistics
+    assert all(getattr(m, "stats_source", None) is None for m in net.modules())
+
+
+def test_stream_state_batched_equals_per_call_and_restarts_on_a_new_size():
+    net = _net("gn")
+    clip = _x(5, 3, 8, 8)
+    state = norms.StreamState()
+    with torch.no_grad():
+        with norms.stream_statistics(net, momentum=0.6, state=state):
+            first = net(clip[:2])
+        with norms.stream_statistics(net, momentum=0.6, state=state):
+            rest = net(clip[2:])
+        with norms.stream_statistics(net, momentum=0.6):
+            whole = net(clip)
+    torch.testing.assert_close(torch.cat([first, rest]), whole, rtol=1e-6, atol=1e-6)
+    assert state.frames == 5
+    other = _net("ln")  # same module names, statistics of another size: a new stream
+    with torch.no_grad(), norms.stream_statistics(other, momentum=0.6, state=state):
+        y = other(clip[:1])
+    torch.testing.assert_close(y, other(clip[:1]), rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="StreamState"):
+        with norms.stream_statistics(net, state={}):
+            pass
+
+
+@pytest.mark.parametrize("name", INSTANCE_NORMS)
 def test_training_mode_is_refused(name):
     net = _net(name).train()
     for ctx in (norms.capture_statistics(net), norms.stream_statistics(net),

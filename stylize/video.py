@@ -8,6 +8,9 @@ over the stream (``norms.stream_statistics``), so the look changes only as fast 
 
 Flicker metric: mean |y_t − y_{t−1}| over consecutive output frames divided by the same for the
 input frames (at the processed size). 1 means the output changes as much as the input does.
+
+A live stream that arrives one frame per call (a webcam in the web UI) keeps its averages in a
+``norms.StreamState`` between calls: ``LiveStylizer`` holds the model and that state.
 """
 from __future__ import annotations
 
@@ -115,11 +118,12 @@ def video_format(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _statistics(net: torch.nn.Module, smooth: float | None) -> Iterator[None]:
+def _statistics(net: torch.nn.Module, smooth: float | None,
+                state: "norms.StreamState | None" = None) -> Iterator[None]:
     if smooth is None:
         yield
     else:
-        with norms.stream_statistics(net, momentum=smooth):
+        with norms.stream_statistics(net, momentum=smooth, state=state):
             yield
 
 
@@ -136,16 +140,86 @@ def _forward(net: torch.nn.Module, frames: list[np.ndarray], batch: int, dev: to
 
 def stylize_frames(model: StyleModel, frames: list[np.ndarray], *, smooth: float | None = None,
                    batch: int = 4, device: str | torch.device = "cpu",
-                   fast: bool = False) -> list[np.ndarray]:
+                   fast: bool = False,
+                   state: "norms.StreamState | None" = None) -> list[np.ndarray]:
     """Stylize a list of H×W×3 ``uint8`` frames in order (one stream: with ``smooth`` the
-    statistics carry over from frame to frame); returns ``uint8`` frames."""
+    statistics carry over from frame to frame); returns ``uint8`` frames. ``state`` (with
+    ``smooth``): a ``norms.StreamState`` the stream continues from and leaves its averages in, so
+    consecutive calls form one stream."""
     if smooth is not None and not 0.0 <= smooth < 1.0:
         raise ValueError(f"smoothing momentum must be in [0, 1), got {smooth}")
     dev = resolve_device(device)
     with model.lock:
         net = model.net.to(dev).eval()
-        with _statistics(net, smooth):
+        with _statistics(net, smooth, state):
             return _forward(net, frames, max(1, batch), dev, fast)
+
+
+class LiveStylizer:
+    """Stylize a live stream one frame per call (a webcam), the model plus the stream's state.
+
+    With ``smooth`` (EMA momentum, e.g. 0.9) every frame normalises with the moving average of
+    the statistics of the frames before it (``norms.stream_statistics`` with a
+    ``norms.StreamState`` kept here), so frames fed one per call give exactly what
+    ``stylize_frames(model, frames, smooth=...)`` gives for the whole list (at the processing
+    size). ``smooth=None``: per-frame statistics. ``max_size``: longest side the network runs at
+    (the result is scaled back to the frame's size). ``reset_after``: a pause longer than this
+    many seconds between frames starts a new stream (a restarted camera). Not thread-safe: one
+    stream per instance.
+    """
+
+    def __init__(self, model: StyleModel, *, smooth: float | None = 0.9,
+                 max_size: int | None = 320, device: str | torch.device = "cpu",
+                 reset_after: float | None = None) -> None:
+        if smooth is not None and not 0.0 <= smooth < 1.0:
+            raise ValueError(f"smoothing momentum must be in [0, 1), got {smooth}")
+        if max_size is not None and max_size < 16:
+            raise ValueError(f"max_size must be at least 16, got {max_size}")
+        self.model, self.smooth, self.max_size = model, smooth, max_size
+        self.device, self.reset_after = device, reset_after
+        self.state = norms.StreamState()
+        self._last: float | None = None
+
+    @property
+    def frames(self) -> int:
+        """Frames in the current stream (since the last reset)."""
+        return self.state.frames
+
+    def reset(self) -> None:
+        """Start a new stream: the next frame normalises with its own statistics."""
+        self.state.reset()
+        self._last = None
+
+    def __call__(self, frame: Image.Image | np.ndarray, *, strength: float = 1.0,
+                 preserve_color: bool = False) -> Image.Image:
+        """The next frame of the stream, stylized, at the frame's size; ``strength`` blends
+        with the input, ``preserve_color`` keeps its chroma (as ``stylize_image`` does)."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        now = time.monotonic()
+        if (self.reset_after is not None and self._last is not None
+                and now - self._last > self.reset_after):
+            self.reset()
+        self._last = now
+        src = (frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
+               ).convert("RGB")
+        work = src
+        if self.max_size and max(src.size) > self.max_size:
+            s = self.max_size / max(src.size)
+            work = src.resize((max(1, round(src.size[0] * s)), max(1, round(src.size[1] * s))),
+                              Image.LANCZOS)
+        y = stylize_frames(self.model, [np.asarray(work)], smooth=self.smooth, batch=1,
+                           device=self.device, state=self.state)[0]
+        out = Image.fromarray(y)
+        if out.size != src.size:
+            out = out.resize(src.size, Image.BICUBIC)
+        if preserve_color:
+            yy = out.convert("YCbCr").getchannel("Y")
+            _, cb, cr = src.convert("YCbCr").split()
+            out = Image.merge("YCbCr", (yy, cb, cr)).convert("RGB")
+        if strength < 1.0:
+            out = Image.blend(src, out, strength)
+        return out
 
 
 def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,

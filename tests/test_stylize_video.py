@@ -93,3 +93,46 @@ def test_video_errors_are_one_line(tmp_path, model):
         assert r.exit_code == 2 and "Traceback" not in r.output, r.output
         assert len(lines) == 1 and lines[0].startswith("error: "), r.output
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o.xyz").exists()
+
+
+def test_live_stylizer_one_frame_per_call_is_one_stream(model, monkeypatch):
+    from PIL import Image
+
+    from stylize.video import LiveStylizer
+
+    m = load_model(model)
+    frames = _frames(6)
+    whole = stylize_frames(m, frames, smooth=0.8, batch=1)
+    live = LiveStylizer(m, smooth=0.8, max_size=None)
+    calls = [np.asarray(live(Image.fromarray(f))) for f in frames]
+    assert live.frames == 6
+    assert all(np.array_equal(a, b) for a, b in zip(calls, whole))  # exactly the library stream
+    batched = stylize_frames(m, frames, smooth=0.8, batch=3)  # (conv batching: rounding only)
+    assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(calls, batched)) <= 1
+    plain = stylize_frames(m, frames, batch=1)
+    assert np.abs(calls[-1].astype(int) - plain[-1].astype(int)).max() > 0  # it did smooth
+    live.reset()
+    assert live.frames == 0
+    assert np.array_equal(np.asarray(live(frames[4])), stylize_frames(m, [frames[4]],
+                                                                      smooth=0.8)[0])
+    off = LiveStylizer(m, smooth=None, max_size=None)
+    assert all(np.array_equal(np.asarray(off(f)), p) for f, p in zip(frames, plain))
+    # a pause longer than reset_after starts a new stream
+    clock = iter([0.0, 0.5, 10.0])
+    import types
+
+    monkeypatch.setattr("stylize.video.time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    paused = LiveStylizer(m, smooth=0.8, max_size=None, reset_after=2.0)
+    paused(frames[0])
+    paused(frames[1])
+    assert paused.frames == 2
+    assert np.array_equal(np.asarray(paused(frames[2])), stylize_frames(m, [frames[2]],
+                                                                        smooth=0.8)[0])
+    assert paused.frames == 1
+    monkeypatch.undo()
+    # processing size, strength and colour options keep the frame's size
+    small = LiveStylizer(m, smooth=0.8, max_size=24)
+    out = small(Image.fromarray(frames[0]), strength=0.5, preserve_color=True)
+    assert out.size == (48, 32) and out.mode == "RGB"
+    with pytest.raises(ValueError, match="momentum"):
+        LiveStylizer(m, smooth=1.0)

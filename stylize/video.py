@@ -108,6 +108,50 @@ def _open_input(path: Path) -> Any:
     return container
 
 
+@dataclass
+class VideoInfo:
+    """What a video file's container says about it (``probe_video``); ``frames`` and ``seconds``
+    are None when the container does not say (then they are known only after decoding)."""
+
+    frames: int | None
+    fps: float
+    seconds: float | None
+    width: int
+    height: int
+    audio: bool
+    container: str = ""  # FFmpeg's demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2", "png_pipe"
+
+    @property
+    def still_image(self) -> bool:
+        """Whether FFmpeg read the file as a still image (PNG, JPEG, … open as one-frame
+        "videos")."""
+        return self.container == "image2" or self.container.endswith("_pipe")
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Frame count, rate, duration and size of a video file without decoding it; ``ValueError``
+    for a missing file or one that is not a video PyAV/FFmpeg can read."""
+    inp = _open_input(Path(path))
+    try:
+        v = inp.streams.video[0]
+        rate = v.average_rate or v.guessed_rate
+        fps = float(rate) if rate else 0.0
+        seconds = None
+        if v.duration is not None and v.time_base is not None:
+            seconds = float(v.duration * v.time_base)
+        elif inp.duration is not None:
+            seconds = inp.duration / 1_000_000  # AV_TIME_BASE
+        frames = int(v.frames) if v.frames else (round(seconds * fps) if seconds and fps
+                                                 else None)
+        w, h = v.codec_context.width, v.codec_context.height
+        if not w or not h:
+            raise ValueError(f"{path}: the video stream has no frame size")
+        return VideoInfo(frames=frames, fps=fps, seconds=seconds, width=int(w), height=int(h),
+                         audio=bool(inp.streams.audio), container=str(inp.format.name))
+    finally:
+        inp.close()
+
+
 def video_format(path: Path) -> str:
     """Container format for an output name; ``ValueError`` for unknown extensions."""
     fmt = VIDEO_FORMATS.get(path.suffix.lower())

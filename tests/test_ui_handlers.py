@@ -654,3 +654,130 @@ def test_multi_style_model_selects_and_blends_styles(cfg, tmp_path):
     assert torch.equal(pixels(H.stylize(cfg, img, choice)), a)  # the cached net is untouched
     with pytest.raises(ValueError, match="no style 'nope'"):
         H.stylize(cfg, img, choice, style="nope")
+
+
+# ----------------------------------------------------------------------------- webcam and video
+
+def _jitter_frames(n: int = 12, h: int = 48, w: int = 64) -> list:
+    """A static texture with a square flashing black/white at random places (per-frame instance
+    statistics jump every frame), as PIL images."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 5) % 256, (yy * 7) % 256, ((xx + yy) * 3) % 256], -1).astype(float)
+    out = []
+    for t in range(n):
+        f = base + rng.normal(0, 6, base.shape)
+        y0, x0 = rng.integers(0, h - 20), rng.integers(0, w - 20)
+        f[y0:y0 + 20, x0:x0 + 20] = 255 if t % 2 else 0
+        out.append(Image.fromarray(np.clip(f, 0, 255).astype(np.uint8), "RGB"))
+    return out
+
+
+def _webcam_run(cfg, frames, choice, smooth):
+    live, outs = None, []
+    for f in frames:
+        y, live = H.webcam_frame(cfg, f, choice, 1.0, False, smooth, live)
+        outs.append(__import__("numpy").asarray(y))
+    return outs, live
+
+
+def test_webcam_smoothing_is_the_library_stream_and_lowers_flicker(cfg):
+    import numpy as np
+
+    from stylize.video import LiveStylizer, flicker_ratio, stylize_frames
+
+    frames = _jitter_frames()
+    arrays = [np.asarray(f) for f in frames]
+    smooth, live = _webcam_run(cfg, frames, "ui:tiny-in", True)
+    assert isinstance(live, LiveStylizer) and live.frames == len(frames)
+    lib = stylize_frames(H.load_style(cfg, "ui:tiny-in"), arrays, smooth=H.SMOOTH_MOMENTUM,
+                         batch=1, device="cpu")
+    assert all(np.array_equal(a, b) for a, b in zip(smooth, lib))  # exactly the library path
+    plain, none = _webcam_run(cfg, frames, "ui:tiny-in", False)
+    assert none is None and plain[0].shape == smooth[0].shape == (48, 64, 3)
+    assert any(not np.array_equal(a, b) for a, b in zip(smooth[1:], plain[1:]))
+    # a trained model: smoothing damps the flicker the flashing square causes
+    shipped = [v for _, v in H.model_choices(cfg, "stylize") if v == "candy_bin"]
+    if shipped:
+        on = flicker_ratio(arrays, _webcam_run(cfg, frames, "candy_bin", True)[0])
+        off = flicker_ratio(arrays, _webcam_run(cfg, frames, "candy_bin", False)[0])
+        assert on < 0.95 * off, (on, off)
+
+
+def test_webcam_stream_restarts_with_the_model_and_stays_per_session(cfg):
+    import numpy as np
+
+    frames = _jitter_frames(4)
+    _, a = _webcam_run(cfg, frames[:3], "ui:tiny-in", True)
+    _, b = _webcam_run(cfg, frames[:1], "ui:tiny-in", True)  # another session: its own stream
+    assert a is not b and a.frames == 3 and b.frames == 1
+    y, c = H.webcam_frame(cfg, frames[3], "ui:tiny-bin", 1.0, False, True, a)  # model changed
+    assert c is not a and c.frames == 1 and a.frames == 3
+    first, _ = H.webcam_frame(cfg, frames[3], "ui:tiny-bin", 1.0, False, True, None)
+    assert np.array_equal(np.asarray(y), np.asarray(first))  # a new stream: first-frame output
+    assert H.webcam_frame(cfg, None, "ui:tiny-in", 1.0, False, True, a) == (None, a)
+    big = gradient_image(640, 480)
+    y, _ = H.webcam_frame(cfg, big, "ui:tiny-in", 0.5, True, True, None)
+    assert y.size == (640, 480)
+
+
+def test_video_handler_round_trip(cfg, tmp_path, monkeypatch):
+    import numpy as np
+
+    from stylize.video import read_clip, write_clip
+
+    monkeypatch.setattr(cfg, "output_dir", tmp_path / "outputs")
+    src = write_clip([np.asarray(f) for f in _jitter_frames(6)], tmp_path / "clip.mp4", fps=12,
+                     audio=True)
+    calls = []
+    path, summary = H.stylize_video(cfg, str(src), "ui:tiny-in", None, True, 0,
+                                    on_progress=lambda d, t: calls.append((d, t)))
+    assert Path(path).parent == cfg.output_dir / "video" and path.endswith(".mp4")
+    frames, fps, audio = read_clip(path)
+    assert len(frames) == 6 and frames[0].shape == (48, 64, 3)
+    assert fps == pytest.approx(12.0) and audio
+    assert "6 frames" in summary and "flicker" in summary and "momentum 0.9" in summary
+    assert calls and calls[-1] == (6, 6)
+    path2, summary2 = H.stylize_video(cfg, str(src), "ui:tiny-bin", None, False, 32, gate=0.5)
+    assert len(read_clip(path2)[0]) == 6 and "smoothing off" in summary2 and path2 != path
+
+
+def test_video_handler_refuses_bad_input(cfg, tmp_path, monkeypatch):
+    import numpy as np
+
+    from stylize.video import write_clip
+
+    gr = pytest.importorskip("gradio")
+    from ui.app import guard
+
+    monkeypatch.setattr(cfg, "output_dir", tmp_path / "outputs")
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    png = tmp_path / "still.png"
+    gradient_image(20, 20).save(png)
+    clip = write_clip([np.asarray(f) for f in _jitter_frames(8)], tmp_path / "c.mp4", fps=10)
+    cases = [(None, "upload a video first"), (str(text), "not a video this server can read"),
+             (str(png), "still image, not a video"),
+             (str(tmp_path / "gone.mp4"), "not a video this server can read")]
+    for video, msg in cases:
+        with pytest.raises(gr.Error, match=msg) as err:
+            guard(H.stylize_video)(cfg, video, "ui:tiny-in")
+        assert str(tmp_path) not in str(err.value)
+    monkeypatch.setattr(cfg, "max_video_frames", 5)
+    with pytest.raises(gr.Error, match="about 8 frames.*at most 5"):
+        guard(H.stylize_video)(cfg, str(clip), "ui:tiny-in")
+    monkeypatch.setattr(cfg, "max_video_seconds", 0.5)
+    with pytest.raises(ValueError, match="0.5 s"):
+        H.check_video(cfg, str(clip))
+    monkeypatch.setattr(cfg, "max_video_seconds", 60.0)
+    # a container that does not state its length is stopped while decoding, leaving no file
+    import stylize.video as V
+
+    monkeypatch.setattr(V, "probe_video", lambda p: V.VideoInfo(None, 10.0, None, 64, 48, False))
+    with pytest.raises(gr.Error, match="more than 5 frames"):
+        guard(H.stylize_video)(cfg, str(clip), "ui:tiny-in")
+    assert not list((cfg.output_dir / "video").glob("*"))
+    with pytest.raises(gr.Error, match="unknown stylize model"):
+        guard(H.stylize_video)(cfg, str(clip), "nope")

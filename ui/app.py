@@ -236,6 +236,32 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                 cam_in = gr.Image(label="Webcam", sources=["webcam"], streaming=True,
                                   type="pil", image_mode="RGB")
                 cam_out = gr.Image(label="Stylized", type="pil", interactive=False)
+            cam_smooth = gr.Checkbox(
+                label="Smooth webcam (temporal statistics)", elem_id="cam_smooth",
+                info="Normalise each frame with a moving average of the statistics of the frames "
+                     "before it (momentum 0.9), not its own: less flicker when things enter or "
+                     "leave the picture. The average restarts with the model or the stream.")
+            cam_state = gr.State(None)  # this session's stream (stylize.video.LiveStylizer)
+        with gr.Accordion("Video", open=False):
+            with gr.Row():
+                with gr.Column():
+                    vid_in = gr.Video(label="Input video", sources=["upload"], elem_id="vid_in",
+                                      height=260)
+                    with gr.Row():
+                        vid_smooth = gr.Checkbox(
+                            value=True, label="Smooth", elem_id="vid_smooth",
+                            info="Average the normalization statistics over the frames: less "
+                                 "flicker")
+                        vid_max = gr.Slider(0, 1024, value=384, step=32, elem_id="vid_max",
+                                            label="Processing size (longest side, px; 0 = full)")
+                    vid_run = gr.Button("Stylize video", elem_id="vid_run")
+                    gr.Markdown(f"Up to {cfg.max_video_frames} frames and "
+                                f"{cfg.max_video_seconds:g} s; frame rate and audio are kept. "
+                                "Uses the model, uploaded model and gate settings above.")
+                with gr.Column():
+                    vid_out = gr.Video(label="Stylized video", interactive=False,
+                                       elem_id="vid_out", height=260)
+                    vid_info = gr.Markdown(elem_classes="nl-status", elem_id="vid_info")
 
     inputs = [st_in, st_model, st_upload, st_strength, st_color, st_max, st_gate_on, st_gate,
               st_outsize, st_style]
@@ -285,14 +311,30 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
     cmp_run.click(do_compare, [st_in, cmp_models, cmp_max], cmp_out, api_name="compare")
 
     @guard
-    def do_webcam(frame, model, strength, color):
-        if frame is None:
-            return None
-        return H.stylize(cfg, frame, model, None, strength, color, 320)
+    def do_webcam(frame, model, strength, color, smooth=False, live=None):
+        return H.webcam_frame(cfg, frame, model, strength, color, bool(smooth), live)
 
-    cam_in.stream(do_webcam, [cam_in, st_model, st_strength, st_color], cam_out,
-                  stream_every=0.5, time_limit=120, concurrency_limit=1,
+    cam_in.stream(do_webcam, [cam_in, st_model, st_strength, st_color, cam_smooth, cam_state],
+                  [cam_out, cam_state], stream_every=0.5, time_limit=120, concurrency_limit=1,
                   api_visibility="private")
+    # a new model, the toggle or a cleared camera start a new stream (and so does a pause, see
+    # handlers.WEBCAM_RESET_AFTER_S: a restarted camera)
+    for trig in (st_model.change, cam_smooth.change, cam_in.clear):
+        trig(lambda: None, None, cam_state, api_visibility="private")
+
+    @guard
+    def do_video(video, model, upload, smooth, max_size, gate_on, gate,
+                 progress=gr.Progress()):
+        return H.stylize_video(cfg, video, model, upload, bool(smooth), max_size,
+                               gate if gate_on else None,
+                               on_progress=lambda done, total: progress(
+                                   (done, total), desc="stylizing video", unit="frames"))
+
+    vid_run.click(do_video, [vid_in, st_model, st_upload, vid_smooth, vid_max, st_gate_on,
+                             st_gate], [vid_out, vid_info], api_name="stylize_video",
+                  concurrency_limit=1, concurrency_id="stylize_video",
+                  api_visibility="undocumented")  # callable; not in the documented API list
+    vid_in.change(_clear, None, [vid_out, vid_info], api_visibility="private")
     return SimpleNamespace(model=st_model, compare_models=cmp_models, info=(do_info, *info_io))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,10 +49,16 @@ class UIConfig:
     max_file_size: str = "25mb"  # per upload, enforced by gradio
     concurrency: int = 2  # inference requests run at once (one GPU, or a few CPU cores)
     max_queue: int = 64
+    max_video_frames: int = 900  # per uploaded video (30 s at 30 fps); longer ones are refused
+    max_video_seconds: float = 60.0
+    # stylized videos are written here (inside the system temp folder, which gradio serves from;
+    # gradio copies each result into its own cache, and files older than an hour are removed)
+    output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "normlab-ui")
 
     def __post_init__(self) -> None:
         self.allowed_dirs = [Path(d).expanduser().resolve() for d in self.allowed_dirs]
         self.runs_dir = Path(self.runs_dir).expanduser().resolve()
+        self.output_dir = Path(self.output_dir).expanduser().resolve()
         self.registry = ModelRegistry(self.runs_dir / "registry.json")
 
     def check_allowed(self, path: str | Path) -> Path:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -253,6 +255,111 @@ def compare(cfg: UIConfig, image: Image.Image | str | None, choices: list[str] |
     for m in models:
         check_memory(cfg, m, processing_size(image.size, max_size))
     return need("stylize", "compare_grid")(models, image, max_size=max_size)
+
+
+# --------------------------------------------------------------------------- webcam and video
+
+WEBCAM_SIZE = 320  # longest side the webcam frames are stylized at
+SMOOTH_MOMENTUM = 0.9  # EMA momentum of the statistics when smoothing (webcam and video)
+# a gap this long between webcam frames is a new stream (the camera was stopped and restarted)
+WEBCAM_RESET_AFTER_S = 5.0
+NOT_A_VIDEO = "the uploaded file is not a video this server can read (MP4, WebM, MOV, MKV, …)"
+VIDEO_KEEP_S = 3600  # stylized videos older than this are removed from cfg.output_dir
+
+
+def webcam_frame(cfg: UIConfig, frame: Image.Image | str | None, choice: str | None,
+                 strength: float = 1.0, preserve_color: bool = False, smooth: bool = False,
+                 live=None):
+    """One webcam frame stylized at ``WEBCAM_SIZE``: ``(image, live)``.
+
+    ``smooth`` off: the frame alone (``stylize``), ``live`` comes back None. ``smooth`` on: the
+    frame continues the stream held by ``live`` (a ``stylize.video.LiveStylizer``: per-layer
+    moving averages of the normalization statistics, ``norms.StreamState``), created on the first
+    frame and again when the model or device changed; the caller keeps it for the next frame (one
+    per browser session). A pause over ``WEBCAM_RESET_AFTER_S`` starts a new stream."""
+    if frame is None:
+        return None, live
+    if not smooth:
+        return stylize(cfg, frame, choice, None, strength, preserve_color, WEBCAM_SIZE), None
+    image = read_image(cfg, frame, "a webcam frame")
+    model = load_style(cfg, choice)
+    dev = device_of(cfg)
+    if live is None or live.model is not model or str(live.device) != dev:
+        live = need("stylize.video", "LiveStylizer")(
+            model, smooth=SMOOTH_MOMENTUM, max_size=WEBCAM_SIZE, device=dev,
+            reset_after=WEBCAM_RESET_AFTER_S)
+    return live(image, strength=float(strength), preserve_color=bool(preserve_color)), live
+
+
+def _prune_outputs(folder: Path, keep_s: float = VIDEO_KEEP_S) -> None:
+    cutoff = time.time() - keep_s
+    for p in folder.glob("*-stylized-*"):
+        try:
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+        except OSError:
+            continue
+
+
+def check_video(cfg: UIConfig, video: str | Path | None):
+    """The ``stylize.video.VideoInfo`` of an uploaded video, or a one-line ``ValueError`` when it
+    is missing, not a readable video, over ``cfg.max_video_frames`` / ``max_video_seconds``, or
+    larger per frame than ``cfg.max_pixels``, or a still image."""
+    if not video:
+        raise ValueError("upload a video first")
+    try:
+        info = need("stylize.video", "probe_video")(video)
+    except ValueError:
+        raise ValueError(NOT_A_VIDEO) from None
+    if info.still_image:
+        raise ValueError("the uploaded file is a still image, not a video: use the image input "
+                         "above")
+    if info.seconds is not None and info.seconds > cfg.max_video_seconds:
+        raise ValueError(f"the video is {info.seconds:.0f} s long; this server stylizes at most "
+                         f"{cfg.max_video_seconds:g} s (trim it first)")
+    if info.frames is not None and info.frames > cfg.max_video_frames:
+        raise ValueError(f"the video has about {info.frames} frames; this server stylizes at "
+                         f"most {cfg.max_video_frames} (trim it first)")
+    if info.width * info.height > cfg.max_pixels:
+        raise ValueError(f"the video's frames are {info.width}×{info.height}; this server "
+                         f"accepts at most {cfg.max_pixels / 1e6:.0f} MP per frame")
+    return info
+
+
+def stylize_video(cfg: UIConfig, video: str | Path | None, choice: str | None,
+                  upload: str | None = None, smooth: bool = True, max_size: int | None = 384,
+                  gate: float | None = None,
+                  on_progress: Callable[[int, int | None], None] | None = None
+                  ) -> tuple[str, str]:
+    """Stylize an uploaded video with ``stylize.video.stylize_video`` (fps and audio kept;
+    ``smooth``: statistics averaged over the frames, momentum ``SMOOTH_MOMENTUM``) into a new
+    ``.mp4`` under ``cfg.output_dir``: ``(path, report summary)``. The network runs at
+    ``max_size`` (longest side; 0/None = full size) within ``cfg.memory_budget_mb``.
+    ``on_progress(done, total)`` per batch of frames (total None when unknown)."""
+    info = check_video(cfg, video)
+    run = need("stylize.video", "stylize_video")
+    model = load_style(cfg, choice, upload)
+    if gate is not None and not model.has_gates:
+        gate = None  # the slider is hidden for gate-less models; ignore a stale value
+    cap = cfg.max_video_frames
+
+    def progress(done: int, total: int | None) -> None:
+        if done > cap:  # the container understated its length
+            raise ValueError(f"the video has more than {cap} frames; this server stylizes at "
+                             f"most {cap} (trim it first)")
+        if on_progress is not None:
+            on_progress(done, total or info.frames)
+
+    out_dir = cfg.output_dir / "video"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _prune_outputs(out_dir)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(video).stem).strip("-.")[:40] or "video"
+    dst = out_dir / f"{stem}-stylized-{uuid.uuid4().hex[:10]}.mp4"
+    max_size = int(max_size) if max_size else None
+    report = run(model, video, dst, smooth=SMOOTH_MOMENTUM if smooth else None,
+                 max_size=max_size, gate=gate, device=device_of(cfg),
+                 max_memory=cfg.memory_budget_mb * 2**20, progress=progress, bar=False)
+    return str(dst), report.summary()
 
 
 # --------------------------------------------------------------------------- classify

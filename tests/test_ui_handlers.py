@@ -781,3 +781,22 @@ def test_video_handler_refuses_bad_input(cfg, tmp_path, monkeypatch):
     assert not list((cfg.output_dir / "video").glob("*"))
     with pytest.raises(gr.Error, match="unknown stylize model"):
         guard(H.stylize_video)(cfg, str(clip), "nope")
+
+
+def test_upload_limit_is_the_memory_budget(tmp_path):
+    """No fixed 16 MP refusal: what the budget can tile is accepted, and the UI's copy of the
+    image-buffer size agrees with the library's planner."""
+    from PIL import Image as PILImage
+
+    from stylize import tiling
+    from ui import config as C
+
+    assert C.IMAGE_BYTES_PER_PIXEL == tiling._IMAGE_BYTES_PER_PIXEL
+    cfg = C.UIConfig(allowed_dirs=[], runs_dir=tmp_path / "runs")
+    assert cfg.max_pixels == C.pixels_for_budget(2048) == 2048 * 2**20 // 32
+    big = tmp_path / "big.png"
+    PILImage.new("RGB", (5000, 4000), (200, 30, 30)).save(big)  # 20 MP: over the old 16 MP cap
+    assert H.read_image(cfg, str(big)).size == (5000, 4000)
+    small = C.UIConfig(allowed_dirs=[], runs_dir=tmp_path / "runs", memory_budget_mb=256)
+    with pytest.raises(ValueError, match="over the limit"):
+        H.read_image(small, str(big))  # 256 MB holds 8 MP of buffers

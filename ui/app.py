@@ -332,8 +332,7 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
 
     vid_run.click(do_video, [vid_in, st_model, st_upload, vid_smooth, vid_max, st_gate_on,
                              st_gate], [vid_out, vid_info], api_name="stylize_video",
-                  concurrency_limit=1, concurrency_id="stylize_video",
-                  api_visibility="undocumented")  # callable; not in the documented API list
+                  concurrency_limit=1, concurrency_id="stylize_video")
     vid_in.change(_clear, None, [vid_out, vid_info], api_visibility="private")
     return SimpleNamespace(model=st_model, compare_models=cmp_models, info=(do_info, *info_io))
 

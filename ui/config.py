@@ -30,6 +30,17 @@ def default_allowed_dirs() -> list[Path]:
     return [d.resolve() for d in dirs if d.is_dir()]
 
 
+# Input and output images held while a large image is stylized in tiles (uint8 arrays and their
+# PIL copies), as stylize.tiling budgets them; ui.config must not import torch, hence the copy.
+IMAGE_BYTES_PER_PIXEL = 16
+
+
+def pixels_for_budget(memory_budget_mb: int) -> int:
+    """The largest image a request may upload: its buffers in at most half the per-request memory
+    budget, the other half for the tiles (2048 MB → 67 MP)."""
+    return int(memory_budget_mb * 2**20 / 2 / IMAGE_BYTES_PER_PIXEL)
+
+
 def default_vgg_weights() -> Path | None:
     """The offline VGG encoder of ../shared, if present (style training needs VGG weights)."""
     p = SHARED / "weights" / "vgg19_normalised_relu3_1.pth"
@@ -44,9 +55,11 @@ class UIConfig:
     runs_dir: Path = ROOT / "runs" / "ui"
     device: str = "auto"
     vgg_weights: Path | None = field(default_factory=default_vgg_weights)
-    max_pixels: int = 16_000_000  # per uploaded image; larger ones are refused with a message
-    memory_budget_mb: int = 2048  # per inference request (network pass at the processing size)
-    max_file_size: str = "25mb"  # per upload, enforced by gradio
+    # per uploaded image or video frame; None: what the memory budget can stylize (tiles with
+    # thumbnail statistics), i.e. the input and output buffers in half of it
+    max_pixels: int | None = None
+    memory_budget_mb: int = 2048  # per inference request (the library tiles to stay within it)
+    max_file_size: str = "200mb"  # per upload, enforced by gradio (videos need room)
     concurrency: int = 2  # inference requests run at once (one GPU, or a few CPU cores)
     max_queue: int = 64
     max_video_frames: int = 900  # per uploaded video (30 s at 30 fps); longer ones are refused
@@ -59,6 +72,8 @@ class UIConfig:
         self.allowed_dirs = [Path(d).expanduser().resolve() for d in self.allowed_dirs]
         self.runs_dir = Path(self.runs_dir).expanduser().resolve()
         self.output_dir = Path(self.output_dir).expanduser().resolve()
+        if self.max_pixels is None:
+            self.max_pixels = pixels_for_budget(self.memory_budget_mb)
         self.registry = ModelRegistry(self.runs_dir / "registry.json")
 
     def check_allowed(self, path: str | Path) -> Path:

@@ -163,9 +163,9 @@ def processing_size(size: tuple[int, int], max_size: int | None) -> tuple[int, i
 
 
 def check_memory(cfg: UIConfig, model, size: tuple[int, int]) -> None:
-    """Refuse a request whose network pass would need more than ``cfg.memory_budget_mb``: one
-    request (and a few concurrent ones) must not exhaust the server. Until the library stylizes
-    any size in bounded memory, the UI refuses with the largest size that fits."""
+    """Refuse a compare-grid request whose untiled passes would need more than
+    ``cfg.memory_budget_mb``: the grid holds every result at the processing size, so it is not
+    tiled (single images are: ``stylize`` passes the budget to the library, which tiles)."""
     per_px = STYLE_BYTES_PER_PIXEL * max(1, int(getattr(model.config, "base_channels", 32))) / 32
     need_b = size[0] * size[1] * per_px
     budget = cfg.memory_budget_mb * 2**20

@@ -182,6 +182,21 @@ def _stage_progress(net: TransformerNet, bar: bool,
                 h.remove()
 
 
+def finish_output(src: Image.Image, out: Image.Image, preserve_color: bool = False,
+                  strength: float = 1.0) -> Image.Image:
+    """The network's RGB output brought back to ``src``: its size (bicubic), its chroma when
+    ``preserve_color`` (luminance from the output, YCbCr), blended with it when ``strength`` < 1."""
+    if out.size != src.size:
+        out = out.resize(src.size, Image.BICUBIC)
+    if preserve_color:
+        yy = out.convert("YCbCr").getchannel("Y")
+        _, cb, cr = src.convert("YCbCr").split()
+        out = Image.merge("YCbCr", (yy, cb, cr)).convert("RGB")
+    if strength < 1.0:
+        out = Image.blend(src, out, strength)
+    return out
+
+
 def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None = None,
                   tile: int | None = None, preserve_color: bool = False, strength: float = 1.0,
                   gate: float | None = None, device: str | torch.device = "cpu",
@@ -250,14 +265,7 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
             else:
                 with _stage_progress(net, bar, progress):
                     out = to_image(_run(net, to_tensor(work).to(dev), fast).float().cpu())
-    if out.size != size:
-        out = out.resize(size, Image.BICUBIC)
-    if preserve_color:
-        yy = out.convert("YCbCr").getchannel("Y")
-        _, cb, cr = src.convert("YCbCr").split()
-        out = Image.merge("YCbCr", (yy, cb, cr)).convert("RGB")
-    if strength < 1.0:
-        out = Image.blend(src, out, strength)
+    out = finish_output(src, out, preserve_color, strength)
     if alpha is not None:
         out.putalpha(alpha)
     return out

@@ -29,7 +29,7 @@ import norms
 from engine.devices import resolve_device
 from engine.io import atomic_path
 
-from .infer import StyleModel, _run, gate_override
+from .infer import StyleModel, _run, finish_output, gate_override
 
 # container format per output extension (the temp file of atomic_path has no telling suffix)
 VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
@@ -254,16 +254,7 @@ class LiveStylizer:
                               Image.LANCZOS)
         y = stylize_frames(self.model, [np.asarray(work)], smooth=self.smooth, batch=1,
                            device=self.device, state=self.state)[0]
-        out = Image.fromarray(y)
-        if out.size != src.size:
-            out = out.resize(src.size, Image.BICUBIC)
-        if preserve_color:
-            yy = out.convert("YCbCr").getchannel("Y")
-            _, cb, cr = src.convert("YCbCr").split()
-            out = Image.merge("YCbCr", (yy, cb, cr)).convert("RGB")
-        if strength < 1.0:
-            out = Image.blend(src, out, strength)
-        return out
+        return finish_output(src, Image.fromarray(y), preserve_color, strength)
 
 
 def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,

@@ -68,6 +68,7 @@ class TrainConfig:
     resume: bool = False
     threads: int = 0
     eval_every: int = 1  # epochs between test evaluations (0: only after the last)
+    init: str | None = None  # start from this classifier's weights (fine-tune / warm restart)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -122,6 +123,20 @@ def onecycle_factor(step: int, total: int, warmup: float = 0.15, start: float = 
     return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def init_from(model: nn.Module, spec: str) -> None:
+    """Copy the weights of classifier ``spec`` (shipped name or .safetensors) into ``model``,
+    which must be the same architecture, norm and number of classes."""
+    from .checkpoint import load_classifier
+
+    src = load_classifier(spec)
+    want, got = model.config, src.config
+    if (want.arch, want.norm, want.num_classes) != (got.arch, got.norm, got.num_classes):
+        raise ValueError(f"--init {spec}: it is {got.arch}/{got.norm} with {got.num_classes} "
+                         f"classes, but this run trains {want.arch}/{want.norm} with "
+                         f"{want.num_classes}")
+    model.load_state_dict({k: v.float() for k, v in src.model.state_dict().items()})
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, ds: TensorDataset, mean: list[float], std: list[float],
              device: torch.device, batch_size: int = 500) -> tuple[float, float]:
@@ -157,6 +172,8 @@ class ClassifyTask(Task):
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.arch, num_classes=len(train_ds.classes), norm=cfg.norm,
                                   **cfg.model_kwargs).to(device)
+        if cfg.init and not cfg.resume:  # on resume the checkpoint's weights win anyway
+            init_from(self.model, cfg.init)
         self.optimizer = torch.optim.SGD(norms.param_groups(self.model, cfg.lr, cfg.weight_decay),
                                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
         self._perm: tuple[int, torch.Tensor] | None = None

@@ -64,6 +64,9 @@ def train_cmd(
                                            "may differ from the checkpoint's recipe (e.g. lr)."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
     eval_every: int = typer.Option(1, help="Epochs between test evaluations (0: only at the end)."),
+    init: Optional[str] = typer.Option(None, help="Start from this classifier's weights (shipped "
+                                       "name or .safetensors of the same arch and norm): "
+                                       "fine-tuning, or a warm restart with a new schedule."),
 ) -> None:
     """Train a classifier (BIN paper CIFAR recipe by default); writes OUT/model.safetensors,
     OUT/checkpoint.pt and OUT/metrics.jsonl. Under torchrun, trains data-parallel with
@@ -79,7 +82,7 @@ def train_cmd(
                       train_subset=train_subset, test_subset=test_subset,
                       train_domains=train_domains, test_domains=test_domains,
                       download=download, resume=resume, threads=threads,
-                      eval_every=eval_every)
+                      eval_every=eval_every, init=init)
     path = train(cfg, explicit=explicit_options(ctx) - {"override"},
                  override=override_list(override))
     if is_main_process():

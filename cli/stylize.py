@@ -364,7 +364,7 @@ def curves_cmd(
 def bench_cmd(
     ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to time (default: an untrained IN TransformerNet)."),
-    sizes: str = typer.Option("512,1024", help="Square sizes to time, comma-separated."),
+    sizes: Optional[str] = typer.Option(None, help="Square sizes to time, comma-separated (default 512,1024; with --train 256)."),
     repeats: int = typer.Option(3, help="Timed repetitions (median)."),
     compile: bool = typer.Option(False, "--compile", help="Also time torch.compile (bf16 fast path and fp32)."),
     onnx: bool = typer.Option(False, "--onnx", help="Also time the onnxruntime backend (CPU)."),
@@ -377,6 +377,13 @@ def bench_cmd(
     photo: Optional[Path] = typer.Option(None, help="With --tiling / --video: the photo to use (default: the amber sample)."),
     video: bool = typer.Option(False, "--video", help="Instead: flicker of a clip panning across --photo (first size = crop size), without and with --smooth; --flashes adds a flashing square."),
     flashes: bool = typer.Option(False, "--flashes", help="With --video: a square flashing black/white at random places."),
+    train: bool = typer.Option(False, "--train", help="Instead: seconds per training step of `stylize train` at the first size, per variant (--variants), as ratios to the first."),
+    variants: Optional[str] = typer.Option(None, help="With --train: comma-separated variants (default: fp32 eager, channels_last, torch.compile, channels_last + compile, the bf16 ones where the CPU/GPU has native bf16, and checkpoint + preview every step)."),
+    batch_size: int = typer.Option(4, help="With --train: batch size."),
+    steps: int = typer.Option(5, help="With --train: timed steps per variant (after 2 untimed)."),
+    norm: str = typer.Option("bin", help="With --train: the network's norm."),
+    vgg_weights: Optional[str] = typer.Option(None, help="With --train: real VGG weights (default: random weights of the relu3_1 encoder's shape, same cost)."),
+    content: Optional[Path] = typer.Option(None, help="With --train: a content folder (default: generated images)."),
 ) -> None:
     """Inference ms per image: float32 eager vs the fast path, as ratios in one run, with the
     fast path's PSNR against float32 (bf16 is used only where PSNR ≥ 40 dB). With --tiling:
@@ -391,13 +398,40 @@ def bench_cmd(
 
     if threads:
         torch.set_num_threads(threads)
+    if sizes is None:
+        sizes = "256" if train else "512,1024"
     try:
         sz = [int(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--sizes must be integers, got {sizes!r}") from None
     if not sz or min(sz) < 16 or repeats < 1:
         raise ValueError("--sizes must be ≥ 16 and --repeats ≥ 1")
-    if video:
+    if train:
+        from engine.devices import cpu_native_bf16, resolve_device
+
+        from stylize.bench import TRAIN_VARIANTS, bench_train, train_markdown
+
+        dev = resolve_device(_device(ctx, device))
+        if variants:
+            chosen = [v.strip() for v in variants.split(",") if v.strip()]
+        else:
+            bf16 = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_native_bf16()
+            chosen = [v for v in TRAIN_VARIANTS if bf16 or "bf16" not in v]
+            if not bf16:
+                typer.echo("(no native bf16 here: the bf16 variants are left out; name them in "
+                           "--variants to time them anyway)")
+        if steps < 1 or batch_size < 1:
+            raise ValueError("--steps and --batch-size must be ≥ 1")
+        if content is not None and not content.is_dir():
+            raise ValueError(f"--content {content} is not a folder")
+        rows = bench_train(chosen, size=sz[0], batch_size=batch_size, steps=steps, norm=norm,
+                           device=str(dev), content_dir=str(content) if content else None,
+                           vgg_weights=vgg_weights,
+                           on_row=lambda r: typer.echo(f"{r['variant']}: {r['s_per_step']:.2f} s/step", err=True))
+        typer.echo(f"training step, {sz[0]} px, batch {batch_size}, norm {norm}, {dev}, "
+                   f"{torch.get_num_threads()} threads, {steps} timed steps each:")
+        typer.echo(train_markdown(rows))
+    elif video:
         from stylize.bench import bench_flicker
 
         rows = bench_flicker(model or "candy_bin", photo=str(photo) if photo else None,

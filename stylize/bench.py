@@ -8,6 +8,7 @@ import time
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from engine.devices import resolve_device
 
@@ -278,3 +279,110 @@ def bench_flicker(model: str, photo: str | None = None, frames: int = 24, size: 
                          r.flicker_input, "output_mean_abs_diff": r.flicker_output,
                          "motion_aligned_output_diff": aligned, "seconds": r.seconds})
     return rows
+
+
+# ---- training speed -------------------------------------------------------------------------
+
+TRAIN_VARIANTS = {
+    "fp32 eager": {},
+    "channels_last": {"channels_last": True},
+    "torch.compile": {"compile": True},
+    "channels_last + compile": {"channels_last": True, "compile": True},
+    "bf16 autocast": {"amp": True},
+    "bf16 + channels_last + compile": {"amp": True, "channels_last": True, "compile": True},
+    "checkpoint + preview every step": {"checkpoint_every": 1, "preview_every": 1},
+}
+
+
+def _random_vgg19_relu3_1() -> nn.Module:
+    """The normalised VGG-19 encoder's architecture up to relu3_1 with seeded random weights:
+    the same FLOPs as the real loss network, for timing only (never for training a model)."""
+    from .losses import encoder_from_state_dict
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 3, 1), (64, 3, 3), (64, 64, 3), (128, 64, 3), (128, 128, 3), (256, 128, 3)]
+    sd = {}
+    for i, (o, c, k) in zip((0, 2, 5, 9, 12, 16), shapes):
+        sd[f"{i}.weight"] = torch.randn(o, c, k, k, generator=g) * (2.0 / (c * k * k)) ** 0.5
+        sd[f"{i}.bias"] = torch.zeros(o)
+    return encoder_from_state_dict(sd, "random normalised VGG-19 (timing only)")
+
+
+def _synthetic_images(folder, n: int, size: int, seed: int) -> None:
+    """``n`` smooth random colour images: timing does not depend on what the photos show."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        x = F.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(size, size), mode="bicubic",
+                          align_corners=False)[0].clamp(0, 1)
+        arr = (x.permute(1, 2, 0) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(folder / f"{i:03d}.jpg", quality=90)
+
+
+def bench_train(variants: list[str], size: int = 256, batch_size: int = 4, steps: int = 5,
+                warmup: int = 2, norm: str = "bin", device: str = "cpu",
+                content_dir: str | None = None, style_image: str | None = None,
+                vgg_weights: str | None = None,
+                on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Seconds per training step of ``stylize train`` (the real loop: data, loss network,
+    backward, Adam) for each variant of ``TRAIN_VARIANTS``, as ratios to the first variant in
+    the same run. The first ``warmup`` steps (compilation, allocator warm-up) are not timed.
+    Without ``vgg_weights`` the loss network has random weights of the real architecture
+    (normalised VGG-19 to relu3_1): the same cost, fine for timing."""
+    import tempfile
+    from pathlib import Path
+
+    from .losses import load_vgg_encoder
+    from .train import TrainConfig, train
+
+    unknown = [v for v in variants if v not in TRAIN_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown training variant(s) {unknown}; known: {', '.join(TRAIN_VARIANTS)}")
+    dev = resolve_device(device)
+    encoder = load_vgg_encoder(vgg_weights) if vgg_weights else _random_vgg19_relu3_1()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if content_dir is None:
+            content_dir = str(root / "content")
+            _synthetic_images(Path(content_dir), max(8, batch_size * 2), size, seed=1)
+        if style_image is None:
+            _synthetic_images(root / "style", 1, 256, seed=2)
+            style_image = str(root / "style" / "000.jpg")
+        for name in variants:
+            opts = dict(TRAIN_VARIANTS[name])
+            cfg = TrainConfig(style_image=style_image, content_dir=content_dir, norm=norm,
+                              out=str(root / f"run{len(rows)}"), image_size=size,
+                              batch_size=batch_size, steps=warmup + steps, device=str(dev),
+                              checkpoint_every=opts.pop("checkpoint_every", 0),
+                              preview_every=opts.pop("preview_every", 0), **opts)
+            marks: list[float] = []
+
+            def tick(info: dict, marks=marks) -> None:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                marks.append(time.perf_counter())
+
+            torch.manual_seed(0)
+            train(cfg, progress=tick, encoder=encoder.to(dev), show_bar=False)
+            s_per_step = (marks[-1] - marks[warmup - 1]) / steps if warmup else \
+                (marks[-1] - marks[0]) / max(1, steps - 1)
+            row = {"variant": name, "size": size, "batch_size": batch_size,
+                   "s_per_step": s_per_step, "images_per_s": batch_size / s_per_step}
+            row["ratio"] = s_per_step / rows[0]["s_per_step"] if rows else 1.0
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+def train_markdown(rows: list[dict[str, Any]]) -> str:
+    base = rows[0]["variant"] if rows else ""
+    lines = [f"| variant | s/step | images/s | × {base} |", "|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['s_per_step']:.2f} | {r['images_per_s']:.2f} | "
+                     f"{r['ratio']:.2f} |")
+    return "\n".join(lines)

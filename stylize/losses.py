@@ -82,13 +82,14 @@ class VGGEncoder(nn.Module):
     def _conv_names(plan: list[str]) -> list[str]:
         return [p for p in plan if p != "P"]
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:  # N×3×H×W (0–255) -> {tap: N×C×h×w}
+    def forward(self, x: Tensor, taps: Sequence[str] | None = None) -> dict[str, Tensor]:
+        # N×3×H×W (0–255) -> {tap: N×C×h×w}; ``taps`` (default: all) stops at the deepest asked
         if self.normalised:
             h = self.first(x / 255.0)
         else:
             h = (x - self.mean) / self.std
         out: dict[str, Tensor] = {}
-        want = set(self.taps)
+        want = set(self.taps if taps is None else taps)
         for name, layer in zip(self.names, self.layers):
             if name == "pool":
                 h = F.max_pool2d(h, 2, 2)
@@ -319,8 +320,9 @@ class PerceptualLoss(nn.Module):
         index (or one per image) → weighted loss terms."""
         n = y.shape[0]
         fy = self.encoder(y)
-        with torch.no_grad():
-            fx = self.encoder(x)[self.content_layer]
+        with torch.no_grad():  # the content target needs only the layers up to its own
+            fx = (self.encoder(x, [self.content_layer]) if isinstance(self.encoder, VGGEncoder)
+                  else self.encoder(x))[self.content_layer]
         content = F.mse_loss(fy[self.content_layer].float(), fx.float())
         style_loss = y.new_zeros((), dtype=torch.float32)
         for j, f in enumerate(self.scales):

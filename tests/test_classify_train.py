@@ -195,3 +195,21 @@ def test_predict_accepts_folders_and_skips_bad_files(tmp_path):
     from classify.data import open_rgb
 
     assert 120 < np.asarray(open_rgb(d / "g16.png")).mean() < 136
+
+
+def test_init_starts_from_another_runs_weights(data_dir, tmp_path):
+    from classify.registry import create_model
+    from classify.train import init_from
+
+    first = train(_cfg(data_dir, tmp_path / "a", epochs=1))
+    model = create_model("resnet20", num_classes=2, norm="bin")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_from(model, str(first))
+    src = classify.load_classifier(str(first)).model.state_dict()
+    assert all(torch.equal(model.state_dict()[k], src[k]) for k in src)
+    assert any(not torch.equal(before[k], src[k]) for k in src)
+    # a warm restart from it runs and records where it started
+    second = train(_cfg(data_dir, tmp_path / "b", epochs=1, init=str(first)))
+    assert second.exists()
+    with pytest.raises(ValueError, match="resnet20/bin .*this run trains resnet20/bn"):
+        init_from(create_model("resnet20", num_classes=2, norm="bn"), str(first))

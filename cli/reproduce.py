@@ -45,10 +45,11 @@ def _make(name: str, summary: str):
         compile: bool = typer.Option(False, "--compile", help="torch.compile the classifiers "
                                      "(worth it for long GPU runs)."),
         style_model: str = typer.Option("candy_bin", help="ibn-shift/divergence: the stylize "
-                                        "model used as a style shift."),
+                                        "model used as a style shift; new-style: the base model."),
         style_image: Optional[str] = typer.Option(None, help="style-curves: style image "
-                                                  "(default ../shared/data/styles/candy.jpg)."),
-        vgg_weights: Optional[str] = typer.Option(None, help="style-curves: VGG weights (default "
+                                                  "(default ../shared/data/styles/candy.jpg); "
+                                                  "new-style: comma-separated unseen styles."),
+        vgg_weights: Optional[str] = typer.Option(None, help="style-curves/new-style: VGG weights (default "
                                                   "../shared/weights/vgg19_normalised_relu3_1.pth)."),
         device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
     ) -> None:
@@ -65,15 +66,13 @@ def _make(name: str, summary: str):
     return cmd
 
 
-_SUMMARIES = {
-    "bin-cifar": "BIN paper Table 1 / Fig. 1 / Fig. 2 on CIFAR-10 (bn, in, bn_in, bin, ibn_a)",
-    "ibn-shift": "IBN-Net Table 1 appearance shifts (RGB+50, R+50, contrast ×1.5) and a style "
-                 "shift, for bn, ibn_a, ibn_b, bin",
-    "pacs": "PACS leave-one-domain-out, all four held-out domains, bn, ibn_a, ibn_b, bin",
-    "divergence": "IBN-Net feature divergence by depth (appearance vs content)",
-    "style-curves": "BIN paper Fig. 3 loss curves (in, bn, bn_in, bin) and Fig. 6 gates",
-}
-for _name, _summary in _SUMMARIES.items():
+def _summaries() -> dict[str, str]:
+    from experiments.reproduce import list_reproductions  # one list: each module's SUMMARY
+
+    return list_reproductions()
+
+
+for _name, _summary in _summaries().items():
     app.command(_name)(_make(_name, _summary))
 
 

@@ -221,3 +221,53 @@ def test_gpu_resident_data_augments_on_device_like_cpu():
     on_gpu = augment(split.train.x[idx], torch.Generator().manual_seed(5), 4)
     assert on_gpu.is_cuda
     assert torch.equal(on_gpu.cpu(), augment(x[idx], torch.Generator().manual_seed(5), 4))
+
+
+def test_new_style_smoke_report(tiny):
+    """norm-only fine-tuning of a base model vs from scratch, stopped by CPU time, resumed
+    between the time points, losses on held-out photos; a re-run only reads the runs back."""
+    from stylize.train import TrainConfig, train
+
+    _folder(tiny / "ns_content", 1, 8, 40, 30)
+    styles = []
+    for k in range(2):
+        p = tiny / f"ns_style{k}.png"
+        Image.fromarray(np.random.default_rng(40 + k).integers(0, 256, (48, 48, 3),
+                                                                dtype=np.uint8)).save(p)
+        styles.append(str(p))
+    base = train(TrainConfig(style_image=str(tiny / "style.png"), content_dir=str(tiny / "ns_content"),
+                             norm="bin", out=str(tiny / "ns_base"), image_size=32, batch_size=2,
+                             steps=3, device="cpu"), encoder=TinyEncoder(), show_bar=False)
+    ctx = _ctx(tiny, "new-style", data=str(tiny / "ns_content"), style_image=",".join(styles),
+               style_model=str(base), encoder=TinyEncoder())
+    md, res = _check_report(reproduce("new-style", ctx), 2)
+    assert "### Held-out style loss by CPU time" in md and "Against a long from-scratch run" in md
+    runs = res["runs"]
+    assert {(Path(r["style"]).stem, r["method"]) for r in runs} == {
+        ("ns_style0", "norm-only"), ("ns_style1", "norm-only"), ("ns_style0", "scratch"),
+        ("ns_style1", "scratch"), ("ns_style0", "scratch-reference")}
+    for r in runs:  # more CPU time, more steps; every time point kept its own model
+        steps = [r["steps"][f"{m:g}"] for m in r["minutes"]]
+        assert steps == sorted(steps) and steps[0] >= 1
+        assert r["cpu_seconds"] >= r["minutes"][-1] * 60
+    assert all(np.isfinite(x["style_loss"]) and x["style_loss"] > 0 for x in res["rows"])
+    # held-out photos never trained on
+    split = next(Path(ctx.runs).glob("new-style-photos-*"))
+    held = {p.resolve() for p in (split / "heldout").iterdir()}
+    assert held and not held & {p.resolve() for p in (split / "train").iterdir()}
+    # norm-only changed only norm parameters of the base
+    import norms
+    from stylize.model import load_style_net
+
+    b, _ = load_style_net(base)
+    ft = next(r for r in runs if r["method"] == "norm-only")
+    f, _ = load_style_net(Path(ft["folder"]) / "model.safetensors")
+    normp = {f"{mn}.{pn}" for mn, m in f.named_modules() if isinstance(m, norms.ConditionalNorm)
+             for pn, _ in m.named_parameters()}
+    assert normp
+    fb = dict(b.named_parameters())
+    for name, p in f.named_parameters():
+        if name not in normp:
+            assert torch.equal(p, fb[name]), name
+    again = reproduce("new-style", ctx)  # reuses every run
+    assert json.loads((again.parent / "results.json").read_text())["runs"] == runs

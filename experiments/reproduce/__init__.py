@@ -5,6 +5,7 @@
 - ``pacs``: leave-one-domain-out on PACS, all four held-out domains.
 - ``divergence``: IBN-Net Fig. 3, feature divergence by depth (appearance vs content).
 - ``style-curves``: BIN paper Fig. 3 (loss curves) and Fig. 6 (gate histogram) in style transfer.
+- ``new-style``: Dumoulin et al. 2017, a new style by norm-only fine-tuning vs from scratch.
 
 Each writes ``README.md`` + PNGs + ``results.json`` into its report folder; training runs live in
 ``runs`` (default ``runs/reproduce``) and are reused across reproductions and re-runs.
@@ -25,6 +26,7 @@ REPRODUCTIONS = {
     "pacs": "pacs",
     "divergence": "divergence",
     "style-curves": "style_curves",
+    "new-style": "new_style",
 }
 
 
@@ -42,7 +44,7 @@ class Context:
     compile: bool = False  # torch.compile the classifiers (pays off for long GPU runs)
     command: str = ""
     style_model: str = "candy_bin"  # ibn-shift / divergence: the stylize model used as a shift
-    style_image: str | None = None  # style-curves
+    style_image: str | None = None  # style-curves (new-style: comma-separated)
     vgg_weights: str | None = None  # style-curves
     encoder: Any = None  # style-curves test hook: a loss network instead of VGG weights
 

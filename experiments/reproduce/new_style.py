@@ -1,0 +1,418 @@
+"""A new style in minutes (Dumoulin et al., ICLR 2017, Sec. 4): train only the normalization
+parameters (γ, β and BIN's ρ, one new row of a conditional norm) of an existing style network
+for a style it has never seen, versus training a whole network from scratch, at equal CPU time.
+Losses are measured on held-out photos after each time budget."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.io import write_text_atomic
+
+from .budgets import shared_root
+from .report import Report, mean_sd_table
+
+TITLE = "A new style in minutes: norm-only fine-tuning vs training from scratch"
+SUMMARY = "new style by norm-only fine-tuning vs from scratch, at 5 and 15 CPU-minutes"
+METHODS = ("norm-only", "scratch")
+DEFAULT_STYLES = ("mosaic.jpg", "the_great_wave.jpg", "starry_night.jpg")
+
+
+@dataclass(frozen=True)
+class NewStyleBudget:
+    minutes: tuple[float, ...]  # evaluation points, in CPU-minutes of one thread (GPU: wall)
+    image_size: int
+    batch_size: int
+    heldout: int  # held-out photos the losses are measured on
+    reference_minutes: float  # a long from-scratch run of the first style (0: none)
+    estimate: str = ""
+
+
+BUDGETS: dict[str, NewStyleBudget] = {
+    "smoke": NewStyleBudget((0.01, 0.02), 32, 2, 4, 0.03, "seconds"),
+    "cpu": NewStyleBudget((5, 10, 15), 192, 4, 16, 45,
+                          "3 styles × 2 methods × 15 CPU-min + a 45-min reference = 2.25 "
+                          "CPU-hours (about 70 min with --jobs 2 on 2 cores)"),
+    "full": NewStyleBudget((5, 10, 15), 256, 4, 32, 120, "on a GPU, minutes of wall time"),
+}
+
+
+def _inputs(ctx) -> tuple[Path, list[str], str | None]:
+    content = Path(ctx.data or shared_root() / "data" / "content")
+    if not content.is_dir():
+        raise ValueError(f"content photos not found at {content}; pass --data CONTENT_DIR")
+    if ctx.style_image:
+        styles = [s.strip() for s in ctx.style_image.split(",") if s.strip()]
+    else:
+        styles = [str(shared_root() / "data" / "styles" / s) for s in DEFAULT_STYLES]
+    for s in styles:
+        if not Path(s).is_file():
+            raise ValueError(f"style image not found at {s}; pass --style-image A.jpg,B.jpg,...")
+    vgg = ctx.vgg_weights
+    if ctx.encoder is None:
+        vgg = vgg or str(shared_root() / "weights" / "vgg19_normalised_relu3_1.pth")
+        if not Path(vgg).is_file():
+            raise ValueError(f"VGG weights not found at {vgg}; pass --vgg-weights FILE")
+    return content, styles, vgg
+
+
+def split_photos(content: Path, folder: Path, heldout: int, seed: int = 0) -> tuple[Path, Path]:
+    """(train folder, held-out folder) of links to ``content``'s photos: a seeded ``heldout`` of
+    them are kept out of training so the losses are measured on photos no run has seen."""
+    from engine.images import list_images
+
+    files = sorted(list_images(content))
+    if len(files) < heldout + 2:
+        raise ValueError(f"{content} has {len(files)} photos; need at least {heldout + 2}")
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(len(files), heldout, replace=False).tolist())
+    tr, he = folder / "train", folder / "heldout"
+    if not (tr.is_dir() and he.is_dir()):
+        tmp = folder / ".split.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for i, f in enumerate(files):
+            d = tmp / ("heldout" if i in held else "train")
+            d.mkdir(parents=True, exist_ok=True)
+            dst = d / f"{i:05d}{f.suffix.lower()}"
+            try:
+                os.symlink(f.resolve(), dst)
+            except OSError:  # no symlinks here: copy
+                shutil.copyfile(f, dst)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("train", "heldout"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+            (tmp / name).rename(folder / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tr, he
+
+
+class _CpuClock:
+    """Seconds of this process's CPU time (all threads), or wall time on a GPU."""
+
+    def __init__(self, device: str) -> None:
+        self.wall = device.startswith("cuda")
+
+    def __call__(self) -> float:
+        return time.perf_counter() if self.wall else time.process_time()
+
+
+def train_timed(job: dict[str, Any]) -> dict[str, Any]:
+    """One run, stopped at each of ``job['minutes']`` of CPU time (resumed exactly between
+    them); the model at each point is kept as ``model_<m>min.safetensors``. Reused when done."""
+    import torch
+
+    st = importlib.import_module("stylize.train")
+    folder = Path(job["folder"])
+    done = folder / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(job.get("threads", 1))  # CPU-minutes of one thread, comparable runs
+    try:
+        clock = _CpuClock(job["device"])
+        spent_file = folder / "cpu_seconds.json"
+        spent = json.loads(spent_file.read_text())["seconds"] if spent_file.is_file() else 0.0
+        cfg = st.TrainConfig(**job["config"])
+        encoder = job.get("encoder")
+        for m in job["minutes"]:
+            snap = folder / f"model_{m:g}min.safetensors"
+            if snap.is_file():
+                continue
+            t0 = clock()
+            base = spent
+            resume = (folder / st.CHECKPOINT).is_file()
+            kw: dict[str, Any] = {"resume": resume, "show_bar": False,
+                                  "should_stop": lambda: base + clock() - t0 >= m * 60}
+            if encoder is not None:
+                kw["encoder"] = encoder
+            final = st.train(cfg, **kw)
+            spent = base + clock() - t0
+            write_text_atomic(spent_file, json.dumps({"seconds": spent}))
+            shutil.copyfile(final, snap)
+        from stylize.model import load_style_net
+
+        steps = {f"{m:g}": int(load_style_net(folder / f"model_{m:g}min.safetensors")[1]["steps"])
+                 for m in job["minutes"]}
+        res = {"style": job["style"], "method": job["method"], "folder": str(folder),
+               "minutes": list(job["minutes"]), "steps": steps, "cpu_seconds": round(spent, 1)}
+        write_text_atomic(done, json.dumps(res, indent=1) + "\n")
+        return res
+    finally:
+        torch.set_num_threads(threads)
+
+
+def heldout_losses(model_path: Path, style_image: str, heldout: Path, cfg: dict[str, Any],
+                   encoder) -> dict[str, float]:
+    """Mean weighted content and style loss (the training loss's terms, same weights and style
+    scales) of a model's last style over the held-out photos, in eval mode."""
+    import torch
+
+    import norms
+    from stylize.losses import PerceptualLoss
+    from stylize.model import load_style_net
+    from stylize.train import ContentImages, style_tensor
+
+    net, _ = load_style_net(model_path)
+    net.eval()
+    if net.config.conditional:
+        norms.set_style(net, net.config.num_styles - 1)  # the style this run trained
+    spec = getattr(encoder, "spec", None)
+    loss_fn = PerceptualLoss(encoder, [style_tensor(style_image, cfg["style_size"])],
+                             spec.style_layers if spec else list(encoder.taps),
+                             spec.content_layer if spec else encoder.taps[-1],
+                             cfg["content_weight"], cfg["style_weight"],
+                             style_scales=cfg["style_scales"])
+    photos = ContentImages(heldout, cfg["image_size"])
+    sums = {"content_loss": 0.0, "style_loss": 0.0}
+    with torch.no_grad():
+        for i in range(len(photos)):
+            x = photos.get(i).unsqueeze(0).float()
+            out = loss_fn(net(x), x)
+            for k in sums:
+                sums[k] += float(out[k]) / len(photos)
+    return sums
+
+
+def _loss_figure(rows: list[dict], unit: str):
+    """Held-out style loss against time, one panel per style: norm-only vs scratch (and the
+    long reference run as a dashed line where it ran)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    styles = list(dict.fromkeys(r["style"] for r in rows))
+    fig, axes = plt.subplots(1, len(styles), figsize=(3.2 * len(styles), 2.8), squeeze=False)
+    for ax, s in zip(axes[0], styles):
+        for m, style in (("norm-only", "o-"), ("scratch", "s-")):
+            pts = sorted((r["at_minutes"], r["style_loss"]) for r in rows
+                         if r["style"] == s and r["method"] == m)
+            if pts:
+                ax.plot(*zip(*pts), style, label=m)
+        for r in rows:
+            if r["style"] == s and r["method"] == "scratch-reference":
+                ax.axhline(r["style_loss"], ls="--", color="gray",
+                           label=f"scratch, {r['at_minutes']:g} min")
+                ax.axhline(1.5 * r["style_loss"], ls=":", color="gray", label="1.5× that")
+        ax.set_title(Path(s).stem, fontsize=9)
+        ax.set_xlabel(unit, fontsize=8)
+        ax.set_ylabel("held-out style loss", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _sample_figure(rows: list[dict], heldout: Path, size: int, minutes: tuple[float, ...]):
+    """One held-out photo through every style × method at the first and last time point."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import torch
+
+    import norms
+    from stylize.model import load_style_net
+    from stylize.train import ContentImages
+
+    photo = ContentImages(heldout, size).get(0).unsqueeze(0).float()
+    styles = list(dict.fromkeys(r["style"] for r in rows))
+    cols = [(m, t) for m in METHODS for t in (minutes[0], minutes[-1])]
+    fig, axes = plt.subplots(len(styles), len(cols) + 1,
+                             figsize=(1.9 * (len(cols) + 1), 1.9 * len(styles)), squeeze=False)
+    for i, s in enumerate(styles):
+        axes[i][0].imshow(photo[0].permute(1, 2, 0).clamp(0, 255).byte().numpy())
+        axes[i][0].set_ylabel(Path(s).stem, fontsize=8)
+        axes[i][0].set_title("photo" if i == 0 else "", fontsize=8)
+        for j, (m, t) in enumerate(cols, start=1):
+            r = next(x for x in rows if x["style"] == s and x["method"] == m)
+            net, _ = load_style_net(Path(r["folder"]) / f"model_{t:g}min.safetensors")
+            net.eval()
+            if net.config.conditional:
+                norms.set_style(net, net.config.num_styles - 1)
+            with torch.no_grad():
+                y = net(photo)[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
+            axes[i][j].imshow(y)
+            if i == 0:
+                axes[i][j].set_title(f"{m}, {t:g} min", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def paired_ratio_line(label: str, ratios: list[float]) -> str:
+    """``- label: geometric mean ratio … : inside/larger than the noise (t, df, p)`` for per-style
+    ratios of two methods' losses (paired by style; tested on their logs)."""
+    import math
+
+    from .stats import student_t_sf2
+
+    logs = [math.log(r) for r in ratios if r > 0]
+    n = len(logs)
+    if n == 0:
+        return f"- {label}: no ratios"
+    g = math.exp(sum(logs) / n)
+    if n < 2:
+        return f"- {label}: ratio {g:.2f} from one style: inside the noise (no test with n = 1)"
+    mean = sum(logs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
+    t = math.inf if sd == 0 else mean / (sd / math.sqrt(n))
+    p = student_t_sf2(t, n - 1) if sd else (1.0 if mean == 0 else 0.0)
+    verdict = "inside the noise" if p >= 0.05 else "larger than the noise"
+    return (f"- {label}: norm-only's style loss is {g:.2f}× from-scratch's (geometric mean over "
+            f"n = {n} styles): {verdict} (paired t = {t:.2f}, df = {n - 1}, p = {p:.3f})")
+
+
+def run(ctx) -> Path:
+    from engine.devices import resolve_device
+
+    st = importlib.import_module("stylize.train")
+    from stylize.losses import load_vgg_encoder
+    from stylize.model import resolve_model_file
+
+    b = BUDGETS[ctx.budget]
+    content, styles, vgg = _inputs(ctx)
+    device = str(resolve_device(ctx.device))
+    base = str(resolve_model_file(ctx.style_model))
+    split = Path(ctx.runs) / f"new-style-photos-h{b.heldout}"
+    train_dir, heldout = split_photos(content, split, b.heldout)
+    encoder = ctx.encoder if ctx.encoder is not None else load_vgg_encoder(vgg)
+    spec = getattr(encoder, "spec", None)
+    cw = spec.content_weight if spec else 1.0
+    sw = spec.style_weight if spec else 1.0
+    jobs = []
+    for s in styles:
+        for method in METHODS:
+            cfg = st.TrainConfig(style_image=s, content_dir=str(train_dir), norm="bin",
+                                 image_size=b.image_size, batch_size=b.batch_size,
+                                 steps=10**7, seed=0, device=device, vgg_weights=vgg,
+                                 content_weight=cw, style_weight=sw, style_size=384,
+                                 checkpoint_every=50, from_model=base if method == "norm-only" else None)
+            jobs.append((s, method, cfg, b.minutes))
+    if b.reference_minutes:
+        cfg = dataclasses.replace(jobs[1][2])  # scratch, first style
+        # first: the longest run starts at once, so parallel jobs finish together
+        jobs.insert(0, (styles[0], "scratch-reference", cfg, (b.reference_minutes,)))
+    specs = []
+    for s, method, cfg, minutes in jobs:
+        ident = {k: v for k, v in sorted(cfg.to_dict().items())
+                 if k not in ("out", "device", "checkpoint_every", "preview_every", "vgg_weights")}
+        ident["loss_network"] = Path(vgg).name if vgg else "test-encoder"
+        ident["minutes"] = list(minutes)
+        h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        folder = Path(ctx.runs) / f"new-style-{Path(s).stem}-{method}-{h}"
+        cfg.out = str(folder)
+        specs.append({"style": s, "method": method, "folder": str(folder), "device": device,
+                      "config": cfg.to_dict(), "minutes": list(minutes), "threads": 1,
+                      "encoder": ctx.encoder})
+    from tqdm.auto import tqdm
+
+    if ctx.jobs > 1 and ctx.encoder is None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(ctx.jobs, mp_context=mp.get_context("spawn")) as pool:
+            results = list(tqdm(pool.map(train_timed, specs), total=len(specs), desc="new-style"))
+    else:
+        results = [train_timed(j) for j in tqdm(specs, desc="new-style", leave=False)]
+
+    cfg0 = specs[0]["config"] | {"content_weight": cw, "style_weight": sw}
+    table: dict[tuple[str, str], list[float]] = {}
+    rows = []
+    for r in results:
+        for m in r["minutes"]:
+            loss = heldout_losses(Path(r["folder"]) / f"model_{m:g}min.safetensors", r["style"],
+                                  heldout, cfg0, encoder)
+            rows.append({**r, "at_minutes": m, **loss, "steps_at": r["steps"].get(f"{m:g}")})
+    rep = Report("new-style", TITLE, ctx.out, ctx.budget, intro=(
+        "Dumoulin et al. (ICLR 2017, Sec. 4) show that a network trained on many styles learns a "
+        "new one when only its normalization parameters are trained. Here the base is the "
+        f"shipped `{ctx.style_model}` network; for each style it has never seen, one new row of "
+        "its (conditional) BIN parameters γ, β, ρ is trained, every other weight frozen "
+        "(`stylize train --from`), against a whole BIN network trained from scratch "
+        "(`stylize train`), on the same photos, for the same CPU time."))
+    unit = "GPU wall minutes" if device.startswith("cuda") else "CPU-minutes of one thread"
+    rep.setup += [
+        f"Styles: {', '.join(f'`{Path(s).name}`' for s in styles)}; base model `{base}`.",
+        f"Training: {b.image_size} px, batch {b.batch_size}, Adam lr 1e-3, seed 0, style image "
+        f"at 384 px, multi-scale style loss (scales 1, 2); {len(list(train_dir.iterdir()))} "
+        f"training photos. Each run stops at {', '.join(f'{m:g}' for m in b.minutes)} {unit} "
+        "(process CPU time, so other load on the machine does not count) and resumes exactly "
+        "between them. Expected cost: " + b.estimate + ".",
+        f"Losses: the training loss's weighted content and style terms (same VGG layers, weights "
+        f"and scales), averaged over {b.heldout} held-out photos no run trained on, at "
+        f"{b.image_size} px, eval mode.",
+        "One seed per (style, method): each cell is one run; the spread across styles is in the "
+        "per-style table.",
+    ]
+    for key, label in (("style_loss", "style loss"), ("content_loss", "content loss")):
+        cols = [f"{m:g} min" for m in b.minutes]
+        vals = {}
+        for r in rows:
+            if r["method"] in METHODS:
+                vals[(f"{Path(r['style']).stem} · {r['method']}", f"{r['at_minutes']:g} min")] = [r[key]]
+        rnames = [f"{Path(s).stem} · {m}" for s in styles for m in METHODS]
+        rep.section(f"### Held-out {label} by CPU time\n\n" + mean_sd_table(
+            "style · method", rnames, cols, vals, digits=2))
+    summary: dict[tuple[str, str], list[float]] = {}
+    ratio: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r["method"] in METHODS:
+            summary.setdefault((r["method"], f"style {r['at_minutes']:g} min"), []).append(r["style_loss"])
+            summary.setdefault((r["method"], f"content {r['at_minutes']:g} min"), []).append(r["content_loss"])
+        if r["method"] == "norm-only":
+            other = next(x for x in rows if x["method"] == "scratch" and x["style"] == r["style"]
+                         and x["at_minutes"] == r["at_minutes"])
+            ratio.setdefault(("norm-only ÷ scratch", f"{r['at_minutes']:g} min"), []).append(
+                r["style_loss"] / other["style_loss"])
+    scols = [f"style {m:g} min" for m in b.minutes] + [f"content {m:g} min" for m in b.minutes]
+    rep.section("### Summary over the styles\n\nmean ± sd over the styles (n = styles; the "
+                "styles' loss scales differ, so the sd is mostly between styles).\n\n"
+                + mean_sd_table("method", list(METHODS), scols, summary, digits=2)
+                + "\n\nStyle loss of norm-only fine-tuning relative to from scratch at the same "
+                "CPU time (per style, then mean ± sd over styles; < 1: fine-tuning is ahead):\n\n"
+                + mean_sd_table("ratio", ["norm-only ÷ scratch"], [f"{m:g} min" for m in b.minutes],
+                                ratio, digits=2))
+    rep.section("Paired test per time point (log of the per-style ratio, one-sample t-test "
+                "against 0):\n\n" + "\n".join(
+                    paired_ratio_line(f"{m:g} min", ratio.get(("norm-only ÷ scratch", f"{m:g} min"), []))
+                    for m in b.minutes))
+    rep.data["summary"] = {f"{k[0]} | {k[1]}": v for k, v in {**summary, **ratio}.items()}
+    ref = [r for r in rows if r["method"] == "scratch-reference"]
+    if ref:
+        rr = ref[0]
+        lines = [f"Reference: `{Path(rr['style']).stem}` trained from scratch for "
+                 f"{rr['at_minutes']:g} {unit} ({rr['steps_at']} steps): held-out style loss "
+                 f"{rr['style_loss']:.2f}, content loss {rr['content_loss']:.2f}."]
+        for r in rows:
+            if r["style"] == rr["style"] and r["method"] in METHODS:
+                lines.append(f"- {r['method']} at {r['at_minutes']:g} min ({r['steps_at']} steps):"
+                             f" style loss {r['style_loss'] / rr['style_loss']:.2f}× the reference")
+        rep.section("### Against a long from-scratch run\n\n" + "\n".join(lines))
+    rep.figure(_loss_figure(rows, unit), "style_loss.png",
+               "held-out style loss by CPU time, norm-only fine-tuning vs from scratch")
+    rep.figure(_sample_figure([r for r in results if r["method"] in METHODS], heldout,
+                              b.image_size, b.minutes), "samples.png",
+               "a held-out photo: each new style after the first and the last time budget, "
+               "norm-only fine-tuning vs from scratch")
+    s0 = Path(styles[0])
+    rep.commands += [
+        ctx.command or f"normlab reproduce new-style --budget {ctx.budget}",
+        "# one norm-only run alone (stop it when you like; --resume continues):",
+        f"normlab stylize train --from {ctx.style_model} --style-image {s0} --content PHOTOS "
+        f"--image-size {b.image_size} --style-size 384" + (f" --vgg-weights {vgg}" if vgg else "")
+        + " --out runs/new-style"]
+    rep.data.update(runs=results, rows=rows)
+    rep.train_seconds = sum(r["cpu_seconds"] for r in results)
+    return rep.write()

@@ -329,7 +329,8 @@ def bench_train(variants: list[str], size: int = 256, batch_size: int = 4, steps
                 on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Seconds per training step of ``stylize train`` (the real loop: data, loss network,
     backward, Adam) for each variant of ``TRAIN_VARIANTS``, as ratios to the first variant in
-    the same run. The first ``warmup`` steps (compilation, allocator warm-up) are not timed.
+    the same run: wall time, and this process's CPU time (all threads), which other load on the
+    machine does not inflate. The first ``warmup`` steps (compilation, allocator warm-up) are not timed.
     Without ``vgg_weights`` the loss network has random weights of the real architecture
     (normalised VGG-19 to relu3_1): the same cost, fine for timing."""
     import tempfile
@@ -360,19 +361,25 @@ def bench_train(variants: list[str], size: int = 256, batch_size: int = 4, steps
                               checkpoint_every=opts.pop("checkpoint_every", 0),
                               preview_every=opts.pop("preview_every", 0), **opts)
             marks: list[float] = []
+            cpu: list[float] = []
 
-            def tick(info: dict, marks=marks) -> None:
+            def tick(info: dict, marks=marks, cpu=cpu) -> None:
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 marks.append(time.perf_counter())
+                cpu.append(time.process_time())
 
             torch.manual_seed(0)
             train(cfg, progress=tick, encoder=encoder.to(dev), show_bar=False)
-            s_per_step = (marks[-1] - marks[warmup - 1]) / steps if warmup else \
-                (marks[-1] - marks[0]) / max(1, steps - 1)
+            first = max(0, warmup - 1)
+            n = len(marks) - 1 - first
+            s_per_step = (marks[-1] - marks[first]) / n
+            cpu_per_step = (cpu[-1] - cpu[first]) / n
             row = {"variant": name, "size": size, "batch_size": batch_size,
-                   "s_per_step": s_per_step, "images_per_s": batch_size / s_per_step}
+                   "s_per_step": s_per_step, "images_per_s": batch_size / s_per_step,
+                   "cpu_s_per_step": cpu_per_step, "threads": torch.get_num_threads()}
             row["ratio"] = s_per_step / rows[0]["s_per_step"] if rows else 1.0
+            row["cpu_ratio"] = cpu_per_step / rows[0]["cpu_s_per_step"] if rows else 1.0
             rows.append(row)
             if on_row is not None:
                 on_row(row)
@@ -381,8 +388,9 @@ def bench_train(variants: list[str], size: int = 256, batch_size: int = 4, steps
 
 def train_markdown(rows: list[dict[str, Any]]) -> str:
     base = rows[0]["variant"] if rows else ""
-    lines = [f"| variant | s/step | images/s | × {base} |", "|---|---:|---:|---:|"]
+    lines = [f"| variant | wall s/step | images/s | × {base} (wall) | CPU s/step | "
+             f"× {base} (CPU) |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['s_per_step']:.2f} | {r['images_per_s']:.2f} | "
-                     f"{r['ratio']:.2f} |")
+                     f"{r['ratio']:.2f} | {r['cpu_s_per_step']:.2f} | {r['cpu_ratio']:.2f} |")
     return "\n".join(lines)

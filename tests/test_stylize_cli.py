@@ -253,3 +253,19 @@ def test_export_half_keeps_config_and_output(tmp_path, bin_model):
     diff = np.abs(np.asarray(stylize_image(a, img), float) - np.asarray(stylize_image(b, img), float))
     assert diff.mean() < 1.0
     _one_error_line(_invoke("export", tmp_path / "nope.safetensors", dst))
+
+
+def test_bench_train_times_the_training_loop(tmp_path):
+    """`stylize bench --train`: one row per variant, wall and CPU-time ratios to the first
+    variant of the same run; an unknown variant is one error line."""
+    r = _invoke("bench", "--train", "--sizes", "32", "--steps", "2", "--batch-size", "2",
+                "--variants", "fp32 eager,channels_last,checkpoint + preview every step",
+                "--json", tmp_path / "t.json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [x["variant"] for x in rows] == ["fp32 eager", "channels_last",
+                                            "checkpoint + preview every step"]
+    assert rows[0]["ratio"] == 1.0 and rows[0]["cpu_ratio"] == 1.0
+    assert all(x["s_per_step"] > 0 and x["cpu_s_per_step"] > 0 for x in rows)
+    assert "| variant | wall s/step |" in r.output
+    _one_error_line(_invoke("bench", "--train", "--variants", "fp64 magic"))

@@ -120,6 +120,18 @@ STYLE: dict[str, StyleBudget] = {
 }
 
 
+def vgg_weights(ctx) -> str | None:
+    """The style loss network's weights: ``--vgg-weights``, else the shared normalised VGG-19
+    (None when a test encoder stands in), with a one-line error when the file is missing."""
+    if ctx.encoder is not None:
+        return ctx.vgg_weights
+    vgg = ctx.vgg_weights or str(shared_root() / "weights" / "vgg19_normalised_relu3_1.pth")
+    if not Path(vgg).is_file():
+        raise ValueError(f"VGG weights not found at {vgg}; pass --vgg-weights FILE (a "
+                         "torchvision VGG-16/19 state dict or a normalised VGG-19 encoder)")
+    return vgg
+
+
 def check_budget(budget: str) -> str:
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")

@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.io import write_text_atomic
 
-from .budgets import shared_root
+from .budgets import shared_root, vgg_weights
 from .report import Report, mean_sd_table
 
 TITLE = "A new style in minutes: norm-only fine-tuning vs training from scratch"
@@ -58,12 +58,7 @@ def _inputs(ctx) -> tuple[Path, list[str], str | None]:
     for s in styles:
         if not Path(s).is_file():
             raise ValueError(f"style image not found at {s}; pass --style-image A.jpg,B.jpg,...")
-    vgg = ctx.vgg_weights
-    if ctx.encoder is None:
-        vgg = vgg or str(shared_root() / "weights" / "vgg19_normalised_relu3_1.pth")
-        if not Path(vgg).is_file():
-            raise ValueError(f"VGG weights not found at {vgg}; pass --vgg-weights FILE")
-    return content, styles, vgg
+    return content, styles, vgg_weights(ctx)
 
 
 def split_photos(content: Path, folder: Path, heldout: int, seed: int = 0) -> tuple[Path, Path]:

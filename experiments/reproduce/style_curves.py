@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.io import write_text_atomic
 
-from .budgets import STYLE, shared_root
+from .budgets import STYLE, shared_root, vgg_weights
 from .report import Report, mean_sd_table, noise_lines
 
 TITLE = "BIN paper Fig. 3 / Fig. 6: style-transfer loss curves of IN, BN, BN+IN and BIN"
@@ -30,13 +30,7 @@ def _inputs(ctx) -> tuple[str, str, str | None]:
         raise ValueError(f"content photos not found at {content}; pass --data CONTENT_DIR")
     if not Path(style).is_file():
         raise ValueError(f"style image not found at {style}; pass --style-image FILE")
-    vgg = ctx.vgg_weights
-    if ctx.encoder is None:
-        vgg = vgg or str(shared_root() / "weights" / "vgg19_normalised_relu3_1.pth")
-        if not Path(vgg).is_file():
-            raise ValueError(f"VGG weights not found at {vgg}; pass --vgg-weights FILE (a "
-                             "torchvision VGG-16/19 state dict or a normalised VGG-19 encoder)")
-    return content, style, vgg
+    return content, style, vgg_weights(ctx)
 
 
 def _tail_mean(rows: list[dict], key: str, k: int) -> float:

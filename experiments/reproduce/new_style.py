@@ -4,7 +4,6 @@ for a style it has never seen, versus training a whole network from scratch, at 
 Losses are measured on held-out photos after each time budget."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -110,7 +109,9 @@ def train_timed(job: dict[str, Any]) -> dict[str, Any]:
     folder = Path(job["folder"])
     done = folder / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        res = json.loads(done.read_text())
+        if set(job["minutes"]) <= set(res["minutes"]):
+            return res
     threads = torch.get_num_threads()
     torch.set_num_threads(job.get("threads", 1))  # CPU-minutes of one thread, comparable runs
     try:
@@ -296,15 +297,16 @@ def run(ctx) -> Path:
                                  checkpoint_every=50, from_model=base if method == "norm-only" else None)
             jobs.append((s, method, cfg, b.minutes))
     if b.reference_minutes:
-        cfg = dataclasses.replace(jobs[1][2])  # scratch, first style
-        # first: the longest run starts at once, so parallel jobs finish together
-        jobs.insert(0, (styles[0], "scratch-reference", cfg, (b.reference_minutes,)))
+        # the long reference is the first style's scratch run, continued; it goes first so
+        # parallel jobs finish together
+        s, method, cfg, minutes = jobs.pop(1)
+        jobs.insert(0, (s, method, cfg, minutes + (b.reference_minutes,)))
     specs = []
     for s, method, cfg, minutes in jobs:
+        # the time points are not part of a run's identity: a run is continued to a later one
         ident = {k: v for k, v in sorted(cfg.to_dict().items())
                  if k not in ("out", "device", "checkpoint_every", "preview_every", "vgg_weights")}
         ident["loss_network"] = Path(vgg).name if vgg else "test-encoder"
-        ident["minutes"] = list(minutes)
         h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
         folder = Path(ctx.runs) / f"new-style-{Path(s).stem}-{method}-{h}"
         cfg.out = str(folder)
@@ -329,7 +331,9 @@ def run(ctx) -> Path:
         for m in r["minutes"]:
             loss = heldout_losses(Path(r["folder"]) / f"model_{m:g}min.safetensors", r["style"],
                                   heldout, cfg0, encoder)
-            rows.append({**r, "at_minutes": m, **loss, "steps_at": r["steps"].get(f"{m:g}")})
+            method = r["method"] if m in b.minutes else "scratch-reference"
+            rows.append({**r, "method": method, "at_minutes": m, **loss,
+                         "steps_at": r["steps"].get(f"{m:g}")})
     rep = Report("new-style", TITLE, ctx.out, ctx.budget, intro=(
         "Dumoulin et al. (ICLR 2017, Sec. 4) show that a network trained on many styles learns a "
         "new one when only its normalization parameters are trained. Here the base is the "

@@ -387,7 +387,8 @@ def bench_cmd(
 ) -> None:
     """Inference ms per image: float32 eager vs the fast path, as ratios in one run, with the
     fast path's PSNR against float32 (bf16 is used only where PSNR ≥ 40 dB). With --tiling:
-    time, peak memory and fidelity of the any-size (tiled) path."""
+    time, peak memory and fidelity of the any-size (tiled) path. With --train: seconds (wall
+    and CPU) per `stylize train` step per speed variant, as ratios in one run."""
     import json
 
     import torch
@@ -419,7 +420,7 @@ def bench_cmd(
             chosen = [v for v in TRAIN_VARIANTS if bf16 or "bf16" not in v]
             if not bf16:
                 typer.echo("(no native bf16 here: the bf16 variants are left out; name them in "
-                           "--variants to time them anyway)")
+                           "--variants to time them anyway)", err=True)
         if steps < 1 or batch_size < 1:
             raise ValueError("--steps and --batch-size must be ≥ 1")
         if content is not None and not content.is_dir():

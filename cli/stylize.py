@@ -119,6 +119,29 @@ def list_cmd(
                    + (f"  ({m.path})" if m.source == "local" else ""))
 
 
+@app.command("merge")
+def merge_cmd(
+    models: List[str] = typer.Argument(..., help="Two or more models fine-tuned from one base "
+                                       "(`stylize train --from BASE`), or the base itself."),
+    output: Path = typer.Option(..., "--output", "-o", help="The merged .safetensors file."),
+    half: bool = typer.Option(False, "--half", help="Store floats as fp16 (half the size)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """One model with the styles of several norm-only fine-tunes of the same base (each new
+    style adds only its rows of γ, β, ρ), e.g. styles trained separately or on other machines."""
+    from stylize.model import merge_styles
+    from stylize.train import save_model
+
+    if output.suffix != ".safetensors":
+        raise ValueError(f"--output must end in .safetensors, got {output.name}")
+    if output.exists() and not overwrite:
+        raise ValueError(f"{output} exists; pass --overwrite to replace it")
+    net, names = merge_styles(models)
+    save_model(output, net, {"style": names[0], "styles": names, "merged_from": list(models)},
+               half=half)
+    typer.echo(f"{output}: {len(names)} styles ({', '.join(names)})")
+
+
 def _out_name(src: Path) -> str:
     """Output file name: same name, PNG for formats we do not write back."""
     return src.name if src.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif",

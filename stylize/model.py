@@ -360,6 +360,55 @@ def resolve_model_file(spec: str | Path) -> Path:
                      "file written by `stylize train`")
 
 
+@torch.no_grad()
+def merge_styles(specs: Sequence[str | Path]) -> tuple[TransformerNet, list[str]]:
+    """One network holding the styles of several models that were fine-tuned (norm-only,
+    ``stylize train --from``) from the same base: every weight outside the per-style rows of
+    the conditional norms must be identical in all of them (else a one-line ``ValueError``
+    naming the first that differs). Styles keep their order, first model first; a style name
+    seen again is kept once if its rows are identical and refused otherwise. Returns the
+    merged network (conditional norms) and its style names."""
+    if len(specs) < 2:
+        raise ValueError("merge needs at least two models")
+    nets = []
+    for spec in specs:
+        net, meta = load_style_net(resolve_model_file(spec))
+        if not net.config.conditional:
+            norms.make_conditional(net, 1)
+            net.config = dataclasses.replace(net.config, norm="c" + net.config.norm)
+        nets.append((str(spec), net, style_names(meta, norms.num_styles(net))))
+    first_spec, base, names = nets[0]
+    tables = {f"{ln}.{an}" for ln, layer in norms.conditional_layers(base)
+              for an in layer.affine_names}
+    shared = {k: v for k, v in base.state_dict().items() if k not in tables}
+    rows: dict[str, list[Tensor]] = {k: list(base.state_dict()[k]) for k in tables}
+    kept = list(names)
+    for spec, net, its_names in nets[1:]:
+        if dataclasses.replace(net.config, num_styles=1) != dataclasses.replace(base.config, num_styles=1):
+            raise ValueError(f"{spec} is a different network ({net.config.norm}, "
+                             f"{net.config.base_channels} channels) from {first_spec}")
+        sd = net.state_dict()
+        for k, v in shared.items():
+            if not torch.equal(sd[k], v):
+                raise ValueError(f"{spec} and {first_spec} were not fine-tuned from one base: "
+                                 f"{k} differs (only norm-only fine-tunes can be merged)")
+        for i, name in enumerate(its_names):
+            lower = [n.lower() for n in kept]
+            if name.lower() in lower:
+                j = lower.index(name.lower())
+                if any(not torch.equal(sd[k][i], rows[k][j]) for k in tables):
+                    raise ValueError(f"two different styles are both named {name!r} "
+                                     f"({spec} and an earlier model); rename one")
+                continue
+            kept.append(name)
+            for k in tables:
+                rows[k].append(sd[k][i])
+    merged = TransformerNet(config=dataclasses.replace(base.config, num_styles=len(kept)))
+    state = {**shared, **{k: torch.stack(v) for k, v in rows.items()}}
+    merged.load_state_dict(state, strict=True)
+    return merged.eval(), kept
+
+
 @dataclass
 class StyleModelInfo:
     """One style model found by ``list_style_models`` (read from metadata only)."""

@@ -285,3 +285,36 @@ def test_run_style_option_picks_and_blends(tmp_path):
     r = CliRunner().invoke(main.app, ["--device", "cpu", "stylize", "run", "--model", str(path),
                                       "--style", "snow", "-o", str(bad), str(src)])
     assert r.exit_code == 2 and "snow" in r.output and not bad.exists()
+
+
+def test_merge_joins_separately_fine_tuned_styles(images, tmp_path):
+    """Two norm-only fine-tunes of one single-style base merge into one 3-style model whose
+    every style renders exactly as in its source model; anything else is refused."""
+    from typer.testing import CliRunner
+
+    import main
+    from stylize.model import load_style_net, merge_styles
+
+    styles, content = images
+    base = _run(_cfg(styles[:1], content, tmp_path / "base", steps=3))
+    a = _run(_cfg(styles[1:2], content, tmp_path / "a", from_model=str(base), steps=3,
+                  checkpoint_every=0))
+    b = _run(_cfg(styles[2:], content, tmp_path / "b", from_model=str(base), steps=3,
+                  checkpoint_every=0))
+    out = tmp_path / "merged.safetensors"
+    r = CliRunner().invoke(main.app, ["stylize", "merge", str(a), str(b), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    merged, meta = load_style_net(out)
+    assert meta["styles"] == ["stripes", "checks", "blobs"]
+    x = torch.rand(2, 3, 32, 32) * 255
+    for src, name in ((a, "stripes"), (a, "checks"), (b, "blobs")):
+        net, m = load_style_net(src)
+        with torch.no_grad(), use_style(net.eval(), name, m["styles"]), \
+                use_style(merged.eval(), name, meta["styles"]):
+            assert torch.equal(net(x), merged(x)), name
+    # a model trained on its own (other convolutions) cannot be merged
+    other = _run(_cfg(styles[1:2], content, tmp_path / "other", steps=3, seed=9))
+    with pytest.raises(ValueError, match="not fine-tuned from one base"):
+        merge_styles([a, other])
+    r = CliRunner().invoke(main.app, ["stylize", "merge", str(a), str(b), "-o", str(out)])
+    assert r.exit_code != 0 and "exists" in r.output

@@ -128,8 +128,15 @@ def train_timed(job: dict[str, Any]) -> dict[str, Any]:
             t0 = clock()
             base = spent
             resume = (folder / st.CHECKPOINT).is_file()
-            kw: dict[str, Any] = {"resume": resume, "show_bar": False,
-                                  "should_stop": lambda: base + clock() - t0 >= m * 60}
+
+            def should_stop(base=base, t0=t0, m=m) -> bool:
+                # charged as it goes, so a run killed mid-way resumes with the time it used
+                # (less the ≤ checkpoint_every steps it loses)
+                used = base + clock() - t0
+                write_text_atomic(spent_file, json.dumps({"seconds": used}))
+                return used >= m * 60
+
+            kw: dict[str, Any] = {"resume": resume, "show_bar": False, "should_stop": should_stop}
             if encoder is not None:
                 kw["encoder"] = encoder
             final = st.train(cfg, **kw)
@@ -295,7 +302,7 @@ def run(ctx) -> Path:
                                  image_size=b.image_size, batch_size=b.batch_size,
                                  steps=10**7, seed=0, device=device, vgg_weights=vgg,
                                  content_weight=cw, style_weight=sw, style_size=384,
-                                 checkpoint_every=50, from_model=base if method == "norm-only" else None)
+                                 checkpoint_every=10, from_model=base if method == "norm-only" else None)
             jobs.append((s, method, cfg, b.minutes))
     if b.reference_minutes:
         # the long reference is the first style's scratch run, continued; it goes first so

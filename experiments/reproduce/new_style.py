@@ -278,7 +278,9 @@ def paired_ratio_line(label: str, ratios: list[float]) -> str:
             f"n = {n} styles): {verdict} (paired t = {t:.2f}, df = {n - 1}, p = {p:.3f})")
 
 
-def run(ctx) -> Path:
+def plan(ctx) -> dict[str, Any]:
+    """The runs of a new-style report (one spec per run, for ``train_timed``) and what the
+    report needs besides: budget, styles, photo split, loss network and weights."""
     from engine.devices import resolve_device
 
     st = importlib.import_module("stylize.train")
@@ -321,6 +323,16 @@ def run(ctx) -> Path:
         specs.append({"style": s, "method": method, "folder": str(folder), "device": device,
                       "config": cfg.to_dict(), "minutes": list(minutes), "threads": 1,
                       "encoder": ctx.encoder})
+    return {"budget": b, "styles": styles, "vgg": vgg, "device": device, "base": base,
+            "train_dir": train_dir, "heldout": heldout, "encoder": encoder, "cw": cw, "sw": sw,
+            "specs": specs}
+
+
+def run(ctx) -> Path:
+    p = plan(ctx)
+    b, styles, vgg, device, base = p["budget"], p["styles"], p["vgg"], p["device"], p["base"]
+    train_dir, heldout, encoder, cw, sw = p["train_dir"], p["heldout"], p["encoder"], p["cw"], p["sw"]
+    specs = p["specs"]
     from tqdm.auto import tqdm
 
     if ctx.jobs > 1 and ctx.encoder is None:

@@ -66,13 +66,18 @@ def _make(name: str, summary: str):
     return cmd
 
 
-def _summaries() -> dict[str, str]:
-    from experiments.reproduce import list_reproductions  # one list: each module's SUMMARY
-
-    return list_reproductions()
-
-
-for _name, _summary in _summaries().items():
+# The names and one-line summaries of experiments.reproduce.REPRODUCTIONS, written out here
+# because importing that package pulls in torch, and `normlab --help` must stay light
+# (tests/test_project.py checks that the two lists agree).
+_SUMMARIES = {
+    "bin-cifar": "BIN paper Table 1 / Fig. 1 / Fig. 2 on CIFAR-10 ResNets (bn, in, bn_in, bin, ibn_a)",
+    "ibn-shift": "IBN-Net Table 1 appearance shifts (RGB+50, R+50, contrast ×1.5) + a style shift",
+    "pacs": "PACS leave-one-domain-out, all four held-out domains, bn, ibn_a, ibn_b, bin",
+    "divergence": "IBN-Net feature divergence by depth (appearance vs content)",
+    "style-curves": "BIN paper Fig. 3 loss curves (in, bn, bn_in, bin) and Fig. 6 gates",
+    "new-style": "new style by norm-only fine-tuning vs from scratch, at 5, 10 and 15 CPU-minutes",
+}
+for _name, _summary in _SUMMARIES.items():
     app.command(_name)(_make(_name, _summary))
 
 

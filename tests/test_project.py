@@ -148,3 +148,10 @@ def test_every_option_is_described():
 
     walk(get_command(main.app), [])
     assert not missing, missing
+
+
+def test_cli_lists_every_reproduction():
+    import cli.reproduce
+    from experiments.reproduce import list_reproductions
+
+    assert cli.reproduce._SUMMARIES == list_reproductions()

@@ -14,7 +14,6 @@ from .stats import summarize
 from .sweep import RunResult, RunSpec, plan, run_sweep, values_by
 
 TITLE = "BIN on CIFAR-10: BN vs IN vs BN+IN vs BIN vs IBN-a (BIN paper Table 1, Fig. 1, Fig. 2)"
-SUMMARY = "BIN paper Table 1 / Fig. 1 / Fig. 2 on CIFAR-10 ResNets (bn, in, bn_in, bin, ibn_a)"
 VARIANTS = ("bn", "in", "bn_in", "bin", "ibn_a")
 
 

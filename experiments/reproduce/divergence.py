@@ -17,7 +17,6 @@ from .stats import summarize
 from .sweep import run_sweep
 
 TITLE = "IBN-Net Fig. 3 on CIFAR-10: feature divergence by depth (appearance vs content)"
-SUMMARY = "IBN-Net feature divergence by depth (appearance vs content)"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
 
 

@@ -14,7 +14,6 @@ from .report import Report, grouped_bars, mean_sd_table, noise_lines
 from .sweep import run_sweep
 
 TITLE = "IBN-Net Table 1 on CIFAR-10: accuracy under appearance and style shifts"
-SUMMARY = "IBN-Net Table 1 appearance shifts (RGB+50, R+50, contrast ×1.5) + a style shift"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
 SHIFTS = ("rgb_plus=50", "red_plus=50", "contrast=1.5")
 

@@ -22,7 +22,6 @@ from .budgets import shared_root, vgg_weights
 from .report import Report, mean_sd_table
 
 TITLE = "A new style in minutes: norm-only fine-tuning vs training from scratch"
-SUMMARY = "new style by norm-only fine-tuning vs from scratch, at 5 and 15 CPU-minutes"
 METHODS = ("norm-only", "scratch")
 DEFAULT_STYLES = ("mosaic.jpg", "the_great_wave.jpg", "starry_night.jpg")
 

@@ -12,7 +12,6 @@ from .report import Report, grouped_bars, mean_sd_table, noise_lines
 from .sweep import plan, run_sweep
 
 TITLE = "PACS leave-one-domain-out: BN vs IBN-a vs IBN-b vs BIN"
-SUMMARY = "PACS leave-one-domain-out, all four held-out domains, bn, ibn_a, ibn_b, bin"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
 
 

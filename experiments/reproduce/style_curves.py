@@ -18,7 +18,6 @@ from .budgets import STYLE, shared_root, vgg_weights
 from .report import Report, mean_sd_table, noise_lines
 
 TITLE = "BIN paper Fig. 3 / Fig. 6: style-transfer loss curves of IN, BN, BN+IN and BIN"
-SUMMARY = "BIN paper Fig. 3 loss curves (in, bn, bn_in, bin) and Fig. 6 gates"
 NORMS = ("in", "bn", "bn_in", "bin")
 RESULT = "result.json"
 

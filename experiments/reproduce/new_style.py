@@ -4,7 +4,6 @@ for a style it has never seen, versus training a whole network from scratch, at 
 Losses are measured on held-out photos after each time budget."""
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -20,6 +19,7 @@ from engine.io import write_text_atomic
 
 from .budgets import shared_root, vgg_weights
 from .report import Report, mean_sd_table
+from .style_curves import run_key
 
 TITLE = "A new style in minutes: norm-only fine-tuning vs training from scratch"
 METHODS = ("norm-only", "scratch")
@@ -313,11 +313,7 @@ def plan(ctx) -> dict[str, Any]:
     specs = []
     for s, method, cfg, minutes in jobs:
         # the time points are not part of a run's identity: a run is continued to a later one
-        ident = {k: v for k, v in sorted(cfg.to_dict().items())
-                 if k not in ("out", "device", "checkpoint_every", "preview_every", "vgg_weights")}
-        ident["loss_network"] = Path(vgg).name if vgg else "test-encoder"
-        h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
-        folder = Path(ctx.runs) / f"new-style-{Path(s).stem}-{method}-{h}"
+        folder = Path(ctx.runs) / f"new-style-{Path(s).stem}-{method}-{run_key(cfg, vgg)}"
         cfg.out = str(folder)
         specs.append({"style": s, "method": method, "folder": str(folder), "device": device,
                       "config": cfg.to_dict(), "minutes": list(minutes), "threads": 1,

@@ -49,6 +49,15 @@ def _metrics(folder: Path) -> list[dict]:
     return rows
 
 
+def run_key(cfg, vgg: str | None) -> str:
+    """10 hex digits naming a style-training run by what it learns (not where or how often it
+    saves), so reports share and resume runs."""
+    ident = {k: v for k, v in sorted(cfg.to_dict().items())
+             if k not in ("out", "device", "checkpoint_every", "preview_every", "vgg_weights")}
+    ident["loss_network"] = Path(vgg).name if vgg else "test-encoder"
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def train_run(ctx, norm: str, seed: int, content: str, style: str, vgg: str | None) -> dict:
     """One style network (resumed when a checkpoint exists, read back when finished)."""
     from engine.devices import resolve_device
@@ -59,11 +68,7 @@ def train_run(ctx, norm: str, seed: int, content: str, style: str, vgg: str | No
                          batch_size=b.batch_size, steps=b.steps, seed=seed,
                          device=str(resolve_device(ctx.device)), vgg_weights=vgg,
                          checkpoint_every=max(1, b.steps // 10))
-    ident = {k: v for k, v in sorted(cfg.to_dict().items())
-             if k not in ("out", "device", "checkpoint_every", "preview_every", "vgg_weights")}
-    ident["loss_network"] = Path(vgg).name if vgg else "test-encoder"
-    h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    folder = Path(ctx.runs) / f"stylize-{norm}-s{seed}-{h}"
+    folder = Path(ctx.runs) / f"stylize-{norm}-s{seed}-{run_key(cfg, vgg)}"
     cfg.out = str(folder)
     done = folder / RESULT
     if done.is_file():

@@ -154,28 +154,37 @@ def train_timed(job: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
-def heldout_losses(model_path: Path, style_image: str, heldout: Path, cfg: dict[str, Any],
-                   encoder) -> dict[str, float]:
-    """Mean weighted content and style loss (the training loss's terms, same weights and style
-    scales) of a model's last style over the held-out photos, in eval mode."""
-    import torch
-
+def trained_style_net(path: Path):
+    """A run's model in eval mode with the style that run trained selected (its last row)."""
     import norms
-    from stylize.losses import PerceptualLoss
     from stylize.model import load_style_net
-    from stylize.train import ContentImages, style_tensor
 
-    net, _ = load_style_net(model_path)
+    net, _ = load_style_net(path)
     net.eval()
     if net.config.conditional:
-        norms.set_style(net, net.config.num_styles - 1)  # the style this run trained
+        norms.set_style(net, net.config.num_styles - 1)
+    return net
+
+
+def style_loss_fn(style_image: str, cfg: dict[str, Any], encoder):
+    """The training loss (same VGG layers, weights and style scales) for one style."""
+    from stylize.losses import PerceptualLoss
+    from stylize.train import style_tensor
+
     spec = getattr(encoder, "spec", None)
-    loss_fn = PerceptualLoss(encoder, [style_tensor(style_image, cfg["style_size"])],
-                             spec.style_layers if spec else list(encoder.taps),
-                             spec.content_layer if spec else encoder.taps[-1],
-                             cfg["content_weight"], cfg["style_weight"],
-                             style_scales=cfg["style_scales"])
-    photos = ContentImages(heldout, cfg["image_size"])
+    return PerceptualLoss(encoder, [style_tensor(style_image, cfg["style_size"])],
+                          spec.style_layers if spec else list(encoder.taps),
+                          spec.content_layer if spec else encoder.taps[-1],
+                          cfg["content_weight"], cfg["style_weight"],
+                          style_scales=cfg["style_scales"])
+
+
+def heldout_losses(model_path: Path, loss_fn, photos) -> dict[str, float]:
+    """Mean weighted content and style loss of a run's model (its trained style) over the
+    held-out ``photos`` (a ``ContentImages``), in eval mode."""
+    import torch
+
+    net = trained_style_net(model_path)
     sums = {"content_loss": 0.0, "style_loss": 0.0}
     with torch.no_grad():
         for i in range(len(photos)):
@@ -223,8 +232,6 @@ def _sample_figure(rows: list[dict], heldout: Path, size: int, minutes: tuple[fl
     import matplotlib.pyplot as plt
     import torch
 
-    import norms
-    from stylize.model import load_style_net
     from stylize.train import ContentImages
 
     photo = ContentImages(heldout, size).get(0).unsqueeze(0).float()
@@ -238,10 +245,7 @@ def _sample_figure(rows: list[dict], heldout: Path, size: int, minutes: tuple[fl
         axes[i][0].set_title("photo" if i == 0 else "", fontsize=8)
         for j, (m, t) in enumerate(cols, start=1):
             r = next(x for x in rows if x["style"] == s and x["method"] == m)
-            net, _ = load_style_net(Path(r["folder"]) / f"model_{t:g}min.safetensors")
-            net.eval()
-            if net.config.conditional:
-                norms.set_style(net, net.config.num_styles - 1)
+            net = trained_style_net(Path(r["folder"]) / f"model_{t:g}min.safetensors")
             with torch.no_grad():
                 y = net(photo)[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
             axes[i][j].imshow(y)
@@ -340,12 +344,15 @@ def run(ctx) -> Path:
         results = [train_timed(j) for j in tqdm(specs, desc="new-style", leave=False)]
 
     cfg0 = specs[0]["config"] | {"content_weight": cw, "style_weight": sw}
-    table: dict[tuple[str, str], list[float]] = {}
+    from stylize.train import ContentImages
+
+    photos = ContentImages(heldout, cfg0["image_size"])  # decoded once for every model
+    loss_fns = {s: style_loss_fn(s, cfg0, encoder) for s in styles}  # Gram targets once per style
     rows = []
     for r in results:
         for m in r["minutes"]:
-            loss = heldout_losses(Path(r["folder"]) / f"model_{m:g}min.safetensors", r["style"],
-                                  heldout, cfg0, encoder)
+            loss = heldout_losses(Path(r["folder"]) / f"model_{m:g}min.safetensors",
+                                  loss_fns[r["style"]], photos)
             method = r["method"] if m in b.minutes else "scratch-reference"
             rows.append({**r, "method": method, "at_minutes": m, **loss,
                          "steps_at": r["steps"].get(f"{m:g}")})

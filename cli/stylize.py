@@ -39,7 +39,8 @@ def train_cmd(
                                              "model (shipped name or file) and fine-tune only "
                                              "its normalization parameters."),
     train_all: bool = typer.Option(False, "--train-all", help="With --from: fine-tune every "
-                                   "parameter (the model's other styles change too)."),
+                                   "parameter (the model's other styles change too); a style image named like one of "
+                                   "the model's styles keeps training that style."),
     style_scales: str = typer.Option("1,2", help="Multi-scale style loss: downsampling factors "
                                      "whose Gram matrices are matched (1 = usual loss; 1,2,4 "
                                      "learns larger strokes)."),

@@ -221,36 +221,43 @@ class StyleSchedule:
         return self.first + self._round[1][k]
 
 
-def build_network(cfg: TrainConfig) -> tuple[TransformerNet, list[str], int]:
-    """(network, names of all its styles, index of the first style this run trains).
+def build_network(cfg: TrainConfig) -> tuple[TransformerNet, list[str], list[int]]:
+    """(network, names of all its styles, the norm row each style image of this run trains).
 
     Without ``from_model``: a new network; several styles make its norms conditional ("bin" →
     "cbin"). With it: that model (shipped name or file) with one new norm row per style image,
     initialised to the mean of its rows (a single-style model is made conditional first, its
-    style kept as style 0)."""
+    style kept as style 0). With ``train_all``, a style image named like one of the model's
+    styles keeps training that style's row (fine-tune a model on its own styles plus new ones);
+    norm-only fine-tuning refuses the clash, since it promises the other styles stay as they are."""
     new = cfg.style_names
     if not cfg.from_model:
         norm = cfg.norm
         if len(new) > 1 and norm not in norms.CONDITIONAL_NORM_NAMES:
             norm = "c" + norm
         config = StyleConfig(norm, cfg.base_channels, cfg.num_residual, len(new), cfg.output)
-        return TransformerNet(config=config), new, 0
+        return TransformerNet(config=config), new, list(range(len(new)))
     path = resolve_model_file(cfg.from_model)
     net, meta = load_style_net(path)
     config = net.config
     old = style_names(meta, config.num_styles)
-    clash = sorted({n.lower() for n in old} & {n.lower() for n in new})
-    if clash:
-        raise ValueError(f"{path} already has a style named {clash[0]!r}; rename the new style "
-                         "image (styles are named after their files)")
+    row_of = {n.lower(): i for i, n in enumerate(old)}
+    clash = [n for n in new if n.lower() in row_of]
+    if clash and not cfg.train_all:
+        raise ValueError(f"{path} already has a style named {clash[0].lower()!r}; rename the new "
+                         "style image (styles are named after their files), or pass --train-all "
+                         "to keep training that style along with the whole network")
+    added = [n for n in new if n.lower() not in row_of]
     if not config.conditional:
         norms.make_conditional(net, 1)
         config = dataclasses.replace(config, norm="c" + config.norm)
-    total = norms.add_styles(net, len(new))
+    total = norms.add_styles(net, len(added)) if added else config.num_styles
     net.config = dataclasses.replace(config, num_styles=total)
-    first = total - len(new)
-    norms.set_style(net, first)
-    return net, old + new, first
+    for i, n in enumerate(added):
+        row_of[n.lower()] = total - len(added) + i
+    rows = [row_of[n.lower()] for n in new]
+    norms.set_style(net, rows[0])
+    return net, old + added, rows
 
 
 def style_tensor(path: str | Path, size: int | None) -> Tensor:
@@ -295,10 +302,10 @@ class StylizeTask(Task):
                             else cfg.steps)
         self.schedule = BatchSchedule(len(data), cfg.batch_size, cfg.seed)
         torch.manual_seed(cfg.seed)
-        net, self.names, self.first = build_network(cfg)
+        net, self.names, self.rows = build_network(cfg)
         self.conditional = net.config.conditional
         self.name = f"stylize {net.config.norm}"
-        self.styles = StyleSchedule(len(cfg.style_images), cfg.seed, self.first)
+        self.styles = StyleSchedule(len(cfg.style_images), cfg.seed)  # position in style_images
         self.norm_only = bool(cfg.from_model) and not cfg.train_all
         if self.norm_only:
             keep = {id(p) for p in norms.norm_parameters(net)}
@@ -316,18 +323,18 @@ class StylizeTask(Task):
         x = torch.stack([self.data.get(i) for i in self.schedule.indices(step)]).float()
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, torch.full((x.shape[0],), self.styles(step), dtype=torch.long)
+        return x, torch.full((x.shape[0],), self.styles(step), dtype=torch.long)  # N positions
 
     def loss(self, model, batch):
         x, idx = batch
-        k = int(idx[0])
+        k = int(idx[0])  # position in the run's style images; its norm row is self.rows[k]
         if self.norm_only:
             model.eval()  # frozen running statistics: the other styles stay as they were
         if self.conditional:
-            norms.set_style(model, k)
-        losses = self.loss_fn(model(x), x, style=k - self.first)
+            norms.set_style(model, self.rows[k])
+        losses = self.loss_fn(model(x), x, style=k)
         metrics = {k_: v.detach() for k_, v in losses.items()}
-        metrics["style"] = torch.tensor(float(k))
+        metrics["style"] = torch.tensor(float(self.rows[k]))
         return losses["loss"], metrics
 
     def preview(self, step: int) -> Image.Image:
@@ -339,7 +346,7 @@ class StylizeTask(Task):
         net.eval()
         panels = []
         with torch.inference_mode():
-            for k in range(self.first, self.first + min(len(self.cfg.style_images), 8)):
+            for k in self.rows[:8]:
                 if self.conditional:
                     norms.set_style(net, k)
                 panels.append(net(self._preview_src))

@@ -137,8 +137,26 @@ def test_train_all_fine_tunes_convolutions_too(images, tmp_path):
     # a single-style model becomes conditional: its style is row 0, the new one row 1
     assert meta["config"]["norm"] == "cin" and meta["styles"] == ["stripes", "checks"]
     assert not torch.equal(before["conv1.conv2d.weight"], after["conv1.conv2d.weight"])
-    with pytest.raises(ValueError, match="already has a style named 'stripes'"):
+    with pytest.raises(ValueError, match="already has a style named 'stripes'.*--train-all"):
         _run(_cfg(styles[:1], content, tmp_path / "dup", from_model=str(base), steps=1))
+
+
+def test_train_all_keeps_training_a_style_of_the_same_name(images, tmp_path):
+    """--train-all with the model's own style plus a new one: the old style keeps its row (and is
+    trained), the new one gets a row; no duplicate rows."""
+    styles, content = images
+    base = _run(_cfg(styles[:1], content, tmp_path / "base", norm="in", steps=3))
+    before, _ = engine.io.load_safetensors(base)
+    tuned = _run(_cfg([styles[1], styles[0]], content, tmp_path / "both", from_model=str(base),
+                      steps=4, train_all=True))
+    after, meta = engine.io.load_safetensors(tuned)
+    assert meta["styles"] == ["stripes", "checks"] and meta["config"]["num_styles"] == 2
+    assert after["in1.weight"].shape == (2, 8) and before["in1.weight"].shape == (8,)
+    # the stripes row (0) was trained too: it moved away from the single-style model's γ
+    assert not torch.equal(after["in1.weight"][0].float(), before["in1.weight"].float())
+    rows = [json.loads(line)["style"] for line in (tmp_path / "both" / "metrics.jsonl")
+            .read_text().splitlines() if "style" in json.loads(line)]
+    assert sorted(set(rows)) == [0.0, 1.0]  # both rows trained, checks is row 1
     with pytest.raises(ValueError, match="--train-all"):
         _cfg(styles[:1], content, tmp_path / "x", train_all=True).validate()
 

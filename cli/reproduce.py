@@ -45,10 +45,11 @@ def _make(name: str, summary: str):
         compile: bool = typer.Option(False, "--compile", help="torch.compile the classifiers "
                                      "(worth it for long GPU runs)."),
         style_model: str = typer.Option("candy_bin", help="ibn-shift/divergence: the stylize "
-                                        "model used as a style shift; new-style: the base model."),
+                                        "model used as a style shift; new-style, strokes: the base model."),
         style_image: Optional[str] = typer.Option(None, help="style-curves: style image "
                                                   "(default ../shared/data/styles/candy.jpg); "
-                                                  "new-style: comma-separated unseen styles."),
+                                                  "new-style: comma-separated unseen styles; "
+                                                  "strokes: one style (default the_great_wave)."),
         vgg_weights: Optional[str] = typer.Option(None, help="style-curves/new-style: VGG weights (default "
                                                   "../shared/weights/vgg19_normalised_relu3_1.pth)."),
         device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
@@ -76,6 +77,7 @@ _SUMMARIES = {
     "divergence": "IBN-Net feature divergence by depth (appearance vs content)",
     "style-curves": "BIN paper Fig. 3 loss curves (in, bn, bn_in, bin) and Fig. 6 gates",
     "new-style": "new style by norm-only fine-tuning vs from scratch, at 5, 10 and 15 CPU-minutes",
+    "strokes": "bigger strokes: multi-scale style loss vs single-scale at the same CPU time",
 }
 for _name, _summary in _SUMMARIES.items():
     app.command(_name)(_make(_name, _summary))

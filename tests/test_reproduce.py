@@ -275,3 +275,37 @@ def test_new_style_smoke_report(tiny):
             assert torch.equal(p, fb[name]), name
     again = reproduce("new-style", ctx)  # reuses every run
     assert json.loads((again.parent / "results.json").read_text())["runs"] == runs
+
+
+def test_strokes_smoke_report(tiny):
+    """Each style-scale variant fine-tunes the same base for the same CPU time; held-out photos
+    are scored at every scale; the wavelength statistic grows with the size of a pattern."""
+    from experiments.reproduce.strokes import BUDGETS, stroke_wavelength
+    from stylize.train import TrainConfig, train
+
+    _folder(tiny / "st_content", 1, 8, 40, 50)
+    base = train(TrainConfig(style_image=str(tiny / "style.png"), content_dir=str(tiny / "st_content"),
+                             norm="bin", out=str(tiny / "st_base"), image_size=32, batch_size=2,
+                             steps=2, device="cpu"), encoder=TinyEncoder(), show_bar=False)
+    ctx = _ctx(tiny, "strokes", data=str(tiny / "st_content"), style_image=str(tiny / "style.png"),
+               style_model=str(base), encoder=TinyEncoder())
+    md, res = _check_report(reproduce("strokes", ctx), 1)
+    assert "### Held-out scores" in md and "style ×2" in md and "Paired differences" in md
+    runs = res["runs"]
+    assert [r["scales"] for r in runs] == [list(v) for v in BUDGETS["smoke"].variants]
+    for r in runs:  # same CPU budget, same base; the style trained is the base's own (a clash)
+        assert r["cpu_seconds"] >= r["minutes"][-1] * 60
+        cfg = json.loads((Path(r["folder"]) / "config.json").read_text())
+        assert cfg["train_all"] and cfg["from_model"] == str(base)
+        assert cfg["style_scales"] == r["scales"]
+    assert all(len(v) == 4 and all(np.isfinite(v)) for v in res["scores"].values())
+    # stripes of period 16 px against period 4 px
+    xs = torch.arange(64.0)
+    x = torch.zeros(1, 3, 64, 64)
+    wide = x + 50 * torch.sin(2 * math.pi * xs / 16)[None, None, None, :]
+    fine = x + 50 * torch.sin(2 * math.pi * xs / 4)[None, None, None, :]
+    assert stroke_wavelength(wide, x) > 2 * stroke_wavelength(fine, x)
+    with pytest.raises(ValueError, match="one style"):
+        reproduce("strokes", _ctx(tiny, "strokes", data=str(tiny / "st_content"),
+                                  style_image="a.png,b.png", style_model=str(base),
+                                  encoder=TinyEncoder()))

@@ -6,6 +6,7 @@
 - ``divergence``: IBN-Net Fig. 3, feature divergence by depth (appearance vs content).
 - ``style-curves``: BIN paper Fig. 3 (loss curves) and Fig. 6 (gate histogram) in style transfer.
 - ``new-style``: Dumoulin et al. 2017, a new style by norm-only fine-tuning vs from scratch.
+- ``strokes``: the multi-scale style loss against the single-scale one (stroke size).
 
 Each writes ``README.md`` + PNGs + ``results.json`` into its report folder; training runs live in
 ``runs`` (default ``runs/reproduce``) and are reused across reproductions and re-runs.
@@ -32,6 +33,8 @@ REPRODUCTIONS = {
                                      "Fig. 6 gates"),
     "new-style": ("new_style", "new style by norm-only fine-tuning vs from scratch, at 5, 10 and "
                                "15 CPU-minutes"),
+    "strokes": ("strokes", "bigger strokes: multi-scale style loss vs single-scale at the same "
+                           "CPU time"),
 }
 
 
@@ -49,7 +52,7 @@ class Context:
     compile: bool = False  # torch.compile the classifiers (pays off for long GPU runs)
     command: str = ""
     style_model: str = "candy_bin"  # ibn-shift / divergence: the stylize model used as a shift
-    style_image: str | None = None  # style-curves (new-style: comma-separated)
+    style_image: str | None = None  # style-curves, strokes (new-style: comma-separated)
     vgg_weights: str | None = None  # style-curves
     encoder: Any = None  # style-curves test hook: a loss network instead of VGG weights
 

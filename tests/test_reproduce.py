@@ -124,8 +124,9 @@ def test_pacs_smoke_all_four_domains(tiny):
 def test_style_curves_smoke_report(tiny):
     ctx = _ctx(tiny, "style-curves", data=str(tiny / "content"),
                style_image=str(tiny / "style.png"), encoder=TinyEncoder())
-    md, res = _check_report(reproduce("style-curves", ctx), 2)
+    md, res = _check_report(reproduce("style-curves", ctx), 3)
     assert "| norm | n | content loss | style loss | total |" in md
+    assert "](fig4_norms.png)" in md  # Fig. 4/5: the shipped sample photos through each norm
     assert "Fig. 6 statistics" in md and "residual mean ρ" in md
     assert len(res["runs"]) == 8 and all(r["steps"] == 4 for r in res["runs"])
 

@@ -128,6 +128,53 @@ def mean_curves_figure(runs: list[dict], smooth: int):
     return fig
 
 
+def sample_photos(k: int = 3) -> list[Path]:
+    """The photos of the norm grid: the sample photos that ship in ``weights/samples``."""
+    folder = Path(__file__).resolve().parents[2] / "weights" / "samples"
+    return sorted(folder.glob("*.jpg"))[:k]
+
+
+def norm_grid_figure(runs: list[dict], photos: list[Path], size: int):
+    """BIN paper Fig. 4/5: each photo (shorter side ``size``) through the first seed's network
+    of every norm."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import torch
+
+    import stylize
+    from engine.images import load_image, to_tensor
+
+    first = {}
+    for r in runs:
+        first.setdefault(r["norm"], r)
+    cols = [n for n in NORMS if n in first]
+    nets = {n: stylize.load_model(Path(first[n]["folder"]) / "model.safetensors").net.eval()
+            for n in cols}
+    fig, axes = plt.subplots(len(photos), len(cols) + 1,
+                             figsize=(2.4 * (len(cols) + 1), 1.9 * len(photos)), squeeze=False)
+    for i, ph in enumerate(photos):
+        img = load_image(ph).convert("RGB")
+        s = size / min(img.size)
+        img = img.resize((max(16, round(img.width * s)), max(16, round(img.height * s))))
+        x = to_tensor(img)  # 1×3×H×W, 0–255
+        axes[i][0].imshow(img)
+        for j, n in enumerate(cols, start=1):
+            with torch.no_grad():
+                y = nets[n](x)[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
+            axes[i][j].imshow(y)
+            if i == 0:
+                axes[i][j].set_title(n.upper().replace("_", "+"), fontsize=9)
+        if i == 0:
+            axes[i][0].set_title("photo", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
 def _group(name: str) -> str:
     # stylize's TransformerNet: in1–in3 encoder, res* residual blocks, in4–in5 decoder
     return "residual" if name.startswith("res") else ("decoder" if name.split(".")[0] in
@@ -197,6 +244,11 @@ def run(ctx) -> Path:
     smooth = max(1, min(20, b.steps // 10))
     rep.figure(mean_curves_figure(runs, smooth), "fig3_losses.png",
                "Fig. 3: content and style loss by step, mean over seeds (band: range over seeds)")
+    photos = sample_photos()
+    if photos:
+        rep.figure(norm_grid_figure(runs, photos, b.image_size), "fig4_norms.png",
+                   f"Fig. 4/5: photos through the seed-{b.seeds[0]} network of each norm (trained "
+                   f"at {b.image_size} px, shown at that size)")
     first = [Path(r["folder"]) for r in runs if r["seed"] == b.seeds[0]]
     plot_curves(first, ctx.out / "fig3_fig6_seed.png", smooth=smooth)
     rep.add_png("fig3_fig6_seed.png", f"seed {b.seeds[0]}: loss curves per norm and the BIN "

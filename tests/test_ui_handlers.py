@@ -654,6 +654,32 @@ def test_multi_style_model_selects_and_blends_styles(cfg, tmp_path):
     assert torch.equal(pixels(H.stylize(cfg, img, choice)), a)  # the cached net is untouched
     with pytest.raises(ValueError, match="no style 'nope'"):
         H.stylize(cfg, img, choice, style="nope")
+    # the Blend-with box and its weight (share of the second style)
+    blend = pixels(H.stylize(cfg, img, choice, style="stripes", blend_with="dots",
+                             blend_weight=0.5))
+    assert torch.allclose(blend, mid, atol=1)
+    third = pixels(H.stylize(cfg, img, choice, style="stripes", blend_with="dots",
+                             blend_weight=0.25))
+    assert not torch.equal(third, blend) and not torch.equal(third, a)
+    for w, want in ((0.0, a), (1.0, b)):
+        assert torch.equal(pixels(H.stylize(cfg, img, choice, style="stripes", blend_with="dots",
+                                            blend_weight=w)), want)
+    assert torch.equal(pixels(H.stylize(cfg, img, choice, style="dots", blend_with=H.NO_BLEND,
+                                        blend_weight=0.7)), b)
+
+
+def test_blend_spec():
+    assert H.blend_spec("candy", None, 0.5) == "candy"
+    assert H.blend_spec("candy", H.NO_BLEND, 0.5) == "candy"
+    assert H.blend_spec("candy", "Candy", 0.3) == "candy"  # the same style twice
+    assert H.blend_spec("candy", "wave", 0.0) == "candy"
+    assert H.blend_spec("candy", "wave", 1.0) == "wave"
+    assert H.blend_spec("candy", "wave", 0.25) == "candy:0.75,wave:0.25"
+    assert H.blend_spec(None, "wave", 0.5) == "0:0.5,wave:0.5"  # no first pick: style 0
+    with pytest.raises(ValueError, match="already holds a blend"):
+        H.blend_spec("candy:0.5,wave:0.5", "mosaic", 0.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        H.blend_spec("candy", "wave", 1.5)
 
 
 # ----------------------------------------------------------------------------- webcam and video

@@ -209,6 +209,12 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                                    elem_id="st_style", label="Style (this model holds several)",
                                    info="Pick one, or type a blend such as "
                                         "candy:0.5,mosaic:0.5")
+            st_blend = gr.Dropdown([], value=None, visible=False, elem_id="st_blend",
+                                   label="Blend with",
+                                   info="A second style mixed in (Dumoulin et al.: a convex "
+                                        "combination of the norm parameters)")
+            st_mix = gr.Slider(0, 1, value=0.5, step=0.05, visible=False, elem_id="st_mix",
+                               label="Blend weight (share of the second style)")
         with gr.Row(visible=False) as st_gate_row:
             st_gate_on = gr.Checkbox(label="Override learned gates ρ", scale=1,
                                      elem_id="st_gate_on")
@@ -264,16 +270,17 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                     vid_info = gr.Markdown(elem_classes="nl-status", elem_id="vid_info")
 
     inputs = [st_in, st_model, st_upload, st_strength, st_color, st_max, st_gate_on, st_gate,
-              st_outsize, st_style]
+              st_outsize, st_style, st_blend, st_mix]
 
     @guard
     def do_stylize(image, model, upload, strength, color, max_size, gate_on, gate,
-                   output_size="input size", style=None, progress=gr.Progress()):
+                   output_size="input size", style=None, blend_with=None, blend_weight=0.5,
+                   progress=gr.Progress()):
         return H.stylize(cfg, image, model, upload, strength, color, max_size,
                          gate if gate_on else None, output_size or "input size",
                          on_progress=lambda done, total: progress(
                              done / max(total, 1), desc=f"stylizing: {done}/{total}"),
-                         style=style)
+                         style=style, blend_with=blend_with, blend_weight=blend_weight)
 
     st_run.click(do_stylize, inputs, st_out, api_name="stylize")
 
@@ -281,12 +288,14 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
         """The gate slider re-renders at once, but only when there is an image to show."""
         if image is None:
             return gr.skip()
-        model, upload, strength, color, max_size, gate_on, gate, output_size, style = rest
+        (model, upload, strength, color, max_size, gate_on, gate, output_size, style,
+         blend_with, blend_weight) = rest
         return guard(H.stylize)(cfg, image, model, upload, strength, color, max_size,
                                 gate if gate_on else None, output_size or "input size",
-                                style=style)
+                                style=style, blend_with=blend_with, blend_weight=blend_weight)
 
     st_gate.release(do_stylize_live, inputs, st_out, api_visibility="private")
+    st_mix.release(do_stylize_live, inputs, st_out, api_visibility="private")
     st_gate_on.input(do_stylize_live, inputs, st_out, api_visibility="private")
     st_gate_on.change(lambda on: gr.update(interactive=bool(on)), st_gate_on, st_gate,
                       api_visibility="private")
@@ -298,9 +307,11 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
         styles = H.style_choices(cfg, model, upload)
         return (text, gr.update(visible=gated),
                 gr.update(choices=styles, value=styles[0] if styles else None,
-                          visible=bool(styles)))
+                          visible=bool(styles)),
+                gr.update(choices=[H.NO_BLEND] + styles, value=H.NO_BLEND, visible=bool(styles)),
+                gr.update(visible=bool(styles)))
 
-    info_io = ([st_model, st_upload], [st_info, st_gate_row, st_style])
+    info_io = ([st_model, st_upload], [st_info, st_gate_row, st_style, st_blend, st_mix])
     for trig in (st_model.change, st_upload.change):
         trig(do_info, *info_io, api_visibility="private")
 

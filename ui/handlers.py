@@ -181,14 +181,17 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
             max_size: int | None = None, gate: float | None = None,
             output_size: str = "input size",
             on_progress: Callable[[int, int], None] | None = None,
-            style: str | None = None) -> Image.Image:
+            style: str | None = None, blend_with: str | None = None,
+            blend_weight: float = 0.5) -> Image.Image:
     """Stylize one image with ``stylize.stylize_image``. The network runs at ``max_size`` (longest
     side; 0/None = full size); the result comes back at the input's size (scaled up, so softer
     than the processing size) or, with ``output_size="processing size"``, at the processing size.
     ``gate`` None = the learned ρ, else push every ρ toward IN (-1) or BN (+1).
     ``on_progress(done, total)`` follows the network's stages or tiles of a large image.
     ``style`` picks or blends the styles of a multi-style model ("candy", "candy:0.5,mosaic:0.5",
-    see ``stylize.model.style_selection``); ignored for one-style models."""
+    see ``stylize.model.style_selection``), ``blend_with``/``blend_weight`` mix a second one in
+    (``blend_spec``); ignored for one-style models."""
+    style = blend_spec(style, blend_with, blend_weight)
     image = read_image(cfg, image)
     if output_size not in OUTPUT_SIZES:
         raise ValueError(f"output size must be one of: {', '.join(OUTPUT_SIZES)}")
@@ -209,6 +212,29 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
                          preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
                          device=device_of(cfg), bar=False, progress=on_progress, max_memory=budget,
                          style=str(style) if names and style and str(style).strip() else None)
+
+
+NO_BLEND = "none"
+
+
+def blend_spec(style: str | None, blend_with: str | None, weight: float | None) -> str | None:
+    """The style selection for the Style box plus the "Blend with" box and its weight (the
+    second style's share): ``"a:0.7,b:0.3"``; the first style alone when no second style is
+    picked, when it is the same style, or at weight 0; the second alone at weight 1."""
+    second = (blend_with or "").strip()
+    if not second or second.lower() == NO_BLEND:
+        return style
+    first = (style or "").strip() or "0"  # the model's first style when none is picked
+    if ":" in first or "," in first:
+        raise ValueError("the Style box already holds a blend: clear it or set Blend with to none")
+    w = float(0.5 if weight is None else weight)
+    if not 0 <= w <= 1:
+        raise ValueError(f"blend weight must be between 0 and 1, got {w:g}")
+    if second.lower() == first.lower() or w == 0:
+        return first
+    if w == 1:
+        return second
+    return f"{first}:{1 - w!r},{second}:{w!r}"
 
 
 def style_names_of(model) -> list[str]:

@@ -346,14 +346,25 @@ def compare_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Grid image to write (.png/.jpg)."),
     max_size: int = typer.Option(512, help="Longest side of each cell."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated cell labels (default: name (norm))."),
+    styles: Optional[str] = typer.Option(None, help="Semicolon-separated styles or blends of a "
+                                         "multi-style model, one cell each (one model: every "
+                                         "cell uses it), e.g. 'candy;mosaic;candy:0.5,mosaic:0.5'."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
 ) -> None:
-    """One labelled grid of the same photo through several models (BIN paper, Fig. 4/5)."""
+    """One labelled grid of the same photo through several models (BIN paper, Fig. 4/5), or
+    through the styles of one multi-style model."""
     from engine.images import load_image, save_image
     from stylize.infer import compare_grid, load_model
 
     dev = _device(ctx, device)
     specs = [s.strip() for s in models.split(",") if s.strip()]
+    cells = [s.strip() or None for s in styles.split(";")] if styles else None
+    if cells is not None:
+        if len(specs) == 1:
+            specs = specs * len(cells)
+        elif len(specs) != len(cells):
+            raise ValueError(f"--styles has {len(cells)} entries for {len(specs)} models "
+                             "(give one model, or one style per model)")
     names = [s.strip() for s in labels.split(",")] if labels else None
     if names is not None and len(names) != len(specs):
         raise ValueError(f"--labels has {len(names)} entries for {len(specs)} models")
@@ -366,7 +377,7 @@ def compare_cmd(
             raise ValueError(f"bad gate in {s!r}: use NAME@VALUE with VALUE in [-1, 1]") from None
         ms.append(load_model(name, device=dev))
     save_image(compare_grid(ms, load_image(input), max_size=max_size, labels=names, gates=gates,
-                            device=dev), output)
+                            styles=cells, device=dev), output)
     typer.echo(str(output))
 
 

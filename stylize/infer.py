@@ -273,23 +273,28 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
 
 def compare_grid(models: list[StyleModel], image: Image.Image, max_size: int = 512,
                  labels: list[str] | None = None, gates: list[float | None] | None = None,
-                 **kw: Any) -> Image.Image:
+                 styles: list[str | None] | None = None, **kw: Any) -> Image.Image:
     """One labelled grid: the input, then each model's result (BIN paper, Fig. 4/5).
-    ``gates`` gives a per-cell BIN gate override (None = learned ρ)."""
+    ``gates`` gives a per-cell BIN gate override (None = learned ρ), ``styles`` a per-cell style
+    or blend of a multi-style model (None = its first style)."""
     if not models:
         raise ValueError("compare needs at least one model")
     gates = list(gates) if gates is not None else [None] * len(models)
     if len(gates) != len(models):
         raise ValueError(f"{len(gates)} gate values for {len(models)} models")
+    styles = list(styles) if styles is not None else [None] * len(models)
+    if len(styles) != len(models):
+        raise ValueError(f"{len(styles)} styles for {len(models)} models")
     src = _to_rgb_or_rgba(image).convert("RGB")
     if max(src.size) > max_size:
         s = max_size / max(src.size)
         src = src.resize((max(1, round(src.size[0] * s)), max(1, round(src.size[1] * s))),
                          Image.LANCZOS)
-    names = labels or [f"{m.name} ({m.config.norm}" + (f", gate {g:+g})" if g is not None else ")")
-                       for m, g in zip(models, gates)]
-    cells = [("input", src)] + [(n, stylize_image(m, src, gate=g, **kw))
-                                for n, m, g in zip(names, models, gates)]
+    names = labels or [(st if st else f"{m.name} ({m.config.norm}"
+                        + (f", gate {g:+g})" if g is not None else ")"))
+                       for m, g, st in zip(models, gates, styles)]
+    cells = [("input", src)] + [(n, stylize_image(m, src, gate=g, style=st, **kw))
+                                for n, m, g, st in zip(names, models, gates, styles)]
     cols = min(len(cells), 5)
     rows = (len(cells) + cols - 1) // cols
     w, h = src.size

@@ -303,6 +303,20 @@ def test_run_style_option_picks_and_blends(tmp_path):
     r = CliRunner().invoke(main.app, ["--device", "cpu", "stylize", "run", "--model", str(path),
                                       "--style", "snow", "-o", str(bad), str(src)])
     assert r.exit_code == 2 and "snow" in r.output and not bad.exists()
+    # compare --styles: one cell per style of the one model, laid out after the input
+    grid = tmp_path / "grid.png"
+    r = CliRunner().invoke(main.app, ["--device", "cpu", "stylize", "compare", "--models",
+                                      str(path), "--styles", "sun;rain", "-o", str(grid), str(src)])
+    assert r.exit_code == 0, r.output
+    g = np.asarray(Image.open(grid)).astype(float)
+    pad, label_h, h, w = 8, 22, 40, 48
+    cell = [g[pad:pad + h, pad + k * (w + pad):pad + k * (w + pad) + w] for k in range(3)]
+    for k, style in ((1, "sun"), (2, "rain")):
+        assert np.abs(cell[k] - outs[style]).mean() < 1.0, style
+    r = CliRunner().invoke(main.app, ["--device", "cpu", "stylize", "compare", "--models",
+                                      f"{path},{path}", "--styles", "sun;rain;sun", "-o",
+                                      str(tmp_path / "no.png"), str(src)])
+    assert r.exit_code == 2 and "--styles has 3 entries for 2 models" in r.output
 
 
 def test_merge_joins_separately_fine_tuned_styles(images, tmp_path):

@@ -388,6 +388,57 @@ def test_browser_layout_gate_and_clean_upload_errors(server, small_png):
 
 
 @pytest.mark.browser
+def test_browser_multi_style_model_shows_blend_controls(server, small_png):
+    """A one-style model hides Style, Blend with and Blend weight; an uploaded two-style model
+    shows all three (Style = its first style, Blend with = none, weight 0.5), and a blend with the
+    second style stylizes."""
+    from test_ui_handlers import make_two_style_model
+
+    sync_playwright = _browser()
+    model = make_two_style_model(server[2] / "two-styles.safetensors")
+    ARTIFACTS.mkdir(exist_ok=True)
+    ids = ("#st_style", "#st_blend", "#st_mix")
+    with sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server[0], wait_until="domcontentloaded")
+            page.locator("#st_run").wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)  # the page-load model info has run
+            for sel in ids:  # the first model holds one style
+                assert not page.locator(sel).is_visible(), sel
+            page.get_by_text("Upload your own style model").click()
+            page.locator("#st_upload input[type=file]").set_input_files(str(model))
+            for sel in ids:
+                page.locator(sel).wait_for(state="visible", timeout=30_000)
+            assert page.locator("#st_style input").first.input_value() == "stripes"
+            blend = page.locator("#st_blend input").first
+            assert blend.input_value() == "none"
+            assert float(page.locator("#st_mix input[type=range]").input_value()) == 0.5
+            blend.click()
+            options = page.get_by_role("option")
+            options.first.wait_for(timeout=15_000)
+            texts = [t.replace("✓", "").strip() for t in options.all_inner_texts()]
+            assert texts == ["none", "stripes", "dots"]  # ✓ marks the selected one
+            page.get_by_role("option", name="dots", exact=True).click()
+            page.wait_for_function("() => document.querySelector('#st_blend input').value"
+                                   " === 'dots'", timeout=15_000)
+            page.locator("#st_in input[type=file]").set_input_files(small_png)
+            page.locator("#st_in img").first.wait_for(timeout=30_000)
+            page.locator("#st_run").click()
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#st_out img');"
+                " return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+            size = page.locator("#st_out img").first.evaluate(
+                "img => [img.naturalWidth, img.naturalHeight]")
+            page.screenshot(path=str(ARTIFACTS / "ui_stylize_blend.png"), full_page=True)
+            assert "rror" not in _toasts(page)
+        finally:
+            browser.close()
+    assert tuple(size) == _size(small_png)
+
+
+@pytest.mark.browser
 @needs_predict
 def test_browser_reload_reattaches_to_a_running_training(server):
     """A training started in one page keeps running when the page is reloaded; the new page

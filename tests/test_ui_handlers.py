@@ -630,19 +630,26 @@ def test_stylize_reports_progress(cfg):
     assert calls and calls[-1][0] == calls[-1][1] and calls == sorted(calls)
 
 
-def test_multi_style_model_selects_and_blends_styles(cfg, tmp_path):
+def make_two_style_model(path: Path) -> Path:
+    """A small conditional-IN TransformerNet with two styles, "stripes" and "dots", whose norm
+    parameters differ (so the styles and their blends give different images)."""
     import norms
     import stylize
     from stylize.train import save_model
 
+    gen = torch.Generator().manual_seed(0)
     net = stylize.TransformerNet(config=stylize.StyleConfig("cin", 8, 1, num_styles=2,
                                                             output="residual"))
     with torch.no_grad():
         for _, layer in norms.conditional_layers(net):
-            layer.weight.normal_(1, 0.3)
-            layer.bias.normal_(0, 0.3)
-        net.deconv3.conv2d.weight.normal_(0, 0.05)
-    path = save_model(tmp_path / "two.safetensors", net.eval(), {"styles": ["stripes", "dots"]})
+            layer.weight.normal_(1, 0.3, generator=gen)
+            layer.bias.normal_(0, 0.3, generator=gen)
+        net.deconv3.conv2d.weight.normal_(0, 0.05, generator=gen)
+    return save_model(path, net.eval(), {"styles": ["stripes", "dots"]})
+
+
+def test_multi_style_model_selects_and_blends_styles(cfg, tmp_path):
+    path = make_two_style_model(tmp_path / "two.safetensors")
     name = cfg.registry.add("stylize", "two-styles", path)
     choice = f"ui:{name}"
     assert H.style_choices(cfg, choice) == ["stripes", "dots"]
@@ -658,14 +665,21 @@ def test_multi_style_model_selects_and_blends_styles(cfg, tmp_path):
     blend = pixels(H.stylize(cfg, img, choice, style="stripes", blend_with="dots",
                              blend_weight=0.5))
     assert torch.allclose(blend, mid, atol=1)
+    assert not torch.equal(blend, a) and not torch.equal(blend, b)
     third = pixels(H.stylize(cfg, img, choice, style="stripes", blend_with="dots",
                              blend_weight=0.25))
     assert not torch.equal(third, blend) and not torch.equal(third, a)
+    assert not torch.equal(third, b)
     for w, want in ((0.0, a), (1.0, b)):
         assert torch.equal(pixels(H.stylize(cfg, img, choice, style="stripes", blend_with="dots",
                                             blend_weight=w)), want)
     assert torch.equal(pixels(H.stylize(cfg, img, choice, style="dots", blend_with=H.NO_BLEND,
                                         blend_weight=0.7)), b)
+    assert torch.equal(pixels(H.stylize(cfg, img, choice, style="dots", blend_with="Dots",
+                                        blend_weight=0.7)), b)  # the same style twice
+    # a typed blend in the Style box still works when Blend with is "none"
+    assert torch.equal(pixels(H.stylize(cfg, img, choice, style="stripes:0.5,dots:0.5",
+                                        blend_with=H.NO_BLEND, blend_weight=0.9)), mid)
 
 
 def test_blend_spec():

@@ -225,7 +225,8 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
         with gr.Accordion("Upload your own style model", open=False):
             st_upload = gr.File(label="A .safetensors from `normlab stylize train` or a "
                                 "pytorch/examples .pth (it replaces the model chosen above)",
-                                file_types=[".safetensors", ".pth"], height=120)
+                                file_types=[".safetensors", ".pth"], height=120,
+                                elem_id="st_upload")
         if samples:
             gr.Examples(samples, inputs=st_in, label="Sample photos")
         with gr.Accordion("Compare norms: the same image through several models", open=False):

@@ -14,6 +14,7 @@ import main
 import norms
 import weights
 from stylize import StyleConfig, TransformerNet, list_models, load_model, stylize_image
+from stylize.model import style_names
 from stylize.train import save_model
 
 runner = CliRunner()
@@ -237,9 +238,17 @@ def test_shipped_model_stylizes_the_sample():
         m = load_model(name)
         sample = weights.SAMPLES_DIR / "amber.jpg"
         img = Image.open(sample).convert("RGB").resize((128, 128))
-        out = stylize_image(m, img)
-        assert out.size == img.size
-        assert np.abs(np.asarray(out, float) - np.asarray(img, float)).mean() > 5  # it does something
+        names = style_names(m.meta, m.config.num_styles)
+        assert names == entry.get("styles", names), f"{name}: manifest and model styles differ"
+        outs = []
+        for style in names:
+            out = stylize_image(m, img, style=style)
+            assert out.size == img.size
+            outs.append(np.asarray(out, float))
+            assert np.abs(outs[-1] - np.asarray(img, float)).mean() > 5, (name, style)  # it does something
+        for i in range(len(outs)):  # a shipped multi-style model renders each style differently
+            for j in range(i):
+                assert np.abs(outs[i] - outs[j]).mean() > 5, (name, names[i], names[j])
 
 
 def test_export_half_keeps_config_and_output(tmp_path, bin_model):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import weights
 from conftest import ROOT, need_shared
 from test_ui_handlers import gradient_image, make_ui_config, needs_predict
 
@@ -389,8 +390,9 @@ def test_browser_layout_gate_and_clean_upload_errors(server, small_png):
 
 @pytest.mark.browser
 def test_browser_multi_style_model_shows_blend_controls(server, small_png):
-    """A one-style model hides Style, Blend with and Blend weight; an uploaded two-style model
-    shows all three (Style = its first style, Blend with = none, weight 0.5), and a blend with the
+    """The tab opens on the shipped model with the most styles (Style, Blend with and Blend weight
+    shown when it has several); a one-style model hides the three; an uploaded two-style model
+    shows them (Style = its first style, Blend with = none, weight 0.5), and a blend with the
     second style stylizes."""
     from test_ui_handlers import make_two_style_model
 
@@ -398,15 +400,22 @@ def test_browser_multi_style_model_shows_blend_controls(server, small_png):
     model = make_two_style_model(server[2] / "two-styles.safetensors")
     ARTIFACTS.mkdir(exist_ok=True)
     ids = ("#st_style", "#st_blend", "#st_mix")
+    shipped_styles = max((e.get("styles", []) for e in weights.manifest().values()
+                          if e.get("kind") == "stylize"), key=len, default=[])
     with sync_playwright() as p:
         browser = _chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(server[0], wait_until="domcontentloaded")
             page.locator("#st_run").wait_for(timeout=60_000)
-            page.wait_for_timeout(1000)  # the page-load model info has run
-            for sel in ids:  # the first model holds one style
-                assert not page.locator(sel).is_visible(), sel
+            if shipped_styles:  # the tab opens on the shipped multi-style model
+                for sel in ids:
+                    page.locator(sel).wait_for(state="visible", timeout=30_000)
+                assert page.locator("#st_style input").first.input_value() == shipped_styles[0]
+            page.locator("#st_model input").first.click()  # a one-style model hides them
+            page.get_by_role("option", name="tiny-in (trained here)", exact=True).click()
+            for sel in ids:
+                page.locator(sel).wait_for(state="hidden", timeout=30_000)
             page.get_by_text("Upload your own style model").click()
             page.locator("#st_upload input[type=file]").set_input_files(str(model))
             for sel in ids:

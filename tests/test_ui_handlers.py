@@ -840,3 +840,14 @@ def test_upload_limit_is_the_memory_budget(tmp_path):
     small = C.UIConfig(allowed_dirs=[], runs_dir=tmp_path / "runs", memory_budget_mb=256)
     with pytest.raises(ValueError, match="over the limit"):
         H.read_image(small, str(big))  # 256 MB holds 8 MP of buffers
+
+
+def test_stylize_tab_opens_on_the_shipped_model_with_most_styles(monkeypatch):
+    import weights
+
+    monkeypatch.setattr(weights, "manifest", lambda: {
+        "a": {"kind": "stylize"}, "b": {"kind": "stylize", "styles": ["x", "y"]},
+        "c": {"kind": "stylize", "styles": ["x", "y"]}})
+    assert H.default_style_model([("a", "a"), ("b", "b"), ("c", "c"), ("t", "ui:t")]) == "b"
+    assert H.default_style_model([("a", "a"), ("t", "ui:t")]) == "a"
+    assert H.default_style_model([]) is None

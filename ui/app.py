@@ -184,7 +184,7 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
         with gr.Row():
             with gr.Column():
                 st_in = image_input("Input image", "st_in", height=260)
-                st_model = gr.Dropdown(style_choices, value=_first(style_choices),
+                st_model = gr.Dropdown(style_choices, value=H.default_style_model(style_choices),
                                        label="Style model", allow_custom_value=True,
                                        elem_id="st_model")
                 st_run = gr.Button("Stylize", variant="primary", elem_id="st_run")

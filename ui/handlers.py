@@ -245,6 +245,18 @@ def style_names_of(model) -> list[str]:
     return need("stylize.model", "style_names")(model.meta or {}, n)
 
 
+def default_style_model(choices: list[tuple[str, str]]) -> str | None:
+    """The dropdown value the Stylize tab opens on: the shipped model with the most styles (so a
+    first visit shows the style and blend controls), else the first choice."""
+    import weights
+
+    entries = weights.manifest()
+    counts = [len(entries.get(v, {}).get("styles", [])) for _, v in choices]
+    if not choices:
+        return None
+    return choices[max(range(len(choices)), key=lambda i: (counts[i], -i))][1]
+
+
 def style_choices(cfg: UIConfig, choice: str | None, upload: str | None = None) -> list[str]:
     """The styles of the chosen model for the Style box (empty for one-style models)."""
     if not choice and not upload:

@@ -71,10 +71,11 @@ CIFAR: dict[str, ClassifyBudget] = {
     "smoke": ClassifyBudget(1, (0, 1), (20,), 32, 0.05, "onecycle", 0.1, 256, 200, 48,
                             estimate="seconds"),
     "cpu": ClassifyBudget(15, (0, 1, 2), (20,), 128, 0.1, "onecycle", 0.1, None, None, 2000,
-                          estimate="≈ 20 min per ResNet-20 run on 2 CPU threads (390 steps × "
-                                   "~0.18 s × 15 epochs + evaluation): bin-cifar 15 runs ≈ 5 h; "
-                                   "ibn-shift adds the 3 IBN-b runs (≈ 1 h) and reuses the rest; "
-                                   "divergence reuses them all"),
+                          estimate="≈ 35 min per ResNet-20 run on 2 CPU threads (390 steps × "
+                                   "~0.33 s × 15 epochs + evaluation, measured on a 2-core "
+                                   "EPYC VM): bin-cifar 15 runs ≈ 9 h; ibn-shift adds the 3 "
+                                   "IBN-b runs (≈ 2 h) and reuses the rest; divergence reuses "
+                                   "them all"),
     "full": ClassifyBudget(160, (0, 1, 2, 3, 4), (20, 56, 110), 128, 0.1, "step", 0.0, None, None,
                            10000, estimate="75 runs of 160 epochs: a GPU (use --jobs to share it)"),
 }

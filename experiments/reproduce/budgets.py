@@ -116,7 +116,8 @@ class StyleBudget:
 STYLE: dict[str, StyleBudget] = {
     "smoke": StyleBudget(4, 32, 2, (0, 1), "seconds"),
     "cpu": StyleBudget(300, 128, 4, (0, 1),
-                       "≈ 1–1.5 s per step at 128 px on 2 CPU threads: 8 runs ≈ 50–60 min"),
+                       "≈ 1.6 s per step at 128 px on one CPU thread beside another job "
+                       "(measured on a 2-core EPYC VM): 8 runs ≈ 70 min"),
     "full": StyleBudget(40000, 256, 4, (0, 1, 2), "12 runs of 40k steps: a GPU"),
 }
 

@@ -170,7 +170,8 @@ def gate_report(model: nn.Module) -> GateReport:
     """Collect per-layer ρ statistics of every BIN layer in ``model`` (see ``GateReport``)."""
     report = GateReport()
     for depth, (name, gate) in enumerate(iter_gates(model)):
-        v = gate.detach().float().cpu().clamp(0, 1)
+        # conditional BIN holds one ρ row per style (styles × C): the report pools every row
+        v = gate.detach().float().cpu().clamp(0, 1).flatten()
         report.layers.append(GateLayer(
             name=name.removesuffix(".gate"), depth=depth, values=v, mean=v.mean().item(),
             std=v.std(unbiased=False).item(), frac_in=(v < 0.5).float().mean().item(),

@@ -347,6 +347,9 @@ def test_torchrun_classify_train_matches_one_process(tmp_path, monkeypatch, norm
     a, b = load_file(one), load_file(tmp_path / "two" / "model.safetensors")
     assert a.keys() == b.keys() and any("gate" in k for k in a)
     diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-    assert diff <= TOL, f"torchrun vs one process: max abs diff {diff:.2e}"
+    # 4 optimizer steps through two processes: float32 reduction-order noise (~1e-7 per step)
+    # grows with BIN's 10x gate lr; on an AMD EPYC VM the gate of bn1 differs by 1.4e-5. Unsynced
+    # batch statistics would normalise with 4 images instead of 8: a far larger change.
+    assert diff <= 5 * TOL, f"torchrun vs one process: max abs diff {diff:.2e}"
     metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
     assert [m["step"] for m in metrics] == [2, 4]  # rank 0 alone wrote the metrics

@@ -181,6 +181,21 @@ def test_cbin_gates_are_clipped_and_grouped():
     assert norms.clip_gates_(model) == 2 and model[1].gate.max().item() == 1.0
 
 
+def test_gate_report_pools_every_style_row_of_conditional_bin():
+    """A multi-style BIN network's ρ (styles × C per layer) reports, plots and averages like
+    plain BIN's (the UI's model info and `gates` figures read it)."""
+    model = _net("bin")
+    with torch.no_grad():
+        model[1].gate.copy_(torch.linspace(0, 1, model[1].gate.numel()).view_as(model[1].gate))
+    rep = norms.gate_report(model)
+    assert [L.values.shape for L in rep.layers] == [(g.numel(),) for _, g in norms.iter_gates(model)]
+    assert rep.layers[0].mean == pytest.approx(0.5) and rep.layers[0].frac_in == pytest.approx(0.5, abs=0.1)
+    assert torch.cat([L.values for L in rep.layers]).numel() == sum(
+        g.numel() for _, g in norms.iter_gates(model))
+    assert "| 0 |" in rep.to_markdown()
+    rep.figure()
+
+
 def test_norm_only_finetuning_changes_only_norm_parameters():
     model = _net("in")
     names = [n for n, _ in norms.named_norm_parameters(model)]

@@ -851,3 +851,17 @@ def test_stylize_tab_opens_on_the_shipped_model_with_most_styles(monkeypatch):
     assert H.default_style_model([("a", "a"), ("b", "b"), ("c", "c"), ("t", "ui:t")]) == "b"
     assert H.default_style_model([("a", "a"), ("t", "ui:t")]) == "a"
     assert H.default_style_model([]) is None
+
+
+def test_multi_style_bin_model_info_reports_its_gates(cfg, tmp_path):
+    """Conditional BIN holds a ρ row per style; the Stylize tab's model info averages them all."""
+    import stylize
+    from stylize.train import save_model
+
+    net = stylize.TransformerNet(config=stylize.StyleConfig("cbin", 8, 1, num_styles=2,
+                                                            output="residual"))
+    name = cfg.registry.add("stylize", "two-bin", save_model(tmp_path / "m.safetensors", net.eval(),
+                                                             {"styles": ["a", "b"]}))
+    text, gated = H.style_model_info(cfg, f"ui:{name}")
+    assert gated and "mean ρ 1.00" in text
+    assert H.style_choices(cfg, f"ui:{name}") == ["a", "b"]

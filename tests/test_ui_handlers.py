@@ -863,5 +863,5 @@ def test_multi_style_bin_model_info_reports_its_gates(cfg, tmp_path):
     name = cfg.registry.add("stylize", "two-bin", save_model(tmp_path / "m.safetensors", net.eval(),
                                                              {"styles": ["a", "b"]}))
     text, gated = H.style_model_info(cfg, f"ui:{name}")
-    assert gated and "mean ρ 1.00" in text
+    assert gated and "mean ρ 1.00" in text and "2 styles: a, b" in text
     assert H.style_choices(cfg, f"ui:{name}") == ["a", "b"]

@@ -273,7 +273,11 @@ def style_model_info(cfg: UIConfig, choice: str | None, upload: str | None = Non
     meta = model.meta or {}
     shown = Path(upload).name if upload else choice
     lines = [f"**{shown}** · norm `{model.config.norm}`"]
-    lines += [f"{key}: {meta[key]}" for key in ("style", "steps") if key in meta]
+    styles = style_names_of(model)
+    if styles:  # a multi-style model: its "style" key is only the first one
+        lines.append(f"{len(styles)} styles: {', '.join(styles)}")
+    lines += [f"{key}: {meta[key]}" for key in ("style", "steps")
+              if key in meta and not (styles and key == "style")]
     if model.has_gates:
         rep = norms.gate_report(model.net)
         mean = torch.cat([L.values for L in rep.layers]).mean().item()

@@ -250,11 +250,11 @@ def default_style_model(choices: list[tuple[str, str]]) -> str | None:
     first visit shows the style and blend controls), else the first choice."""
     import weights
 
-    entries = weights.manifest()
-    counts = [len(entries.get(v, {}).get("styles", [])) for _, v in choices]
     if not choices:
         return None
-    return choices[max(range(len(choices)), key=lambda i: (counts[i], -i))][1]
+    entries = weights.manifest()
+    counts = [len(entries.get(v, {}).get("styles", [])) for _, v in choices]
+    return choices[counts.index(max(counts))][1]  # the first of the richest
 
 
 def style_choices(cfg: UIConfig, choice: str | None, upload: str | None = None) -> list[str]:

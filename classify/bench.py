@@ -15,8 +15,9 @@ SETUPS = {"resnet20": dict(batch=128, image=32, classes=10),
 
 
 def bench_steps(device: torch.device, norm_names: list[str], models: list[str], repeats: int = 6,
-                resnet50_size: int = 64) -> str:
-    """Markdown table of step times (ms) and ×BN for each model and norm on ``device``."""
+                resnet50_size: int = 64, precisions: tuple[str, ...] = ("fp32",)) -> str:
+    """Markdown table of step times (ms) and ×BN (float32 BN) for each model, norm and precision
+    (``fp32``, ``bf16``/``fp16`` autocast) on ``device``."""
     bad = [n for n in norm_names if n not in NORM_NAMES]
     if bad:
         raise ValueError(f"unknown norm(s) {', '.join(bad)}; known: {', '.join(NORM_NAMES)}")
@@ -30,11 +31,13 @@ def bench_steps(device: torch.device, norm_names: list[str], models: list[str], 
             s = dict(SETUPS[m])
             if m == "resnet50":
                 s["image"] = resnet50_size
-            with tqdm(total=repeats * len(set(norm_names) | {"bn"}), desc=f"{m} on {d.type}",
+            with tqdm(total=repeats * len(set(norm_names) | {"bn"}) * len(set(precisions) | {"fp32"}),
+                      desc=f"{m} on {d.type}",
                       leave=False) as bar:
                 rows += bench_train_step(
                     lambda n, m=m, c=s["classes"]: create_model(m, num_classes=c, norm=n), d,
                     tuple(norm_names), model_name=f"{m} @{s['image']}px", batch=s["batch"],
                     image=s["image"], classes=s["classes"], repeats=repeats,
-                    progress=lambda n: (bar.set_postfix_str(n), bar.update()))
+                    progress=lambda n: (bar.set_postfix_str(n), bar.update()),
+                    precisions=tuple(precisions))
     return step_table(rows)

@@ -287,6 +287,8 @@ def bench_cmd(
     resnet50_size: int = typer.Option(64, min=32, help="ResNet-50 input size (224 is the real one)."),
     models: str = typer.Option("resnet20,resnet50", help="resnet20 (batch 128, 32 px) and/or resnet50 (batch 32)."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
+    precisions: str = typer.Option("fp32", help="Comma-separated: fp32, bf16, fp16 (autocast); "
+                                   "every ratio is to float32 BN in the same run."),
     out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
@@ -303,7 +305,7 @@ def bench_cmd(
     dev = resolve_device(_device(ctx, device))
     names = [n.strip() for n in norms_.split(",") if n.strip()]
     md = bench_steps(dev, names, [m.strip() for m in models.split(",") if m.strip()], repeats,
-                     resnet50_size)
+                     resnet50_size, tuple(p.strip() for p in precisions.split(",") if p.strip()))
     typer.echo(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads\n" + md)
     _write(out, md)
 

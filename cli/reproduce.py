@@ -105,6 +105,9 @@ def sweep_cmd(
     runs: Path = typer.Option(Path("runs/reproduce"), help="Folder of the runs."),
     jobs: int = typer.Option(1, min=1, help="Runs at once (processes)."),
     out: Optional[Path] = typer.Option(None, help="Write the summary table (Markdown) here."),
+    amp: bool = typer.Option(False, help="Autocast (bf16 on CPUs with native bf16 and recent "
+                             "GPUs, else fp16 on CUDA); how a run trains, not what it is, so "
+                             "it does not change a run's folder."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
     """Train a grid variants × depths × seeds (finished runs skipped, unfinished ones resumed);
@@ -124,7 +127,7 @@ def sweep_cmd(
                        label_smoothing=label_smoothing, image_size=image_size,
                        train_subset=train_subset, test_subset=test_subset,
                        train_domains=train_domains, test_domains=test_domains,
-                       device=_device(ctx, device))
+                       device=_device(ctx, device), amp=amp)
     base.validate()
     vs = [v.strip() for v in variants.split(",") if v.strip()]
     specs = plan(base.recipe(), vs, ints(seeds, "seeds"), ints(depths, "depths"), runs,

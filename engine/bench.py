@@ -124,39 +124,53 @@ class StepTiming:
     ratio: float = 1.0
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def bench_train_step(build: Callable[[str], nn.Module], device: torch.device, norms: tuple[str, ...],
                      model_name: str = "resnet20", batch: int = 128, image: int = 32,
                      classes: int = 10, repeats: int = 8,
-                     progress: Callable[[str], None] | None = None) -> list[StepTiming]:
+                     progress: Callable[[str], None] | None = None,
+                     precisions: tuple[str, ...] = ("fp32",)) -> list[StepTiming]:
     """Time one SGD training step (forward, loss, backward, step with gate clipping) of
-    ``build(norm)`` for each norm, with ratios to ``bn``. Norms are timed interleaved, round
-    by round, so drifting machine load hits all of them alike."""
+    ``build(norm)`` for each norm and precision (``fp32``, or ``bf16``/``fp16`` autocast), with
+    ratios to float32 ``bn``. Variants are timed interleaved, round by round, so drifting
+    machine load hits all of them alike."""
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"unknown precision(s) {', '.join(bad)}; known: {', '.join(PRECISIONS)}")
     torch.manual_seed(0)
     x = torch.randn(batch, 3, image, image, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
-    names = list(dict.fromkeys(("bn",) + tuple(norms)))
+    norms_ = list(dict.fromkeys(("bn",) + tuple(norms)))
+    precs = list(dict.fromkeys(("fp32",) + tuple(precisions)))
+    names = [(n, p) for p in precs for n in norms_]  # [0] is float32 BN, the baseline
     steps = {}
-    for name in names:
+    for name, prec in names:
         model = build(name).to(device).train()
         opt = torch.optim.SGD(param_groups(model, 0.1, 1e-4), lr=0.1, momentum=0.9)
         attach_gate_clipping(opt, model)
+        dtype = PRECISIONS[prec]
 
-        def step(model=model, opt=opt) -> None:
+        def step(model=model, opt=opt, dtype=dtype) -> None:
             opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
+            with torch.autocast(device.type, dtype=dtype or torch.float32,
+                                enabled=dtype is not None):
+                logits = model(x)
+            nn.functional.cross_entropy(logits.float(), y).backward()
             opt.step()
 
         for _ in range(2):
             step()
-        steps[name] = step
-    samples: dict[str, list[float]] = {n: [] for n in names}
+        steps[name, prec] = step
+    samples: dict[tuple[str, str], list[float]] = {k: [] for k in names}
     for _ in range(repeats):
-        for name in names:
+        for k in names:
             if progress:
-                progress(name)
-            samples[name].append(time_ms(steps[name], device, repeats=1, warmup=0))
-    rows = [StepTiming(n, device.type, model_name, batch, statistics.median(samples[n]))
-            for n in names]
+                progress(k[0] if k[1] == "fp32" else f"{k[0]} {k[1]}")
+            samples[k].append(time_ms(steps[k], device, repeats=1, warmup=0))
+    rows = [StepTiming(n if p == "fp32" else f"{n} ({p})", device.type, model_name, batch,
+                       statistics.median(samples[n, p])) for n, p in names]
     for r in rows:
         r.ratio = r.step_ms / rows[0].step_ms
     return rows

@@ -152,3 +152,22 @@ def test_max_image_pixels_follows_the_budget():
 
     assert max_image_pixels(2**20, "cpu") == MAX_PIXELS  # tiny budget: the planner explains it
     assert max_image_pixels(64 * 2**30, "cpu") == 64 * 2**30 // 16  # 16 B/px of image buffers
+
+
+def test_bench_train_step_precisions_are_ratios_to_fp32_bn():
+    """`classify bench --precisions fp32,bf16` rows: every norm in each precision, all timed in
+    the same rounds, ratio 1.0 only for float32 BN."""
+    from engine.bench import bench_train_step
+    from norms import create_norm
+
+    def build(n):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), create_norm(n, 4),
+                                   torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), torch.nn.Linear(4, 3))
+
+    rows = bench_train_step(build, torch.device("cpu"), ("bin",), batch=4, image=8, classes=3,
+                            repeats=2, precisions=("bf16",))
+    assert [r.norm for r in rows] == ["bn", "bin", "bn (bf16)", "bin (bf16)"]
+    assert rows[0].ratio == 1.0 and all(r.step_ms > 0 and r.ratio > 0 for r in rows)
+    with pytest.raises(ValueError, match="unknown precision"):
+        bench_train_step(build, torch.device("cpu"), ("bn",), precisions=("fp8",))

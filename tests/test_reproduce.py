@@ -85,6 +85,7 @@ def test_bin_cifar_smoke_report(tiny):
     readme = reproduce("bin-cifar", _ctx(tiny, "bin-cifar"))
     md, res = _check_report(readme, 2)
     assert "| norm | n | ResNet-20 |" in md
+    assert "Precision: float32." in md  # the smoke budget never autocasts
     for v in ("bn", "in", "bn_in", "bin", "ibn_a"):
         assert f"| {v} | 2 |" in md
     assert len(res["runs"]) == 10 and {r["seed"] for r in res["runs"]} == {0, 1}
@@ -310,3 +311,37 @@ def test_strokes_smoke_report(tiny):
         reproduce("strokes", _ctx(tiny, "strokes", data=str(tiny / "st_content"),
                                   style_image="a.png,b.png", style_model=str(base),
                                   encoder=TinyEncoder()))
+
+
+def test_sweep_trains_seed_major(tmp_path, monkeypatch):
+    """An interrupted CPU sweep should leave whole seeds of every variant, so runs go lowest
+    seed first; results still come back in plan order."""
+    import experiments.reproduce.sweep as sw
+
+    specs = sw.plan({"data": "x", "epochs": 1}, ["bn", "bin", "ibn_a"], [0, 1], [20], tmp_path)
+    order = []
+
+    def fake(spec, show_bar=True):
+        order.append((spec.label, spec.seed))
+        return sw.RunResult(spec.label, spec.depth, spec.seed, "", spec.recipe["out"], {"t": 1.0})
+
+    monkeypatch.setattr(sw, "run_one", fake)
+    res = sw.run_sweep(specs)
+    assert order == [("bn", 0), ("bin", 0), ("ibn_a", 0), ("bn", 1), ("bin", 1), ("ibn_a", 1)]
+    assert [(r.label, r.seed) for r in res] == [(s.label, s.seed) for s in specs]
+
+
+def test_sweep_amp_policy(monkeypatch):
+    """Autocast for reproductions: CUDA only for the long `full` schedules; CPU only for the `cpu`
+    budget and only where bf16 is native (emulated bf16 is slower than float32)."""
+    import engine.devices as devices
+    from experiments.reproduce.budgets import precision_line, sweep_amp
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert sweep_amp(cuda, "full") and not sweep_amp(cuda, "cpu")
+    for native in (True, False):
+        monkeypatch.setattr(devices, "cpu_native_bf16", lambda: native)
+        assert sweep_amp(cpu, "cpu") is native
+        assert not sweep_amp(cpu, "smoke") and not sweep_amp(cpu, "full")
+    assert precision_line(False, cpu) == "Precision: float32."
+    assert "bf16 autocast on cpu" in precision_line(True, cpu)

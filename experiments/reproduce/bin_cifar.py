@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .budgets import CIFAR, cifar_data
+from .budgets import CIFAR, cifar_data, precision_line, sweep_amp
 from .report import Report, mean_sd_table, noise_lines
 from .stats import summarize
 from .sweep import RunResult, RunSpec, plan, run_sweep, values_by
@@ -23,9 +23,9 @@ def cifar_grid(ctx, variants: Sequence[str], depths: Sequence[int] | None = None
 
     b = CIFAR[ctx.budget]
     dev = resolve_device(ctx.device)
-    # bf16/fp16 autocast for the long GPU schedule; channels_last is the trainer's on CUDA
+    # autocast where it pays (see sweep_amp); channels_last is the trainer's on CUDA
     base = b.recipe(cifar_data(ctx.data), str(dev), ctx.download,
-                    amp=dev.type == "cuda" and ctx.budget == "full", compile=ctx.compile)
+                    amp=sweep_amp(dev, ctx.budget), compile=ctx.compile)
     return plan(base, variants, b.seeds, depths or b.depths, ctx.runs)
 
 
@@ -100,6 +100,8 @@ def gate_stats(results: Sequence[RunResult]) -> tuple[str, dict]:
 
 
 def run(ctx) -> Path:
+    from engine.devices import resolve_device
+
     b = CIFAR[ctx.budget]
     specs = cifar_grid(ctx, VARIANTS)
     rep = Report("bin-cifar", TITLE, ctx.out, ctx.budget, intro=(
@@ -123,6 +125,7 @@ def run(ctx) -> Path:
                                     "than the paper's and only the ranking is comparable."),
         f"Data: `{cifar_data(ctx.data)}`. Runs (resumable, reused across reports): `{ctx.runs}`.",
         "BIN gates: 10× lr, no weight decay, clipped to [0, 1] after every step (paper Sec. 3.2).",
+        precision_line(specs[0].recipe.get("amp", False), resolve_device(ctx.device)),
     ]
     test = next(iter(results[0].test_acc))
     vals = values_by(results, lambda r: r.label, lambda r: [(f"ResNet-{r.depth}", r.test_acc[test])])

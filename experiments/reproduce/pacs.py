@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .budgets import PACS, pacs_data
+from .budgets import PACS, pacs_data, precision_line, sweep_amp
 from .report import Report, grouped_bars, mean_sd_table, noise_lines
 from .sweep import plan, run_sweep
 
@@ -31,8 +31,7 @@ def run(ctx) -> Path:
     if len(domains) < 2:
         raise ValueError(f"PACS root {root} needs at least two domain folders, found {domains}")
     dev = resolve_device(ctx.device)
-    base = b.recipe(data, str(dev), amp=dev.type == "cuda" and ctx.budget == "full",
-                    compile=ctx.compile)
+    base = b.recipe(data, str(dev), amp=sweep_amp(dev, ctx.budget), compile=ctx.compile)
     depth = b.depths[0]
     specs = []
     for held in domains:
@@ -70,6 +69,7 @@ def run(ctx) -> Path:
         "source domains, testing every image of the held-out one)."
         + (f" Subsets in this budget: {b.train_subset} training, {b.test_subset} test images."
            if b.train_subset else ""),
+        precision_line(base.get("amp", False), dev),
     ]
     rep.section("### Held-out-domain top-1 (%)\n\nmean ± sd over seeds, n = seeds; 'average' "
                 "is each seed's mean over the held-out domains.\n\n"

@@ -222,8 +222,8 @@ def _worker(spec_dict: dict[str, Any], threads: int) -> dict[str, Any]:
 
 def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
               progress: Callable[[RunResult, int, int], None] | None = None) -> list[RunResult]:
-    """Run every spec (finished ones are read back, partial ones resumed), ``jobs`` at a time.
-    Results come back in the order of ``specs``."""
+    """Run every spec (finished ones are read back, partial ones resumed), ``jobs`` at a time,
+    lowest seed first. Results come back in the order of ``specs``."""
     from tqdm.auto import tqdm
 
     if jobs < 1:
@@ -235,6 +235,9 @@ def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
             results[i] = run_one(s)
         else:
             todo.append(i)
+    # Seed-major order: a sweep cut off part-way (a CPU session ending) leaves whole seeds of
+    # every variant, i.e. a complete if smaller comparison, rather than all seeds of a few.
+    todo.sort(key=lambda i: (specs[i].seed, i))
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="runs", unit="run",
                leave=False)
 

@@ -420,7 +420,10 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     start = trainer.restore(state) if state is not None else 0
     if env is None or env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        engine.io.write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        shown = cfg.to_dict()
+        if cfg.from_model:  # the network's norm comes from the base model, not --norm
+            shown["norm"] = task.model.config.norm
+        engine.io.write_text_atomic(out / "config.json", json.dumps(shown, indent=2))
     result = trainer.run(start=start, progress=progress, should_stop=should_stop, show_bar=show_bar)
     last = dict(task.last)
     if data.bad:

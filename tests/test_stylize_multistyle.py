@@ -105,6 +105,9 @@ def test_norm_only_fine_tuning_changes_only_the_new_style_row(images, tmp_path):
                       checkpoint_every=0))
     after, meta = engine.io.load_safetensors(tuned)
     assert meta["styles"] == ["stripes", "checks", "blobs"] and meta["config"]["num_styles"] == 3
+    # the run's config.json names the network's norm (from the base model), not --norm's value
+    shown = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert shown["norm"] == meta["config"]["norm"] == "cbin"
     net = TransformerNet(config=StyleConfig.from_dict(meta["config"]))
     norm_names = {n for n, _ in norms.named_norm_parameters(net)}
     assert norm_names and set(after) == set(before)

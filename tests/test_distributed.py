@@ -118,7 +118,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def two_process_run(tmp_path_factory) -> list[dict]:
     """The whole 2-process job, once for the module: per-rank results."""
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    # The probed port is free when probed, not necessarily when gloo binds it a moment later
+    # (anything on the machine may take it in between): a failed start gets a new port, twice.
+    for attempt in range(3):
+        try:
+            mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+            break
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):
+            if attempt == 2:
+                raise
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

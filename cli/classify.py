@@ -310,6 +310,38 @@ def bench_cmd(
     _write(out, md)
 
 
+@app.command("average")
+def average_cmd(
+    ctx: typer.Context,
+    models: List[str] = typer.Argument(..., help="Two or more classifiers of the same model "
+                                       "(shipped names or .safetensors), e.g. the ends of "
+                                       "successive short cyclic-lr runs (--init)."),
+    data: str = typer.Option(..., help="Training images for the batch-statistics pass: "
+                             "cifar10:ROOT | folder:TRAIN[,TEST] | pacs:ROOT."),
+    out: Path = typer.Option(..., help="Output .safetensors."),
+    half: bool = typer.Option(False, help="Store floating tensors as fp16."),
+    batch_size: int = typer.Option(256, min=2, help="Batch size of the statistics pass."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
+) -> None:
+    """Stochastic weight averaging (SWA, Izmailov et al. 2018): average the weights, then
+    recompute every BN/BIN running statistic with one pass over the training images."""
+    from tqdm import tqdm
+
+    from classify.swa import average_classifiers
+    from engine.devices import resolve_device
+
+    dev = str(resolve_device(_device(ctx, device)))
+    with tqdm(desc="batch statistics", unit="img", leave=False) as bar:
+        def prog(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        path = average_classifiers(models, data, out, half=half, batch_size=batch_size,
+                                   device=dev, progress=prog)
+    typer.echo(f"wrote {path}: the average of {len(models)} models, batch statistics "
+               "recomputed on the training images")
+
+
 @app.command("export")
 def export_cmd(
     src: Path = typer.Argument(..., help="A trained model.safetensors."),

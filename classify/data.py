@@ -265,6 +265,12 @@ def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Ten
     return (x.float() / 255 - m) / s
 
 
+def crop_pad(image_size: int) -> int:
+    """Padding of the random-crop augmentation: 4 px at CIFAR's 32 px (He et al. 2016), scaled
+    with the input size."""
+    return max(1, image_size // 8)
+
+
 def augment(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
     """Standard CIFAR augmentation on a uint8 batch: zero-pad by ``pad``, random crop back,
     random horizontal flip (He et al. 2016). Random numbers come from ``g`` only (a CPU

@@ -72,11 +72,11 @@ def recalibrate_batch_stats(model: nn.Module, x: torch.Tensor, mean: Sequence[fl
     # image folder is sorted by class, and one-class batches miss the between-class variance —
     # and augmented like classify.train's batches (pad + crop + flip), whose zero borders shift
     # the statistics the later layers were fitted to (clean images cost ~3 points on CIFAR-10).
-    from .data import augment
+    from .data import augment, crop_pad
 
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g)
-    pad = max(1, x.shape[-1] // 8)  # as classify.train
+    pad = crop_pad(x.shape[-1])
     try:
         n = len(x)
         for s in range(0, n, batch_size):

@@ -32,7 +32,7 @@ from engine.devices import resolve_device
 from engine.trainer import Task, Trainer, load_state, resume_recipe
 
 from .checkpoint import save_classifier
-from .data import DataSplit, TensorDataset, augment, channel_stats, load_data, normalize
+from .data import DataSplit, TensorDataset, augment, channel_stats, crop_pad, load_data, normalize
 from .registry import create_model, default_input_size, validate_arch_norm
 
 SCHEDULES = ("step", "onecycle")
@@ -168,7 +168,7 @@ class ClassifyTask(Task):
         self.steps_per_epoch = n // cfg.batch_size if n >= cfg.batch_size else 1  # ragged batch dropped
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.log_every = self.steps_per_epoch
-        self.pad = max(1, train_ds.x.shape[-1] // 8)
+        self.pad = crop_pad(train_ds.x.shape[-1])
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.arch, num_classes=len(train_ds.classes), norm=cfg.norm,
                                   **cfg.model_kwargs).to(device)

@@ -6,7 +6,7 @@ import torch
 from tqdm import tqdm
 
 from norms import NORM_NAMES
-from engine.bench import bench_train_step, step_table
+from engine.bench import bench_train_step, check_precisions, step_table
 
 from .registry import create_model
 
@@ -21,6 +21,7 @@ def bench_steps(device: torch.device, norm_names: list[str], models: list[str], 
     bad = [n for n in norm_names if n not in NORM_NAMES]
     if bad:
         raise ValueError(f"unknown norm(s) {', '.join(bad)}; known: {', '.join(NORM_NAMES)}")
+    check_precisions(tuple(precisions))
     unknown = [m for m in models if m not in SETUPS]
     if unknown:
         raise ValueError(f"bench models are {', '.join(SETUPS)}; got {', '.join(unknown)}")

@@ -127,6 +127,13 @@ class StepTiming:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def check_precisions(precisions: tuple[str, ...]) -> None:
+    """One-line ``ValueError`` for a precision name that ``bench_train_step`` does not know."""
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"unknown precision(s) {', '.join(bad)}; known: {', '.join(PRECISIONS)}")
+
+
 def bench_train_step(build: Callable[[str], nn.Module], device: torch.device, norms: tuple[str, ...],
                      model_name: str = "resnet20", batch: int = 128, image: int = 32,
                      classes: int = 10, repeats: int = 8,
@@ -136,9 +143,7 @@ def bench_train_step(build: Callable[[str], nn.Module], device: torch.device, no
     ``build(norm)`` for each norm and precision (``fp32``, or ``bf16``/``fp16`` autocast), with
     ratios to float32 ``bn``. Variants are timed interleaved, round by round, so drifting
     machine load hits all of them alike."""
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad:
-        raise ValueError(f"unknown precision(s) {', '.join(bad)}; known: {', '.join(PRECISIONS)}")
+    check_precisions(precisions)
     torch.manual_seed(0)
     x = torch.randn(batch, 3, image, image, device=device)
     y = torch.randint(0, classes, (batch,), device=device)

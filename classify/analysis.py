@@ -133,15 +133,20 @@ def gates_figure(clf: Classifier, title: str | None = None):
 
 # ---- IBN-Net feature divergence ------------------------------------------------------------
 
-def gaussian_sym_kl(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> float:
+def channel_sym_kl(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """IBN-Net (Pan et al. 2018, Sec. 3.1): fit a Gaussian per channel to the values in ``a``
-    (N_a×C) and ``b`` (N_b×C) and return the symmetric KL divergence
-    KL(A‖B)+KL(B‖A), KL(A‖B) = log(σ_B/σ_A) + (σ_A² + (μ_A−μ_B)²)/(2σ_B²) − ½, averaged over C."""
+    (N_a×C) and ``b`` (N_b×C); the symmetric KL divergence KL(A‖B)+KL(B‖A) per channel (C),
+    KL(A‖B) = log(σ_B/σ_A) + (σ_A² + (μ_A−μ_B)²)/(2σ_B²) − ½."""
     ma, mb = a.mean(0), b.mean(0)
     va, vb = a.var(0, unbiased=False) + eps, b.var(0, unbiased=False) + eps
     kl_ab = 0.5 * torch.log(vb / va) + (va + (ma - mb) ** 2) / (2 * vb) - 0.5
     kl_ba = 0.5 * torch.log(va / vb) + (vb + (ma - mb) ** 2) / (2 * va) - 0.5
-    return float((kl_ab + kl_ba).mean())
+    return kl_ab + kl_ba
+
+
+def gaussian_sym_kl(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> float:
+    """``channel_sym_kl`` averaged over channels: IBN-Net's feature divergence."""
+    return float(channel_sym_kl(a, b, eps).mean())
 
 
 def probe_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -195,12 +200,16 @@ class Divergence:
     kept: list[float]
     domains: tuple[str, str]
     model: str = ""
+    # D(μ) as the median over channels: a channel that one domain makes constant (a colour
+    # channel under grayscale) has an unbounded KL and can carry the whole channel mean
+    total_median: list[float] = field(default_factory=list)
 
     def to_markdown(self) -> str:
-        out = ["| layer | D(μ): IBN-Net, removed by IN | D(σ): removed by IN | D after IN: kept |",
-               "|---|---:|---:|---:|"]
-        for row in zip(self.layers, self.total, self.removed_std, self.kept):
-            out.append(f"| {row[0]} | {row[1]:.4f} | {row[2]:.4f} | {row[3]:.4f} |")
+        out = ["| layer | D(μ): IBN-Net, removed by IN | D(μ) median over channels | "
+               "D(σ): removed by IN | D after IN: kept |", "|---|---:|---:|---:|---:|"]
+        med = self.total_median or [float("nan")] * len(self.layers)
+        for row in zip(self.layers, self.total, med, self.removed_std, self.kept):
+            out.append(f"| {row[0]} | {row[1]:.4f} | {row[2]:.4f} | {row[3]:.4f} | {row[4]:.4f} |")
         return "\n".join(out)
 
 
@@ -222,11 +231,12 @@ def feature_divergence(clf: Classifier, a: TensorDataset, b: TensorDataset,
     fa = _features(clf.model, a, clf.mean, clf.std, dev)
     fb = _features(clf.model, b, clf.mean, clf.std, dev)
     layers = list(fa)
+    per_channel = [channel_sym_kl(fa[n]["mu"], fb[n]["mu"]) for n in layers]
     return Divergence(layers,
-                      [gaussian_sym_kl(fa[n]["mu"], fb[n]["mu"]) for n in layers],
+                      [float(c.mean()) for c in per_channel],
                       [gaussian_sym_kl(fa[n]["sigma"], fb[n]["sigma"]) for n in layers],
                       [gaussian_sym_kl(fa[n]["kept"], fb[n]["kept"]) for n in layers],
-                      names, clf.name)
+                      names, clf.name, [float(c.median()) for c in per_channel])
 
 
 def divergence_figure(divs: list[Divergence]):

@@ -89,7 +89,22 @@ def test_divergence_zero_for_same_domain_positive_for_shift():
 
     d = feature_divergence(clf, ds, shifted(ds, "rgb_plus", 80))
     assert d.total[0] > 0.1 and all(v >= 0 for v in d.kept)
-    assert "| bn1 |" in d.to_markdown()
+    assert len(d.total_median) == len(d.layers) and all(v >= 0 for v in d.total_median)
+    assert "| bn1 |" in d.to_markdown() and "median over channels" in d.to_markdown()
+
+
+def test_channel_kl_median_resists_a_channel_one_domain_collapses():
+    """A channel constant in domain B (a colour channel under grayscale) has an enormous
+    Gaussian KL; the channel mean follows it, the median does not."""
+    from classify.analysis import channel_sym_kl, gaussian_sym_kl
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 8, generator=g)
+    b = torch.randn(500, 8, generator=g)
+    b[:, 3] = 0.5  # collapsed in B
+    kl = channel_sym_kl(a, b)
+    assert kl.shape == (8,) and kl[3] > 1e4 and float(kl.median()) < 0.1
+    assert gaussian_sym_kl(a, b) == pytest.approx(float(kl.mean())) and gaussian_sym_kl(a, b) > 1e3
 
 
 def test_shift_table_and_predict():

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from .checkpoint import Classifier, load_classifier, save_classifier
+from .data import augment, crop_pad, load_data, normalize
+from .registry import build_from_config
 
 
 def _stat_modules(model: nn.Module) -> list[nn.Module]:
@@ -52,12 +54,9 @@ def recalibrate_batch_stats(model: nn.Module, x: torch.Tensor, mean: Sequence[fl
                             std: Sequence[float], batch_size: int = 256, seed: int = 0,
                             progress: Callable[[int, int], None] | None = None) -> int:
     """Recompute the running mean/variance of every batch-statistics norm in ``model`` as the
-    plain average over seeded random batches of ``x`` (uint8 N×3×H×W training images), augmented
-    as in training,
-    the model in training mode and without gradients. Returns how many layers were reset (0:
-    nothing to do, e.g. an IN-only network). The model is left in eval mode."""
-    from .data import normalize
-
+    plain average over seeded random batches of ``x`` (uint8 N×3×H×W training images, augmented
+    as in training), the model in training mode and without gradients. Returns how many layers
+    were reset (0: nothing to do, e.g. an IN-only network). The model is left in eval mode."""
     mods = _stat_modules(model)
     if not mods:
         return 0
@@ -72,8 +71,6 @@ def recalibrate_batch_stats(model: nn.Module, x: torch.Tensor, mean: Sequence[fl
     # image folder is sorted by class, and one-class batches miss the between-class variance —
     # and augmented like classify.train's batches (pad + crop + flip), whose zero borders shift
     # the statistics the later layers were fitted to (clean images cost ~3 points on CIFAR-10).
-    from .data import augment, crop_pad
-
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g)
     pad = crop_pad(x.shape[-1])
@@ -98,8 +95,6 @@ def average_classifiers(specs: Sequence[str], data: str, out: str | Path, half: 
     """Average the weights of classifiers ``specs`` (shipped names or ``.safetensors``; same
     architecture, norm, classes and input normalisation), recalibrate their batch statistics on
     the training images of ``data`` (a ``--data`` spec) and save the result to ``out``."""
-    from .data import load_data
-
     if len(specs) < 2:
         raise ValueError("give at least two classifiers to average")
     clfs: list[Classifier] = [load_classifier(s, device) for s in specs]
@@ -117,8 +112,6 @@ def average_classifiers(specs: Sequence[str], data: str, out: str | Path, half: 
     if split.train is None or split.train.classes != first.class_names:
         raise ValueError(f"{data}: the training images must have the classifiers' classes "
                          f"({', '.join(first.class_names)})")
-    from .registry import build_from_config
-
     model = build_from_config(first.config).to(device)
     model.load_state_dict(average_state([c.model for c in clfs]))
     layers = recalibrate_batch_stats(model, split.train.x, first.mean, first.std, batch_size,

@@ -196,19 +196,18 @@ class Divergence:
 
     layers: list[str]
     total: list[float]
+    # D(μ) as the median over channels: a channel that one domain makes constant (a colour
+    # channel under grayscale) has an unbounded KL and can carry the whole channel mean
+    total_median: list[float]
     removed_std: list[float]
     kept: list[float]
     domains: tuple[str, str]
     model: str = ""
-    # D(μ) as the median over channels: a channel that one domain makes constant (a colour
-    # channel under grayscale) has an unbounded KL and can carry the whole channel mean
-    total_median: list[float] = field(default_factory=list)
 
     def to_markdown(self) -> str:
         out = ["| layer | D(μ): IBN-Net, removed by IN | D(μ) median over channels | "
                "D(σ): removed by IN | D after IN: kept |", "|---|---:|---:|---:|---:|"]
-        med = self.total_median or [float("nan")] * len(self.layers)
-        for row in zip(self.layers, self.total, med, self.removed_std, self.kept):
+        for row in zip(self.layers, self.total, self.total_median, self.removed_std, self.kept):
             out.append(f"| {row[0]} | {row[1]:.4f} | {row[2]:.4f} | {row[3]:.4f} | {row[4]:.4f} |")
         return "\n".join(out)
 
@@ -234,9 +233,10 @@ def feature_divergence(clf: Classifier, a: TensorDataset, b: TensorDataset,
     per_channel = [channel_sym_kl(fa[n]["mu"], fb[n]["mu"]) for n in layers]
     return Divergence(layers,
                       [float(c.mean()) for c in per_channel],
+                      [float(c.median()) for c in per_channel],
                       [gaussian_sym_kl(fa[n]["sigma"], fb[n]["sigma"]) for n in layers],
                       [gaussian_sym_kl(fa[n]["kept"], fb[n]["kept"]) for n in layers],
-                      names, clf.name, [float(c.median()) for c in per_channel])
+                      names, clf.name)
 
 
 def divergence_figure(divs: list[Divergence]):

@@ -343,5 +343,6 @@ def test_sweep_amp_policy(monkeypatch):
         monkeypatch.setattr(devices, "cpu_native_bf16", lambda: native)
         assert sweep_amp(cpu, "cpu") is native
         assert not sweep_amp(cpu, "smoke") and not sweep_amp(cpu, "full")
-    assert precision_line(False, cpu) == "Precision: float32."
-    assert "bf16 autocast on cpu" in precision_line(True, cpu)
+    assert precision_line({"amp": False, "device": "cpu"}) == "Precision: float32."
+    assert "bf16 autocast on cpu" in precision_line({"amp": True, "device": "cpu"})
+    assert "autocast on cuda" in precision_line({"amp": True, "device": "cuda:0"})

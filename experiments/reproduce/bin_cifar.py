@@ -100,8 +100,6 @@ def gate_stats(results: Sequence[RunResult]) -> tuple[str, dict]:
 
 
 def run(ctx) -> Path:
-    from engine.devices import resolve_device
-
     b = CIFAR[ctx.budget]
     specs = cifar_grid(ctx, VARIANTS)
     rep = Report("bin-cifar", TITLE, ctx.out, ctx.budget, intro=(
@@ -125,7 +123,7 @@ def run(ctx) -> Path:
                                     "than the paper's and only the ranking is comparable."),
         f"Data: `{cifar_data(ctx.data)}`. Runs (resumable, reused across reports): `{ctx.runs}`.",
         "BIN gates: 10× lr, no weight decay, clipped to [0, 1] after every step (paper Sec. 3.2).",
-        precision_line(specs[0].recipe.get("amp", False), resolve_device(ctx.device)),
+        precision_line(specs[0].recipe),
     ]
     test = next(iter(results[0].test_acc))
     vals = values_by(results, lambda r: r.label, lambda r: [(f"ResNet-{r.depth}", r.test_acc[test])])

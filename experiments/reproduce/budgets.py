@@ -150,12 +150,14 @@ def sweep_amp(device, budget: str) -> bool:
     return device.type == "cpu" and budget == "cpu" and cpu_native_bf16()
 
 
-def precision_line(amp: bool, device) -> str:
-    """The report's line on numeric precision (autocast changes the numbers a little)."""
-    if not amp:
+def precision_line(recipe: dict[str, Any]) -> str:
+    """The report's line on numeric precision of a run recipe (autocast changes the numbers a
+    little)."""
+    if not recipe.get("amp"):
         return "Precision: float32."
-    return (f"Precision: {'bf16' if device.type == 'cpu' else 'bf16/fp16'} autocast on "
-            f"{device.type} (norm statistics, the loss and the optimizer in float32).")
+    dev = str(recipe.get("device", "cpu")).split(":")[0]
+    return (f"Precision: {'bf16' if dev == 'cpu' else 'bf16/fp16'} autocast on {dev} (norm "
+            "statistics, the loss and the optimizer in float32).")
 
 
 def check_budget(budget: str) -> str:

@@ -272,6 +272,7 @@ class Trainer:
         """Train from ``start`` (0, or the step ``restore`` returned) to ``task.total_steps``."""
         task, out = self.task, self.out
         total = task.total_steps
+        prior_s = 0.0  # training wall seconds of the steps kept from earlier sessions (resume)
         if self.is_main:
             out.mkdir(parents=True, exist_ok=True)
             for stale in out.glob(".*.tmp"):  # left by a write that was killed mid-way
@@ -280,6 +281,8 @@ class Trainer:
             from .io import write_text_atomic
 
             write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            if kept:
+                prior_s = float(kept[-1].get("train_s", 0.0))
         model = task.model
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -342,7 +345,8 @@ class Trainer:
                 if step % task.log_every == 0 or step == total or do_eval:
                     rec = {"step": step, **task.record(step), **{k: round(v, 6) for k, v in window.items()},
                            **(evaluation if do_eval else {}), "images_per_s": round(ips, 2),
-                           "time": round(time.time(), 3)}
+                           "time": round(time.time(), 3),
+                           "train_s": round(prior_s + time.perf_counter() - t0, 1)}
                     if mf is not None:
                         mf.write(json.dumps(rec) + "\n")
                 if self.is_main:

@@ -97,6 +97,7 @@ def test_ibn_shift_smoke_reuses_runs_and_tables_drops(tiny):
     readme = reproduce("ibn-shift", _ctx(tiny, "ibn-shift"))
     md, res = _check_report(readme, 1)
     assert "rgb_plus=50" in md and "style:candy_bin" in md and "| ibn_b | 2 |" in md
+    assert "Precision: float32." in md
     reused = [r for r in res["runs"] if r["reused"]]
     assert len(res["runs"]) == 8 and len(reused) >= 6  # bn/ibn_a/bin came from bin-cifar
     d = res["drop"]["bn | contrast=1.5"]
@@ -149,6 +150,10 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     assert sw.status(specs[1]) == "partial"
     metrics = Path(specs[1].recipe["out"]) / "metrics.jsonl"
     assert len(metrics.read_text().splitlines()) == 1  # stopped after epoch 1 of 2
+    # pretend the first session trained for 1000 s: the run's time adds up over sessions
+    row = json.loads(metrics.read_text())
+    assert row["train_s"] >= 0
+    metrics.write_text(json.dumps(dict(row, train_s=1000.0)) + "\n")
     calls = []
     real = sw.run_one
     monkeypatch.setattr(sw, "run_one", lambda s, show_bar=True: (calls.append(s.key), real(s))[1])
@@ -158,6 +163,8 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     epochs = [r["epoch"] for r in again[1].curve]
     assert epochs[-1] == 2 and len(epochs) == len(set(epochs))  # resumed, not restarted twice
     assert sw.status(specs[1]) == "finished"
+    rows = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert rows[-1]["train_s"] >= 1000.0 and again[1].seconds >= 1000.0
     md = sw.summary_table(again)
     assert "| bn | 2 |" in md and " ± " in md
 

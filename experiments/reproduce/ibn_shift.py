@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-
 from .bin_cifar import cifar_grid, sweep_command
-from .budgets import CIFAR, cifar_data
+from .budgets import CIFAR, cifar_data, precision_line
 from .report import Report, grouped_bars, mean_sd_table, noise_lines
 from .sweep import run_sweep
 
@@ -65,6 +64,7 @@ def run(ctx) -> Path:
         "The paper: ImageNet ResNet-50 vs IBN-a/IBN-b, 224 px, official ImageNet training "
         "(top-1 drop under each shift). Here CIFAR-10 at 32 px and the budget's schedule: the "
         "claim compared is the *ordering of the drops*, not their size.",
+        precision_line(specs[0].recipe),
     ]
     conds = table.conditions
     rows = list(VARIANTS)

@@ -134,6 +134,9 @@ def _result_from_folder(spec: RunSpec, seconds: float) -> RunResult:
     rows = _read_metrics(folder)
     curve, final = [], {}
     ips = None
+    # wall seconds over every session of a resumed run (the trainer's cumulative train_s);
+    # ``seconds`` (this session's) is the floor for runs logged before train_s existed
+    seconds = max([seconds] + [float(r["train_s"]) for r in rows if "train_s" in r])
     for r in rows:
         acc = {k[len("test_acc/"):]: float(v) for k, v in r.items() if k.startswith("test_acc/")}
         if "images_per_s" in r:

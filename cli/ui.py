@@ -13,7 +13,7 @@ app = typer.Typer(help="Start the Gradio web UI (stylize, classify, train both n
 
 
 def make_config(allowed_dirs: list[Path] | None, device: str, runs_dir: Path | None = None,
-                memory_budget_mb: int | None = None):
+                memory_budget_mb: int | None = None, reports_dir: Path | None = None):
     """The server settings (``ui.config.UIConfig``) from the command-line options; ``ValueError``
     for a missing folder or a budget below 64 MB."""
     from ui.config import UIConfig, default_allowed_dirs
@@ -23,6 +23,10 @@ def make_config(allowed_dirs: list[Path] | None, device: str, runs_dir: Path | N
         if not Path(d).expanduser().is_dir():
             raise ValueError(f"--allowed-dir {d} is not a folder")
     kw: dict = {"runs_dir": runs_dir} if runs_dir else {}
+    if reports_dir is not None:
+        if not Path(reports_dir).expanduser().is_dir():
+            raise ValueError(f"--reports-dir {reports_dir} is not a folder")
+        kw["reports_dir"] = reports_dir
     if memory_budget_mb is not None:
         if memory_budget_mb < 64:
             raise ValueError(f"--memory-budget must be at least 64 (MB), got {memory_budget_mb}")
@@ -45,6 +49,10 @@ def serve(ctx: typer.Context,
               "folders when present."),
           runs_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Where UI-trained "
                                                   "models go (default runs/ui)."),
+          reports_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="The "
+                                                     "Reports tab's folder (`normlab reproduce "
+                                                     "--out`'s parent; default: the repository's "
+                                                     "reports/)."),
           memory_budget: Optional[int] = typer.Option(
               None, "--memory-budget", metavar="MB", help="Memory one stylize request may use "
               "(default 2048); larger images are processed in tiles or refused with a message."),
@@ -57,7 +65,7 @@ def serve(ctx: typer.Context,
 
     device = device or (ctx.obj or {}).get("device", "auto")
     resolve_device(device)  # fail early, with one line, for an unavailable device
-    cfg = make_config(allowed_dir, device, runs_dir, memory_budget)
+    cfg = make_config(allowed_dir, device, runs_dir, memory_budget, reports_dir)
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:  # only ui/ imports gradio, and only now

@@ -67,7 +67,7 @@ def test_public_endpoints_are_the_documented_ones(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert names == {"/stylize", "/stylize_video", "/compare", "/classify", "/shift_explorer", "/gates",
                      "/feature_stats", "/train_style", "/cancel_style", "/train_classifier",
-                     "/cancel_classifier"}
+                     "/cancel_classifier", "/report"}
 
 
 def test_server_binds_loopback_and_limits_uploads(server):
@@ -161,6 +161,15 @@ def test_norms_lab_endpoints(client, small_png):
                                                             "classify:ui:r20-bn"],
                                    0.5, "contrast", 0.5, api_name="/feature_stats")
     assert _size(shifted) == (36, 28) and plot is not None
+
+
+def test_report_endpoint_serves_the_report_and_its_figures(client):
+    md, gallery = client.predict("bin-cifar", api_name="/report")
+    assert "| bn | 3 |" in md and "figure 1 in the gallery below" in md
+    assert len(gallery) == 1 and _size(gallery[0]["image"]) == (64, 48)
+    # gradio refuses a value outside the dropdown's choices before the handler sees it
+    with pytest.raises(Exception, match="not in the list of choices|pick one of the listed"):
+        client.predict("../secret", api_name="/report")
 
 
 @needs_predict
@@ -386,6 +395,28 @@ def test_browser_layout_gate_and_clean_upload_errors(server, small_png):
             page.screenshot(path=str(ARTIFACTS / "ui_layout_1400x900.png"))
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_browser_reports_tab_shows_the_report_with_its_figure(server):
+    sync_playwright = _browser()
+    with sync_playwright() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server[0], wait_until="domcontentloaded")
+            page.locator("#st_run").wait_for(timeout=60_000)
+            page.get_by_role("tab", name="Reports").click()
+            page.locator("#report_text table").wait_for(timeout=30_000)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#report_figures img');"
+                " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+            intro = page.locator("#reports_intro").inner_text()
+            text = page.locator("#report_text").inner_text()
+        finally:
+            browser.close()
+    assert "83.4 ± 0.2" in text and "figure 1 in the gallery below" in text
+    assert "normlab reproduce pacs --budget cpu" in intro
 
 
 @pytest.mark.browser

@@ -77,6 +77,20 @@ def make_image_folder(root: Path, classes=("a", "b"), per_class: int = 6, size: 
     return root
 
 
+def make_report(reports: Path, name: str = "bin-cifar") -> Path:
+    """A written report: README.md with one figure of its own, one pointing outside its folder
+    (never shown), and the PNG."""
+    folder = reports / name
+    folder.mkdir(parents=True, exist_ok=True)
+    gradient_image(64, 48).save(folder / "fig1_curves.png")
+    gradient_image(8, 8).save(reports / "secret.png")
+    (folder / "README.md").write_text(
+        "# BIN on CIFAR-10\n\n| norm | n | ResNet-20 |\n|---|---:|---:|\n| bn | 3 | 83.4 ± 0.2 |\n\n"
+        "![Fig. 1: test top-1 by epoch](fig1_curves.png)\n\n![outside](../secret.png)\n",
+        encoding="utf-8")
+    return folder
+
+
 def make_ui_config(tmp: Path, with_models: bool = True) -> UIConfig:
     """A UIConfig over tmp folders: a content folder, a train/test dataset, and (optionally)
     tiny style models (bin, in) and classifiers (bn, in, bin) registered as UI-trained."""
@@ -84,8 +98,9 @@ def make_ui_config(tmp: Path, with_models: bool = True) -> UIConfig:
     data = tmp / "data" / "tiny"
     make_image_folder(data / "train", per_class=6)
     make_image_folder(data / "test", per_class=2)
+    make_report(tmp / "reports")
     cfg = UIConfig(allowed_dirs=[content, tmp / "data"], runs_dir=tmp / "runs", device="cpu",
-                   vgg_weights=default_vgg_weights())
+                   vgg_weights=default_vgg_weights(), reports_dir=tmp / "reports")
     if with_models:
         (tmp / "models").mkdir(exist_ok=True)
         for norm in ("bin", "in"):
@@ -336,8 +351,10 @@ def test_cli_passes_options_to_launch(monkeypatch, tmp_path):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after
     r = CliRunner().invoke(main.app, ["--device", "cpu", "ui", "--port", "7999",
                                       "--allowed-dir", str(tmp_path),
-                                      "--runs-dir", str(tmp_path / "runs")])
+                                      "--runs-dir", str(tmp_path / "runs"),
+                                      "--reports-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
+    assert seen["cfg"].reports_dir == tmp_path.resolve()
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7999 and seen["share"] is False
     assert seen["cfg"].allowed_dirs == [tmp_path.resolve()] and seen["cfg"].device == "cpu"
     assert PILImage.MAX_IMAGE_PIXELS == seen["cfg"].max_pixels  # bombs refused while decoding
@@ -348,6 +365,8 @@ def test_cli_rejects_a_missing_folder(tmp_path):
 
     r = CliRunner().invoke(main.app, ["ui", "--allowed-dir", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "is not a folder" in r.output
+    r = CliRunner().invoke(main.app, ["ui", "--reports-dir", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "--reports-dir" in r.output and "is not a folder" in r.output
 
 
 def test_plot_frames_are_typed_and_thinned():
@@ -475,6 +494,32 @@ def test_about_links_the_papers_and_lists_shipped_models():
         assert f"`{name}`" in md
     acc = [e["accuracy"] for e in weights.manifest().values() if "accuracy" in e]
     assert all(f"{a:.1f} %" in md for a in acc)
+
+
+def test_reports_lists_written_reports_and_shows_only_their_own_figures(cfg):
+    assert [n for _, n in H.report_choices(cfg)] == ["bin-cifar"]
+    md, figs = H.report_view(cfg, "bin-cifar")
+    assert "| bn | 3 | 83.4 ± 0.2 |" in md
+    assert "figure 1 in the gallery below: Fig. 1: test top-1 by epoch" in md
+    assert "figure not found: outside" in md and "secret" not in md
+    assert figs == [(str(cfg.reports_dir / "bin-cifar" / "fig1_curves.png"),
+                     "Fig. 1: test top-1 by epoch")]
+    for bad in ("pacs", "../reports/bin-cifar", None):  # unwritten, outside the list, nothing
+        with pytest.raises(ValueError, match="pick one of the listed reports"):
+            H.report_view(cfg, bad)
+    missing = H.reports_missing_markdown(cfg)
+    assert "`normlab reproduce pacs --budget cpu`" in missing and "reproduce bin-cifar" not in missing
+
+
+def test_committed_reports_show_every_figure():
+    """The reports in the repository render in the Reports tab with all their figures."""
+    cfg = UIConfig(allowed_dirs=[], runs_dir=ROOT / "runs" / "ui")
+    names = [n for _, n in H.report_choices(cfg)]
+    assert cfg.reports_dir == ROOT / "reports" and "style-curves" in names
+    for name in names:
+        md, figs = H.report_view(cfg, name)
+        assert "figure not found" not in md and figs, name
+        assert all(Path(f).is_file() for f, _ in figs)
 
 
 def test_classifier_note_names_the_cifar_classes(cfg):

@@ -548,6 +548,33 @@ def _norms_lab_tab(cfg: UIConfig) -> SimpleNamespace:
     return SimpleNamespace(model=lab_model, models=fs_models)
 
 
+def _reports_tab(cfg: UIConfig) -> SimpleNamespace:
+    choices = H.report_choices(cfg)
+    with gr.Tab("Reports", id="reports"):
+        intro = gr.Markdown(elem_id="reports_intro")
+        report = gr.Dropdown(choices, value=_first(choices), label="Report", elem_id="report")
+        text = gr.Markdown(elem_classes="nl-table", elem_id="report_text")
+        figures = gr.Gallery(label="Figures", columns=2, height="auto", object_fit="contain",
+                             elem_id="report_figures")
+
+    @guard
+    def show(name):
+        return H.report_view(cfg, name) if name else ("", [])
+
+    report.change(show, report, [text, figures], api_name="report")
+
+    def on_load(current):
+        """Reports written since the server started show up on a (re)load."""
+        now = H.report_choices(cfg)
+        value = current if current in {n for _, n in now} else _first(now)
+        head = ("### The papers' findings, reproduced\nReports written by `normlab reproduce "
+                "NAME` (tables as mean ± sd over seeds with n, a noise verdict for every gap, "
+                "the exact commands and the wall time). " + H.reports_missing_markdown(cfg))
+        return (head, _dropdown_update(now, value), *show(value))
+
+    return SimpleNamespace(load=(on_load, report, [intro, report, text, figures]))
+
+
 def _about_tab(cfg: UIConfig) -> None:
     with gr.Tab("About", id="about"):
         gr.Markdown(H.about_markdown(), elem_classes="nl-table", elem_id="about")
@@ -605,6 +632,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
             cl = _classify_tab(cfg)
             tc = _train_classifier_tab(cfg)
             lab = _norms_lab_tab(cfg)
+            rp = _reports_tab(cfg)
             _about_tab(cfg)
 
         dropdowns = [st.model, st.compare_models, cl.model, cl.shift_models, lab.model, lab.models]
@@ -634,6 +662,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
         # models trained in other sessions (or before a restart) show up on page load
         demo.load(lambda *c: refreshed(list(c)), dropdowns, dropdowns, api_visibility="private")
         demo.load(*st.info, api_visibility="private")
+        demo.load(*rp.load, api_visibility="private")
 
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)
     demo.normlab_jobs = (style_job, clf_job)  # so a host (or a test) can cancel them on shutdown
@@ -642,10 +671,12 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
 
 def launch_kwargs(cfg: UIConfig) -> dict:
     """``Blocks.launch`` settings: upload limit, theme/css (gradio 6 takes them in launch), and
-    no folder served beyond gradio's own upload/output cache and the bundled sample photos."""
+    no folder served beyond gradio's own upload/output cache, the bundled sample photos and the
+    report figures."""
     from weights import SAMPLES_DIR
 
-    return dict(max_file_size=cfg.max_file_size, allowed_paths=[str(SAMPLES_DIR)], show_error=True,
+    return dict(max_file_size=cfg.max_file_size,
+                allowed_paths=[str(SAMPLES_DIR), str(cfg.reports_dir)], show_error=True,
                 theme=gr.themes.Soft(), css=CSS, footer_links=["api"])
 
 

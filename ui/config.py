@@ -53,6 +53,7 @@ class UIConfig:
 
     allowed_dirs: list[Path] = field(default_factory=default_allowed_dirs)
     runs_dir: Path = ROOT / "runs" / "ui"
+    reports_dir: Path = ROOT / "reports"  # what `normlab reproduce NAME` wrote (Reports tab)
     device: str = "auto"
     vgg_weights: Path | None = field(default_factory=default_vgg_weights)
     # per uploaded image or video frame; None: what the memory budget can stylize (tiles with
@@ -71,6 +72,7 @@ class UIConfig:
     def __post_init__(self) -> None:
         self.allowed_dirs = [Path(d).expanduser().resolve() for d in self.allowed_dirs]
         self.runs_dir = Path(self.runs_dir).expanduser().resolve()
+        self.reports_dir = Path(self.reports_dir).expanduser().resolve()
         self.output_dir = Path(self.output_dir).expanduser().resolve()
         if self.max_pixels is None:
             self.max_pixels = pixels_for_budget(self.memory_budget_mb)

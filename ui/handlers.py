@@ -542,6 +542,50 @@ def feature_stats(cfg: UIConfig, image: Image.Image | str | None, choices: list[
 
 # --------------------------------------------------------------------------- about
 
+def report_choices(cfg: UIConfig) -> list[tuple[str, str]]:
+    """The reproductions with a written report in ``cfg.reports_dir``, as (label, name)."""
+    from experiments.reproduce import list_reproductions
+
+    return [(f"{name}: {summary}", name) for name, summary in list_reproductions().items()
+            if (cfg.reports_dir / name / "README.md").is_file()]
+
+
+def reports_missing_markdown(cfg: UIConfig) -> str:
+    """The reproductions without a report yet, with the command that writes each."""
+    from experiments.reproduce import list_reproductions
+
+    have = {n for _, n in report_choices(cfg)}
+    missing = [n for n in list_reproductions() if n not in have]
+    if not missing:
+        return ""
+    return ("Not written yet (run on the command line; `--budget cpu` takes CPU-hours, "
+            "`--budget full` wants a GPU): "
+            + ", ".join(f"`normlab reproduce {n} --budget cpu`" for n in missing) + ".")
+
+
+_FIGURE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def report_view(cfg: UIConfig, name: str | None) -> tuple[str, list[tuple[str, str]]]:
+    """A report's Markdown, with each figure replaced by a pointer into the gallery, and the
+    gallery's (PNG path, caption) pairs, in the report's order. Only a listed report is read,
+    and only figures inside its own folder are shown."""
+    if name not in {n for _, n in report_choices(cfg)}:
+        raise ValueError("pick one of the listed reports")
+    folder = (cfg.reports_dir / name).resolve()
+    figures: list[tuple[str, str]] = []
+
+    def place(m: re.Match) -> str:
+        caption, ref = m.group(1), m.group(2)
+        f = (folder / ref).resolve()
+        if f.parent != folder or not f.is_file():
+            return f"*(figure not found: {caption})*"
+        figures.append((str(f), caption))
+        return f"**[figure {len(figures)} in the gallery below: {caption}]**"
+
+    return _FIGURE.sub(place, (folder / "README.md").read_text(encoding="utf-8")), figures
+
+
 def _arxiv(ref: str) -> str:
     """``… — arXiv:1234.5678`` with the identifier turned into a link."""
     return re.sub(r"arXiv:(\d{4}\.\d{4,5})", r"[arXiv:\1](https://arxiv.org/abs/\1)", ref)

@@ -88,6 +88,7 @@ def test_bin_cifar_smoke_report(tiny):
     assert "Precision: float32." in md  # the smoke budget never autocasts
     for v in ("bn", "in", "bn_in", "bin", "ibn_a"):
         assert f"| {v} | 2 |" in md
+        assert f"| {v} | 20 | 0 | " in md and f"| {v} | 20 | 1 | " in md  # the Every run table
     assert len(res["runs"]) == 10 and {r["seed"] for r in res["runs"]} == {0, 1}
     assert "ResNet-20 | stem mean ρ" in res["gates"] and len(res["gates"]["ResNet-20 | stem mean ρ"]) == 2
     assert (tiny / "reports" / "bin-cifar" / "fig2_gates_resnet20.png").is_file()
@@ -118,6 +119,8 @@ def test_pacs_smoke_all_four_domains(tiny):
     readme = reproduce("pacs", _ctx(tiny, "pacs", data=f"pacs:{tiny}/pacs"))
     md, res = _check_report(readme, 1)
     assert "| model | n | art_painting | cartoon | photo | sketch | average |" in md
+    assert "| variant | depth | group | seed | top-1 (%) | training (min) | images/s |" in md
+    assert md.count("| ibn_b | 20 | sketch | ") == 2  # every run listed, one line per seed
     assert len(res["runs"]) == 4 * 4 * 2
     assert {r["group"] for r in res["runs"]} == {"art_painting", "cartoon", "photo", "sketch"}
     assert all(list(r["test_acc"]) == [r["group"]] for r in res["runs"])  # held-out only

@@ -11,7 +11,7 @@ import numpy as np
 from .budgets import CIFAR, cifar_data, precision_line, sweep_amp
 from .report import Report, mean_sd_table, noise_lines
 from .stats import summarize
-from .sweep import RunResult, RunSpec, plan, run_sweep, values_by
+from .sweep import RunResult, RunSpec, plan, run_sweep, runs_table, values_by
 
 TITLE = "BIN on CIFAR-10: BN vs IN vs BN+IN vs BIN vs IBN-a (BIN paper Table 1, Fig. 1, Fig. 2)"
 VARIANTS = ("bn", "in", "bn_in", "bin", "ibn_a")
@@ -143,6 +143,8 @@ def run(ctx) -> Path:
     rep.section("### Fig. 2 statistics: learned ρ by stage (BIN runs)\n\nmean ± sd over seeds of "
                 "each run's mean ρ per stage, and of the share of channels with ρ < 0.5 (closer "
                 "to IN), in %.\n\n" + gmd)
+    rep.section("### Every run\n\nfinal top-1 of each training run; training time summed "
+                "over the sessions a resumed run took.\n\n" + runs_table(results))
     rep.figure(curves_figure(results, test, "CIFAR-10 test top-1 during training (mean ± sd)"),
                "fig1_curves.png", "Fig. 1: test top-1 by epoch, mean ± sd band over seeds")
     from classify.analysis import gates_figure

@@ -10,7 +10,7 @@ from typing import Sequence
 from .bin_cifar import cifar_grid, sweep_command
 from .budgets import CIFAR, cifar_data, precision_line
 from .report import Report, grouped_bars, mean_sd_table, noise_lines
-from .sweep import run_sweep
+from .sweep import run_sweep, runs_table
 
 TITLE = "IBN-Net Table 1 on CIFAR-10: accuracy under appearance and style shifts"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
@@ -75,6 +75,8 @@ def run(ctx) -> Path:
     lines, gaps = noise_lines("bn", rows, conds[1:], drop)
     rep.section("Drop gaps to BN (negative = loses less than BN; inside the noise = Welch's "
                 "t-test p ≥ 0.05):\n\n" + "\n".join(lines))
+    rep.section("### Every run\n\nfinal top-1 of each training run; training time summed "
+                "over the sessions a resumed run took.\n\n" + runs_table(results))
     rep.figure(drops_figure(rows, conds[1:], drop), "shift_drops.png",
                "top-1 drop under each shift, mean ± sd over seeds")
     rep.commands += [ctx.command or f"normlab reproduce ibn-shift --budget {ctx.budget}",

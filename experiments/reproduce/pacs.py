@@ -9,7 +9,7 @@ import numpy as np
 
 from .budgets import PACS, pacs_data, precision_line, sweep_amp
 from .report import Report, grouped_bars, mean_sd_table, noise_lines
-from .sweep import plan, run_sweep
+from .sweep import plan, run_sweep, runs_table
 
 TITLE = "PACS leave-one-domain-out: BN vs IBN-a vs IBN-b vs BIN"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
@@ -76,6 +76,8 @@ def run(ctx) -> Path:
                 + mean_sd_table("model", rows, cols, vals))
     lines, gaps = noise_lines("bn", rows, cols, vals)
     rep.section("Gaps to BN (inside the noise = Welch's t-test p ≥ 0.05):\n\n" + "\n".join(lines))
+    rep.section("### Every run\n\nfinal top-1 of each training run; training time summed "
+                "over the sessions a resumed run took.\n\n" + runs_table(results))
     rep.figure(bars_figure(rows, cols, vals), "pacs_heldout.png",
                "held-out-domain top-1 per domain, mean ± sd over seeds")
     rep.commands += [ctx.command or f"normlab reproduce pacs --budget {ctx.budget}",

@@ -304,3 +304,25 @@ def summary_table(results: Sequence[RunResult], baseline: str | None = None) -> 
         if b:
             lines += noise_lines(b, rws, cols, vals)[0]
     return md + ("\n\nGaps to " + base + " (top-1 points):\n" + "\n".join(lines) if lines else "")
+
+
+def runs_table(results: Sequence[RunResult]) -> str:
+    """Markdown: every run on its own line (variant, depth, group, seed, final top-1 per test
+    set, training time over all its sessions, images/s), so each seed's number is visible."""
+    if not results:
+        return "(no runs)"
+    # one column per test set; runs with one test set each (PACS: its held-out domain) share one
+    single = all(len(r.test_acc) == 1 for r in results)
+    tests = [] if single else list(dict.fromkeys(k for r in results for k in r.test_acc))
+    group = any(r.group for r in results)
+    head = ["variant", "depth"] + (["group"] if group else []) + ["seed"]
+    head += ["top-1 (%)"] if single else [f"top-1 {t} (%)" for t in tests]
+    head += ["training (min)", "images/s"]
+    out = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in sorted(results, key=lambda r: (r.group, r.depth, r.label, r.seed)):
+        cells = [r.label, str(r.depth)] + ([r.group] if group else []) + [str(r.seed)]
+        accs = list(r.test_acc.values()) if single else [r.test_acc.get(t) for t in tests]
+        cells += ["—" if a is None else f"{a:.2f}" for a in accs]
+        cells += [f"{r.seconds / 60:.1f}", f"{r.images_per_s:.0f}" if r.images_per_s else "—"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)

@@ -33,6 +33,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder/.lock`` for as long as the block runs, so that two
+    processes never write one training run (a restarted sweep next to an orphaned worker, or
+    the same ``--resume`` started twice). A POSIX ``flock``: the system drops it when the holder
+    dies, so a killed run never leaves a stale lock. Where ``fcntl`` is missing (Windows) the
+    block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip()
+            raise ValueError(f"{folder} is being trained by another process"
+                             + (f" (pid {pid})" if pid else "")
+                             + "; wait for it to finish or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -269,7 +269,17 @@ class Trainer:
 
     def run(self, *, start: int = 0, progress: Callable[[dict], None] | None = None,
             should_stop: Callable[[], bool] | None = None, show_bar: bool = True) -> TrainResult:
-        """Train from ``start`` (0, or the step ``restore`` returned) to ``task.total_steps``."""
+        """Train from ``start`` (0, or the step ``restore`` returned) to ``task.total_steps``;
+        ``ValueError`` at once if another process is training into the same folder."""
+        import contextlib
+
+        from .io import folder_lock
+
+        with folder_lock(self.out) if self.is_main else contextlib.nullcontext():
+            return self._run(start, progress, should_stop, show_bar)
+
+    def _run(self, start: int, progress: Callable[[dict], None] | None,
+             should_stop: Callable[[], bool] | None, show_bar: bool) -> TrainResult:
         task, out = self.task, self.out
         total = task.total_steps
         prior_s = 0.0  # training wall seconds of the steps kept from earlier sessions (resume)

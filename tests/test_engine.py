@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from conftest import ROOT
 from engine.checkpoint import describe, read_metadata, read_model, save_model
 from engine.devices import amp_dtype, grad_scaler
 from engine.io import load_torch
@@ -117,6 +118,51 @@ def test_metrics_and_resume_through_the_cli(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("fcntl") is None,
+                    reason="folder locks need POSIX fcntl")
+def test_one_process_trains_a_run_folder_at_a_time(tmp_path, monkeypatch):
+    """A second writer of the same run folder gets one line (exit 2) and changes nothing; the
+    lock dies with its holder, so a killed run never blocks its --resume."""
+    import signal
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import main
+    from engine.io import folder_lock
+
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    for c in range(2):
+        d = tmp_path / "data" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), (200 * c, 80, 40 + i)).save(d / f"{i}.png")
+    run = tmp_path / "r"
+    argv = ["--device", "cpu", "classify", "train", "--data", f"folder:{tmp_path / 'data'}",
+            "--image-size", "8", "--batch-size", "8", "--epochs", "1", "--out", str(run)]
+    with folder_lock(run):  # another process is training into run/
+        r = CliRunner().invoke(main.app, argv)
+        assert r.exit_code == 2 and "is being trained by another process" in r.output, r.output
+        assert not (run / "checkpoint.pt").exists() and not (run / "metrics.jsonl").exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from engine.io import folder_lock\n"
+         f"with folder_lock({str(run)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"pid {holder.pid}"):
+            with folder_lock(run):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    r = CliRunner().invoke(main.app, argv)
+    assert r.exit_code == 0, r.output
+    assert (run / "model.safetensors").is_file()
 
 
 def test_constant_channel_does_not_divide_by_zero():

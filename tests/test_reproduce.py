@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from PIL import Image
 
 from experiments.reproduce import Context, reproduce
 from experiments.reproduce.stats import student_t_sf2, summarize, welch
+from conftest import ROOT
 from test_stylize_train import TinyEncoder
 
 SECTIONS = ("## Setup", "## Results", "## Figures", "## Reproduce", "## Wall time")
@@ -170,6 +173,52 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     assert rows[-1]["train_s"] >= 1000.0 and again[1].seconds >= 1000.0
     md = sw.summary_table(again)
     assert "| bn | 2 |" in md and " ± " in md
+
+
+def _alive(pid: int) -> bool:
+    """Running (an exited process that nobody reaped yet is a zombie: not alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return not any(line.startswith("State:") and "Z" in line.split()[1]
+                       for line in status.read_text().splitlines())
+    except OSError:  # no /proc (macOS): os.kill's answer; else the process just went away
+        return not Path("/proc").is_dir()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="orphan detection uses POSIX parent ids")
+def test_sweep_workers_end_when_the_sweep_process_is_killed():
+    """A killed sweep leaves no worker training on (it would race the next sweep's resume)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing as mp, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from experiments.reproduce.sweep import _exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    ex = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_exit_with_parent)\n"
+        "    print(ex.submit(os.getpid).result(), flush=True)\n"
+        "    ex.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(worker, 0)  # alive, and busy with the 120 s task
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30  # the watch polls every 2 s
+    while time.monotonic() < deadline:
+        if not _alive(worker):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the sweep worker outlived its parent by 30 s")
 
 
 def test_stats_mean_sd_and_noise_verdict():

@@ -211,6 +211,23 @@ def run_one(spec: RunSpec, show_bar: bool = True) -> RunResult:
     return res
 
 
+def _exit_with_parent(poll_s: float = 2.0) -> None:
+    """Initializer of a spawned sweep worker: end the worker when the sweep process is gone.
+    Ctrl-C reaches the whole process group, but a killed sweep (``kill PID``, a closed session)
+    would leave its workers training on as orphans, beside the next sweep that resumes the same
+    runs. The worker's run stays resumable: checkpoints are written atomically."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sweep-parent-watch", daemon=True).start()
+
+
 def _worker(spec_dict: dict[str, Any], threads: int) -> dict[str, Any]:
     # entry point of a spawned sweep process
     import torch
@@ -261,7 +278,8 @@ def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
 
             threads = max(1, (os.cpu_count() or 1) // jobs)
             with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
-                                     mp_context=mp.get_context("spawn")) as ex:
+                                     mp_context=mp.get_context("spawn"),
+                                     initializer=_exit_with_parent) as ex:
                 futs = {ex.submit(_worker, dataclasses.asdict(specs[i]), threads): i for i in todo}
                 for f in as_completed(futs):
                     done(futs[f], RunResult(**f.result()))

@@ -175,6 +175,20 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     assert "| bn | 2 |" in md and " ± " in md
 
 
+def test_reports_show_project_paths_relative(tmp_path):
+    """Committed reports carry no machine's absolute paths."""
+    import re
+
+    from experiments.reproduce.report import shown_path
+
+    assert shown_path(ROOT / "weights" / "style_candy_bin.safetensors") == \
+        "weights/style_candy_bin.safetensors"
+    assert shown_path(tmp_path / "x.pt") == str(tmp_path / "x.pt")  # outside: as given
+    absolute = re.compile(r"(?<![\w.~])/(?:work|home|root|tmp|Users|mnt)/")
+    for readme in (ROOT / "reports").glob("*/README.md"):
+        assert not absolute.search(readme.read_text(encoding="utf-8")), readme
+
+
 def _alive(pid: int) -> bool:
     """Running (an exited process that nobody reaped yet is a zombie: not alive)."""
     try:

@@ -18,7 +18,7 @@ import numpy as np
 from engine.io import write_text_atomic
 
 from .budgets import shared_root, vgg_weights
-from .report import Report, mean_sd_table
+from .report import Report, mean_sd_table, shown_path
 from .style_curves import run_key
 
 TITLE = "A new style in minutes: norm-only fine-tuning vs training from scratch"
@@ -365,7 +365,7 @@ def run(ctx) -> Path:
         "(`stylize train`), on the same photos, for the same CPU time."))
     unit = "GPU wall minutes" if device.startswith("cuda") else "CPU-minutes of one thread"
     rep.setup += [
-        f"Styles: {', '.join(f'`{Path(s).name}`' for s in styles)}; base model `{base}`.",
+        f"Styles: {', '.join(f'`{Path(s).name}`' for s in styles)}; base model `{shown_path(base)}`.",
         f"Training: {b.image_size} px, batch {b.batch_size}, Adam lr 1e-3, seed 0, style image "
         f"at 384 px, multi-scale style loss (scales 1, 2); {len(list(train_dir.iterdir()))} "
         f"training photos. Each run stops at {', '.join(f'{m:g}' for m in b.minutes)} {unit} "

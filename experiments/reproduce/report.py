@@ -27,6 +27,16 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as a report shows it: relative to the working directory or the project when
+    inside them (a committed report must not carry one machine's absolute paths)."""
+    p = Path(path).resolve()
+    for root in (Path.cwd().resolve(), Path(__file__).resolve().parents[2]):
+        if p.is_relative_to(root):
+            return p.relative_to(root).as_posix()
+    return str(path)
+
+
 def grouped_bars(rows: Sequence[str], cols: Sequence[str], vals: Mapping, *, ylabel: str,
                  title: str, zero_line: bool = False):
     """One bar per (row, column) — mean with ± sd error bars over seeds, n in the legend —

@@ -20,7 +20,7 @@ import numpy as np
 
 from .budgets import shared_root, vgg_weights
 from .new_style import split_photos, train_timed
-from .report import Report, mean_sd_table
+from .report import Report, mean_sd_table, shown_path
 from .style_curves import run_key
 
 TITLE = "Bigger strokes: multi-scale style loss vs single-scale, same CPU time"
@@ -236,7 +236,7 @@ def run(ctx) -> Path:
     rep.setup += [
         "Variants: " + ", ".join("`--style-scales " + ",".join(map(str, v)) + "`"
                                  for v in b.variants) + "; "
-        f"base `{p['base']}` (`stylize train --from … --train-all`), {b.image_size} px, batch "
+        f"base `{shown_path(p['base'])}` (`stylize train --from … --train-all`), {b.image_size} px, batch "
         f"{b.batch_size}, Adam lr 1e-3, seed 0, style image at 384 px; "
         f"{len(list(Path(p['train_dir']).iterdir()))} training photos. Each run stops after "
         f"{b.minutes:g} {unit} (process CPU time). Expected cost: {b.estimate}.",

@@ -93,19 +93,25 @@ def test_amp_policy_is_bf16_on_cpu_without_a_scaler():
     assert amp_dtype(cpu) == torch.bfloat16 and not grad_scaler(cpu, True).is_enabled()
 
 
+def _two_class_folder(root) -> None:
+    """An 8×8 ImageFolder, two classes of 8 images."""
+    from PIL import Image
+
+    for c in range(2):
+        d = root / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), (200 * c, 80, 40 + i)).save(d / f"{i}.png")
+
+
 def test_metrics_and_resume_through_the_cli(tmp_path, monkeypatch):
     """`classify train --resume --lr X` names the flag; `--override lr` accepts it."""
-    from PIL import Image
     from typer.testing import CliRunner
 
     import main
 
     monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
-    for c in range(2):
-        d = tmp_path / "data" / f"c{c}"
-        d.mkdir(parents=True)
-        for i in range(8):
-            Image.new("RGB", (8, 8), (200 * c, 80, 40 + i)).save(d / f"{i}.png")
+    _two_class_folder(tmp_path / "data")
     base = ["--device", "cpu", "classify", "train", "--data", f"folder:{tmp_path / 'data'}",
             "--image-size", "8", "--batch-size", "8", "--epochs", "1", "--out", str(tmp_path / "r")]
     r = CliRunner().invoke(main.app, base)
@@ -129,18 +135,13 @@ def test_one_process_trains_a_run_folder_at_a_time(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from PIL import Image
     from typer.testing import CliRunner
 
     import main
     from engine.io import folder_lock
 
     monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
-    for c in range(2):
-        d = tmp_path / "data" / f"c{c}"
-        d.mkdir(parents=True)
-        for i in range(8):
-            Image.new("RGB", (8, 8), (200 * c, 80, 40 + i)).save(d / f"{i}.png")
+    _two_class_folder(tmp_path / "data")
     run = tmp_path / "r"
     argv = ["--device", "cpu", "classify", "train", "--data", f"folder:{tmp_path / 'data'}",
             "--image-size", "8", "--batch-size", "8", "--epochs", "1", "--out", str(run)]

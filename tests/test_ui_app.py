@@ -2,6 +2,7 @@
 driving Debian's Chromium), and 20 concurrent stylize requests."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -349,6 +350,20 @@ def _chromium(p):
     return p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
 
 
+@contextlib.contextmanager
+def _page(server, width: int = 1280, height: int = 900):
+    """A Chromium page on the app, loaded (the Stylize button is up); closed afterwards."""
+    with _browser()() as p:
+        browser = _chromium(p)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(server[0], wait_until="domcontentloaded")
+            page.locator("#st_run").wait_for(timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def _toasts(page) -> str:
     return " ".join(page.locator(".toast-body, [data-testid='toast-body']").all_inner_texts())
 
@@ -399,22 +414,14 @@ def test_browser_layout_gate_and_clean_upload_errors(server, small_png):
 
 @pytest.mark.browser
 def test_browser_reports_tab_shows_the_report_with_its_figure(server):
-    sync_playwright = _browser()
-    with sync_playwright() as p:
-        browser = _chromium(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(server[0], wait_until="domcontentloaded")
-            page.locator("#st_run").wait_for(timeout=60_000)
-            page.get_by_role("tab", name="Reports").click()
-            page.locator("#report_text table").wait_for(timeout=30_000)
-            page.wait_for_function(
-                "() => { const i = document.querySelector('#report_figures img');"
-                " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
-            intro = page.locator("#reports_intro").inner_text()
-            text = page.locator("#report_text").inner_text()
-        finally:
-            browser.close()
+    with _page(server) as page:
+        page.get_by_role("tab", name="Reports").click()
+        page.locator("#report_text table").wait_for(timeout=30_000)
+        page.wait_for_function(
+            "() => { const i = document.querySelector('#report_figures img');"
+            " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+        intro = page.locator("#reports_intro").inner_text()
+        text = page.locator("#report_text").inner_text()
     assert "83.4 ± 0.2" in text and "figure 1 in the gallery below" in text
     assert "normlab reproduce pacs --budget cpu" in intro
 

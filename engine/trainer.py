@@ -303,6 +303,8 @@ class Trainer:
         if self.compile:
             model = torch.compile(model)
         dtype = amp_dtype(self.device)
+        # what this session computes in, per metrics line (a resumed run may differ)
+        precision = str(dtype).removeprefix("torch.") if self.amp else "float32"
         bar = None
         if show_bar and self.is_main:
             from tqdm.auto import tqdm
@@ -356,7 +358,8 @@ class Trainer:
                     rec = {"step": step, **task.record(step), **{k: round(v, 6) for k, v in window.items()},
                            **(evaluation if do_eval else {}), "images_per_s": round(ips, 2),
                            "time": round(time.time(), 3),
-                           "train_s": round(prior_s + time.perf_counter() - t0, 1)}
+                           "train_s": round(prior_s + time.perf_counter() - t0, 1),
+                           "precision": precision}
                     if mf is not None:
                         mf.write(json.dumps(rec) + "\n")
                 if self.is_main:

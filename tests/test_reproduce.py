@@ -88,7 +88,7 @@ def test_bin_cifar_smoke_report(tiny):
     readme = reproduce("bin-cifar", _ctx(tiny, "bin-cifar"))
     md, res = _check_report(readme, 2)
     assert "| norm | n | ResNet-20 |" in md
-    assert "Precision: float32." in md  # the smoke budget never autocasts
+    assert "Precision, as the runs recorded it: float32 in 10 of 10 runs." in md  # smoke: no autocast
     for v in ("bn", "in", "bn_in", "bin", "ibn_a"):
         assert f"| {v} | 2 |" in md
         assert f"| {v} | 20 | 0 | " in md and f"| {v} | 20 | 1 | " in md  # the Every run table
@@ -101,7 +101,7 @@ def test_ibn_shift_smoke_reuses_runs_and_tables_drops(tiny):
     readme = reproduce("ibn-shift", _ctx(tiny, "ibn-shift"))
     md, res = _check_report(readme, 1)
     assert "rgb_plus=50" in md and "style:candy_bin" in md and "| ibn_b | 2 |" in md
-    assert "Precision: float32." in md
+    assert "Precision, as the runs recorded it: float32 in 8 of 8 runs." in md
     reused = [r for r in res["runs"] if r["reused"]]
     assert len(res["runs"]) == 8 and len(reused) >= 6  # bn/ibn_a/bin came from bin-cifar
     d = res["drop"]["bn | contrast=1.5"]
@@ -159,7 +159,9 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     # pretend the first session trained for 1000 s: the run's time adds up over sessions
     row = json.loads(metrics.read_text())
     assert row["train_s"] >= 0
-    metrics.write_text(json.dumps(dict(row, train_s=1000.0)) + "\n")
+    assert row["precision"] == "float32"
+    # ... in bf16 on another machine: the result says the run changed precision
+    metrics.write_text(json.dumps(dict(row, train_s=1000.0, precision="bfloat16")) + "\n")
     calls = []
     real = sw.run_one
     monkeypatch.setattr(sw, "run_one", lambda s, show_bar=True: (calls.append(s.key), real(s))[1])
@@ -171,6 +173,7 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     assert sw.status(specs[1]) == "finished"
     rows = [json.loads(l) for l in metrics.read_text().splitlines()]
     assert rows[-1]["train_s"] >= 1000.0 and again[1].seconds >= 1000.0
+    assert again[1].precision == "bfloat16+float32" and again[0].precision == "float32"
     md = sw.summary_table(again)
     assert "| bn | 2 |" in md and " ± " in md
 
@@ -419,3 +422,8 @@ def test_sweep_amp_policy(monkeypatch):
     assert precision_line({"amp": False, "device": "cpu"}) == "Precision: float32."
     assert "bf16 autocast on cpu" in precision_line({"amp": True, "device": "cpu"})
     assert "autocast on cuda" in precision_line({"amp": True, "device": "cuda:0"})
+    # what the runs recorded wins over the recipe: a run resumed elsewhere can change precision
+    line = precision_line({"amp": True, "device": "cpu"},
+                          ["bfloat16", "bfloat16", "bfloat16+float32", ""])
+    assert "bfloat16 in 2 of 4 runs; bfloat16 then float32 in 1 of 4 runs" in line
+    assert "not recorded in 1" in line and "autocast: norm statistics" in line

@@ -123,7 +123,7 @@ def run(ctx) -> Path:
                                     "than the paper's and only the ranking is comparable."),
         f"Data: `{cifar_data(ctx.data)}`. Runs (resumable, reused across reports): `{ctx.runs}`.",
         "BIN gates: 10× lr, no weight decay, clipped to [0, 1] after every step (paper Sec. 3.2).",
-        precision_line(specs[0].recipe),
+        precision_line(specs[0].recipe, [r.precision for r in results]),
     ]
     test = next(iter(results[0].test_acc))
     vals = values_by(results, lambda r: r.label, lambda r: [(f"ResNet-{r.depth}", r.test_acc[test])])

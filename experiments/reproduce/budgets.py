@@ -5,9 +5,10 @@ from the paper."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 BUDGETS = ("smoke", "cpu", "full")
 
@@ -150,9 +151,23 @@ def sweep_amp(device, budget: str) -> bool:
     return device.type == "cpu" and budget == "cpu" and cpu_native_bf16()
 
 
-def precision_line(recipe: dict[str, Any]) -> str:
-    """The report's line on numeric precision of a run recipe (autocast changes the numbers a
-    little)."""
+def precision_line(recipe: dict[str, Any], recorded: Sequence[str] = ()) -> str:
+    """The report's line on numeric precision (autocast changes the numbers a little): what
+    each run recorded it trained in (``RunResult.precision``; a run resumed on another machine
+    can change), else what the recipe asks for."""
+    known = [p for p in recorded if p]
+    if known:
+        counts = Counter(known)
+        parts = [f"{p.replace('+', ' then ')} in {n} of {len(recorded)} runs"
+                 for p, n in counts.most_common()]
+        if len(known) < len(recorded):
+            parts.append(f"not recorded in {len(recorded) - len(known)} (trained before runs "
+                         f"logged it; the recipe asks for "
+                         f"{'autocast' if recipe.get('amp') else 'float32'})")
+        lowp = any(p != "float32" for p in counts)
+        return ("Precision, as the runs recorded it: " + "; ".join(parts)
+                + (" (autocast: norm statistics, the loss and the optimizer in float32)."
+                   if lowp else "."))
     if not recipe.get("amp"):
         return "Precision: float32."
     dev = str(recipe.get("device", "cpu")).split(":")[0]

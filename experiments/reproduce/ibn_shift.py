@@ -64,7 +64,7 @@ def run(ctx) -> Path:
         "The paper: ImageNet ResNet-50 vs IBN-a/IBN-b, 224 px, official ImageNet training "
         "(top-1 drop under each shift). Here CIFAR-10 at 32 px and the budget's schedule: the "
         "claim compared is the *ordering of the drops*, not their size.",
-        precision_line(specs[0].recipe),
+        precision_line(specs[0].recipe, [r.precision for r in results]),
     ]
     conds = table.conditions
     rows = list(VARIANTS)

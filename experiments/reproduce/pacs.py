@@ -69,7 +69,7 @@ def run(ctx) -> Path:
         "source domains, testing every image of the held-out one)."
         + (f" Subsets in this budget: {b.train_subset} training, {b.test_subset} test images."
            if b.train_subset else ""),
-        precision_line(base),
+        precision_line(base, [r.precision for r in results]),
     ]
     rep.section("### Held-out-domain top-1 (%)\n\nmean ± sd over seeds, n = seeds; 'average' "
                 "is each seed's mean over the held-out domains.\n\n"

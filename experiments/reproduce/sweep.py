@@ -91,6 +91,7 @@ class RunResult:
     seconds: float = 0.0
     images_per_s: float | None = None
     reused: bool = False
+    precision: str = ""  # what its metrics lines recorded, e.g. "bfloat16" or "float32+bfloat16"
 
     @property
     def model(self) -> Path:
@@ -146,8 +147,9 @@ def _result_from_folder(spec: RunSpec, seconds: float) -> RunResult:
             final = acc
     if not final:
         raise ValueError(f"run {folder} finished without a test accuracy in metrics.jsonl")
+    precision = "+".join(dict.fromkeys(r["precision"] for r in rows if "precision" in r))
     return RunResult(spec.label, spec.depth, spec.seed, spec.group, str(folder), final, curve,
-                     round(seconds, 1), ips)
+                     round(seconds, 1), ips, precision=precision)
 
 
 def status(spec: RunSpec) -> str:

@@ -98,6 +98,27 @@ def test_autocast_channels_last(name, dtype):
     assert (y.float() - ref).abs().max().item() < tol * ref.abs().max().item()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(16, 8, 32, 32), (3, 5, 7, 9), (2, 4, 1, 1)])
+def test_low_precision_plane_affine_is_float32_arithmetic_rounded_once(dtype, shape):
+    """x·a + b for a bf16/fp16 x with float32 a, b (the mixed-precision kernel on CPU) equals
+    the float32 computation rounded once — including where x is far from 0 and b ≈ −a·μ cancels,
+    which coefficients rounded to the low precision first would get badly wrong."""
+    from norms.functional import _affine_nc, _apply_planes
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=g) * 3 + 50).to(dtype)  # μ ≈ 50, σ ≈ 3
+    a = torch.rand(shape[:2], generator=g) + 0.5
+    b = -a * 50 + torch.randn(shape[:2], generator=g)
+    y = _apply_planes(x, a, b)
+    ref = _affine_nc(x.float(), a, b)  # float32
+    assert y.dtype == dtype and y.shape == x.shape
+    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10  # one rounding of the result
+    torch.testing.assert_close(y.float(), ref, rtol=ulp, atol=ulp)
+    naive = x * a.to(dtype)[..., None, None] + b.to(dtype)[..., None, None]
+    assert (naive.float() - ref).abs().max() > 10 * ulp  # what the float32 combination avoids
+
+
 # --- BIN: eq. (3) exactly -------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -53,13 +53,19 @@ def _make(name: str, summary: str):
         vgg_weights: Optional[str] = typer.Option(None, help="style-curves/new-style: VGG weights (default "
                                                   "../shared/weights/vgg19_normalised_relu3_1.pth)."),
         device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
+        status: bool = typer.Option(False, "--status", help="Show where this reproduction's "
+                                    "training runs stand (finished / partial / new) and exit, "
+                                    "training nothing."),
     ) -> None:
-        from experiments.reproduce import Context, reproduce
+        from experiments.reproduce import Context, reproduce, run_status
 
         c = Context(budget=budget.value, out=out or Path("reports") / name, runs=runs, data=data,
                     jobs=jobs, device=_device(ctx, device), download=download, compile=compile,
                     command=_command(), style_model=style_model, style_image=style_image,
                     vgg_weights=vgg_weights)
+        if status:
+            typer.echo(run_status(name, c))
+            return
         path = reproduce(name, c)
         typer.echo(f"wrote {path}")
 
@@ -109,12 +115,14 @@ def sweep_cmd(
                              "GPUs, else fp16 on CUDA); how a run trains, not what it is, so "
                              "it does not change a run's folder."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
+    status: bool = typer.Option(False, "--status", help="Show where the grid's runs stand "
+                                "(finished / partial / new) and exit, training nothing."),
 ) -> None:
     """Train a grid variants × depths × seeds (finished runs skipped, unfinished ones resumed);
     print the summary table (mean ± sd over seeds, n, noise verdicts)."""
     from classify.train import TrainConfig
     from engine.io import write_text_atomic
-    from experiments.reproduce.sweep import plan, run_sweep, summary_table
+    from experiments.reproduce.sweep import plan, run_sweep, status_table, summary_table
 
     def ints(s: str, what: str) -> list[int]:
         try:
@@ -132,6 +140,9 @@ def sweep_cmd(
     vs = [v.strip() for v in variants.split(",") if v.strip()]
     specs = plan(base.recipe(), vs, ints(seeds, "seeds"), ints(depths, "depths"), runs,
                  group=test_domains or "")
+    if status:
+        typer.echo(status_table(specs))
+        return
     results = run_sweep(specs, jobs)
     md = summary_table(results, baseline=vs[0])
     typer.echo(md)

@@ -34,28 +34,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path) -> Iterator[None]:
+def folder_lock(folder: str | Path, wait_s: float = 2.0) -> Iterator[None]:
     """Hold an exclusive lock on ``folder/.lock`` for as long as the block runs, so that two
     processes never write one training run (a restarted sweep next to an orphaned worker, or
     the same ``--resume`` started twice). A POSIX ``flock``: the system drops it when the holder
-    dies, so a killed run never leaves a stale lock. Where ``fcntl`` is missing (Windows) the
-    block runs unlocked."""
+    dies, so a killed run never leaves a stale lock. A lock still held after ``wait_s`` seconds
+    (a brief ``folder_busy`` probe is not) is a one-line ``ValueError``. Where ``fcntl`` is
+    missing (Windows) the block runs unlocked."""
     try:
         import fcntl
     except ImportError:
         yield
         return
+    import time
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            pid = f.read().strip()
-            raise ValueError(f"{folder} is being trained by another process"
-                             + (f" (pid {pid})" if pid else "")
-                             + "; wait for it to finish or stop it first") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    f.seek(0)
+                    pid = f.read().strip()
+                    raise ValueError(f"{folder} is being trained by another process"
+                                     + (f" (pid {pid})" if pid else "")
+                                     + "; wait for it to finish or stop it first") from None
+                time.sleep(0.05)
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -64,6 +72,26 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def folder_busy(folder: str | Path) -> bool:
+    """Whether a process holds ``folder_lock(folder)`` now; a read-only probe that writes
+    nothing (False where locks are unsupported)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        f = open(Path(folder) / ".lock")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -138,7 +138,7 @@ def test_one_process_trains_a_run_folder_at_a_time(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     import main
-    from engine.io import folder_lock
+    from engine.io import folder_busy, folder_lock
 
     monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
     _two_class_folder(tmp_path / "data")
@@ -155,12 +155,14 @@ def test_one_process_trains_a_run_folder_at_a_time(tmp_path, monkeypatch):
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        assert folder_busy(run)
         with pytest.raises(ValueError, match=f"pid {holder.pid}"):
             with folder_lock(run):
                 pass
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+    assert not folder_busy(run)  # the dead holder's lock went with it
     r = CliRunner().invoke(main.app, argv)
     assert r.exit_code == 0, r.output
     assert (run / "model.safetensors").is_file()

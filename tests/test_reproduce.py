@@ -129,6 +129,29 @@ def test_pacs_smoke_all_four_domains(tiny):
     assert all(list(r["test_acc"]) == [r["group"]] for r in res["runs"])  # held-out only
 
 
+def test_status_shows_the_runs_without_training(tiny):
+    """After the smoke reports: every run of bin-cifar / pacs is finished, and --status (CLI)
+    trains nothing; a reproduction without a run grid says so in one line."""
+    from typer.testing import CliRunner
+
+    import main
+
+    before = sorted(p.name for p in (tiny / "runs").iterdir())
+    r = CliRunner().invoke(main.app, ["--device", "cpu", "reproduce", "bin-cifar", "--budget",
+                                      "smoke", "--data", f"folder:{tiny}/cifar/train,{tiny}/cifar/test",
+                                      "--runs", str(tiny / "runs"), "--status"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("10 runs: 10 finished; 100 % of the epochs done.")
+    assert r.output.count("| finished | 1/1 |") == 10
+    assert sorted(p.name for p in (tiny / "runs").iterdir()) == before
+    from experiments.reproduce import run_status
+
+    pacs = run_status("pacs", _ctx(tiny, "pacs", data=f"pacs:{tiny}/pacs"))
+    assert pacs.startswith("32 runs: 32 finished;") and "| group |" in pacs
+    r = CliRunner().invoke(main.app, ["reproduce", "style-curves", "--status"])
+    assert r.exit_code == 2 and "no run grid" in r.output and len(r.output.strip().splitlines()) == 1
+
+
 def test_style_curves_smoke_report(tiny):
     ctx = _ctx(tiny, "style-curves", data=str(tiny / "content"),
                style_image=str(tiny / "style.png"), encoder=TinyEncoder())
@@ -154,6 +177,9 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     train(TrainConfig.from_recipe(specs[1].recipe), progress=steps.append,
           should_stop=lambda: len(steps) >= 1)
     assert sw.status(specs[1]) == "partial"
+    table = sw.status_table(specs)
+    assert table.startswith("2 runs: 1 finished, 1 partial; 75 % of the epochs done.")
+    assert "| partial | 1/2 |" in table and "| finished | 2/2 |" in table
     metrics = Path(specs[1].recipe["out"]) / "metrics.jsonl"
     assert len(metrics.read_text().splitlines()) == 1  # stopped after epoch 1 of 2
     # pretend the first session trained for 1000 s: the run's time adds up over sessions

@@ -74,4 +74,22 @@ def reproduce(name: str, ctx: Context) -> Path:
     return mod.run(ctx)
 
 
-__all__ = ["BUDGETS", "Context", "REPRODUCTIONS", "list_reproductions", "reproduce"]
+def run_status(name: str, ctx: Context) -> str:
+    """Where the training runs of reproduction ``name`` stand at ``ctx.budget`` (Markdown);
+    trains nothing. Only the classifier reproductions have a grid of resumable runs."""
+    if name not in REPRODUCTIONS:
+        raise ValueError(f"unknown reproduction {name!r}; known: {', '.join(REPRODUCTIONS)}")
+    check_budget(ctx.budget)
+    ctx.runs = Path(ctx.runs)
+    mod = importlib.import_module(f".{REPRODUCTIONS[name][0]}", __name__)
+    if not hasattr(mod, "grid"):
+        with_grid = [n for n, (m, _) in REPRODUCTIONS.items()
+                     if hasattr(importlib.import_module(f".{m}", __name__), "grid")]
+        raise ValueError(f"{name} trains its style networks inside the report, so it has no run "
+                         f"grid to show; --status works for {', '.join(with_grid)}")
+    from .sweep import status_table
+
+    return status_table(mod.grid(ctx))
+
+
+__all__ = ["BUDGETS", "Context", "REPRODUCTIONS", "list_reproductions", "reproduce", "run_status"]

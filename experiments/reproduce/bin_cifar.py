@@ -99,9 +99,14 @@ def gate_stats(results: Sequence[RunResult]) -> tuple[str, dict]:
     return md, {f"{a} | {b}": v for (a, b), v in vals.items()}
 
 
+def grid(ctx) -> list[RunSpec]:
+    """The training runs this reproduction needs at ``ctx.budget``."""
+    return cifar_grid(ctx, VARIANTS)
+
+
 def run(ctx) -> Path:
     b = CIFAR[ctx.budget]
-    specs = cifar_grid(ctx, VARIANTS)
+    specs = grid(ctx)
     rep = Report("bin-cifar", TITLE, ctx.out, ctx.budget, intro=(
         "The BIN paper reports that Batch-Instance Normalization, which learns per channel how "
         "much of instance normalisation to mix into batch normalisation (ρ ∈ [0, 1], 1 = BN), "

@@ -14,7 +14,7 @@ from .bin_cifar import cifar_grid, sweep_command
 from .budgets import CIFAR, cifar_data
 from .report import Report, mean_sd_table, noise_lines
 from .stats import summarize
-from .sweep import run_sweep
+from .sweep import RunSpec, run_sweep
 
 TITLE = "IBN-Net Fig. 3 on CIFAR-10: feature divergence by depth (appearance vs content)"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
@@ -60,6 +60,11 @@ def depth_figure(layers: Sequence[str], curves: dict, title: str):
     return fig
 
 
+def grid(ctx) -> list[RunSpec]:
+    """The training runs this reproduction needs at ``ctx.budget`` (shared with bin-cifar)."""
+    return cifar_grid(ctx, VARIANTS, [CIFAR[ctx.budget].depths[0]])
+
+
 def run(ctx) -> Path:
     import experiments  # noqa: F401  (registers the style:MODEL shift renderer)
     from classify.analysis import (divergence_figure, eval_sets, feature_divergence, shifted)
@@ -68,7 +73,7 @@ def run(ctx) -> Path:
 
     b = CIFAR[ctx.budget]
     depth = b.depths[0]
-    results = run_sweep(cifar_grid(ctx, VARIANTS, [depth]), ctx.jobs)
+    results = run_sweep(grid(ctx), ctx.jobs)
     dev = str(resolve_device(ctx.device))
     rep = Report("divergence", TITLE, ctx.out, ctx.budget, intro=(
         "IBN-Net (Fig. 3) measures how far apart two domains' features are at each depth. "

@@ -10,7 +10,7 @@ from typing import Sequence
 from .bin_cifar import cifar_grid, sweep_command
 from .budgets import CIFAR, cifar_data, precision_line
 from .report import Report, grouped_bars, mean_sd_table, noise_lines
-from .sweep import run_sweep, runs_table
+from .sweep import RunSpec, run_sweep, runs_table
 
 TITLE = "IBN-Net Table 1 on CIFAR-10: accuracy under appearance and style shifts"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
@@ -23,6 +23,11 @@ def drops_figure(rows: Sequence[str], conds: Sequence[str], drops: dict):
                         title="accuracy drop under appearance shifts (mean ± sd over seeds)")
 
 
+def grid(ctx) -> list[RunSpec]:
+    """The training runs this reproduction needs at ``ctx.budget`` (shared with bin-cifar)."""
+    return cifar_grid(ctx, VARIANTS, [CIFAR[ctx.budget].depths[0]])
+
+
 def run(ctx) -> Path:
     import experiments  # noqa: F401  (registers the style:MODEL shift renderer)
     from classify.analysis import eval_sets, shift_table
@@ -31,7 +36,7 @@ def run(ctx) -> Path:
 
     b = CIFAR[ctx.budget]
     depth = b.depths[0]
-    specs = cifar_grid(ctx, VARIANTS, [depth])
+    specs = grid(ctx)
     rep = Report("ibn-shift", TITLE, ctx.out, ctx.budget, intro=(
         "IBN-Net (Table 1) shows that putting instance normalisation in the shallow layers "
         "(IBN-a; IBN-b adds IN after the residual sums) makes a network lose less accuracy when "

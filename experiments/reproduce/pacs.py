@@ -9,7 +9,7 @@ import numpy as np
 
 from .budgets import PACS, pacs_data, precision_line, sweep_amp
 from .report import Report, grouped_bars, mean_sd_table, noise_lines
-from .sweep import plan, run_sweep, runs_table
+from .sweep import RunSpec, plan, run_sweep, runs_table
 
 TITLE = "PACS leave-one-domain-out: BN vs IBN-a vs IBN-b vs BIN"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
@@ -21,23 +21,38 @@ def bars_figure(rows, cols, vals):
                         title="PACS leave-one-domain-out (mean ± sd over seeds)")
 
 
-def run(ctx) -> Path:
-    from engine.devices import resolve_device
-
-    b = PACS[ctx.budget]
-    data = pacs_data(ctx.data)
+def _domains(data: str) -> list[str]:
     root = Path(data.split(":", 1)[1])
     domains = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(domains) < 2:
         raise ValueError(f"PACS root {root} needs at least two domain folders, found {domains}")
+    return domains
+
+
+def grid(ctx) -> list[RunSpec]:
+    """The training runs at ``ctx.budget``: every held-out domain × variant × seed."""
+    from engine.devices import resolve_device
+
+    b = PACS[ctx.budget]
+    data = pacs_data(ctx.data)
     dev = resolve_device(ctx.device)
     base = b.recipe(data, str(dev), amp=sweep_amp(dev, ctx.budget), compile=ctx.compile)
-    depth = b.depths[0]
+    domains = _domains(data)
     specs = []
     for held in domains:
         train = ",".join(d for d in domains if d != held)
-        specs += plan(base, VARIANTS, b.seeds, [depth], ctx.runs, group=held,
+        specs += plan(base, VARIANTS, b.seeds, [b.depths[0]], ctx.runs, group=held,
                       extra={"train_domains": train, "test_domains": held})
+    return specs
+
+
+def run(ctx) -> Path:
+    b = PACS[ctx.budget]
+    data = pacs_data(ctx.data)
+    domains = _domains(data)
+    depth = b.depths[0]
+    specs = grid(ctx)
+    base = specs[0].recipe
     rep = Report("pacs", TITLE, ctx.out, ctx.budget, intro=(
         "Domain generalisation: a classifier trained on three PACS domains is tested on the "
         "fourth, unseen one (photo, art painting, cartoon, sketch: same 7 classes, very "

@@ -346,3 +346,44 @@ def runs_table(results: Sequence[RunResult]) -> str:
         cells += [f"{r.seconds / 60:.1f}", f"{r.images_per_s:.0f}" if r.images_per_s else "—"]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def status_table(specs: Sequence[RunSpec]) -> str:
+    """Markdown: where every run of a grid stands — finished, partial (epochs done of the
+    total, last test top-1) or new — and how much of the grid's epochs are done. Reads the run
+    folders only; trains nothing."""
+    if not specs:
+        return "(no runs)"
+    from engine.io import folder_busy
+
+    group = any(s.group for s in specs)
+    head = ["variant", "depth"] + (["group"] if group else []) + \
+        ["seed", "state", "epochs", "last top-1 (%)", "training (min)", "folder"]
+    align = ["---", "---:"] + (["---"] if group else []) + \
+        ["---:", "---", "---:", "---:", "---:", "---"]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    done_ep = total_ep = 0
+    counts: dict[str, int] = {}
+    for spec in sorted(specs, key=lambda s: (s.seed, s.group, s.depth, s.label)):
+        folder = Path(spec.recipe["out"])
+        st = status(spec)
+        rows = _read_metrics(folder) if st != "new" else []
+        total = int(spec.recipe.get("epochs") or 0)
+        ep = total if st == "finished" else int(max((r.get("epoch", 0) for r in rows), default=0))
+        acc = next((v for r in reversed(rows) for k, v in r.items() if k.startswith("test_acc/")),
+                   None)
+        secs = max((float(r["train_s"]) for r in rows if "train_s" in r), default=None)
+        if st == "finished":
+            secs = json.loads((folder / RESULT).read_text()).get("seconds", secs)
+        elif st == "partial" and folder_busy(folder):
+            st = "training now"
+        done_ep, total_ep = done_ep + min(ep, total), total_ep + total
+        counts[st] = counts.get(st, 0) + 1
+        cells = [spec.label, str(spec.depth)] + ([spec.group] if group else []) + [
+            str(spec.seed), st, f"{ep}/{total}", "—" if acc is None else f"{float(acc):.2f}",
+            "—" if secs is None else f"{secs / 60:.1f}", folder.name]
+        out.append("| " + " | ".join(cells) + " |")
+    summary = ", ".join(f"{counts[k]} {k}" for k in ("finished", "training now", "partial", "new")
+                        if k in counts)
+    share = f"; {100.0 * done_ep / total_ep:.0f} % of the epochs done" if total_ep else ""
+    return f"{len(specs)} runs: {summary}{share}.\n\n" + "\n".join(out)

@@ -314,6 +314,20 @@ def test_train_classifier_registers_the_model(tmp_path):
     assert len(H.classify(cfg, gradient_image(32, 32), "ui:mine", topk=2)) == 2
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_train_classifier_autocasts_where_it_pays(tmp_path, monkeypatch, native):
+    """On a CPU with native bf16 the UI trains under autocast (faster); elsewhere in float32."""
+    import engine.devices as devices
+
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: native)
+    seen = {}
+    monkeypatch.setattr(T, "_classifier_updates",
+                        lambda cfg, job, train, tcfg, *a: seen.setdefault("cfg", tcfg))
+    cfg = make_ui_config(tmp_path, with_models=False)
+    T.train_classifier(cfg, T.Job(), "resnet20", "bin", T.dataset_dirs(cfg)[0][1], 1)
+    assert seen["cfg"].amp is native and seen["cfg"].device == "cpu"
+
+
 def test_train_style_registers_the_model(tmp_path):
     need_shared("weights", "vgg19_normalised_relu3_1.pth")
     cfg = make_ui_config(tmp_path, with_models=False)

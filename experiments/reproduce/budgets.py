@@ -141,14 +141,13 @@ def vgg_weights(ctx) -> str | None:
 
 def sweep_amp(device, budget: str) -> bool:
     """Whether a reproduction's classifier runs train under autocast: on CUDA for ``full`` (the
-    long schedules), and on a CPU with native bf16 (AVX-512 BF16 / AMX) for ``cpu``, where bf16
-    makes a CIFAR ResNet-20 step 0.5–0.65× the float32 time (measured on a 2-core EPYC VM).
-    Without native bf16 autocast is emulated and slower, so it stays off."""
-    from engine.devices import cpu_native_bf16
+    long schedules), and for ``cpu`` on a CPU where it pays (``engine.devices.autocast_pays``:
+    native bf16). ``smoke`` never does."""
+    from engine.devices import autocast_pays
 
     if device.type == "cuda":
         return budget == "full"
-    return device.type == "cpu" and budget == "cpu" and cpu_native_bf16()
+    return budget == "cpu" and autocast_pays(device)
 
 
 def precision_line(recipe: dict[str, Any], recorded: Sequence[str] = ()) -> str:

@@ -21,6 +21,7 @@ option by name unless it is listed in ``override``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -271,8 +272,6 @@ class Trainer:
             should_stop: Callable[[], bool] | None = None, show_bar: bool = True) -> TrainResult:
         """Train from ``start`` (0, or the step ``restore`` returned) to ``task.total_steps``;
         ``ValueError`` at once if another process is training into the same folder."""
-        import contextlib
-
         from .io import folder_lock
 
         with folder_lock(self.out) if self.is_main else contextlib.nullcontext():

@@ -152,6 +152,25 @@ def test_status_shows_the_runs_without_training(tiny):
     assert r.exit_code == 2 and "no run grid" in r.output and len(r.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("name,n", [("bin-cifar", 10), ("pacs", 8)])
+def test_reports_sweep_line_names_the_same_runs(tiny, name, n):
+    """The report's "runs alone" `reproduce sweep` line, run as printed with --status, finds
+    the report's own runs finished: same hashes, so it would retrain nothing."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    import main
+
+    md = (tiny / "reports" / name / "README.md").read_text()
+    line = next(ln for ln in md.splitlines() if " reproduce sweep " in ln)
+    args = shlex.split(line)
+    assert args[0] == "normlab" and "--device" in args  # the report ran with --device cpu
+    r = CliRunner().invoke(main.app, args[1:] + ["--status"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"{n} runs: {n} finished;"), r.output
+
+
 def test_style_curves_smoke_report(tiny):
     ctx = _ctx(tiny, "style-curves", data=str(tiny / "content"),
                style_image=str(tiny / "style.png"), encoder=TinyEncoder())

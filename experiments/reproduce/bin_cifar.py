@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .budgets import CIFAR, cifar_data, precision_line, sweep_amp
+from .budgets import CIFAR, cifar_data, precision_line, sweep_amp, sweep_line
 from .report import Report, mean_sd_table, noise_lines
 from .stats import summarize
 from .sweep import RunResult, RunSpec, plan, run_sweep, runs_table, values_by
@@ -30,16 +30,15 @@ def cifar_grid(ctx, variants: Sequence[str], depths: Sequence[int] | None = None
 
 
 def sweep_command(ctx, variants: Sequence[str], depths: Sequence[int]) -> str:
-    """The ``normlab reproduce sweep`` line that trains (or reuses) the same runs."""
+    """The ``normlab reproduce sweep`` line that trains (or reuses) the same runs, as they ran."""
     b = CIFAR[ctx.budget]
-    data = cifar_data(ctx.data)
     sub = (f" --train-subset {b.train_subset}" if b.train_subset else "") + \
           (f" --test-subset {b.test_subset}" if b.test_subset else "")
-    return (f"normlab reproduce sweep --data {data} --variants {','.join(variants)} "
-            f"--seeds {','.join(map(str, b.seeds))} --depths {','.join(map(str, depths))} "
-            f"--epochs {b.epochs} --batch-size {b.batch_size} --lr {b.lr:g} --weight-decay "
-            f"{b.weight_decay:g} --schedule {b.schedule} --label-smoothing {b.label_smoothing:g}"
-            f"{sub} --runs {ctx.runs}")
+    return sweep_line(ctx, f"--data {cifar_data(ctx.data)} --variants {','.join(variants)} "
+                      f"--seeds {','.join(map(str, b.seeds))} --depths {','.join(map(str, depths))} "
+                      f"--epochs {b.epochs} --batch-size {b.batch_size} --lr {b.lr:g} --weight-decay "
+                      f"{b.weight_decay:g} --schedule {b.schedule} --label-smoothing "
+                      f"{b.label_smoothing:g}{sub}")
 
 
 def curves_figure(results: Sequence[RunResult], test: str, title: str):
@@ -92,7 +91,7 @@ def gate_stats(results: Sequence[RunResult]) -> tuple[str, dict]:
         for st, v in by.items():
             vals.setdefault((f"ResNet-{r.depth}", f"{st} mean ρ"), []).append(float(np.mean(v)))
             vals.setdefault((f"ResNet-{r.depth}", f"{st} ρ<0.5"),
-                            []).append(100.0 * float(np.mean(np.array(v) < 0.5)))
+                            []).append(float(np.mean(np.array(v) < 0.5)))
     rows = list(dict.fromkeys(k[0] for k in vals))
     cols = list(dict.fromkeys(k[1] for k in vals))
     md = mean_sd_table("BIN model", rows, cols, vals, digits=3) if vals else "(no BIN runs)"
@@ -143,11 +142,15 @@ def run(ctx) -> Path:
                     lambda r: [(f"ResNet-{r.depth}", r.images_per_s)])
     if ips:
         rep.section("### Training throughput (images/s, last logged epoch of each run)\n\n"
+                    "As each run trained: a run that shared the machine with another (`--jobs`) "
+                    "or resumed on other hardware counts its own speed there, so a large sd means "
+                    "mixed conditions, not a slower norm; `normlab classify bench` compares norms "
+                    "side by side.\n\n"
                     + mean_sd_table("norm", list(VARIANTS), cols, ips, digits=0))
     gmd, graw = gate_stats(results)
     rep.section("### Fig. 2 statistics: learned ρ by stage (BIN runs)\n\nmean ± sd over seeds of "
-                "each run's mean ρ per stage, and of the share of channels with ρ < 0.5 (closer "
-                "to IN), in %.\n\n" + gmd)
+                "each run's mean ρ per stage, and of the fraction of channels with ρ < 0.5 "
+                "(closer to IN).\n\n" + gmd)
     rep.section("### Every run\n\nfinal top-1 of each training run; training time summed "
                 "over the sessions a resumed run took.\n\n" + runs_table(results))
     rep.figure(curves_figure(results, test, "CIFAR-10 test top-1 during training (mean ± sd)"),

@@ -150,6 +150,18 @@ def sweep_amp(device, budget: str) -> bool:
     return budget == "cpu" and autocast_pays(device)
 
 
+def sweep_line(ctx, args: str) -> str:
+    """The ``normlab reproduce sweep ARGS`` line a report prints for its runs, with the device,
+    autocast and jobs its own runs used (autocast does not change a run's folder, but it is how
+    the runs trained)."""
+    from engine.devices import resolve_device
+
+    dev = "" if ctx.device == "auto" else f" --device {ctx.device}"
+    return (f"normlab{dev} reproduce sweep {args} --runs {ctx.runs}"
+            + (" --amp" if sweep_amp(resolve_device(ctx.device), ctx.budget) else "")
+            + (f" --jobs {ctx.jobs}" if ctx.jobs > 1 else ""))
+
+
 def precision_line(recipe: dict[str, Any], recorded: Sequence[str] = ()) -> str:
     """The report's line on numeric precision (autocast changes the numbers a little): what
     each run recorded it trained in (``RunResult.precision``; a run resumed on another machine

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .budgets import PACS, pacs_data, precision_line, sweep_amp
+from .budgets import PACS, pacs_data, precision_line, sweep_amp, sweep_line
 from .report import Report, grouped_bars, mean_sd_table, noise_lines
 from .sweep import RunSpec, plan, run_sweep, runs_table
 
@@ -97,16 +97,15 @@ def run(ctx) -> Path:
                "held-out-domain top-1 per domain, mean ± sd over seeds")
     rep.commands += [ctx.command or f"normlab reproduce pacs --budget {ctx.budget}",
                      "# one held-out domain's runs alone:",
-                     f"normlab reproduce sweep --data {data} --train-domains "
-                     f"{','.join(d for d in domains if d != domains[-1])} --test-domains "
-                     f"{domains[-1]} --variants {','.join(VARIANTS)} --seeds "
-                     f"{','.join(map(str, b.seeds))} --depths {depth} --image-size "
-                     f"{b.image_size} --epochs {b.epochs} --batch-size {b.batch_size} --lr "
-                     f"{b.lr:g} --weight-decay {b.weight_decay:g} --schedule {b.schedule} "
-                     f"--label-smoothing {b.label_smoothing:g}"
-                     + (f" --train-subset {b.train_subset}" if b.train_subset else "")
-                     + (f" --test-subset {b.test_subset}" if b.test_subset else "")
-                     + f" --runs {ctx.runs}"]
+                     sweep_line(ctx, f"--data {data} --train-domains "
+                                f"{','.join(d for d in domains if d != domains[-1])} --test-domains "
+                                f"{domains[-1]} --variants {','.join(VARIANTS)} --seeds "
+                                f"{','.join(map(str, b.seeds))} --depths {depth} --image-size "
+                                f"{b.image_size} --epochs {b.epochs} --batch-size {b.batch_size} "
+                                f"--lr {b.lr:g} --weight-decay {b.weight_decay:g} --schedule "
+                                f"{b.schedule} --label-smoothing {b.label_smoothing:g}"
+                                + (f" --train-subset {b.train_subset}" if b.train_subset else "")
+                                + (f" --test-subset {b.test_subset}" if b.test_subset else ""))]
     rep.data.update(runs=[r.to_dict() for r in results], domains=domains,
                     table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
                     gaps=[g.to_dict() for g in gaps])

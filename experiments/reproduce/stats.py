@@ -105,7 +105,8 @@ class Gap:
             why = (f"|diff| {'<' if self.in_noise else '≥'} combined sd {self.combined_sd:.2f}; "
                    "too few seeds for a t-test")
         else:
-            why = f"Welch t = {self.t:.2f}, df = {self.df:.1f}, p = {self.p:.3f}"
+            p = "p < 0.001" if self.p < 0.001 else f"p = {self.p:.3f}"
+            why = f"Welch t = {self.t:.2f}, df = {self.df:.1f}, {p}"
         verdict = "inside the noise" if self.in_noise else "larger than the noise"
         return f"{self.a} − {self.b} = {self.diff:+.2f}{unit}: {verdict} ({why})"
 

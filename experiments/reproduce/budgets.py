@@ -72,13 +72,14 @@ CIFAR: dict[str, ClassifyBudget] = {
     "smoke": ClassifyBudget(1, (0, 1), (20,), 32, 0.05, "onecycle", 0.1, 256, 200, 48,
                             estimate="seconds"),
     "cpu": ClassifyBudget(15, (0, 1, 2), (20,), 128, 0.1, "onecycle", 0.1, None, None, 2000,
-                          estimate="per ResNet-20 run on 2 CPU threads, 15 epochs × 391 "
-                                   "steps: ≈ 35 min in float32 (~0.33 s/step), ≈ 16 min (BN, "
-                                   "IN) to ≈ 24 min (BIN, BN+IN) with native-bf16 autocast "
-                                   "(0.16–0.24 s/step; both measured on 2-core EPYC VMs): "
-                                   "bin-cifar 15 runs ≈ 5 h with bf16, ≈ 9 h without; "
-                                   "ibn-shift adds the 3 IBN-b runs (≈ 1 h / 2 h) and reuses "
-                                   "the rest; divergence reuses them all"),
+                          estimate="per ResNet-20 run, 15 epochs × 391 steps: ≈ 35 min on 2 CPU "
+                                   "threads in float32 (~0.33 s/step); with native-bf16 "
+                                   "autocast and --jobs 2 (two runs at once, 1 thread each, "
+                                   "measured on a 2-core EPYC VM) 31 min (BN) to 40–51 min "
+                                   "(BIN) per run: bin-cifar's 15 runs took 9.2 run-hours, "
+                                   "≈ 4.6 h of wall time (≈ 9 h without bf16); ibn-shift adds "
+                                   "the 3 IBN-b runs (≈ 1 h) and reuses the rest; divergence "
+                                   "reuses them all"),
     "full": ClassifyBudget(160, (0, 1, 2, 3, 4), (20, 56, 110), 128, 0.1, "step", 0.0, None, None,
                            10000, estimate="75 runs of 160 epochs: a GPU (use --jobs to share it)"),
 }

@@ -92,10 +92,10 @@ PACS: dict[str, ClassifyBudget] = {
                             image_size=32, estimate="seconds"),
     "cpu": ClassifyBudget(10, (0, 1, 2), (20,), 64, 0.1, "onecycle", 0.1, None, None, 0,
                           image_size=64, weight_decay=5e-4,
-                          estimate="≈ 7 min per CIFAR ResNet-20 run at 64 px on 2 CPU threads "
-                                   "in float32; 4 domains × 4 models × 3 seeds = 48 runs ≈ 5.6 h "
-                                   "(about 0.5× that with native-bf16 autocast and --jobs 2, "
-                                   "scaled from the CIFAR measurements, not measured on PACS)"),
+                          estimate="≈ 20 min per CIFAR ResNet-20 run at 64 px with native-bf16 "
+                                   "autocast and --jobs 2 (≈ 100 s per epoch per run, two at "
+                                   "once on a 2-core VM, measured on the first runs); 4 "
+                                   "domains × 4 models × 3 seeds = 48 runs ≈ 8 h of wall time"),
     "full": ClassifyBudget(100, (0, 1, 2), (18,), 64, 0.1, "step", 0.0, None, None, 0,
                            image_size=128, weight_decay=5e-4,
                            estimate="48 ImageNet-layout ResNet-18 runs at 128 px: a GPU"),

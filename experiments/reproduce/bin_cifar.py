@@ -32,13 +32,11 @@ def cifar_grid(ctx, variants: Sequence[str], depths: Sequence[int] | None = None
 def sweep_command(ctx, variants: Sequence[str], depths: Sequence[int]) -> str:
     """The ``normlab reproduce sweep`` line that trains (or reuses) the same runs, as they ran."""
     b = CIFAR[ctx.budget]
-    sub = (f" --train-subset {b.train_subset}" if b.train_subset else "") + \
-          (f" --test-subset {b.test_subset}" if b.test_subset else "")
-    return sweep_line(ctx, f"--data {cifar_data(ctx.data)} --variants {','.join(variants)} "
+    return sweep_line(ctx, b, f"--data {cifar_data(ctx.data)} --variants {','.join(variants)} "
                       f"--seeds {','.join(map(str, b.seeds))} --depths {','.join(map(str, depths))} "
                       f"--epochs {b.epochs} --batch-size {b.batch_size} --lr {b.lr:g} --weight-decay "
                       f"{b.weight_decay:g} --schedule {b.schedule} --label-smoothing "
-                      f"{b.label_smoothing:g}{sub}")
+                      f"{b.label_smoothing:g}")
 
 
 def curves_figure(results: Sequence[RunResult], test: str, title: str):

@@ -151,14 +151,17 @@ def sweep_amp(device, budget: str) -> bool:
     return budget == "cpu" and autocast_pays(device)
 
 
-def sweep_line(ctx, args: str) -> str:
-    """The ``normlab reproduce sweep ARGS`` line a report prints for its runs, with the device,
-    autocast and jobs its own runs used (autocast does not change a run's folder, but it is how
-    the runs trained)."""
+def sweep_line(ctx, b: ClassifyBudget, args: str) -> str:
+    """The ``normlab reproduce sweep ARGS`` line a report prints for its runs, with budget
+    ``b``'s subsets and the device, autocast and jobs its own runs used (autocast does not
+    change a run's folder, but it is how the runs trained)."""
     from engine.devices import resolve_device
 
     dev = "" if ctx.device == "auto" else f" --device {ctx.device}"
-    return (f"normlab{dev} reproduce sweep {args} --runs {ctx.runs}"
+    return (f"normlab{dev} reproduce sweep {args}"
+            + (f" --train-subset {b.train_subset}" if b.train_subset else "")
+            + (f" --test-subset {b.test_subset}" if b.test_subset else "")
+            + f" --runs {ctx.runs}"
             + (" --amp" if sweep_amp(resolve_device(ctx.device), ctx.budget) else "")
             + (f" --jobs {ctx.jobs}" if ctx.jobs > 1 else ""))
 

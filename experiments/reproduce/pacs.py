@@ -97,15 +97,13 @@ def run(ctx) -> Path:
                "held-out-domain top-1 per domain, mean ± sd over seeds")
     rep.commands += [ctx.command or f"normlab reproduce pacs --budget {ctx.budget}",
                      "# one held-out domain's runs alone:",
-                     sweep_line(ctx, f"--data {data} --train-domains "
+                     sweep_line(ctx, b, f"--data {data} --train-domains "
                                 f"{','.join(d for d in domains if d != domains[-1])} --test-domains "
                                 f"{domains[-1]} --variants {','.join(VARIANTS)} --seeds "
                                 f"{','.join(map(str, b.seeds))} --depths {depth} --image-size "
                                 f"{b.image_size} --epochs {b.epochs} --batch-size {b.batch_size} "
                                 f"--lr {b.lr:g} --weight-decay {b.weight_decay:g} --schedule "
-                                f"{b.schedule} --label-smoothing {b.label_smoothing:g}"
-                                + (f" --train-subset {b.train_subset}" if b.train_subset else "")
-                                + (f" --test-subset {b.test_subset}" if b.test_subset else ""))]
+                                f"{b.schedule} --label-smoothing {b.label_smoothing:g}")]
     rep.data.update(runs=[r.to_dict() for r in results], domains=domains,
                     table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
                     gaps=[g.to_dict() for g in gaps])

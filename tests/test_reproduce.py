@@ -66,6 +66,16 @@ def _ctx(tiny: Path, name: str, **kw) -> Context:
                    **kw)
 
 
+def _smoke_report(tiny: Path, name: str) -> Path:
+    """The smoke report ``name`` (and its runs), written now unless an earlier test of this
+    module did: tests that read reports also pass when run alone."""
+    readme = tiny / "reports" / name / "README.md"
+    if not readme.is_file():
+        kw = {"data": f"pacs:{tiny}/pacs"} if name == "pacs" else {}
+        reproduce(name, _ctx(tiny, name, **kw))
+    return readme
+
+
 def _check_report(readme: Path, pngs: int) -> tuple[str, dict]:
     md = readme.read_text()
     for s in SECTIONS:
@@ -122,7 +132,9 @@ def test_pacs_smoke_all_four_domains(tiny):
     readme = reproduce("pacs", _ctx(tiny, "pacs", data=f"pacs:{tiny}/pacs"))
     md, res = _check_report(readme, 1)
     assert "| model | n | art_painting | cartoon | photo | sketch | average |" in md
-    assert "| variant | depth | group | seed | top-1 (%) | training (min) | images/s |" in md
+    assert ("| variant | depth | group | seed | top-1 (%) | training (min) | images/s | "
+            "measured on |") in md
+    assert md.count("| cpu, 1 thread, alone |") == 32  # every run says where its speed came from
     assert md.count("| ibn_b | 20 | sketch | ") == 2  # every run listed, one line per seed
     assert len(res["runs"]) == 4 * 4 * 2
     assert {r["group"] for r in res["runs"]} == {"art_painting", "cartoon", "photo", "sketch"}
@@ -136,6 +148,8 @@ def test_status_shows_the_runs_without_training(tiny):
 
     import main
 
+    for name in ("bin-cifar", "pacs"):
+        _smoke_report(tiny, name)
     before = sorted(p.name for p in (tiny / "runs").iterdir())
     r = CliRunner().invoke(main.app, ["--device", "cpu", "reproduce", "bin-cifar", "--budget",
                                       "smoke", "--data", f"folder:{tiny}/cifar/train,{tiny}/cifar/test",
@@ -162,7 +176,7 @@ def test_reports_sweep_line_names_the_same_runs(tiny, name, n):
 
     import main
 
-    md = (tiny / "reports" / name / "README.md").read_text()
+    md = _smoke_report(tiny, name).read_text()
     line = next(ln for ln in md.splitlines() if " reproduce sweep " in ln)
     args = shlex.split(line)
     assert args[0] == "normlab" and "--device" in args  # the report ran with --device cpu
@@ -191,6 +205,7 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     assert [sw.status(s) for s in specs] == ["new", "new"]
     first = sw.run_sweep(specs[:1])
     assert sw.status(specs[0]) == "finished" and not first[0].reused
+    assert first[0].ran_as == "cpu, 1 thread, alone"  # what its images/s was measured on
     # interrupt run 2 after its first epoch (1 step per epoch): a checkpoint, no result
     steps = []
     train(TrainConfig.from_recipe(specs[1].recipe), progress=steps.append,
@@ -221,6 +236,23 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     assert again[1].precision == "bfloat16+float32" and again[0].precision == "float32"
     md = sw.summary_table(again)
     assert "| bn | 2 |" in md and " ± " in md
+
+
+def test_sweep_jobs_train_in_worker_processes(tiny):
+    """--jobs 2: two spawned workers train the runs, each on its share of the CPU threads, and
+    every result says so (its images/s was measured beside another run)."""
+    from classify.train import TrainConfig
+    import experiments.reproduce.sweep as sw
+
+    base = TrainConfig(data=f"folder:{tiny}/cifar/train,{tiny}/cifar/test", epochs=1,
+                       batch_size=16, train_subset=16, device="cpu").recipe()
+    specs = sw.plan(base, ["bn", "bin"], [0], [20], tiny / "sweep-jobs")
+    res = sw.run_sweep(specs, jobs=2)
+    assert [r.label for r in res] == ["bn", "bin"] and all(sw.status(s) == "finished" for s in specs)
+    n = max(1, (os.cpu_count() or 1) // 2)
+    want = f"cpu, {n} thread{'s' if n != 1 else ''}, up to 2 runs at a time"
+    assert [r.ran_as for r in res] == [want, want]
+    assert json.loads((Path(specs[0].recipe["out"]) / "result.json").read_text())["ran_as"] == want
 
 
 def test_reports_show_project_paths_relative(tmp_path):

@@ -142,8 +142,8 @@ def run(ctx) -> Path:
         rep.section("### Training throughput (images/s, last logged epoch of each run)\n\n"
                     "As each run trained: a run that shared the machine with another (`--jobs`) "
                     "or resumed on other hardware counts its own speed there, so a large sd means "
-                    "mixed conditions, not a slower norm; `normlab classify bench` compares norms "
-                    "side by side.\n\n"
+                    "mixed conditions, not a slower norm (the Every run table says what each run "
+                    "was measured on); `normlab classify bench` compares norms side by side.\n\n"
                     + mean_sd_table("norm", list(VARIANTS), cols, ips, digits=0))
     gmd, graw = gate_stats(results)
     rep.section("### Fig. 2 statistics: learned ρ by stage (BIN runs)\n\nmean ± sd over seeds of "

@@ -92,6 +92,9 @@ class RunResult:
     images_per_s: float | None = None
     reused: bool = False
     precision: str = ""  # what its metrics lines recorded, e.g. "bfloat16" or "float32+bfloat16"
+    # how the session that finished it ran (its last images/s was measured there), e.g.
+    # "cpu, 1 thread, 2 runs at a time"; "" for runs finished before this was recorded
+    ran_as: str = ""
 
     @property
     def model(self) -> Path:
@@ -184,8 +187,21 @@ def _load_split(recipe: dict[str, Any], device):
     return _DATA_CACHE[key]
 
 
-def run_one(spec: RunSpec, show_bar: bool = True) -> RunResult:
-    """Train (or resume, or just read back) one run; writes its ``result.json`` when done."""
+def ran_as(device, jobs: int) -> str:
+    """The conditions a throughput was measured under: device, CPU threads, concurrent runs."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        n = torch.get_num_threads()
+        where = f"cpu, {n} thread{'s' if n != 1 else ''}"
+    return f"{where}, " + ("alone" if jobs == 1 else f"up to {jobs} runs at a time")
+
+
+def run_one(spec: RunSpec, show_bar: bool = True, jobs: int = 1) -> RunResult:
+    """Train (or resume, or just read back) one run; writes its ``result.json`` when done.
+    ``jobs``: how many runs share the machine with this one (recorded with its speed)."""
     from classify.train import TrainConfig, train
     from engine.devices import resolve_device
 
@@ -209,6 +225,7 @@ def run_one(spec: RunSpec, show_bar: bool = True) -> RunResult:
         if "already finished" not in str(exc):
             raise
     res = _result_from_folder(spec, time.perf_counter() - t0)
+    res.ran_as = ran_as(device, jobs)
     write_text_atomic(done, json.dumps(res.to_dict(), indent=1) + "\n")
     return res
 
@@ -230,7 +247,7 @@ def _exit_with_parent(poll_s: float = 2.0) -> None:
     threading.Thread(target=watch, name="sweep-parent-watch", daemon=True).start()
 
 
-def _worker(spec_dict: dict[str, Any], threads: int) -> dict[str, Any]:
+def _worker(spec_dict: dict[str, Any], threads: int, jobs: int) -> dict[str, Any]:
     # entry point of a spawned sweep process
     import torch
 
@@ -239,7 +256,7 @@ def _worker(spec_dict: dict[str, Any], threads: int) -> dict[str, Any]:
     spec = RunSpec(**spec_dict)
     if threads and not spec.recipe.get("threads"):
         spec.recipe["threads"] = threads
-    return run_one(spec, show_bar=False).to_dict()
+    return run_one(spec, show_bar=False, jobs=jobs).to_dict()
 
 
 def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
@@ -279,10 +296,11 @@ def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+            at_once = min(jobs, len(todo))
+            with ProcessPoolExecutor(max_workers=at_once,
                                      mp_context=mp.get_context("spawn"),
                                      initializer=_exit_with_parent) as ex:
-                futs = {ex.submit(_worker, dataclasses.asdict(specs[i]), threads): i for i in todo}
+                futs = {ex.submit(_worker, dataclasses.asdict(specs[i]), threads, at_once): i for i in todo}
                 for f in as_completed(futs):
                     done(futs[f], RunResult(**f.result()))
     finally:
@@ -328,7 +346,8 @@ def summary_table(results: Sequence[RunResult], baseline: str | None = None) -> 
 
 def runs_table(results: Sequence[RunResult]) -> str:
     """Markdown: every run on its own line (variant, depth, group, seed, final top-1 per test
-    set, training time over all its sessions, images/s), so each seed's number is visible."""
+    set, training time over all its sessions, images/s and what they were measured on), so each
+    seed's number is visible."""
     if not results:
         return "(no runs)"
     # one column per test set; runs with one test set each (PACS: its held-out domain) share one
@@ -338,12 +357,15 @@ def runs_table(results: Sequence[RunResult]) -> str:
     head = ["variant", "depth"] + (["group"] if group else []) + ["seed"]
     head += ["top-1 (%)"] if single else [f"top-1 {t} (%)" for t in tests]
     head += ["training (min)", "images/s"]
+    conditions = any(r.ran_as for r in results)
+    head += ["measured on"] if conditions else []
     out = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in sorted(results, key=lambda r: (r.group, r.depth, r.label, r.seed)):
         cells = [r.label, str(r.depth)] + ([r.group] if group else []) + [str(r.seed)]
         accs = list(r.test_acc.values()) if single else [r.test_acc.get(t) for t in tests]
         cells += ["—" if a is None else f"{a:.2f}" for a in accs]
         cells += [f"{r.seconds / 60:.1f}", f"{r.images_per_s:.0f}" if r.images_per_s else "—"]
+        cells += [r.ran_as or "not recorded"] if conditions else []
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 

@@ -139,6 +139,8 @@ def test_pacs_smoke_all_four_domains(tiny):
     assert len(res["runs"]) == 4 * 4 * 2
     assert {r["group"] for r in res["runs"]} == {"art_painting", "cartoon", "photo", "sketch"}
     assert all(list(r["test_acc"]) == [r["group"]] for r in res["runs"])  # held-out only
+    assert "### Source-domain training top-1 (%)" in md and "| without sketch |" in md
+    assert all(0 <= r["train_acc"] <= 100 for r in res["runs"])
 
 
 def test_status_shows_the_runs_without_training(tiny):
@@ -206,6 +208,11 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     first = sw.run_sweep(specs[:1])
     assert sw.status(specs[0]) == "finished" and not first[0].reused
     assert first[0].ran_as == "cpu, 1 thread, alone"  # what its images/s was measured on
+    last = json.loads((Path(specs[0].recipe["out"]) / "metrics.jsonl").read_text().splitlines()[-1])
+    assert first[0].train_acc == pytest.approx(last["train_acc"])
+    done = Path(specs[0].recipe["out"]) / "result.json"  # as written before train_acc was kept
+    done.write_text(json.dumps({k: v for k, v in json.loads(done.read_text()).items()
+                                if k != "train_acc"}))
     # interrupt run 2 after its first epoch (1 step per epoch): a checkpoint, no result
     steps = []
     train(TrainConfig.from_recipe(specs[1].recipe), progress=steps.append,
@@ -228,6 +235,7 @@ def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
     again = sw.run_sweep(specs)
     assert [r.reused for r in again] == [True, False]  # the finished run was only read back
     assert again[0].test_acc == first[0].test_acc
+    assert again[0].train_acc == first[0].train_acc  # read back from its metrics log
     epochs = [r["epoch"] for r in again[1].curve]
     assert epochs[-1] == 2 and len(epochs) == len(set(epochs))  # resumed, not restarted twice
     assert sw.status(specs[1]) == "finished"

@@ -95,6 +95,9 @@ class RunResult:
     # how the session that finished it ran (its last images/s was measured there), e.g.
     # "cpu, 1 thread, 2 runs at a time"; "" for runs finished before this was recorded
     ran_as: str = ""
+    # top-1 on its own training batches in its last epoch (augmented, in train mode): how well
+    # it fit the training domains, beside how well it transfers (test_acc)
+    train_acc: float | None = None
 
     @property
     def model(self) -> Path:
@@ -137,7 +140,7 @@ def _result_from_folder(spec: RunSpec, seconds: float) -> RunResult:
     folder = Path(spec.recipe["out"])
     rows = _read_metrics(folder)
     curve, final = [], {}
-    ips = None
+    ips = train_acc = None
     # wall seconds over every session of a resumed run (the trainer's cumulative train_s);
     # ``seconds`` (this session's) is the floor for runs logged before train_s existed
     seconds = max([seconds] + [float(r["train_s"]) for r in rows if "train_s" in r])
@@ -145,6 +148,8 @@ def _result_from_folder(spec: RunSpec, seconds: float) -> RunResult:
         acc = {k[len("test_acc/"):]: float(v) for k, v in r.items() if k.startswith("test_acc/")}
         if "images_per_s" in r:
             ips = float(r["images_per_s"])
+        if "train_acc" in r:
+            train_acc = float(r["train_acc"])
         if acc:
             curve.append({"epoch": float(r.get("epoch", len(curve) + 1)), **acc})
             final = acc
@@ -152,7 +157,7 @@ def _result_from_folder(spec: RunSpec, seconds: float) -> RunResult:
         raise ValueError(f"run {folder} finished without a test accuracy in metrics.jsonl")
     precision = "+".join(dict.fromkeys(r["precision"] for r in rows if "precision" in r))
     return RunResult(spec.label, spec.depth, spec.seed, spec.group, str(folder), final, curve,
-                     round(seconds, 1), ips, precision=precision)
+                     round(seconds, 1), ips, precision=precision, train_acc=train_acc)
 
 
 def status(spec: RunSpec) -> str:
@@ -210,6 +215,8 @@ def run_one(spec: RunSpec, show_bar: bool = True, jobs: int = 1) -> RunResult:
     if done.is_file():
         d = json.loads(done.read_text())
         d.update(reused=True)
+        if "train_acc" not in d:  # written before it was kept: read it from the run's log
+            d["train_acc"] = _result_from_folder(spec, 0.0).train_acc
         return RunResult(**{k: d[k] for k in RunResult.__dataclass_fields__ if k in d})
     st = status(spec)
     cfg = TrainConfig.from_recipe(dict(spec.recipe, resume=(st == "partial")))

@@ -263,6 +263,20 @@ def test_sweep_jobs_train_in_worker_processes(tiny):
     assert json.loads((Path(specs[0].recipe["out"]) / "result.json").read_text())["ran_as"] == want
 
 
+@pytest.mark.skipif(os.name != "posix", reason="folder locks are POSIX flock")
+def test_status_marks_a_locked_run_training_even_in_its_first_epoch(tmp_path):
+    """A run in its first epoch has no checkpoint yet: --status says "training now", not "new"."""
+    import experiments.reproduce.sweep as sw
+    from engine.io import folder_lock
+
+    specs = sw.plan({"data": "x", "epochs": 3}, ["bn", "bin"], [0], [20], tmp_path)
+    with folder_lock(specs[0].recipe["out"]):
+        table = sw.status_table(specs)
+    assert table.startswith("2 runs: 1 training now, 1 new;"), table
+    assert "| bn | 20 | 0 | training now | 0/3 |" in table
+    assert sw.status_table(specs).startswith("2 runs: 2 new;")  # lock released: not training
+
+
 def test_reports_show_project_paths_relative(tmp_path):
     """Committed reports carry no machine's absolute paths."""
     import re

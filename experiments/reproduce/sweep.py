@@ -404,8 +404,8 @@ def status_table(specs: Sequence[RunSpec]) -> str:
         secs = max((float(r["train_s"]) for r in rows if "train_s" in r), default=None)
         if st == "finished":
             secs = json.loads((folder / RESULT).read_text()).get("seconds", secs)
-        elif st == "partial" and folder_busy(folder):
-            st = "training now"
+        elif st in ("partial", "new") and folder_busy(folder):
+            st = "training now"  # "new" too: in its first epoch, before a checkpoint exists
         done_ep, total_ep = done_ep + min(ep, total), total_ep + total
         counts[st] = counts.get(st, 0) + 1
         cells = [spec.label, str(spec.depth)] + ([spec.group] if group else []) + [

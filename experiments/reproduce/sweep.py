@@ -93,7 +93,7 @@ class RunResult:
     reused: bool = False
     precision: str = ""  # what its metrics lines recorded, e.g. "bfloat16" or "float32+bfloat16"
     # how the session that finished it ran (its last images/s was measured there), e.g.
-    # "cpu, 1 thread, 2 runs at a time"; "" for runs finished before this was recorded
+    # "cpu, 1 thread, up to 2 runs at a time"; "" for runs finished before this was recorded
     ran_as: str = ""
     # top-1 on its own training batches in its last epoch (augmented, in train mode): how well
     # it fit the training domains, beside how well it transfers (test_acc)

@@ -41,6 +41,10 @@ def _make(name: str, summary: str):
         runs: Path = typer.Option(Path("runs/reproduce"), help="Training runs (resumable, shared "
                                   "between reproductions)."),
         jobs: int = typer.Option(1, min=1, help="Training runs at once (processes)."),
+        ledger: Optional[Path] = typer.Option(None, help="pacs: also keep every finished run's "
+                                              "result in this JSON file, and count runs it "
+                                              "records as finished (commit it to resume a long "
+                                              "grid on a fresh checkout without runs/)."),
         download: bool = typer.Option(False, help="cifar10:ROOT: download CIFAR-10 if missing."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the classifiers "
                                      "(worth it for long GPU runs)."),
@@ -60,7 +64,7 @@ def _make(name: str, summary: str):
         from experiments.reproduce import Context, reproduce, run_status
 
         c = Context(budget=budget.value, out=out or Path("reports") / name, runs=runs, data=data,
-                    jobs=jobs, device=_device(ctx, device), download=download, compile=compile,
+                    jobs=jobs, ledger=ledger, device=_device(ctx, device), download=download, compile=compile,
                     command=_command(), style_model=style_model, style_image=style_image,
                     vgg_weights=vgg_weights)
         if status:
@@ -110,6 +114,8 @@ def sweep_cmd(
     test_domains: Optional[str] = typer.Option(None, help="pacs: test domains."),
     runs: Path = typer.Option(Path("runs/reproduce"), help="Folder of the runs."),
     jobs: int = typer.Option(1, min=1, help="Runs at once (processes)."),
+    ledger: Optional[Path] = typer.Option(None, help="Also keep every finished run's result in "
+                                          "this JSON file; runs it records count as finished."),
     out: Optional[Path] = typer.Option(None, help="Write the summary table (Markdown) here."),
     amp: bool = typer.Option(False, help="Autocast (bf16 on CPUs with native bf16 and recent "
                              "GPUs, else fp16 on CUDA); how a run trains, not what it is, so "
@@ -122,7 +128,7 @@ def sweep_cmd(
     print the summary table (mean ± sd over seeds, n, noise verdicts)."""
     from classify.train import TrainConfig
     from engine.io import write_text_atomic
-    from experiments.reproduce.sweep import plan, run_sweep, status_table, summary_table
+    from experiments.reproduce.sweep import Ledger, plan, run_sweep, status_table, summary_table
 
     def ints(s: str, what: str) -> list[int]:
         try:
@@ -140,10 +146,11 @@ def sweep_cmd(
     vs = [v.strip() for v in variants.split(",") if v.strip()]
     specs = plan(base.recipe(), vs, ints(seeds, "seeds"), ints(depths, "depths"), runs,
                  group=test_domains or "")
+    book = Ledger(ledger) if ledger is not None else None
     if status:
-        typer.echo(status_table(specs))
+        typer.echo(status_table(specs, book))
         return
-    results = run_sweep(specs, jobs)
+    results = run_sweep(specs, jobs, ledger=book)
     md = summary_table(results, baseline=vs[0])
     typer.echo(md)
     if out is not None:

@@ -61,7 +61,7 @@ def _cache_and_threads(tiny, monkeypatch):
 
 def _ctx(tiny: Path, name: str, **kw) -> Context:
     data = f"folder:{tiny}/cifar/train,{tiny}/cifar/test"
-    return Context(budget="smoke", out=tiny / "reports" / name, runs=tiny / "runs",
+    return Context(budget="smoke", out=tiny / "reports" / name, runs=kw.pop("runs", tiny / "runs"),
                    data=kw.pop("data", data), device="cpu", command=f"normlab reproduce {name}",
                    **kw)
 
@@ -166,6 +166,76 @@ def test_status_shows_the_runs_without_training(tiny):
     assert pacs.startswith("32 runs: 32 finished;") and "| group |" in pacs
     r = CliRunner().invoke(main.app, ["reproduce", "style-curves", "--status"])
     assert r.exit_code == 2 and "no run grid" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_ledger_keeps_finished_runs_when_their_folders_are_gone(tiny, monkeypatch):
+    """A grid resumed on a fresh checkout (no runs/): the runs a committed ledger records are
+    finished — read back with their numbers, not retrained — and every finished run, including
+    one finished before the ledger existed, is recorded in it."""
+    import shutil
+
+    from classify.train import TrainConfig
+    import experiments.reproduce.sweep as sw
+
+    base = TrainConfig(data=f"folder:{tiny}/cifar/train,{tiny}/cifar/test", epochs=1,
+                       batch_size=16, train_subset=16, device="cpu").recipe()
+    runs, path = tiny / "ledger-runs", tiny / "ledger" / "runs.json"
+    specs = sw.plan(base, ["bn", "bin"], [0], [20], runs)
+    first = sw.run_sweep(specs[:1])  # finished before there was a ledger
+    res = sw.run_sweep(specs, ledger=sw.Ledger(path))
+    assert [r.reused for r in res] == [True, False]
+    book = json.loads(path.read_text())["runs"]
+    assert sorted(book) == sorted(s.key for s in specs)
+    assert book[specs[0].key]["test_acc"] == first[0].test_acc
+    shutil.rmtree(runs)  # a fresh clone: the run folders are gone, the ledger is committed
+    assert sw.status_table(specs).startswith("2 runs: 2 new;")
+    table = sw.status_table(specs, sw.Ledger(path))
+    assert table.startswith("2 runs: 2 finished; 100 % of the epochs done."), table
+    monkeypatch.setattr(sw, "run_one", lambda *a, **k: pytest.fail("a recorded run was retrained"))
+    again = sw.run_sweep(specs, ledger=sw.Ledger(path))
+    assert [r.reused for r in again] == [True, True]
+    assert [r.test_acc for r in again] == [r.test_acc for r in res]
+    assert [r.curve for r in again] == [r.curve for r in res]
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("text,why", [("{not json", "not valid JSON"),
+                                      ('{"results": []}', "no 'runs' object"),
+                                      ('{"runs": {"KEY": {"label": "bn"}}}', "lacks")])
+def test_a_bad_ledger_is_one_clear_error(tmp_path, text, why):
+    import experiments.reproduce.sweep as sw
+
+    specs = sw.plan({"data": "x", "epochs": 1}, ["bn"], [0], [20], tmp_path / "runs")
+    path = tmp_path / "ledger.json"
+    path.write_text(text.replace("KEY", specs[0].key))
+    with pytest.raises(ValueError, match=why):
+        sw.run_sweep(specs, ledger=sw.Ledger(path))
+    assert path.read_text() == text.replace("KEY", specs[0].key)  # left as it was
+
+
+def test_pacs_report_from_a_ledger_and_others_refuse_one(tiny, monkeypatch):
+    """pacs --ledger records its runs and rebuilds the same report from the ledger alone; a
+    reproduction that reads its models refuses --ledger in one line (CLI exit code 2, as for any bad input)."""
+    from typer.testing import CliRunner
+
+    import experiments.reproduce.sweep as sw
+    import main
+
+    _smoke_report(tiny, "pacs")
+    path = tiny / "pacs-ledger.json"
+    reproduce("pacs", _ctx(tiny, "pacs-l1", data=f"pacs:{tiny}/pacs", ledger=path))
+    assert len(json.loads(path.read_text())["runs"]) == 32
+    monkeypatch.setattr(sw, "run_one", lambda *a, **k: pytest.fail("a recorded run was retrained"))
+    readme = reproduce("pacs", _ctx(tiny, "pacs-l2", data=f"pacs:{tiny}/pacs", ledger=path,
+                                   runs=tiny / "no-runs-here"))
+    md = readme.read_text()
+    assert "pacs-ledger.json` (one result per run" in md
+    table = md.split("### Held-out-domain top-1 (%)")[1].split("###")[0]
+    first = (tiny / "reports" / "pacs" / "README.md").read_text()
+    assert table == first.split("### Held-out-domain top-1 (%)")[1].split("###")[0]
+    r = CliRunner().invoke(main.app, ["reproduce", "ibn-shift", "--ledger", str(path)])
+    assert r.exit_code == 2 and "--ledger works for pacs" in r.output
+    assert len(r.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("name,n", [("bin-cifar", 10), ("pacs", 8)])

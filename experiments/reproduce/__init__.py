@@ -9,7 +9,8 @@
 - ``strokes``: the multi-scale style loss against the single-scale one (stroke size).
 
 Each writes ``README.md`` + PNGs + ``results.json`` into its report folder; training runs live in
-``runs`` (default ``runs/reproduce``) and are reused across reproductions and re-runs.
+``runs`` (default ``runs/reproduce``) and are reused across reproductions and re-runs; ``pacs``
+also takes a ``ledger`` file that keeps finished runs' results where ``runs`` does not survive.
 """
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ class Context:
     runs: Path = Path("runs/reproduce")
     data: str | None = None
     jobs: int = 1
+    # a JSON file recording every finished run's result (see sweep.Ledger): commit it, and a
+    # grid longer than one session resumes on a fresh checkout without runs/ (pacs only)
+    ledger: Path | None = None
     device: str = "auto"
     download: bool = False
     compile: bool = False  # torch.compile the classifiers (pays off for long GPU runs)
@@ -71,7 +75,19 @@ def reproduce(name: str, ctx: Context) -> Path:
     if ctx.jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {ctx.jobs}")
     mod = importlib.import_module(f".{REPRODUCTIONS[name][0]}", __name__)
+    _check_ledger(name, mod, ctx)
     return mod.run(ctx)
+
+
+def _check_ledger(name: str, mod, ctx: Context) -> None:
+    if ctx.ledger is None:
+        return
+    ctx.ledger = Path(ctx.ledger)
+    if not getattr(mod, "TAKES_LEDGER", False):
+        takes = [n for n, (m, _) in REPRODUCTIONS.items()
+                 if getattr(importlib.import_module(f".{m}", __name__), "TAKES_LEDGER", False)]
+        raise ValueError(f"{name} reads its trained models, which a ledger does not keep; "
+                         f"--ledger works for {', '.join(takes)}")
 
 
 def run_status(name: str, ctx: Context) -> str:
@@ -87,9 +103,10 @@ def run_status(name: str, ctx: Context) -> str:
                      if hasattr(importlib.import_module(f".{m}", __name__), "grid")]
         raise ValueError(f"{name} trains its style networks inside the report, so it has no run "
                          f"grid to show; --status works for {', '.join(with_grid)}")
-    from .sweep import status_table
+    from .sweep import Ledger, status_table
 
-    return status_table(mod.grid(ctx))
+    _check_ledger(name, mod, ctx)
+    return status_table(mod.grid(ctx), Ledger(ctx.ledger) if ctx.ledger else None)
 
 
 __all__ = ["BUDGETS", "Context", "REPRODUCTIONS", "list_reproductions", "reproduce", "run_status"]

@@ -9,6 +9,10 @@ reproductions asking for the same training share the run. A run is *finished* wh
 checkpoint is continued with ``resume`` (bit-identical to an uninterrupted run on CPU); anything
 else starts fresh.
 
+A *ledger* (``Ledger``, ``--ledger FILE``) keeps every finished run's result in one JSON file as
+well: a grid longer than one machine's session, resumed on a fresh checkout without ``runs/``,
+keeps its finished runs when that file is committed (it holds the numbers, not the models).
+
 ``jobs > 1`` runs that many training processes at once (spawned; each gets ``cpu_count // jobs``
 threads on CPU). On a GPU several small CIFAR models share the device that way; each process
 keeps its whole training set on the GPU as uint8 and augments it there
@@ -105,6 +109,49 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class Ledger:
+    """Finished runs' results in one JSON file, keyed by ``RunSpec.key`` (what a run learns):
+    a record that outlives the run folders. A run found here is not trained again. It keeps the
+    numbers (test top-1, curve, time), not the models, so only reports built from numbers alone
+    take one. Written atomically after every finished run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.runs: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            try:
+                d = json.loads(self.path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"ledger {self.path} is not valid JSON ({exc})") from None
+            runs = d.get("runs") if isinstance(d, dict) else None
+            if not isinstance(runs, dict):
+                raise ValueError(f"ledger {self.path} has no 'runs' object; is it a ledger?")
+            self.runs = runs
+        elif self.path.exists():
+            raise ValueError(f"ledger {self.path} is not a file")
+
+    def get(self, spec: RunSpec) -> RunResult | None:
+        """The recorded result of ``spec`` (``reused``), or None."""
+        d = self.runs.get(spec.key)
+        if d is None:
+            return None
+        missing = [k for k in ("label", "depth", "seed", "group", "folder", "test_acc") if k not in d]
+        if missing:
+            raise ValueError(f"ledger {self.path}: run {spec.key} lacks {', '.join(missing)}")
+        r = RunResult(**{k: d[k] for k in RunResult.__dataclass_fields__ if k in d})
+        r.reused = True
+        return r
+
+    def add(self, spec: RunSpec, result: RunResult) -> None:
+        """Record ``result`` as the run ``spec`` (a no-op when already recorded as such)."""
+        d = dict(result.to_dict(), reused=False)
+        if self.runs.get(spec.key) == d:
+            return
+        self.runs[spec.key] = d
+        write_text_atomic(self.path, json.dumps({"runs": dict(sorted(self.runs.items()))},
+                                                indent=1) + "\n")
 
 
 def plan(base: dict[str, Any], variants: Sequence[str], seeds: Iterable[int],
@@ -267,9 +314,11 @@ def _worker(spec_dict: dict[str, Any], threads: int, jobs: int) -> dict[str, Any
 
 
 def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
-              progress: Callable[[RunResult, int, int], None] | None = None) -> list[RunResult]:
+              progress: Callable[[RunResult, int, int], None] | None = None,
+              ledger: Ledger | None = None) -> list[RunResult]:
     """Run every spec (finished ones are read back, partial ones resumed), ``jobs`` at a time,
-    lowest seed first. Results come back in the order of ``specs``."""
+    lowest seed first. Results come back in the order of ``specs``. With a ``ledger``, runs it
+    records count as finished, and every finished run is recorded in it."""
     from tqdm.auto import tqdm
 
     if jobs < 1:
@@ -279,6 +328,10 @@ def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
     for i, s in enumerate(specs):
         if status(s) == "finished":
             results[i] = run_one(s)
+            if ledger is not None:
+                ledger.add(s, results[i])
+        elif ledger is not None and (r := ledger.get(s)) is not None:
+            results[i] = r
         else:
             todo.append(i)
     # Seed-major order: a sweep cut off part-way (a CPU session ending) leaves whole seeds of
@@ -289,6 +342,8 @@ def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
 
     def done(i: int, r: RunResult) -> None:
         results[i] = r
+        if ledger is not None:
+            ledger.add(specs[i], r)
         bar.update(1)
         bar.set_postfix_str(f"{r.label} s{r.seed} " + " ".join(f"{v:.1f}%" for v in r.test_acc.values()))
         if progress:
@@ -377,10 +432,10 @@ def runs_table(results: Sequence[RunResult]) -> str:
     return "\n".join(out)
 
 
-def status_table(specs: Sequence[RunSpec]) -> str:
+def status_table(specs: Sequence[RunSpec], ledger: Ledger | None = None) -> str:
     """Markdown: where every run of a grid stands — finished, partial (epochs done of the
     total, last test top-1) or new — and how much of the grid's epochs are done. Reads the run
-    folders only; trains nothing."""
+    folders (and the ``ledger``: a run recorded there is finished); trains nothing."""
     if not specs:
         return "(no runs)"
     from engine.io import folder_busy
@@ -396,13 +451,18 @@ def status_table(specs: Sequence[RunSpec]) -> str:
     for spec in sorted(specs, key=lambda s: (s.seed, s.group, s.depth, s.label)):
         folder = Path(spec.recipe["out"])
         st = status(spec)
-        rows = _read_metrics(folder) if st != "new" else []
+        recorded = ledger.get(spec) if ledger is not None and st != "finished" else None
+        rows = _read_metrics(folder) if st != "new" and recorded is None else []
         total = int(spec.recipe.get("epochs") or 0)
-        ep = total if st == "finished" else int(max((r.get("epoch", 0) for r in rows), default=0))
+        ep = int(max((r.get("epoch", 0) for r in rows), default=0))
         acc = next((v for r in reversed(rows) for k, v in r.items() if k.startswith("test_acc/")),
                    None)
         secs = max((float(r["train_s"]) for r in rows if "train_s" in r), default=None)
-        if st == "finished":
+        if recorded is not None:
+            st, ep, secs = "finished", total, recorded.seconds
+            acc = next(iter(recorded.test_acc.values()), None)
+        elif st == "finished":
+            ep = total
             secs = json.loads((folder / RESULT).read_text()).get("seconds", secs)
         elif st in ("partial", "new") and folder_busy(folder):
             st = "training now"  # "new" too: in its first epoch, before a checkpoint exists

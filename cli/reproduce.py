@@ -64,8 +64,8 @@ def _make(name: str, summary: str):
         from experiments.reproduce import Context, reproduce, run_status
 
         c = Context(budget=budget.value, out=out or Path("reports") / name, runs=runs, data=data,
-                    jobs=jobs, ledger=ledger, device=_device(ctx, device), download=download, compile=compile,
-                    command=_command(), style_model=style_model, style_image=style_image,
+                    jobs=jobs, ledger=ledger, device=_device(ctx, device), download=download,
+                    compile=compile, command=_command(), style_model=style_model, style_image=style_image,
                     vgg_weights=vgg_weights)
         if status:
             typer.echo(run_status(name, c))

@@ -27,7 +27,7 @@ import torch
 from .io import save_safetensors
 
 FORMAT = 1
-KINDS = {"style": "style model", "classifier": "classifier"}
+KINDS = {"style": "style model", "classifier": "classifier", "decoder": "style decoder"}
 _LEGACY_KINDS = {"stylize": "style", "classify": "classifier"}
 
 

@@ -1,0 +1,269 @@
+"""Arbitrary style in one forward pass: encoder → statistics transfer (``norms.transfer``) → decoder.
+
+Any painting, no training per style. The frozen VGG-19 encoder (normalised form, up to relu3_1)
+maps photo and painting to features; ``norms.transfer.wct`` (Li et al., NeurIPS 2017) or
+``norms.transfer.adain`` (Huang & Belongie, ICCV 2017) gives the photo's features the painting's
+statistics; a decoder trained only to invert the encoder (``stylize.decoder``) turns them back
+into an image.
+
+Multi-level (Li et al. Sec. 3.2): the image goes through relu3_1 → relu2_1 → relu1_1 in turn,
+each level transferring and decoding, coarse to fine. Multi-scale: the chain first runs on a
+downscaled copy and its upscaled result seeds the full-size run, so the painting's patterns come
+out larger relative to the photo (bigger strokes than relu3_1's ≈ 40 px receptive field allows).
+
+Statistics are fixed objects (``StyleStatistics``): computed once per painting (and blend), they
+serve a whole folder, video or every tile of a large image.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from norms import transfer
+
+LEVELS = ("relu3_1", "relu2_1", "relu1_1")  # deepest first: the order of the multi-level chain
+METHODS = ("wct", "adain")
+# Mirror of VGG-19 up to each level (Li et al.'s decoders): (in, out) 3×3 convs, "U" = 2× nearest
+# upsampling (no transposed convs: they leave a checkerboard grid).
+_PLANS: dict[str, list[Any]] = {
+    "relu3_1": [(256, 128), "U", (128, 128), (128, 64), "U", (64, 64), (64, 3)],
+    "relu2_1": [(128, 64), "U", (64, 64), (64, 3)],
+    "relu1_1": [(64, 3)],
+}
+_CHANNELS = {"relu1_1": 64, "relu2_1": 128, "relu3_1": 256}
+
+
+@dataclass
+class DecoderConfig:
+    """Architecture of a ``Decoder``; stored in its model file."""
+
+    level: str = "relu3_1"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DecoderConfig":
+        if not isinstance(d, dict):
+            raise ValueError("decoder config must be a JSON object")
+        cfg = cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.level not in _PLANS:
+            raise ValueError(f"unknown decoder level {self.level!r}; known: {', '.join(LEVELS)}")
+
+
+class Decoder(nn.Module):
+    """Inverts the encoder at one level: N×C×h×w features → N×3×H×W image (0–255)."""
+
+    def __init__(self, config: DecoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or DecoderConfig()
+        self.config.validate()
+        layers: list[nn.Module] = []
+        plan = _PLANS[self.config.level]
+        for i, item in enumerate(plan):
+            if item == "U":
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                continue
+            cin, cout = item
+            layers += [nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3)]
+            if i < len(plan) - 1:
+                layers.append(nn.ReLU(inplace=True))
+        self.body = nn.Sequential(*layers)
+
+    @property
+    def level(self) -> str:
+        return self.config.level
+
+    def forward(self, f: Tensor) -> Tensor:  # N×C×h×w -> N×3×(h·2^k)×(w·2^k), 0–255
+        return 127.5 + 127.5 * self.body(f)  # unit-scale output: Adam steps fit the weights
+
+
+# ----------------------------------------------------------------------------- model files
+
+def save_decoder(path: str | Path, decoder: Decoder, metadata: Mapping[str, Any] | None = None,
+                 recipe: dict[str, Any] | None = None, half: bool = False) -> Path:
+    """A decoder as one safetensors file in the normlab schema (kind ``decoder``)."""
+    from engine.checkpoint import save_model
+
+    return save_model(path, decoder.state_dict(), kind="decoder", config=decoder.config.to_dict(),
+                      recipe=recipe, half=half, **dict(metadata or {}))
+
+
+def load_decoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[Decoder, dict[str, Any]]:
+    """(decoder in eval mode, file metadata); one-line ``ValueError`` for a wrong or damaged file."""
+    from engine.checkpoint import read_model
+
+    tensors, meta = read_model(path, "decoder", validate=DecoderConfig.from_dict, device=device)
+    dec = Decoder(DecoderConfig.from_dict(meta["config"]))
+    try:
+        dec.load_state_dict({k: v.float() for k, v in tensors.items()})
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"{path}: weights do not fit a {dec.level} decoder ({first})") from None
+    return dec.to(device).eval().requires_grad_(False), meta
+
+
+SHIPPED_DECODERS = {level: f"decoder_{level}.safetensors" for level in LEVELS}
+
+
+def shipped_decoder_path(level: str) -> Path:
+    """Where the shipped decoder of ``level`` lives (``weights/``)."""
+    return Path(__file__).resolve().parent.parent / "weights" / SHIPPED_DECODERS[level]
+
+
+# ------------------------------------------------------------------------------- statistics
+
+@dataclass
+class StyleStatistics:
+    """Per level: one statistics object per painting (``MeanCov`` for WCT, ``MeanStd`` for
+    AdaIN), plus the blend weights (normalised). Fixed for a whole image, folder or video."""
+
+    method: str
+    weights: list[float]
+    per_level: dict[str, list[Any]]
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+class ArbitraryStylizer(nn.Module):
+    """Encoder + one decoder per level. ``levels`` (deepest first) chooses the chain."""
+
+    def __init__(self, encoder: nn.Module, decoders: Mapping[str, Decoder]) -> None:
+        super().__init__()
+        if not decoders:
+            raise ValueError("no decoder given")
+        self.encoder = encoder
+        self.decoders = nn.ModuleDict(dict(decoders))
+        for level, dec in self.decoders.items():
+            if dec.level != level:
+                raise ValueError(f"decoder for {level} was trained for {dec.level}")
+
+    @property
+    def levels(self) -> list[str]:
+        return [lv for lv in LEVELS if lv in self.decoders]
+
+    def _encode(self, x: Tensor, level: str) -> Tensor:  # N×3×H×W (0–255) -> N×C×h×w
+        return self.encoder(x, [level])[level]
+
+    @torch.no_grad()
+    def style_statistics(self, styles: Sequence[Tensor], weights: Sequence[float] | None = None,
+                         method: str = "wct", levels: Sequence[str] | None = None) -> StyleStatistics:
+        """Statistics of each painting (1×3×H×W, 0–255) at each level of the chain."""
+        _check_method(method)
+        if not styles:
+            raise ValueError("no style image given")
+        weights = [1.0] * len(styles) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(styles) or sum(weights) <= 0 or min(weights) < 0:
+            raise ValueError(f"style weights must be ≥ 0, one per style, not all 0: {weights}")
+        total = sum(weights)
+        levels = list(levels or self.levels)
+        stat = transfer.mean_cov if method == "wct" else transfer.mean_std
+        per_level = {lv: [stat(self._encode(s, lv)) for s in styles] for lv in levels}
+        return StyleStatistics(method, [w / total for w in weights], per_level)
+
+    def _transfer(self, f: Tensor, stats: StyleStatistics, level: str, alpha: float, eps: float,
+                  content_stats: Any = None) -> Tensor:
+        fn = transfer.wct if stats.method == "wct" else transfer.adain
+        outs = [fn(f, s, eps, content_stats=content_stats) for s in stats.per_level[level]]
+        t = outs[0] if len(outs) == 1 else transfer.blend(outs, stats.weights)
+        return alpha * t + (1 - alpha) * f
+
+    @torch.no_grad()
+    def forward(self, photo: Tensor, stats: StyleStatistics, alpha: float = 1.0,
+                scales: Sequence[int] = (1,), eps: float = 1e-5,
+                levels: Sequence[str] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> Tensor:
+        """Stylize ``photo`` (N×3×H×W, 0–255) → N×3×H×W (0–255).
+
+        ``scales``: downscaling factors run coarse to fine (e.g. (2, 1)): the result at each
+        factor, upscaled, is the input of the next; ``levels`` (default: the statistics' levels,
+        deepest first) the multi-level chain; ``alpha`` ∈ [0, 1] blends transferred and original
+        features at every level (Li et al. eq. 4)."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        levels = [lv for lv in LEVELS if lv in (levels or stats.per_level)]
+        missing = [lv for lv in levels if lv not in self.decoders or lv not in stats.per_level]
+        if missing:
+            raise ValueError(f"no decoder or statistics for {', '.join(missing)}")
+        scales = sorted({int(s) for s in scales}, reverse=True)
+        if not scales or scales[-1] < 1:
+            raise ValueError(f"scales must be whole factors ≥ 1, got {list(scales)}")
+        h, w = photo.shape[-2:]
+        x = photo.float()
+        total, done = len(scales) * len(levels), 0
+        for k, s in enumerate(scales):
+            size = (max(16, round(h / s)), max(16, round(w / s)))
+            if k == 0:
+                x = F.interpolate(photo.float(), size=size, mode="area") if s > 1 else photo.float()
+            else:  # coarse result, upscaled, seeds the finer pass
+                x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+            for level in levels:
+                f = self._encode(x, level)
+                t = self._transfer(f, stats, level, alpha, eps)
+                y = self.decoders[level](t.to(f.dtype))
+                x = _fit(y, x.shape[-2:]).clamp(0, 255)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        return x
+
+
+def _fit(y: Tensor, size: Sequence[int]) -> Tensor:
+    """Crop/pad a decoder output back to ``size`` (odd sizes lose a pixel in the max-pools)."""
+    if tuple(y.shape[-2:]) == tuple(size):
+        return y
+    y = y[..., : size[0], : size[1]]
+    ph, pw = size[0] - y.shape[-2], size[1] - y.shape[-1]
+    return F.pad(y, (0, pw, 0, ph), mode="replicate") if ph or pw else y
+
+
+def load_stylizer(encoder: nn.Module, levels: Sequence[str] = LEVELS,
+                  paths: Mapping[str, str | Path] | None = None,
+                  device: str | torch.device = "cpu") -> ArbitraryStylizer:
+    """The encoder with the decoders of ``levels`` (shipped ones unless ``paths`` names files)."""
+    decs = {}
+    for level in levels:
+        if level not in _PLANS:
+            raise ValueError(f"unknown level {level!r}; known: {', '.join(LEVELS)}")
+        path = Path((paths or {}).get(level) or shipped_decoder_path(level))
+        if not path.is_file():
+            raise ValueError(f"no decoder for {level}: {path} does not exist (train one with "
+                             f"`normlab stylize train-decoder --level {level}`)")
+        decs[level], _ = load_decoder(path, device)
+    return ArbitraryStylizer(encoder.to(device), decs)
+
+
+def style_size_for(photo_hw: Sequence[int], style_size: int | None) -> int:
+    """Shorter side the painting is encoded at: ``style_size`` or, by default, the photo's
+    shorter side clamped to 256–768 px (patterns keep their size relative to the photo)."""
+    if style_size:
+        return int(style_size)
+    return int(min(768, max(256, min(photo_hw))))
+
+
+def parse_scales(text: str | Sequence[int]) -> list[int]:
+    """"2,1" → [2, 1]; one-line error otherwise."""
+    if isinstance(text, str):
+        try:
+            vals = [int(t) for t in text.replace(" ", "").split(",") if t]
+        except ValueError:
+            raise ValueError(f"scales must be whole numbers like 2,1, got {text!r}") from None
+    else:
+        vals = [int(v) for v in text]
+    if not vals or min(vals) < 1 or max(vals) > 8:
+        raise ValueError(f"scales must be factors from 1 to 8 (e.g. 2,1), got {text!r}")
+    return vals
+

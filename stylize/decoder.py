@@ -1,0 +1,233 @@
+"""Train a decoder that inverts the frozen VGG encoder at one level (for ``stylize.arbitrary``).
+
+Loss (Li et al., NeurIPS 2017, Sec. 3.1): pixel reconstruction plus feature reconstruction,
+    L = ‖D(φ(x)) − x‖² / 255² + λ · Σ_l ‖φ_l(D(φ(x))) − φ_l(x)‖² / mean(φ_l(x)²),
+over the encoder's taps l up to the decoder's level (relative feature error, so λ means the same
+at every level). No style data and no style loss: the style comes from the statistics transfer
+at run time. Photos: the train part of the content split (``stylize.photos``), random crops.
+
+Runs on the shared ``engine.Trainer``: seeded, exactly resumable, atomic checkpoints, tqdm.
+The batch of step ``s`` (photos, crop offsets, flips) is a pure function of (seed, s).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+import engine.io
+from engine.checkpoint import check_range
+from engine.devices import resolve_device
+from engine.images import load_image
+from engine.trainer import CHECKPOINT, Task, Trainer, load_state, resume_recipe
+
+from .arbitrary import LEVELS, Decoder, DecoderConfig, save_decoder
+from .losses import load_vgg_encoder
+from .photos import content_split
+
+FINAL = "model.safetensors"
+RUN_SETTINGS = ("out", "device", "amp", "steps", "checkpoint_every", "resume", "eval_every")
+_TAPS = {"relu1_1": ["relu1_1"], "relu2_1": ["relu1_1", "relu2_1"],
+         "relu3_1": ["relu1_1", "relu2_1", "relu3_1"]}
+
+
+@dataclass
+class DecoderTrainConfig:
+    """Everything a decoder run depends on; saved in its checkpoints and final model."""
+
+    level: str = "relu3_1"
+    content_dir: str = ""
+    out: str = "runs/decoder"
+    vgg_weights: str | None = None
+    image_size: int = 128  # crop size (the decoder is convolutional: crops suffice)
+    load_size: int = 288  # photos are decoded once at this shorter side, crops drawn from them
+    batch_size: int = 8
+    steps: int = 3000
+    lr: float = 1e-3  # Adam, cosine-decayed to 5 % over the run
+    feature_weight: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False  # bf16 autocast (2× faster on CPUs with native bf16)
+    resume: bool = False
+    checkpoint_every: int = 250
+    eval_every: int = 0  # 0: held-out PSNR only at the end
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DecoderTrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"unknown level {self.level!r}; choose from {', '.join(LEVELS)}")
+        if not self.content_dir:
+            raise ValueError("no content folder given (--content)")
+        check_range("image size", self.image_size, 16, 1024)
+        check_range("load size", self.load_size, self.image_size, 4096)
+        check_range("batch size", self.batch_size, 1, 1024)
+        check_range("steps", self.steps, 1, 10**7)
+        check_range("checkpoint every", self.checkpoint_every, 1, 10**7)
+        if not (0 < self.lr < 1):
+            raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
+        if self.feature_weight < 0:
+            raise ValueError("--feature-weight must be ≥ 0")
+
+
+class Photos:
+    """Photos decoded once at ``load_size`` (shorter side) as uint8; unreadable files skipped."""
+
+    def __init__(self, files: list[Path], load_size: int, min_side: int) -> None:
+        self.images: list[Tensor] = []
+        self.skipped = 0
+        for f in files:
+            try:
+                img = load_image(f).convert("RGB")
+            except ValueError:
+                self.skipped += 1
+                continue
+            w, h = img.size
+            s = load_size / min(w, h)
+            img = img.resize((max(min_side, round(w * s)), max(min_side, round(h * s))),
+                             Image.BICUBIC)
+            t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+            self.images.append(t.view(img.size[1], img.size[0], 3).permute(2, 0, 1).clone())
+        if not self.images:
+            raise ValueError("none of the content photos could be read")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """PSNR in dB of two 0–255 images."""
+    mse = F.mse_loss(a.float().clamp(0, 255), b.float()).item()
+    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+class DecoderTask(Task):
+    """Reconstruction of random photo crops through encoder → decoder."""
+
+    def __init__(self, cfg: DecoderTrainConfig, photos: Photos, heldout: Photos | None,
+                 encoder: nn.Module, device: torch.device) -> None:
+        self.cfg, self.photos, self.heldout, self.device = cfg, photos, heldout, device
+        self.name = f"decoder {cfg.level}"
+        self.batch_size = cfg.batch_size
+        self.total_steps = cfg.steps
+        self.encoder = encoder.to(device)
+        self.taps = _TAPS[cfg.level]
+        torch.manual_seed(cfg.seed)
+        self.model = Decoder(DecoderConfig(cfg.level)).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.last: dict[str, float] = {}
+        self.log_every = 10
+
+    def batch(self, step: int) -> tuple[Tensor, ...]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        s = self.cfg.image_size
+        idx = torch.randint(len(self.photos), (self.batch_size,), generator=g).tolist()
+        crops = []
+        for i in idx:
+            img = self.photos.images[i]
+            h, w = img.shape[-2:]
+            top = int(torch.randint(h - s + 1, (1,), generator=g))
+            left = int(torch.randint(w - s + 1, (1,), generator=g))
+            c = img[:, top:top + s, left:left + s]
+            if bool(torch.randint(2, (1,), generator=g)):
+                c = c.flip(-1)
+            crops.append(c)
+        return (torch.stack(crops).float(),)
+
+    def loss(self, model, batch):
+        (x,) = batch  # N×3×S×S, 0–255
+        with torch.no_grad():
+            fx = self.encoder(x, self.taps)
+        y = model(fx[self.cfg.level])
+        fy = self.encoder(y, self.taps)
+        pixel = F.mse_loss(y.float() / 255.0, x / 255.0)
+        feature = sum(F.mse_loss(fy[t].float(), fx[t].float()) / fx[t].float().pow(2).mean().clamp_min(1e-8)
+                      for t in self.taps) / len(self.taps)
+        loss = pixel + self.cfg.feature_weight * feature
+        return loss, {"pixel_loss": pixel.detach(), "feature_loss": feature.detach()}
+
+    def lr_factor(self, step: int) -> float:
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+
+    def should_evaluate(self, step: int) -> bool:
+        every = self.cfg.eval_every
+        return self.heldout is not None and (step == self.total_steps or bool(every and step % every == 0))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Mean PSNR (dB) of whole held-out photos reconstructed through encoder → decoder."""
+        model.eval()
+        vals = []
+        for img in self.heldout.images:
+            h, w = (d // 4 * 4 for d in img.shape[-2:])  # whole 2×2 max-pool windows
+            x = img[:, :h, :w].unsqueeze(0).float().to(self.device)
+            y = model(self.encoder(x, [self.cfg.level])[self.cfg.level])
+            vals.append(psnr(y, x))
+        model.train()
+        return {"heldout_psnr": sum(vals) / len(vals)}
+
+    def progress_info(self, step, window, evaluation, images_per_s):
+        self.last = {**dict(window), **dict(evaluation)} if evaluation else {**self.last, **dict(window)}
+        return {"step": step, "total": self.total_steps, **window, **evaluation,
+                "images_per_s": images_per_s}
+
+    def postfix(self, window):
+        return {"pixel": f"{window.get('pixel_loss', float('nan')):.3g}",
+                "feature": f"{window.get('feature_loss', float('nan')):.3g}"}
+
+    def extra_state(self):
+        return {"last": self.last}
+
+    def load_extra_state(self, state):
+        self.last = dict(state.get("last") or {})
+
+
+def train_decoder(cfg: DecoderTrainConfig, progress: Callable[[dict], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None, *, encoder: nn.Module | None = None,
+                  show_bar: bool = True, explicit: Iterable[str] | None = None) -> Path:
+    """Train (or ``cfg.resume`` exactly) a decoder; returns ``<out>/model.safetensors``, whose
+    metadata holds the recipe and the held-out reconstruction PSNR. ``encoder`` is a test hook."""
+    out = Path(cfg.out)
+    state = None
+    if cfg.resume:
+        state = load_state(out)
+        given = cfg.to_dict()
+        if explicit is None:
+            explicit = [k for k, v in given.items() if v is not None]
+        merged = resume_recipe(state["recipe"], given, mutable=RUN_SETTINGS, explicit=explicit,
+                               source=out / CHECKPOINT)
+        cfg = DecoderTrainConfig.from_dict(merged)
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    split = content_split(cfg.content_dir)
+    photos = Photos(split["train"], cfg.load_size, cfg.image_size)
+    heldout = Photos(split["heldout"], 256, 16) if split["heldout"] else None
+    if encoder is None:
+        encoder = load_vgg_encoder(cfg.vgg_weights)
+    task = DecoderTask(cfg, photos, heldout, encoder, device)
+    trainer = Trainer(task, out=out, recipe=cfg.to_dict(), device=device, amp=cfg.amp,
+                      compile=False, checkpoint_every=cfg.checkpoint_every)
+    start = trainer.restore(state) if state is not None else 0
+    out.mkdir(parents=True, exist_ok=True)
+    engine.io.write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    result = trainer.run(start=start, progress=progress, should_stop=should_stop, show_bar=show_bar)
+    final = out / FINAL
+    meta = {"steps": result.step, "finished": result.step >= task.total_steps,
+            "train_photos": len(photos), "heldout_photos": len(heldout) if heldout else 0,
+            "final_losses": {k: float(v) for k, v in task.last.items()}}
+    save_decoder(final, task.model.eval(), meta, recipe=cfg.to_dict())
+    return final

@@ -114,7 +114,7 @@ def resolve_arch_norm(arch: str, norm: str | None, ibn: str | None = None
     the placement (``resnet20_ibn_a``) supplies it. ``ValueError`` at once (before any work) for
     an unknown architecture, norm or placement, or one the architecture does not take, naming
     what it does take."""
-    from norms import norm_spec
+    from norms import check_names
 
     _check(arch)
     placements = _IBN[arch]
@@ -139,7 +139,7 @@ def resolve_arch_norm(arch: str, norm: str | None, ibn: str | None = None
         if norm in ("ibn_a", "ibn_b"):  # only architectures with placements read these
             raise ValueError(f"{arch} has no IBN placements; norm {norm!r} needs an "
                              f"architecture that has (e.g. a ResNet)")
-        norm_spec(norm)  # unknown names: a ValueError listing the known ones
+        check_names([norm])  # plain norms only (a classifier has no styles)
     elif norm not in allowed:
         raise ValueError(f"{arch} uses {'/'.join(allowed)} outside its IBN layers (the official "
                          f"layout); for norm {norm!r} pick an architecture without the IBN suffix")

@@ -92,9 +92,8 @@ _SPECS = (
     NormSpec("gn", "Group Norm (Wu & He 2018): statistics per image over groups of channels.",
              "Wu & He, *Group Normalization*, ECCV 2018 — arXiv:1803.08494",
              batch_stats=False, gated=False, layer=GroupNorm2d, conditional=ConditionalGroupNorm2d),
-    NormSpec("ln", "Layer Norm as Group Norm with one group: statistics per image over all "
-             "channels and space (C×H×W), per-channel γ, β (timm's GroupNorm1, not timm's "
-             "LayerNorm2d, which normalises over C at each position).",
+    NormSpec("ln", "Layer Norm as Group Norm with one group (timm's GroupNorm1): statistics "
+             "per image over all channels and space.",
              "Ba, Kiros & Hinton, *Layer Normalization*, 2016 — arXiv:1607.06450",
              batch_stats=False, gated=False, layer=GroupNorm1, conditional=ConditionalGroupNorm1),
     NormSpec("sn", "Switchable Norm (Luo et al. 2019): learned softmax mix of IN, LN and BN "

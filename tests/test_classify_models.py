@@ -260,7 +260,8 @@ def test_ibn_placement_with_another_base_norm():
     (dict(name="resnet20", norm="ibn_b", ibn="a"), "means the IBN-b placement"),
     (dict(name="resnet20", ibn="c"), "unknown IBN placement 'c'; known: a, b"),
     (dict(name="densenet121_ibn_a", ibn="b"), "IBN-a, not IBN-b"),
-    (dict(name="resnet20", norm="xx"), "unknown norm 'xx'; known norms: bn, in"),
+    (dict(name="resnet20", norm="xx"), r"unknown norm\(s\) xx; known: bn, in"),
+    (dict(name="resnet20", norm="cbin"), r"unknown norm\(s\) cbin; known: bn, in"),
 ])
 def test_bad_placement_or_norm_is_one_clear_error(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from norms import NORM_NAMES
+from norms import check_names
 from engine.bench import bench_train_step, check_precisions, step_table
 
 from .registry import create_model
@@ -18,9 +18,7 @@ def bench_steps(device: torch.device, norm_names: list[str], models: list[str], 
                 resnet50_size: int = 64, precisions: tuple[str, ...] = ("fp32",)) -> str:
     """Markdown table of step times (ms) and ×BN (float32 BN) for each model, norm and precision
     (``fp32``, ``bf16``/``fp16`` autocast) on ``device``."""
-    bad = [n for n in norm_names if n not in NORM_NAMES]
-    if bad:
-        raise ValueError(f"unknown norm(s) {', '.join(bad)}; known: {', '.join(NORM_NAMES)}")
+    check_names(norm_names)
     check_precisions(tuple(precisions))
     unknown = [m for m in models if m not in SETUPS]
     if unknown:

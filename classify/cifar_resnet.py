@@ -6,12 +6,14 @@ resnet20/32/44/56/110), global average pooling and a linear classifier. The BIN 
 Shortcuts are **option A** of He et al. (parameter-free: stride-2 subsampling and zero-padding of
 the new channels), as in the paper's CIFAR experiments.
 
-Norm placement:
-- ``norm=<name>`` (bn, in, bn_in, bin, gn, ...): every normalization layer is that norm.
-- ``norm="ibn"`` or ``ibn="a"`` (IBN-Net IBN-a): the IBN layer replaces ``bn1`` of every block in
-  stages 1–2; BatchNorm everywhere else (IBN-Net keeps IN out of the deepest stage).
-- ``ibn="b"`` (IBN-Net IBN-b): the stem norm is InstanceNorm2d, and an InstanceNorm2d follows the
-  residual sum (before the ReLU) in the last block of stages 1 and 2; BatchNorm elsewhere.
+Norms: ``norm=<name>`` (bn, in, bn_in, bin, ibn, gn, ...) is every normalization layer, and the
+IBN-Net placement ``ibn`` (an architecture argument) adds IN to it:
+- ``ibn="a"`` (IBN-a): the IBN layer replaces ``bn1`` of every block in stages 1–2 (IBN-Net keeps
+  IN out of the deepest stage);
+- ``ibn="b"`` (IBN-b): the stem norm is InstanceNorm2d, and an InstanceNorm2d follows the residual
+  sum (before the ReLU) in the last block of stages 1 and 2.
+``classify.create_model`` also reads the older spellings ``norm="ibn"`` / ``"ibn_a"`` /
+``"ibn_b"`` as BN with that placement (``registry.IBN_NORM_ALIASES``).
 """
 from __future__ import annotations
 
@@ -68,10 +70,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         if (depth - 2) % 6 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
-        norm = (norm or "bn").lower()
-        if norm in ("ibn", "ibn_a", "ibn_b"):
-            ibn = ibn or ("b" if norm == "ibn_b" else "a")
-            norm = "bn"
+        norm = norm or "bn"
         if ibn not in (None, "a", "b"):
             raise ValueError(f"ibn must be None, 'a' or 'b', got {ibn!r}")
         n = (depth - 2) // 6
@@ -106,15 +105,16 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
-def _cifar_builder(depth: int, ibn: str | None):
-    def build(num_classes: int = 10, norm: str | None = None, **kw) -> CifarResNet:
+def _cifar_builder(depth: int):
+    def build(num_classes: int = 10, norm: str | None = None, ibn: str | None = None,
+              **kw) -> CifarResNet:
         return CifarResNet(depth, num_classes=num_classes, norm=norm, ibn=ibn, **kw)
 
-    build.__doc__ = f"CIFAR ResNet-{depth}" + (f" IBN-{ibn}" if ibn else "") + " (option-A shortcuts)."
+    build.__doc__ = f"CIFAR ResNet-{depth} (option-A shortcuts), IBN placement ``ibn``."
     return build
 
 
 for _depth in (20, 32, 44, 56, 110):
-    register(f"resnet{_depth}", input_size=32)(_cifar_builder(_depth, None))
-    register(f"resnet{_depth}_ibn_a", input_size=32)(_cifar_builder(_depth, "a"))
-    register(f"resnet{_depth}_ibn_b", input_size=32)(_cifar_builder(_depth, "b"))
+    register(f"resnet{_depth}", input_size=32, ibn=(None, "a", "b"))(_cifar_builder(_depth))
+    register(f"resnet{_depth}_ibn_a", input_size=32, ibn=("a",))(_cifar_builder(_depth))
+    register(f"resnet{_depth}_ibn_b", input_size=32, ibn=("b",))(_cifar_builder(_depth))

@@ -54,11 +54,15 @@ class DenseNetIBN(nn.Module):
     """DenseNet-BC (growth 32, bn_size 4, 64 initial features) with optional IBN-a."""
 
     def __init__(self, block_config: tuple[int, ...], num_classes: int = 1000,
-                 norm: str | None = "bn", ibn_a: bool = True, growth: int = 32,
+                 norm: str | None = "bn", ibn: str | None = "a", growth: int = 32,
                  init_features: int = 64, bn_size: int = 4) -> None:
         super().__init__()
+        if ibn not in (None, "a"):
+            raise ValueError(f"DenseNet-IBN has the IBN-a placement only (ibn 'a' or None), "
+                             f"got {ibn!r}")
         base = norms.get_norm_layer(norm or "bn")
-        ibn = norms.get_norm_layer("ibn", ratio=0.4, bn_first=True) if ibn_a else None
+        ibn_layer = (norms.get_norm_layer("ibn", ratio=0.4, bn_first=True) if ibn == "a"
+                     else None)
         f = nn.Sequential()
         f.add_module("conv0", nn.Conv2d(3, init_features, 7, 2, 3, bias=False))
         f.add_module("norm0", base(init_features))
@@ -67,7 +71,7 @@ class DenseNetIBN(nn.Module):
         ch = init_features
         for i, n in enumerate(block_config):
             f.add_module(f"denseblock{i + 1}", _DenseBlock(n, ch, growth, bn_size, base,
-                                                          ibn if i < 3 else None))
+                                                          ibn_layer if i < 3 else None))
             ch += n * growth
             if i != len(block_config) - 1:
                 f.add_module(f"transition{i + 1}", _Transition(ch, ch // 2, base))
@@ -87,11 +91,12 @@ class DenseNetIBN(nn.Module):
 
 
 def _builder(cfg: tuple[int, ...]):
-    def build(num_classes: int = 1000, norm: str | None = None, **kw) -> DenseNetIBN:
-        return DenseNetIBN(cfg, num_classes, "bn", True, **kw)
+    def build(num_classes: int = 1000, norm: str | None = None, ibn: str | None = "a",
+              **kw) -> DenseNetIBN:
+        return DenseNetIBN(cfg, num_classes, norm, ibn, **kw)
 
     return build
 
 
-register("densenet121_ibn_a", norms=("bn",))(_builder((6, 12, 24, 16)))
-register("densenet169_ibn_a", norms=("bn",))(_builder((6, 12, 32, 32)))
+register("densenet121_ibn_a", norms=("bn",), ibn=("a",))(_builder((6, 12, 24, 16)))
+register("densenet169_ibn_a", norms=("bn",), ibn=("a",))(_builder((6, 12, 32, 32)))

@@ -7,8 +7,9 @@ with ``strict=True`` and compute the same function.
   channels, BN on the rest).
 - IBN-b: the stem ``bn1`` is InstanceNorm2d(64, affine=True); InstanceNorm2d ``IN`` follows the
   residual sum, before the ReLU, in the last block of layer1 and layer2.
-- Plain ``resnet18``–``resnet101`` take ``norm=`` (any ``norms`` name, replacing every norm;
-  ``ibn`` means the IBN-a placement).
+- Plain ``resnet18``–``resnet101`` take ``norm=`` (any ``norms`` name, replacing every norm) and
+  the placement ``ibn=`` ("a", "b") as an architecture argument; ``classify.create_model`` also
+  reads the older ``norm="ibn"`` / ``"ibn_a"`` / ``"ibn_b"`` as BN with that placement.
 """
 from __future__ import annotations
 
@@ -94,20 +95,21 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
+# IBN placement -> mode per stage (official: IBN-a in layer1-3, IBN-b in layer1-2)
+_IBN = {None: (None, None, None, None), "a": ("a", "a", "a", None), "b": ("b", "b", None, None)}
+
+
 class ResNetIBN(nn.Module):
-    """ResNet with per-stage IBN placement ``ibn_cfg`` (official: IBN-a ('a','a','a',None),
-    IBN-b ('b','b',None,None)) and a base ``norm`` for every other normalization layer."""
+    """ResNet with the IBN placement ``ibn`` (None, "a" or "b"; per stage see ``_IBN``) and a
+    base ``norm`` for every other normalization layer."""
 
     def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int = 1000,
-                 norm: str | None = "bn", ibn_cfg: tuple = (None, None, None, None),
-                 **block_kw) -> None:
+                 norm: str | None = "bn", ibn: str | None = None, **block_kw) -> None:
         super().__init__()
-        norm = (norm or "bn").lower()
-        if norm in ("ibn", "ibn_a"):  # IBN-a placement with BN elsewhere
-            norm, ibn_cfg = "bn", ("a", "a", "a", None)
-        elif norm == "ibn_b":
-            norm, ibn_cfg = "bn", ("b", "b", None, None)
-        base = norms.get_norm_layer(norm)
+        if ibn not in _IBN:
+            raise ValueError(f"ibn must be None, 'a' or 'b', got {ibn!r}")
+        ibn_cfg = _IBN[ibn]
+        base = norms.get_norm_layer(norm or "bn")
         ibn_layer = norms.get_norm_layer("ibn")
         in_layer = norms.get_norm_layer("in")
         self.ibn_cfg = tuple(ibn_cfg)
@@ -150,21 +152,22 @@ class ResNetIBN(nn.Module):
 
 _DEPTHS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
            50: (Bottleneck, [3, 4, 6, 3]), 101: (Bottleneck, [3, 4, 23, 3])}
-_IBN = {None: (None, None, None, None), "a": ("a", "a", "a", None), "b": ("b", "b", None, None)}
 
 
-def _builder(depth: int, ibn: str | None, **block_kw):
+def _builder(depth: int, **block_kw):
     block, layers = _DEPTHS[depth]
 
-    def build(num_classes: int = 1000, norm: str | None = None, **kw) -> ResNetIBN:
-        return ResNetIBN(block, layers, num_classes, norm, _IBN[ibn], **block_kw, **kw)
+    def build(num_classes: int = 1000, norm: str | None = None, ibn: str | None = None,
+              **kw) -> ResNetIBN:
+        return ResNetIBN(block, layers, num_classes, norm, ibn, **block_kw, **kw)
 
     return build
 
 
 for _d in (18, 34, 50, 101):
-    register(f"resnet{_d}")(_builder(_d, None))
-    register(f"resnet{_d}_ibn_a", norms=("bn",))(_builder(_d, "a"))
-    register(f"resnet{_d}_ibn_b", norms=("bn",))(_builder(_d, "b"))
-register("resnext101_ibn_a", norms=("bn",))(_builder(101, "a", cardinality=32, base_width=4))
-register("se_resnet101_ibn_a", norms=("bn",))(_builder(101, "a", se=True))
+    register(f"resnet{_d}", ibn=(None, "a", "b"))(_builder(_d))
+    register(f"resnet{_d}_ibn_a", norms=("bn",), ibn=("a",))(_builder(_d))
+    register(f"resnet{_d}_ibn_b", norms=("bn",), ibn=("b",))(_builder(_d))
+register("resnext101_ibn_a", norms=("bn",), ibn=("a",))(_builder(101, cardinality=32,
+                                                                  base_width=4))
+register("se_resnet101_ibn_a", norms=("bn",), ibn=("a",))(_builder(101, se=True))

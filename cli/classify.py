@@ -8,13 +8,10 @@ from typing import List, Optional
 
 import typer
 
-from norms.catalog import NORM_NAMES
-
 app = typer.Typer(help="Classification networks with BN, IN, BN+IN, BIN and IBN: train, eval, "
                   "shift robustness, gates, feature divergence, predict, bench.",
                   no_args_is_help=True)
 
-Norm = Enum("Norm", {n: n for n in NORM_NAMES}, type=str)
 Schedule = Enum("Schedule", {n: n for n in ("step", "onecycle")}, type=str)
 
 
@@ -36,7 +33,8 @@ def train_cmd(
     ctx: typer.Context,
     data: str = typer.Option(..., help="cifar10:ROOT | folder:TRAIN[,TEST] | pacs:ROOT"),
     arch: str = typer.Option("resnet20", help="Architecture (see `classify list`)."),
-    norm: Norm = typer.Option("bn", help="Normalization layer everywhere (ibn: IBN-a placement)."),
+    norm: str = typer.Option("bn", help="Normalization layer everywhere (a name from `norms "
+                             "list`; ibn: the IBN-a placement with BN elsewhere)."),
     out: Path = typer.Option(Path("runs/classify/run"), help="Output folder."),
     epochs: int = typer.Option(160, help="Epochs."),
     batch_size: int = typer.Option(128, help="Global batch size (split across torchrun processes)."),
@@ -74,7 +72,7 @@ def train_cmd(
     from classify.train import TrainConfig, train
     from cli import explicit_options, is_main_process, override_list
 
-    cfg = TrainConfig(arch=arch, norm=norm.value, data=data, out=str(out), epochs=epochs,
+    cfg = TrainConfig(arch=arch, norm=norm, data=data, out=str(out), epochs=epochs,
                       batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                       weight_decay=weight_decay, schedule=schedule.value,
                       label_smoothing=label_smoothing, seed=seed,

@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
-from norms.catalog import NORM_DESCRIPTIONS, NORM_NAMES
-
 if TYPE_CHECKING:
     from torch import nn
 
@@ -22,8 +20,10 @@ def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Type
     @app.command("list")
     def list_norms() -> None:
         """List the registered norm names with one line on each."""
-        for name in NORM_NAMES:
-            typer.echo(f"{name:6s} {NORM_DESCRIPTIONS[name]}")
+        from norms import CATALOG
+
+        for spec in CATALOG.values():
+            typer.echo(f"{spec.name:6s} {spec.description}")
 
     @app.command("bench")
     def bench(
@@ -43,6 +43,7 @@ def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Type
         from tqdm import tqdm
 
         from engine import bench as _bench
+        from norms import NORM_NAMES, check_names
         from engine.devices import resolve_device
         from engine.io import write_text_atomic
 
@@ -55,10 +56,7 @@ def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Type
             raise ValueError(f"--shape must be four integers N,C,H,W, got {shape!r}") from None
         if len(dims) != 4 or min(dims) < 1:
             raise ValueError(f"--shape must be four positive integers N,C,H,W, got {shape!r}")
-        names = [n.strip() for n in step_norms.split(",") if n.strip()]
-        unknown = [n for n in names if n not in NORM_NAMES]
-        if unknown:
-            raise ValueError(f"unknown norm(s) {', '.join(unknown)}; known: {', '.join(NORM_NAMES)}")
+        names = check_names(n.strip() for n in step_norms.split(",") if n.strip())
         devices = [dev] if dev.type != "cuda" else [torch.device("cpu"), dev]
         layers, steps = [], []
         for d in devices:

@@ -2,20 +2,13 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from norms.catalog import CONDITIONAL_NORM_NAMES, NORM_NAMES
-
 app = typer.Typer(help="Feed-forward style transfer (Johnson et al. 2016) with any norm: train, "
                        "run, compare, plot curves, benchmark.", no_args_is_help=True)
-
-Norm = Enum("Norm", {n: n for n in NORM_NAMES}, type=str)
-# training also takes the conditional (multi-style) norms: "cin", "cbin", ...
-TrainNorm = Enum("TrainNorm", {n: n for n in NORM_NAMES + CONDITIONAL_NORM_NAMES}, type=str)
 
 
 def _device(ctx: typer.Context, device: Optional[str]) -> str:
@@ -33,8 +26,9 @@ def train_cmd(
                                                        "--style-image a.jpg b.jpg c.jpg.",
                                                        show_default=False),
     content: Path = typer.Option(..., "--content", help="Folder of content photos (searched recursively)."),
-    norm: TrainNorm = typer.Option("in", help="Normalization layer after every conv (with "
-                                   "several styles: its conditional variant, e.g. bin → cbin)."),
+    norm: str = typer.Option("in", help="Normalization layer after every conv: a name from "
+                             "`norms list`, or its conditional variant (cbin, ...); with several "
+                             "styles the conditional variant is used (bin → cbin)."),
     from_model: Optional[str] = typer.Option(None, "--from", help="Add the style(s) to this "
                                              "model (shipped name or file) and fine-tune only "
                                              "its normalization parameters."),
@@ -87,7 +81,7 @@ def train_cmd(
     except ValueError:
         raise ValueError(f"--style-scales must be whole numbers like 1,2,4, got {style_scales!r}") from None
     cfg = TrainConfig(style_image=images[0] if len(images) == 1 else images,
-                      content_dir=str(content), norm=norm.value, from_model=from_model,
+                      content_dir=str(content), norm=norm, from_model=from_model,
                       train_all=train_all, style_scales=scales, channels_last=channels_last,
                       out=str(out), image_size=image_size, batch_size=batch_size, steps=steps,
                       epochs=epochs, lr=lr, content_weight=content_weight,

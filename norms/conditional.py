@@ -36,9 +36,9 @@ from .layers import (
     BatchInstanceNorm2d,
     BatchNorm2d,
     BNIN2d,
+    GroupNorm1,
     GroupNorm2d,
     InstanceNorm2d,
-    LayerNorm2d,
     SwitchableNorm2d,
     _RunningStatsNorm,
 )
@@ -177,10 +177,10 @@ class ConditionalGroupNorm2d(ConditionalNorm):
     base = GroupNorm2d
 
 
-class ConditionalLayerNorm2d(ConditionalNorm):
-    """cln: layer norm (one group) with per-style γ, β."""
+class ConditionalGroupNorm1(ConditionalNorm):
+    """cln: layer norm as one-group group norm (``GroupNorm1``) with per-style γ, β."""
 
-    base = LayerNorm2d
+    base = GroupNorm1
 
 
 class ConditionalSwitchableNorm2d(ConditionalNorm):

@@ -11,9 +11,13 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from .catalog import CATALOG
 from .conditional import ConditionalNorm
-from .layers import GATED_LAYERS, NORM_LAYERS
+from .layers import NORM_LAYERS
 
+# Layers whose ``gate`` is a learned ρ in [0, 1]: the catalog's gated norms and their conditional
+# variants (a BN+IN ``gate`` is a fixed buffer, not a parameter, and is skipped below).
+GATED_LAYERS: tuple[type[nn.Module], ...] = tuple(s.layer for s in CATALOG.values() if s.gated)
 # Conditional BIN holds ρ as an S×C table on the wrapper (its inner layer has none left).
 _GATED = GATED_LAYERS + (ConditionalNorm,)
 _NORMS = NORM_LAYERS + (ConditionalNorm,)

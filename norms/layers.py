@@ -7,7 +7,8 @@
 - ``BNIN2d`` (bn_in): the same with ρ fixed at 0.5, the paper's naive BN+IN ensemble.
 - ``IBN`` (ibn): Pan et al., "Two at Once: Enhancing Learning and Generalization Capacities via
   IBN-Net", ECCV 2018: IN on part of the channels, BN on the rest, official key layout.
-- ``GroupNorm2d`` (gn), ``LayerNorm2d`` (ln), ``SwitchableNorm2d`` (sn, Luo et al. 2018).
+- ``GroupNorm2d`` (gn), ``GroupNorm1`` (ln: layer norm as GN with one group, over C×H×W),
+  ``SwitchableNorm2d`` (sn, Luo et al. 2018).
 
 Layers with per-instance statistics derive from ``statistics.InstanceStatsNorm`` (where their
 statistics come from: own input, captured, streamed). Layers with affine parameters also have
@@ -313,8 +314,11 @@ class GroupNorm2d(InstanceStatsNorm, nn.GroupNorm):
         return apply_planes(x, a, b)
 
 
-class LayerNorm2d(GroupNorm2d):
-    """Layer Normalization over C×H×W per sample (GroupNorm with one group), per-channel affine."""
+class GroupNorm1(GroupNorm2d):
+    """Layer Normalization (Ba et al. 2016) of a conv feature map as Wu & He define it for CNNs:
+    GroupNorm with one group, statistics per sample over all of C×H×W, per-channel γ, β (the
+    norm named "ln"). timm calls this ``GroupNorm1``; timm's ``LayerNorm2d`` is another norm
+    (statistics over C at each position, ConvNeXt's), hence this name."""
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__(num_channels, num_groups=1, eps=eps, affine=affine)
@@ -378,9 +382,6 @@ class SwitchableNorm2d(InstanceStatsNorm, _RunningStatsNorm):
                               x.shape[0] * x.shape[2] * x.shape[3], _ema_factor(self))
         return y
 
-
-# BIN-style layers whose ``gate`` is a learned ρ that lives in [0, 1].
-GATED_LAYERS: tuple[type[nn.Module], ...] = (BatchInstanceNorm2d,)
 
 # Every class that normalises; their affine parameters get no weight decay.
 NORM_LAYERS: tuple[type[nn.Module], ...] = (

@@ -56,9 +56,7 @@ class StyleConfig:
         cannot make a loader allocate a huge network (128 channels × 32 blocks ≈ 0.2 GB fp32)."""
         from engine.checkpoint import check_range
 
-        if self.norm not in norms.NORM_NAMES and self.norm not in norms.CONDITIONAL_NORM_NAMES:
-            raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(norms.NORM_NAMES)}; "
-                             f"multi-style: {', '.join(norms.CONDITIONAL_NORM_NAMES)}")
+        norms.norm_spec(self.norm)  # unknown names: a ValueError listing the known ones
         check_range("base channels", self.base_channels, 1, 128)
         check_range("number of residual blocks", self.num_residual, 0, 32)
         check_range("number of styles", self.num_styles, 1, 1024)
@@ -68,18 +66,17 @@ class StyleConfig:
     @property
     def conditional(self) -> bool:
         """True when the network has per-style norm parameters (a conditional norm, or > 1 style)."""
-        return self.norm in norms.CONDITIONAL_NORM_NAMES or self.num_styles > 1
+        return norms.is_conditional(self.norm) or self.num_styles > 1
 
     @property
     def plain_norm(self) -> str:
         """The norm without its conditional prefix: "cbin" → "bin"."""
-        return self.norm[1:] if self.norm in norms.CONDITIONAL_NORM_NAMES else self.norm
+        return norms.plain_name(self.norm)
 
     def norm_layer(self) -> Callable[[int], nn.Module]:
         """The factory ``f(num_channels)`` of the network's norm layers."""
-        if self.conditional:
-            return norms.conditional_norm(self.plain_norm, self.num_styles)
-        return norms.get_norm_layer(self.norm)
+        return norms.get_norm_layer(self.norm,
+                                    num_styles=self.num_styles if self.conditional else None)
 
 
 OUTPUTS = ("linear", "residual")
@@ -375,7 +372,8 @@ def merge_styles(specs: Sequence[str | Path]) -> tuple[TransformerNet, list[str]
         net, meta = load_style_net(resolve_model_file(spec))
         if not net.config.conditional:
             norms.make_conditional(net, 1)
-            net.config = dataclasses.replace(net.config, norm="c" + net.config.norm)
+            net.config = dataclasses.replace(net.config,
+                                             norm=norms.conditional_name(net.config.norm))
         nets.append((str(spec), net, style_names(meta, norms.num_styles(net))))
     first_spec, base, names = nets[0]
     tables = {f"{ln}.{an}" for ln, layer in norms.conditional_layers(base)

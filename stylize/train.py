@@ -42,7 +42,6 @@ RUN_SETTINGS = ("out", "device", "amp", "compile", "steps", "epochs", "checkpoin
                 "preview_every", "resume", "channels_last")
 # What a recipe written before a key existed meant (resuming an old run keeps its behaviour).
 LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False}
-BATCH_STAT_NORMS = ("bn", "bin", "bn_in", "ibn", "sn")
 
 
 @dataclass
@@ -131,8 +130,7 @@ class TrainConfig:
         check_range("seed", self.seed, 0, 2**63 - 1)
         check_style_scales(self.style_scales, self.image_size)
         StyleConfig(self.norm, self.base_channels, self.num_residual, output=self.output).validate()
-        plain = self.norm[1:] if self.norm in norms.CONDITIONAL_NORM_NAMES else self.norm
-        if plain in BATCH_STAT_NORMS and self.batch_size < 2 and not self.from_model:
+        if norms.uses_batch_stats(self.norm) and self.batch_size < 2 and not self.from_model:
             raise ValueError(f"norm {self.norm!r} uses batch statistics: use a batch size of 2 or more")
 
 
@@ -233,8 +231,8 @@ def build_network(cfg: TrainConfig) -> tuple[TransformerNet, list[str], list[int
     new = cfg.style_names
     if not cfg.from_model:
         norm = cfg.norm
-        if len(new) > 1 and norm not in norms.CONDITIONAL_NORM_NAMES:
-            norm = "c" + norm
+        if len(new) > 1:
+            norm = norms.conditional_name(norm)
         config = StyleConfig(norm, cfg.base_channels, cfg.num_residual, len(new), cfg.output)
         return TransformerNet(config=config), new, list(range(len(new)))
     path = resolve_model_file(cfg.from_model)
@@ -250,7 +248,7 @@ def build_network(cfg: TrainConfig) -> tuple[TransformerNet, list[str], list[int
     added = [n for n in new if n.lower() not in row_of]
     if not config.conditional:
         norms.make_conditional(net, 1)
-        config = dataclasses.replace(config, norm="c" + config.norm)
+        config = dataclasses.replace(config, norm=norms.conditional_name(config.norm))
     total = norms.add_styles(net, len(added)) if added else config.num_styles
     net.config = dataclasses.replace(config, num_styles=total)
     for i, n in enumerate(added):

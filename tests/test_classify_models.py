@@ -222,3 +222,57 @@ def test_safetensors_roundtrip(tmp_path):
     assert clf.config.norm == "bin" and clf.class_names[2] == "c" and clf.image_size == 32
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(clf.model(x), m(x), rtol=2e-2, atol=2e-2)
+
+
+# ---- IBN placement is an architecture argument ------------------------------------------------
+
+def _layout(m: nn.Module) -> dict[str, str]:
+    return {n: type(x).__name__ for n, x in m.named_modules()}
+
+
+@pytest.mark.parametrize("arch,placement", [("resnet20", "a"), ("resnet20", "b"),
+                                            ("resnet18", "a"), ("resnet18", "b")])
+def test_ibn_placement_argument_equals_the_named_architecture_and_old_norm_names(arch, placement):
+    with torch.device("meta"):
+        by_arg = classify.create_model(arch, ibn=placement)
+        by_name = classify.create_model(f"{arch}_ibn_{placement}")
+        by_old_norm = classify.create_model(arch, norm=f"ibn_{placement}")
+    assert _layout(by_arg) == _layout(by_name) == _layout(by_old_norm)
+    assert by_arg.state_dict().keys() == by_name.state_dict().keys()
+    assert by_arg.config.norm is None and by_arg.config.kwargs == {"ibn": placement}
+    with torch.device("meta"):
+        assert _layout(classify.build_from_config(by_arg.config.to_dict())) == _layout(by_arg)
+    if placement == "a":  # "ibn" as a classifier norm: what the shipped resnet20 IBN-a says
+        with torch.device("meta"):
+            assert _layout(classify.create_model(arch, norm="ibn")) == _layout(by_arg)
+
+
+def test_ibn_placement_with_another_base_norm():
+    m = classify.create_model("resnet20", num_classes=10, norm="bin", ibn="a")
+    assert isinstance(m.layer1[0].bn1, norms.IBN) and isinstance(m.layer2[0].bn1, norms.IBN)
+    assert type(m.layer3[0].bn1) is norms.BatchInstanceNorm2d
+    assert type(m.layer1[0].bn2) is norms.BatchInstanceNorm2d
+    _forward_backward(m, torch.randn(2, 3, 16, 16), 10)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(name="resnet20_ibn_a", ibn="b"), "takes the IBN placement.* IBN-a, not IBN-b"),
+    (dict(name="resnet20", norm="ibn_b", ibn="a"), "means the IBN-b placement"),
+    (dict(name="resnet20", ibn="c"), "unknown IBN placement 'c'; known: a, b"),
+    (dict(name="densenet121_ibn_a", ibn="b"), "IBN-a, not IBN-b"),
+    (dict(name="resnet20", norm="xx"), r"unknown norm\(s\) xx; known: bn, in"),
+    (dict(name="resnet20", norm="cbin"), r"unknown norm\(s\) cbin; known: bn, in"),
+])
+def test_bad_placement_or_norm_is_one_clear_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        classify.create_model(**kw)
+
+
+def test_shipped_ibn_a_classifier_has_the_ibn_a_layout():
+    import weights
+
+    if "cifar10_resnet20_ibn_a" not in weights.names("classify"):
+        pytest.skip("no shipped IBN-a classifier in this build")
+    clf = classify.load_classifier("cifar10_resnet20_ibn_a")
+    assert (clf.config.arch, clf.config.norm) == ("resnet20", "ibn")  # as saved, still read
+    assert _layout(clf.model) == _layout(classify.create_model("resnet20", num_classes=10, ibn="a"))

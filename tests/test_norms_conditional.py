@@ -14,7 +14,7 @@ C, S = 6, 3
 def _cond(name: str) -> norms.ConditionalNorm:
     """A conditional layer whose rows all differ (so a wrong row cannot pass)."""
     torch.manual_seed(1)
-    layer = norms.conditional_norm(name, S)(C)
+    layer = norms.get_norm_layer(name, num_styles=S)(C)
     with torch.no_grad():
         for pname, p in layer.named_parameters():
             if pname == "gate":
@@ -142,7 +142,7 @@ def test_state_dict_round_trip(name):
     sd = a.state_dict()
     assert sd["weight"].shape == (S, C) and sd["bias"].shape == (S, C)
     assert ("gate" in sd) == (name == "bin") and (name != "bin" or sd["gate"].shape == (S, C))
-    b = norms.conditional_norm(name, S)(C)
+    b = norms.get_norm_layer(name, num_styles=S)(C)
     b.load_state_dict(sd, strict=True)
     a.eval(), b.eval()
     x = _x()
@@ -153,7 +153,7 @@ def test_state_dict_round_trip(name):
 
 
 def _net(norm: str) -> nn.Module:
-    f = norms.conditional_norm(norm, S)
+    f = norms.get_norm_layer(norm, num_styles=S)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), f(8), nn.ReLU(),
                          nn.Conv2d(8, 8, 3, padding=1), f(8), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))

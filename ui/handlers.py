@@ -591,21 +591,6 @@ def _arxiv(ref: str) -> str:
     return re.sub(r"arXiv:(\d{4}\.\d{4,5})", r"[arXiv:\1](https://arxiv.org/abs/\1)", ref)
 
 
-PAPERS = {
-    "bn": "Ioffe & Szegedy, *Batch Normalization*, ICML 2015 — arXiv:1502.03167",
-    "in": "Ulyanov, Vedaldi & Lempitsky, *Instance Normalization*, 2016 — arXiv:1607.08022",
-    "bn_in": "Nam & Kim 2018 (the naive ensemble baseline of the BIN paper) — arXiv:1805.07925",
-    "bin": "Nam & Kim, *Batch-Instance Normalization for Adaptively Style-Invariant Neural "
-           "Networks*, NeurIPS 2018 — arXiv:1805.07925",
-    "ibn": "Pan, Luo, Shi & Tang, *Two at Once: Enhancing Learning and Generalization Capacities "
-           "via IBN-Net*, ECCV 2018 — arXiv:1807.09441",
-    "gn": "Wu & He, *Group Normalization*, ECCV 2018 — arXiv:1803.08494",
-    "ln": "Ba, Kiros & Hinton, *Layer Normalization*, 2016 — arXiv:1607.06450",
-    "sn": "Luo, Ren, Peng, Zhang & Li, *Differentiable Learning-to-Normalize via Switchable "
-          "Normalization*, ICLR 2019 — arXiv:1806.10779",
-}
-
-
 def shipped_models_markdown() -> str:
     """A table of the shipped models and their figures, from ``weights/manifest.json``."""
     import weights
@@ -629,9 +614,9 @@ def shipped_models_markdown() -> str:
 def about_markdown() -> str:
     """What each norm is, with a link to its paper, the networks, and the shipped models."""
     parts = ["## The normalisation layers", ""]
-    for name in norms.NORM_NAMES:
-        parts.append(f"**{name}** — {norms.NORM_DESCRIPTIONS.get(name, '')}  ")
-        parts.append(_arxiv(PAPERS.get(name, "")))
+    for spec in norms.CATALOG.values():
+        parts.append(f"**{spec.name}** — {spec.description}  ")
+        parts.append(_arxiv(spec.paper))
         parts.append("")
     parts += [
         "## The networks",

@@ -354,8 +354,7 @@ def train_style(cfg: UIConfig, job: Job, style_image: str | None, content_dir: s
         raise ValueError("steps must be ≥ 1 and image size ≥ 32")
     import norms
 
-    if norm not in norms.NORM_NAMES:
-        raise ValueError(f"unknown norm; pick one of {', '.join(norms.NORM_NAMES)}")
+    norms.check_names([norm])
     base = slug(name or f"{Path(style_image).stem}-{norm}")
     out = _run_dir(cfg, "style", base)
     tcfg = build_config(

@@ -14,28 +14,29 @@ also takes a ``ledger`` file that keeps finished runs' results where ``runs`` do
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from . import bin_cifar, divergence, ibn_shift, new_style, pacs, strokes, style_curves
 from .budgets import BUDGETS, check_budget
 
 # name -> (module with TITLE and run(ctx) -> Path, one-line summary); cli/reproduce.py repeats
 # the summaries so that its help does not import this package (and torch).
 REPRODUCTIONS = {
-    "bin-cifar": ("bin_cifar", "BIN paper Table 1 / Fig. 1 / Fig. 2 on CIFAR-10 ResNets (bn, in, "
-                               "bn_in, bin, ibn_a)"),
-    "ibn-shift": ("ibn_shift", "IBN-Net Table 1 appearance shifts (RGB+50, R+50, contrast ×1.5) "
-                               "+ a style shift"),
-    "pacs": ("pacs", "PACS leave-one-domain-out, all four held-out domains, bn, ibn_a, ibn_b, bin"),
-    "divergence": ("divergence", "IBN-Net feature divergence by depth (appearance vs content)"),
-    "style-curves": ("style_curves", "BIN paper Fig. 3 loss curves (in, bn, bn_in, bin) and "
-                                     "Fig. 6 gates"),
-    "new-style": ("new_style", "new style by norm-only fine-tuning vs from scratch, at 5, 10 and "
-                               "15 CPU-minutes"),
-    "strokes": ("strokes", "bigger strokes: multi-scale style loss vs single-scale at the same "
-                           "CPU time"),
+    "bin-cifar": (bin_cifar, "BIN paper Table 1 / Fig. 1 / Fig. 2 on CIFAR-10 ResNets (bn, in, "
+                             "bn_in, bin, ibn_a)"),
+    "ibn-shift": (ibn_shift, "IBN-Net Table 1 appearance shifts (RGB+50, R+50, contrast ×1.5) "
+                             "+ a style shift"),
+    "pacs": (pacs, "PACS leave-one-domain-out, all four held-out domains, bn, ibn_a, ibn_b, bin"),
+    "divergence": (divergence, "IBN-Net feature divergence by depth (appearance vs content)"),
+    "style-curves": (style_curves, "BIN paper Fig. 3 loss curves (in, bn, bn_in, bin) and "
+                                   "Fig. 6 gates"),
+    "new-style": (new_style, "new style by norm-only fine-tuning vs from scratch, at 5, 10 and "
+                             "15 CPU-minutes"),
+    "strokes": (strokes, "bigger strokes: multi-scale style loss vs single-scale at the same "
+                         "CPU time"),
 }
 
 
@@ -74,18 +75,17 @@ def reproduce(name: str, ctx: Context) -> Path:
     ctx.out, ctx.runs = Path(ctx.out), Path(ctx.runs)
     if ctx.jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {ctx.jobs}")
-    mod = importlib.import_module(f".{REPRODUCTIONS[name][0]}", __name__)
+    mod = REPRODUCTIONS[name][0]
     _check_ledger(name, mod, ctx)
     return mod.run(ctx)
 
 
-def _check_ledger(name: str, mod, ctx: Context) -> None:
+def _check_ledger(name: str, mod: ModuleType, ctx: Context) -> None:
     if ctx.ledger is None:
         return
     ctx.ledger = Path(ctx.ledger)
     if not getattr(mod, "TAKES_LEDGER", False):
-        takes = [n for n, (m, _) in REPRODUCTIONS.items()
-                 if getattr(importlib.import_module(f".{m}", __name__), "TAKES_LEDGER", False)]
+        takes = [n for n, (m, _) in REPRODUCTIONS.items() if getattr(m, "TAKES_LEDGER", False)]
         raise ValueError(f"{name} reads its trained models, which a ledger does not keep; "
                          f"--ledger works for {', '.join(takes)}")
 
@@ -97,10 +97,9 @@ def run_status(name: str, ctx: Context) -> str:
         raise ValueError(f"unknown reproduction {name!r}; known: {', '.join(REPRODUCTIONS)}")
     check_budget(ctx.budget)
     ctx.runs = Path(ctx.runs)
-    mod = importlib.import_module(f".{REPRODUCTIONS[name][0]}", __name__)
+    mod = REPRODUCTIONS[name][0]
     if not hasattr(mod, "grid"):
-        with_grid = [n for n, (m, _) in REPRODUCTIONS.items()
-                     if hasattr(importlib.import_module(f".{m}", __name__), "grid")]
+        with_grid = [n for n, (m, _) in REPRODUCTIONS.items() if hasattr(m, "grid")]
         raise ValueError(f"{name} trains its style networks inside the report, so it has no run "
                          f"grid to show; --status works for {', '.join(with_grid)}")
     from .sweep import Ledger, status_table

@@ -111,6 +111,11 @@ class RunResult:
         return dataclasses.asdict(self)
 
 
+def result_from_dict(d: dict[str, Any]) -> RunResult:
+    """A RunResult back from ``to_dict`` (a ledger entry or a report's results.json run)."""
+    return RunResult(**{k: d[k] for k in RunResult.__dataclass_fields__ if k in d})
+
+
 class Ledger:
     """Finished runs' results in one JSON file, keyed by ``RunSpec.key`` (what a run learns):
     a record that outlives the run folders. A run found here is not trained again. It keeps the
@@ -140,7 +145,7 @@ class Ledger:
         missing = [k for k in ("label", "depth", "seed", "group", "folder", "test_acc") if k not in d]
         if missing:
             raise ValueError(f"ledger {self.path}: run {spec.key} lacks {', '.join(missing)}")
-        r = RunResult(**{k: d[k] for k in RunResult.__dataclass_fields__ if k in d})
+        r = result_from_dict(d)
         r.reused = True
         return r
 

@@ -23,7 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # findings(data)
 WRITERS = {"bin-cifar": bin_cifar, "ibn-shift": ibn_shift, "pacs": pacs, "divergence": divergence,
            "style-curves": style_curves, "new-style": new_style, "strokes": strokes}
-MARKER = re.compile(r"(<!-- results:([\w-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
+# ``<!-- results:NAME -->`` all findings lines, ``<!-- results:NAME:K -->`` the first K
+MARKER = re.compile(r"(<!-- results:([\w-]+)(?::(\d+))? -->\n)(.*?)(<!-- /results -->)", re.S)
+# the files whose results sections are rendered (relative to the project root)
+RESULT_TEXTS = ("README.md", "reports/README.md", "docs/*.md")
 
 
 def load(folder: str | Path) -> dict:
@@ -71,9 +74,14 @@ def rerender(folder: str | Path) -> Path:
     return folder / "README.md"
 
 
-def results_block(name: str, data: dict) -> str:
-    """The Markdown a README shows for report ``name``: its findings lines from ``data``."""
-    return "\n".join(writer(name).findings(data)) + "\n"
+def results_block(name: str, data: dict, lines: int | None = None) -> str:
+    """The Markdown a README shows for report ``name``: its findings lines from ``data`` (the
+    first ``lines`` of them when given; a line's indented continuation lines come with it)."""
+    found = writer(name).findings(data)
+    if lines is not None:
+        starts = [i for i, ln in enumerate(found) if not ln.startswith(" ")]
+        found = found[:starts[lines]] if lines < len(starts) else found
+    return "\n".join(found) + "\n"
 
 
 def update_markers(text: str, reports: Path) -> str:
@@ -85,9 +93,15 @@ def update_markers(text: str, reports: Path) -> str:
         name = m.group(2)
         if name not in cache:
             cache[name] = load(reports / name)
-        return m.group(1) + results_block(name, cache[name]) + m.group(4)
+        k = int(m.group(3)) if m.group(3) else None
+        return m.group(1) + results_block(name, cache[name], k) + m.group(5)
 
     return MARKER.sub(fill, text)
+
+
+def result_texts(root: Path = ROOT) -> list[Path]:
+    """The Markdown files whose ``<!-- results:… -->`` sections ``update_markers`` fills."""
+    return [p for pattern in RESULT_TEXTS for p in sorted(root.glob(pattern))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             if not check:
                 write_text_atomic(folder / "results.json", json.dumps(payload, indent=1) + "\n")
                 write_text_atomic(folder / "README.md", text)
-    for readme in (ROOT / "README.md", ROOT / "reports" / "README.md"):
+    for readme in result_texts():
         old = readme.read_text(encoding="utf-8")
         new = update_markers(old, ROOT / "reports")
         if new != old:

@@ -121,14 +121,20 @@ def ranking(rows: Sequence[str], col: str, values: Mapping[tuple[str, str], Sequ
     return ", ".join(f"{(names or {}).get(r, r)} {x.fmt(digits)}" for r, x in s)
 
 
+def p_brief(g: Gap) -> str:
+    """``p = 0.013, Holm 0.039`` (raw and family-adjusted p), or ``n too small for a test``."""
+    if g.test == "none":
+        return "n too small for a test"
+    adj = "" if math.isnan(g.p_adj) else f", Holm {fmt_p(g.p_adj).replace('p = ', '').replace('p ', '')}"
+    return f"{fmt_p(g.p)}{adj}"
+
+
 def gap_brief(g: Gap, digits: int = 2) -> str:
     """``bin +0.72 (p = 0.013, Holm 0.039: larger than the noise)`` for findings lines."""
     d = f"{g.a} {g.diff:+.{digits}f}"
     if g.test == "none":
         return f"{d} (n too small for a test)"
-    verdict = "inside the noise" if g.in_noise else "larger than the noise"
-    adj = "" if math.isnan(g.p_adj) else f", Holm {fmt_p(g.p_adj).replace('p = ', '').replace('p ', '')}"
-    return f"{d} ({fmt_p(g.p)}{adj}: {verdict})"
+    return f"{d} ({p_brief(g)}: {'inside the noise' if g.in_noise else 'larger than the noise'})"
 
 
 TESTS_NOTE = ("one family per list: inside the noise = Holm–Bonferroni-adjusted p ≥ 0.05 over "

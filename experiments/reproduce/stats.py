@@ -94,8 +94,7 @@ def fmt_p(p: float) -> str:
         return "p = –"
     if p < 0.001:
         return "p < 0.001"
-    s = f"{p:.2g}"
-    return f"p = {s}" if "." in s else f"p = {float(s):.1f}"  # 1 → 1.0
+    return f"p = {p:#.2g}"  # 0.041, 0.0011, 0.30, 1.0: two significant digits, zeros kept
 
 
 @dataclass(frozen=True)

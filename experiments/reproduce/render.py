@@ -51,7 +51,7 @@ def render_report(data: dict, out: Path) -> tuple[str, dict]:
     """(README text, updated results) of a report from its results ``data``; writes nothing.
     Derived entries (gaps, summaries) are recomputed, measured ones are kept as recorded."""
     data = json.loads(json.dumps(data))  # a copy the writer may update
-    mod = writer(data["name"])
+    mod = writer(str(data.get("name")))
     meta = data.get("report")
     if not meta:
         raise ValueError(f"{data['name']}: results.json has no 'report' entry (setup lines, "

@@ -11,6 +11,11 @@ once (resized to ``image_size``) into a uint8 N×3×S×S tensor cached on disk, 
 path, the image size and every file's name, size and mtime (``NORMLAB_CACHE``, default
 ``runs/cache``). Augmentation then works on whole batches with a seeded ``torch.Generator``, which
 is what makes resumed training reproduce uninterrupted training exactly.
+
+Validation (``--val-split N``, ``DataSplit.with_validation``): N training images, chosen by a
+fixed seed, are held out as the set evaluated during training (``val``), so whatever is decided
+from those numbers — epochs, restarts, stopping — never sees the test sets; those are moved to
+``DataSplit.final`` and evaluated once, after training.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from PIL import Image
 from engine.io import load_torch, save_torch
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+VAL = "val"  # the name of the hold-out set in DataSplit.tests and in metrics
+VAL_SEED = 0  # one hold-out for every run of a dataset, whatever its training seed
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck"]
 
@@ -64,8 +71,10 @@ class DataSplit:
     """Training set and one or more named test sets (domains), all with the same classes."""
 
     train: TensorDataset | None
-    tests: dict[str, TensorDataset] = field(default_factory=dict)
+    tests: dict[str, TensorDataset] = field(default_factory=dict)  # evaluated during training
     spec: str = ""
+    # evaluated once, after training (the test sets when a validation set was held out)
+    final: dict[str, TensorDataset] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
@@ -75,7 +84,39 @@ class DataSplit:
     def to(self, device: torch.device | str) -> "DataSplit":
         """Every set moved to ``device`` (a CIFAR-10 split is ~180 MB as uint8)."""
         return DataSplit(self.train.to(device) if self.train is not None else None,
-                         {k: v.to(device) for k, v in self.tests.items()}, self.spec)
+                         {k: v.to(device) for k, v in self.tests.items()}, self.spec,
+                         {k: v.to(device) for k, v in self.final.items()})
+
+    def with_validation(self, n: int, seed: int = VAL_SEED) -> "DataSplit":
+        """``n`` training images held out as the validation set ``val`` (the only set evaluated
+        during training); the test sets move to ``final``. The hold-out is a seeded random
+        sample of the training set, stratified by class (each class gives its share, so a
+        small ``n`` still sees every class), the same for every run of a dataset."""
+        if self.train is None:
+            raise ValueError("--val-split needs a training set")
+        train, val = hold_out(self.train, n, seed)
+        return DataSplit(train, {VAL: val}, self.spec, {**self.final, **self.tests})
+
+
+def hold_out(ds: TensorDataset, n: int, seed: int = VAL_SEED) -> tuple[TensorDataset, TensorDataset]:
+    """(the rest, ``n`` held-out images) of ``ds``: a seeded sample stratified by class
+    (largest-remainder shares of ``n``), both in the original order."""
+    if not 1 <= n <= len(ds) - 2:
+        raise ValueError(f"--val-split must be from 1 to {len(ds) - 2} (the training set has "
+                         f"{len(ds)} images), got {n}")
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(ds.y, minlength=len(ds.classes)).tolist()
+    exact = [n * c / len(ds) for c in counts]
+    share = [int(e) for e in exact]
+    for k in sorted(range(len(counts)), key=lambda k: share[k] - exact[k])[:n - sum(share)]:
+        share[k] += 1  # largest remainders first
+    pick = torch.zeros(len(ds), dtype=torch.bool)
+    for k, m in enumerate(share):
+        idx = (ds.y == k).nonzero().flatten()
+        pick[idx[torch.randperm(len(idx), generator=g)[:m]]] = True
+    val = TensorDataset(ds.x[pick], ds.y[pick], ds.classes, f"{ds.name}[val {n}]")
+    rest = TensorDataset(ds.x[~pick], ds.y[~pick], ds.classes, f"{ds.name}[−val {n}]")
+    return rest, val
 
 
 def cache_dir() -> Path:

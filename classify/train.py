@@ -68,6 +68,9 @@ class TrainConfig:
     resume: bool = False
     threads: int = 0
     eval_every: int = 1  # epochs between test evaluations (0: only after the last)
+    # hold out this many training images as the set evaluated during training; the test sets
+    # are then evaluated once, after training (classify.data.DataSplit.with_validation)
+    val_split: int = 0
     init: str | None = None  # start from this classifier's weights (fine-tune / warm restart)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +85,7 @@ class TrainConfig:
         check_range("seed", self.seed, 0, 2**63 - 1)
         check_range("threads", self.threads, 0, 1024)
         check_range("eval every (epochs)", self.eval_every, 0, 100_000)
+        check_range("val split", self.val_split, 0, 10**9)
         if self.image_size is not None:
             check_range("image size", self.image_size, 8, 1024)
         for name in ("train_subset", "test_subset"):
@@ -280,6 +284,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
         data = load_data(cfg.data, image_size, cfg.train_domains, cfg.test_domains, cfg.download)
     if data.train is None or len(data.train) < 2:
         raise ValueError(f"{cfg.data}: no training images")
+    if cfg.val_split:
+        data = data.with_validation(cfg.val_split)
     train_ds = data.train.subset(cfg.train_subset, cfg.seed)
     tests = {k: v.subset(cfg.test_subset, cfg.seed + 1) for k, v in data.tests.items()}
     if train_ds.x.shape[-1] != image_size:
@@ -297,10 +303,17 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
                          show_bar=show_bar)
     path = out / "model.safetensors"
     if env is None or env.is_main:
+        acc = {"test_acc": task.last_test}
+        if data.final:  # validation held out: the test sets, once, now
+            final = {k: evaluate(task.model, v.subset(cfg.test_subset, cfg.seed + 1), mean, std,
+                                 device) for k, v in data.final.items()}
+            acc = {"val_acc": task.last_test, "test_acc": {k: v[0] for k, v in final.items()},
+                   "test_top5": {k: v[1] for k, v in final.items()},
+                   "test_evaluated": "once, after training; selection saw only val_acc"}
         save_classifier(path, task.model.float(), class_names=train_ds.classes, mean=mean, std=std,
-                        image_size=image_size, recipe=cfg.recipe(), test_acc=task.last_test,
-                        stopped=result.stopped, epochs_done=result.step / task.steps_per_epoch,
-                        train_images=len(train_ds))
+                        image_size=image_size, recipe=cfg.recipe(), stopped=result.stopped,
+                        epochs_done=result.step / task.steps_per_epoch,
+                        train_images=len(train_ds), **acc)
     return path
 
 

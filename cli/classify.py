@@ -62,6 +62,9 @@ def train_cmd(
                                            "may differ from the checkpoint's recipe (e.g. lr)."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
     eval_every: int = typer.Option(1, help="Epochs between test evaluations (0: only at the end)."),
+    val_split: int = typer.Option(0, help="Hold out this many training images (fixed seed, by "
+                                  "class) as the set evaluated during training; the test set is "
+                                  "then evaluated once, after training (0: no hold-out)."),
     init: Optional[str] = typer.Option(None, help="Start from this classifier's weights (shipped "
                                        "name or .safetensors of the same arch and norm): "
                                        "fine-tuning, or a warm restart with a new schedule."),
@@ -80,7 +83,7 @@ def train_cmd(
                       train_subset=train_subset, test_subset=test_subset,
                       train_domains=train_domains, test_domains=test_domains,
                       download=download, resume=resume, threads=threads,
-                      eval_every=eval_every, init=init)
+                      eval_every=eval_every, val_split=val_split, init=init)
     path = train(cfg, explicit=explicit_options(ctx) - {"override"},
                  override=override_list(override))
     if is_main_process():

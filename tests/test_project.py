@@ -155,3 +155,29 @@ def test_cli_lists_every_reproduction():
     from experiments.reproduce import list_reproductions
 
     assert cli.reproduce._SUMMARIES == list_reproductions()
+
+
+def _relative_links(path):
+    text = path.read_text(encoding="utf-8")
+    for m in re.finditer(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", text):
+        if not m.group(1).startswith(("http://", "https://", "mailto:")):
+            yield m.group(1)
+
+
+def test_readme_is_the_entry_and_links_the_guides():
+    """The README is what a newcomer reads first (issue 32.5); the guides live in docs/."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert 150 <= len(text.splitlines()) <= 260, "README.md: keep it the entry, move guides to docs/"
+    style = text.split("\n## Style transfer\n", 1)[1].split("\n## ", 1)[0]
+    assert "(docs/stylize.md)" in style
+    for doc in ("stylize", "classify", "benchmarks", "engine", "hostile-inputs", "reproduce", "ui"):
+        assert f"(docs/{doc}.md)" in text, f"README.md does not link docs/{doc}.md"
+    assert "(reports/README.md)" in text and "## Architecture" in text
+
+
+def test_relative_links_in_the_docs_resolve():
+    files = [ROOT / "README.md", ROOT / "reports" / "README.md",
+             *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "reports").glob("*/README.md"))]
+    broken = [f"{f.relative_to(ROOT)}: {t}" for f in files for t in _relative_links(f)
+              if not (f.parent / t).exists()]
+    assert not broken, broken

@@ -91,7 +91,21 @@ def _check_report(readme: Path, pngs: int) -> tuple[str, dict]:
             assert im.width > 200
     res = json.loads((readme.parent / "results.json").read_text())
     assert res["budget"] == "smoke" and res["wall_s"] >= 0
+    _check_renders_from_results(readme, md, res)
     return md, res
+
+
+def _check_renders_from_results(readme: Path, md: str, res: dict) -> None:
+    """What a reproduction wrote is what ``render`` rebuilds from its results.json alone (the
+    writer computes; ``render``, shared by both, formats), and its Findings section is the block
+    the READMEs show."""
+    from experiments.reproduce import render
+
+    text, payload = render.render_report(res, readme.parent)
+    assert text == md
+    assert payload["gaps"] == res["gaps"]
+    findings = md.split("### Findings\n\n", 1)[1].split("\n\n", 1)[0]
+    assert render.results_block(res["name"], res) == findings + "\n"
 
 
 def test_bin_cifar_smoke_report(tiny):
@@ -126,6 +140,12 @@ def test_divergence_smoke_report(tiny):
     assert res["layers"][0] == "bn1" and len(res["layers"]) == 10  # stem + 9 blocks
     curves = res["curves"]["appearance: clean vs style:candy_bin | bn"]
     assert len(curves) == 2 and all(v >= 0 for c in curves for v in c)
+    # every layer tested against BN, mean and median over channels (one Holm family per pair)
+    assert len(res["curves_median"]["appearance: clean vs style:candy_bin | bn"][0]) == 10
+    assert "median over channels" in md and "not in this results.json" not in md
+    for measure in ("curves", "curves_median"):
+        gaps = [g for g in res["gaps"] if g["measure"] == measure]
+        assert {g["layer"] for g in gaps} == set(res["layers"]) and len(gaps) == 2 * 10 * 3
 
 
 def test_pacs_smoke_all_four_domains(tiny):
@@ -265,6 +285,8 @@ def test_style_curves_smoke_report(tiny):
     assert "](fig4_norms.png)" in md  # Fig. 4/5: the shipped sample photos through each norm
     assert "Fig. 6 statistics" in md and "residual mean ρ" in md
     assert len(res["runs"]) == 8 and all(r["steps"] == 4 for r in res["runs"])
+    # the norms share seeds, photos and batch order: gaps to IN are paired by seed
+    assert {g["test"] for g in res["gaps"]} == {"paired"} and "paired t = " in md
 
 
 def test_sweep_skips_finished_and_resumes_partial(tiny, monkeypatch):
@@ -417,8 +439,98 @@ def test_stats_mean_sd_and_noise_verdict():
     assert noisy.in_noise and "inside the noise" in noisy.sentence()
     clear = welch([92.1, 92.5, 92.3], [90.2, 90.6, 90.0], "bin", "bn")
     assert not clear.in_noise and clear.p < 0.01 and clear.diff == pytest.approx(2.0333, abs=1e-3)
-    single = welch([91.0], [90.0, 90.4], "a", "b")  # n = 1: compare to the combined sd
-    assert math.isnan(single.p) and not single.in_noise
+    single = welch([91.0], [90.0, 90.4], "a", "b")  # n = 1: no variance, no verdict
+    assert math.isnan(single.p) and single.in_noise is None and single.test == "none"
+    assert "n too small for a test" in single.sentence()
+    assert "noise" not in single.sentence()
+
+
+def test_stats_paired_holm_and_p_format():
+    from experiments.reproduce.stats import fmt_p, holm, holm_adjust, paired
+
+    # seeds move both settings alike (seed effects ±1), the setting adds a steady +0.1:
+    # Welch sees mostly seed spread, the paired test sees the steady gap
+    base = [90.0, 91.0, 89.0, 90.5]
+    other = [b + 0.1 + e for b, e in zip(base, [0.01, -0.01, 0.02, -0.02])]
+    w, pr = welch(other, base, "x", "bn"), paired(other, base, "x", "bn")
+    assert w.in_noise and not pr.in_noise and pr.test == "paired" and pr.df == 3
+    assert pr.diff == pytest.approx(0.1) and "paired t" in pr.sentence()
+    assert paired([1.0], [2.0]).test == "none"  # one pair: no test
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired([1.0, 2.0], [1.0])
+    # Holm (1979): sorted p × (m − rank), running max, capped at 1; nan (no test) not counted
+    adj = holm_adjust([0.01, 0.04, 0.03, float("nan"), 0.5])
+    assert adj[:3] == pytest.approx([0.04, 0.09, 0.09]) and math.isnan(adj[3]) and adj[4] == 0.5
+    # a raw p < 0.05 that does not survive the family: the verdict follows the adjusted p
+    gaps = holm([welch([91.0, 91.3, 90.7], [90.2, 90.6, 90.0], "a", "bn"),  # p = 0.041
+                 welch([90.8, 91.3, 90.9], [90.2, 90.6, 90.0], "b", "bn"),  # p = 0.036
+                 welch([91.0], [90.0, 90.4], "c", "bn")])  # no test: not in the family
+    assert gaps[1].p < 0.05 <= gaps[1].p_adj and gaps[1].in_noise and gaps[1].family == 2
+    assert gaps[1].p_adj == pytest.approx(2 * gaps[1].p) and gaps[0].in_noise
+    assert gaps[2].in_noise is None and math.isnan(gaps[2].p_adj)
+    assert "Holm-adjusted" in gaps[1].sentence() and "over 2 tests" in gaps[1].sentence()
+    # the README once said "p ≤ 0.001" where p was 0.0011–0.0014: two significant digits
+    assert [fmt_p(p) for p in (0.0011, 0.00099, 0.041, 0.3, 1.0)] == \
+        ["p = 0.0011", "p < 0.001", "p = 0.041", "p = 0.30", "p = 1.0"]
+
+
+def test_committed_reports_and_readmes_agree_with_their_results():
+    """Every committed report README, and every results section of README.md, reports/README.md
+    and docs/*.md, is what its results.json renders to: a number edited by hand, or a results
+    file changed without re-rendering, fails here (fix: python -m experiments.reproduce.render)."""
+    from experiments.reproduce import render
+
+    stale = []
+    for folder in sorted(p.parent for p in (ROOT / "reports").glob("*/results.json")):
+        text, _ = render.render_report(render.load(folder), folder)
+        if (folder / "README.md").read_text(encoding="utf-8") != text:
+            stale.append(str(folder / "README.md"))
+    texts = render.result_texts(ROOT)
+    assert ROOT / "README.md" in texts and ROOT / "reports" / "README.md" in texts
+    blocks = 0
+    for f in texts:
+        old = f.read_text(encoding="utf-8")
+        blocks += len(render.MARKER.findall(old))
+        if render.update_markers(old, ROOT / "reports") != old:
+            stale.append(str(f))
+    assert not stale, f"out of date (run python -m experiments.reproduce.render): {stale}"
+    assert blocks >= 14  # README + reports/README: every report at least twice
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "<!-- results:bin-cifar -->\n- CIFAR-10 ResNet-20" in readme
+
+
+def test_results_sections_catch_an_edited_number(tmp_path):
+    from experiments.reproduce import render
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = render.MARKER.search(readme)
+    body = m.group(4)
+    edited = readme.replace(body, body.replace("8", "9", 1), 1)
+    assert edited != readme and render.update_markers(edited, ROOT / "reports") == readme
+
+
+def test_a_report_renders_from_results_json_alone(tmp_path):
+    """No runs, no models, no figures: results.json is enough to rebuild the README."""
+    import shutil
+
+    from experiments.reproduce import render
+
+    for name in ("divergence", "style-curves"):
+        src = ROOT / "reports" / name
+        dst = tmp_path / name
+        dst.mkdir()
+        shutil.copy(src / "results.json", dst / "results.json")
+        assert render.rerender(dst).read_text(encoding="utf-8") == \
+            (src / "README.md").read_text(encoding="utf-8")
+        assert json.loads((dst / "results.json").read_text()) == \
+            json.loads((src / "results.json").read_text())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text(json.dumps({"name": "bin-cifar", "budget": "cpu"}))
+    with pytest.raises(ValueError, match="no 'report' entry"):
+        render.rerender(bad)
+    with pytest.raises(ValueError, match="not found"):
+        render.rerender(tmp_path / "nowhere")
 
 
 def test_augment_matches_per_image_loop():

@@ -9,12 +9,20 @@ from typing import Sequence
 import numpy as np
 
 from .budgets import CIFAR, cifar_data, precision_line, sweep_amp, sweep_line
-from .report import Report, mean_sd_table, noise_lines
+from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, keyed, mean_sd_table,
+                     noise_lines, ranking)
 from .stats import summarize
-from .sweep import RunResult, RunSpec, plan, run_sweep, runs_table, values_by
+from .sweep import (RunResult, RunSpec, plan, result_from_dict, run_sweep, runs_table,
+                    values_by)
 
 TITLE = "BIN on CIFAR-10: BN vs IN vs BN+IN vs BIN vs IBN-a (BIN paper Table 1, Fig. 1, Fig. 2)"
 VARIANTS = ("bn", "in", "bn_in", "bin", "ibn_a")
+INTRO = (
+    "The BIN paper reports that Batch-Instance Normalization, which learns per channel how "
+    "much of instance normalisation to mix into batch normalisation (ρ ∈ [0, 1], 1 = BN), "
+    "improves CIFAR classification over BN, while IN alone and a fixed BN+IN mix are worse, "
+    "and that the learned ρ stays close to 1 (BN) in most channels with a tail toward IN "
+    "(Fig. 2). IBN-a (IBN-Net) is added as the other BN/IN hybrid.")
 
 
 def cifar_grid(ctx, variants: Sequence[str], depths: Sequence[int] | None = None) -> list[RunSpec]:
@@ -101,15 +109,67 @@ def grid(ctx) -> list[RunSpec]:
     return cifar_grid(ctx, VARIANTS)
 
 
+def intro(data: dict) -> str:
+    """The report's opening paragraph (the paper's claim)."""
+    return INTRO
+
+
+def _table(data: dict) -> tuple[list[str], dict]:
+    vals = keyed(data["table"])
+    return list(dict.fromkeys(c for _, c in vals)), vals
+
+
+def findings(data: dict) -> list[str]:
+    """The headline lines, every number from ``data`` (results.json): the report's Findings and
+    the READMEs' results sections (``render.results_block``)."""
+    cols, vals = _table(data)
+    found = gap_tests("bn", list(VARIANTS), cols, vals)
+    out = []
+    for c in cols:
+        n = sorted({summarize(vals.get((v, c), [])).n for v in VARIANTS} - {0})
+        out.append(f"- CIFAR-10 {c}, n = {'–'.join(map(str, n))} seeds, test top-1 (%): "
+                   + ranking(VARIANTS, c, vals) + ".")
+        out.append(f"- {c}, gap to BN in points (Welch; Holm over {len(found)} tests): "
+                   + "; ".join(gap_brief(g) for cc, g in found if cc == c) + ".")
+    return out
+
+
+def render(rep: Report, data: dict) -> None:
+    """The Results sections from ``data`` (results.json) alone; updates its derived gaps."""
+    cols, vals = _table(data)
+    lines, gaps = noise_lines("bn", list(VARIANTS), cols, vals)
+    rep.section("### Findings\n\n" + "\n".join(findings(data)))
+    rep.section("### Table 1: CIFAR-10 test top-1 (%)\n\nmean ± sd over seeds; n = seeds per "
+                "cell; top-1 error = 100 − top-1.\n\n"
+                + mean_sd_table("norm", list(VARIANTS), cols, vals))
+    rep.section(f"Gaps to BN (Welch's t-test; {TESTS_NOTE}):\n\n" + "\n".join(lines))
+    results = [result_from_dict(r) for r in data["runs"]]
+    ips = values_by([r for r in results if r.images_per_s], lambda r: r.label,
+                    lambda r: [(f"ResNet-{r.depth}", r.images_per_s)])
+    if ips:
+        rep.section("### Training throughput (images/s, last logged epoch of each run)\n\n"
+                    "As each run trained: a run that shared the machine with another (`--jobs`) "
+                    "or resumed on other hardware counts its own speed there, so a large sd means "
+                    "mixed conditions, not a slower norm (the Every run table says what each run "
+                    "was measured on); `normlab classify bench` compares norms side by side.\n\n"
+                    + mean_sd_table("norm", list(VARIANTS), cols, ips, digits=0))
+    graw = keyed(data.get("gates", {}))
+    grows = list(dict.fromkeys(k[0] for k in graw))
+    gcols = list(dict.fromkeys(k[1] for k in graw))
+    gmd = mean_sd_table("BIN model", grows, gcols, graw, digits=3) if graw else "(no BIN runs)"
+    rep.section("### Fig. 2 statistics: learned ρ by stage (BIN runs)\n\nmean ± sd over seeds of "
+                "each run's mean ρ per stage, and of the fraction of channels with ρ < 0.5 "
+                "(closer to IN).\n\n" + gmd)
+    rep.section("### Every run\n\nfinal top-1 of each training run; training time summed "
+                "over the sessions a resumed run took.\n\n" + runs_table(results))
+    data["summary"] = {f"{k[0]} | {k[1]}": summarize(v).to_dict() for k, v in vals.items()}
+    data["gaps"] = [g.to_dict() for g in gaps]
+
+
 def run(ctx) -> Path:
     b = CIFAR[ctx.budget]
     specs = grid(ctx)
-    rep = Report("bin-cifar", TITLE, ctx.out, ctx.budget, intro=(
-        "The BIN paper reports that Batch-Instance Normalization, which learns per channel how "
-        "much of instance normalisation to mix into batch normalisation (ρ ∈ [0, 1], 1 = BN), "
-        "improves CIFAR classification over BN, while IN alone and a fixed BN+IN mix are worse, "
-        "and that the learned ρ stays close to 1 (BN) in most channels with a tail toward IN "
-        "(Fig. 2). IBN-a (IBN-Net) is added as the other BN/IN hybrid."))
+    rep = Report("bin-cifar", TITLE, ctx.out, ctx.budget, intro=INTRO)
     results = run_sweep(specs, ctx.jobs)
     rep.setup += [
         f"What ran: CIFAR-10, CIFAR ResNet-{'/'.join(map(str, b.depths))} (option-A shortcuts) × "
@@ -129,28 +189,10 @@ def run(ctx) -> Path:
     ]
     test = next(iter(results[0].test_acc))
     vals = values_by(results, lambda r: r.label, lambda r: [(f"ResNet-{r.depth}", r.test_acc[test])])
-    cols = [f"ResNet-{d}" for d in b.depths]
-    rep.section("### Table 1: CIFAR-10 test top-1 (%)\n\nmean ± sd over seeds; n = seeds per "
-                "cell; top-1 error = 100 − top-1.\n\n"
-                + mean_sd_table("norm", list(VARIANTS), cols, vals))
-    lines, gaps = noise_lines("bn", list(VARIANTS), cols, vals)
-    rep.section("Gaps to BN (inside the noise = Welch's t-test p ≥ 0.05, or |difference| < "
-                "combined sd when a side has n < 2):\n\n" + "\n".join(lines))
-    ips = values_by([r for r in results if r.images_per_s], lambda r: r.label,
-                    lambda r: [(f"ResNet-{r.depth}", r.images_per_s)])
-    if ips:
-        rep.section("### Training throughput (images/s, last logged epoch of each run)\n\n"
-                    "As each run trained: a run that shared the machine with another (`--jobs`) "
-                    "or resumed on other hardware counts its own speed there, so a large sd means "
-                    "mixed conditions, not a slower norm (the Every run table says what each run "
-                    "was measured on); `normlab classify bench` compares norms side by side.\n\n"
-                    + mean_sd_table("norm", list(VARIANTS), cols, ips, digits=0))
-    gmd, graw = gate_stats(results)
-    rep.section("### Fig. 2 statistics: learned ρ by stage (BIN runs)\n\nmean ± sd over seeds of "
-                "each run's mean ρ per stage, and of the fraction of channels with ρ < 0.5 "
-                "(closer to IN).\n\n" + gmd)
-    rep.section("### Every run\n\nfinal top-1 of each training run; training time summed "
-                "over the sessions a resumed run took.\n\n" + runs_table(results))
+    _, graw = gate_stats(results)
+    rep.data.update(runs=[r.to_dict() for r in results],
+                    table={f"{k[0]} | {k[1]}": v for k, v in vals.items()}, gates=graw)
+    render(rep, rep.data)
     rep.figure(curves_figure(results, test, "CIFAR-10 test top-1 during training (mean ± sd)"),
                "fig1_curves.png", "Fig. 1: test top-1 by epoch, mean ± sd band over seeds")
     from classify.analysis import gates_figure
@@ -165,10 +207,5 @@ def run(ctx) -> Path:
     rep.commands += [ctx.command or f"normlab reproduce bin-cifar --budget {ctx.budget}",
                      "# the same runs, without the report:",
                      sweep_command(ctx, VARIANTS, b.depths)]
-    rep.data.update(
-        runs=[r.to_dict() for r in results],
-        table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
-        summary={f"{k[0]} | {k[1]}": summarize(v).to_dict() for k, v in vals.items()},
-        gaps=[g.to_dict() for g in gaps], gates=graw)
     rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

@@ -12,12 +12,110 @@ import numpy as np
 
 from .bin_cifar import cifar_grid, sweep_command
 from .budgets import CIFAR, cifar_data
-from .report import Report, mean_sd_table, noise_lines
+from .report import TESTS_NOTE, Report, gap_tests, keyed, mean_sd_table, p_brief
 from .stats import summarize
 from .sweep import RunSpec, run_sweep
 
 TITLE = "IBN-Net Fig. 3 on CIFAR-10: feature divergence by depth (appearance vs content)"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
+INTRO = (
+    "IBN-Net (Fig. 3) measures how far apart two domains' features are at each depth. "
+    "Appearance differences (same content, different look) cause a divergence that is "
+    "large in shallow layers and falls with depth; content differences (different classes) "
+    "cause one that grows with depth; instance normalisation in the shallow layers (IBN-a) "
+    "lowers the appearance divergence. That is why IBN-Net puts IN only in the shallow "
+    "layers. Every layer is tested here, each model against BN.")
+
+
+def intro(data: dict) -> str:
+    """The report's opening paragraph (the paper's claim)."""
+    return INTRO
+
+
+def layer_values(data: dict, key: str = "curves") -> dict[tuple[str, str], list[float]]:
+    """{(model, "pair · layer"): one D(μ) per seed} from results.json's per-seed, per-layer
+    curves (``key``: "curves" = mean over channels, "curves_median" = median)."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for (pair, model), runs in keyed(data.get(key, {})).items():
+        for i, layer in enumerate(data["layers"]):
+            out[(model, f"{pair} · {layer}")] = [float(r[i]) for r in runs]
+    return out
+
+
+def _pairs(data: dict) -> list[str]:
+    return list(dict.fromkeys(p for p, _ in keyed(data["curves"])))
+
+
+def _tests(data: dict, key: str = "curves") -> dict[str, list]:
+    """Per domain pair, every layer × model against BN: one Holm family per pair."""
+    vals = layer_values(data, key)
+    return {p: gap_tests("bn", list(VARIANTS), [f"{p} · {L}" for L in data["layers"]], vals)
+            for p in _pairs(data)}
+
+
+def _trend(data: dict, pair: str) -> str:
+    parts = []
+    for (p, m), runs in keyed(data["curves"]).items():
+        if p == pair:
+            a = np.array(runs)
+            s0, s1 = summarize(a[:, 0]), summarize(a[:, -1])
+            parts.append(f"{m} {s0.fmt(2)} → {s1.fmt(2)} "
+                         f"({'falls' if s1.mean < s0.mean else 'rises'})")
+    return ", ".join(parts)
+
+
+def findings(data: dict) -> list[str]:
+    """The headline lines, every number from ``data`` (results.json): the report's Findings and
+    the READMEs' results sections."""
+    vals = layer_values(data)
+    out = []
+    for pair, found in _tests(data).items():
+        n = sorted({len(v) for v in keyed(data["curves"]).values()})
+        out.append(f"- {pair}: D(μ) stem → last block (n = {'–'.join(map(str, n))} seeds): "
+                   f"{_trend(data, pair)}.")
+        low = [(c, g) for c, g in found if g.test != "none" and g.p < 0.05]
+        if low:
+            out.append(f"- {pair}: layers where a model differs from BN at raw p < 0.05 (Welch; "
+                       f"Holm over all {len(found)} layer × model tests of this pair): "
+                       + "; ".join(f"{g.a} at {c.split(' · ')[-1]} "
+                                   f"{summarize(vals[(g.a, c)]).fmt(2)} vs BN "
+                                   f"{summarize(vals[('bn', c)]).fmt(2)} ({p_brief(g)})"
+                                   for c, g in low) + ".")
+        else:
+            out.append(f"- {pair}: no layer where a model differs from BN at raw p < 0.05 "
+                       f"({len(found)} tests).")
+    if "curves_median" not in data:
+        out.append("- D(μ) as the median over channels: not in this results.json (it predates "
+                   "the measure); re-running the report with the trained runs records it.")
+    return out
+
+
+def render(rep: Report, data: dict) -> None:
+    """The Results sections from ``data`` (results.json) alone; updates its derived gaps."""
+    depth = data["runs"][0]["depth"]
+    rows = list(VARIANTS)
+    rep.section("### Findings\n\n" + "\n".join(findings(data)))
+    gaps = []
+    for key, what in (("curves", "mean over channels (IBN-Net's D(μ))"),
+                      ("curves_median", "median over channels (robust to one outlier channel)")):
+        if key not in data:
+            continue
+        vals = layer_values(data, key)
+        for pair, found in _tests(data, key).items():
+            cols = [f"{pair} · {L}" for L in data["layers"]]
+            table = mean_sd_table("model", rows, data["layers"],
+                                  {(m, c.split(" · ")[-1]): v for (m, c), v in vals.items()
+                                   if c in cols}, digits=3)
+            rep.section(f"### D(μ), {what}, every layer, ResNet-{depth}: {pair}\n\nmean ± sd "
+                        "over seeds, n = seeds; layers shallow (stem) to deep.\n\n" + table)
+            rep.section(f"Gaps to BN by layer (Welch's t-test; {TESTS_NOTE}):\n\n"
+                        + "\n".join(f"- {c.split(' · ')[-1]}: {g.sentence('')}"
+                                     for c, g in found))
+            gaps += [dict(g.to_dict(), measure=key, layer=c.split(" · ")[-1], pair=pair)
+                     for c, g in found]
+    rep.section("Trend with depth, stem → last block (IBN-Net: appearance falls, content "
+                "rises):\n\n" + "\n".join(f"- {p}: {_trend(data, p)}" for p in _pairs(data)))
+    data["gaps"] = gaps
 
 
 def class_halves(ds):
@@ -75,13 +173,7 @@ def run(ctx) -> Path:
     depth = b.depths[0]
     results = run_sweep(grid(ctx), ctx.jobs)
     dev = str(resolve_device(ctx.device))
-    rep = Report("divergence", TITLE, ctx.out, ctx.budget, intro=(
-        "IBN-Net (Fig. 3) measures how far apart two domains' features are at each depth. "
-        "Appearance differences (same content, different look) cause a divergence that is "
-        "large in shallow layers and falls with depth; content differences (different classes) "
-        "cause one that grows with depth; instance normalisation in the shallow layers (IBN-a) "
-        "lowers the appearance divergence. That is why IBN-Net puts IN only in the shallow "
-        "layers."))
+    rep = Report("divergence", TITLE, ctx.out, ctx.budget, intro=INTRO)
     clf0 = load_classifier(str(results[0].model), dev)
     test = next(iter(eval_sets(clf0, cifar_data(ctx.data), None, b.probe_images).values()))
     style = f"style:{ctx.style_model}"
@@ -89,8 +181,7 @@ def run(ctx) -> Path:
              "content: classes 0–4 vs 5–9" if len(test.classes) == 10 else
              "content: first vs second half of the classes": class_halves(test)}
     curves: dict[tuple[str, str], list[list[float]]] = {}
-    last: dict[tuple[str, str], list[float]] = {}
-    stem: dict[tuple[str, str], list[float]] = {}
+    medians: dict[tuple[str, str], list[list[float]]] = {}
     layers: list[str] = []
     detail = []
     for r in results:
@@ -99,13 +190,10 @@ def run(ctx) -> Path:
             d = feature_divergence(clf, a, bb, ("A", "B"), dev)
             layers = d.layers
             curves.setdefault((p, r.label), []).append(d.total)
-            stem.setdefault((r.label, p), []).append(d.total[0])
-            last.setdefault((r.label, p), []).append(d.total[-1])
+            medians.setdefault((p, r.label), []).append(d.total_median)
             if r.seed == b.seeds[0] and p.startswith("appearance"):
                 d.model = r.label
                 detail.append(d)
-    rows = list(VARIANTS)
-    cols = list(pairs)
     rep.setup += [
         f"What ran: CIFAR ResNet-{depth} × {', '.join(VARIANTS)} trained with {b.describe()} "
         f"(shared with `bin-cifar` / `ibn-shift`). Expected cost: {b.estimate}.",
@@ -115,27 +203,16 @@ def run(ctx) -> Path:
         "Measure (IBN-Net Sec. 3.1): per layer output and channel, a Gaussian fitted to the "
         "per-image spatial means in each domain; symmetric KL between the domains, averaged "
         "over channels (`classify.analysis.feature_divergence`, D(μ)). Layers: the stem norm "
-        "and every residual block's output, shallow to deep.",
+        "and every residual block's output, shallow to deep; D(μ) is also given as the median "
+        "over channels, which one outlier channel cannot carry.",
         "The paper: ImageNet ResNet-50 vs IBN-a, Cityscapes vs GTA5 (appearance) and two halves "
         "of the ImageNet classes (content). Here a CIFAR ResNet and CIFAR-10 images at the "
         "budget's schedule: the shape of the curves is compared, not their values.",
     ]
-    rep.section(f"### D(μ) at the stem (shallowest layer), ResNet-{depth}\n\nmean ± sd over "
-                "seeds, n = seeds.\n\n" + mean_sd_table("model", rows, cols, stem, digits=3))
-    rep.section("### D(μ) at the last block (deepest layer)\n\n"
-                + mean_sd_table("model", rows, cols, last, digits=3))
-    lines, gaps = noise_lines("bn", rows, cols, stem, unit="")
-    lines2, gaps2 = noise_lines("bn", rows, cols, last, unit="")
-    rep.section("Gaps to BN, stem (inside the noise = Welch's t-test p ≥ 0.05):\n\n"
-                + "\n".join(lines) + "\n\nGaps to BN, last block:\n\n" + "\n".join(lines2))
-    trend = []
-    for (p, m), runs in curves.items():
-        a = np.array(runs)
-        trend.append(f"- {m}, {p}: D(μ) stem {summarize(a[:, 0]).fmt(3)} → last "
-                     f"{summarize(a[:, -1]).fmt(3)} "
-                     f"({'falls' if a[:, -1].mean() < a[:, 0].mean() else 'rises'} with depth)")
-    rep.section("Trend with depth (IBN-Net: appearance falls, content rises):\n\n"
-                + "\n".join(trend))
+    rep.data.update(runs=[r.to_dict() for r in results], layers=layers, probe_images=len(test),
+                    curves={f"{p} | {m}": v for (p, m), v in curves.items()},
+                    curves_median={f"{p} | {m}": v for (p, m), v in medians.items()})
+    render(rep, rep.data)
     rep.figure(depth_figure(layers, curves, f"feature divergence by depth, ResNet-{depth}"),
                "divergence_by_depth.png", "D(μ) by depth, mean over seeds (band: range over "
                "seeds): appearance (left) and content (right)")
@@ -148,8 +225,5 @@ def run(ctx) -> Path:
                      f"normlab classify divergence {results[0].model} --data "
                      f"{cifar_data(ctx.data)} --domains test,shift:{style} --limit "
                      f"{b.probe_images}"]
-    rep.data.update(runs=[r.to_dict() for r in results], layers=layers, probe_images=len(test),
-                    curves={f"{p} | {m}": v for (p, m), v in curves.items()},
-                    gaps=[g.to_dict() for g in gaps + gaps2])
     rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

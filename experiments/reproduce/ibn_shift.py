@@ -9,12 +9,82 @@ from typing import Sequence
 
 from .bin_cifar import cifar_grid, sweep_command
 from .budgets import CIFAR, cifar_data, precision_line
-from .report import Report, grouped_bars, mean_sd_table, noise_lines
-from .sweep import RunSpec, run_sweep, runs_table
+from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, grouped_bars, keyed,
+                     mean_sd_table, noise_lines, ranking)
+from .stats import summarize
+from .sweep import RunSpec, result_from_dict, run_sweep, runs_table
 
 TITLE = "IBN-Net Table 1 on CIFAR-10: accuracy under appearance and style shifts"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
 SHIFTS = ("rgb_plus=50", "red_plus=50", "contrast=1.5")
+
+
+def _style_model(data: dict) -> str:
+    if "style_model" in data:
+        return data["style_model"]
+    styles = [k.split(" | ", 1)[1] for k in data.get("accuracy", {}) if " | style:" in k]
+    return styles[0].split(":", 1)[1] if styles else "candy_bin"
+
+
+def intro(data: dict) -> str:
+    """The report's opening paragraph (the paper's claim)."""
+    return ("IBN-Net (Table 1) shows that putting instance normalisation in the shallow layers "
+            "(IBN-a; IBN-b adds IN after the residual sums) makes a network lose less accuracy "
+            "when the test images' appearance changes — brightness (RGB+50), colour (R+50), "
+            "contrast (std ×1.5) — while BN networks lose more. Here the same shifts, plus a "
+            f"style shift (each test image re-rendered by the `{_style_model(data)}` "
+            "style-transfer model), on CIFAR-10 ResNets with BN, IBN-a, IBN-b and BIN.")
+
+
+def _tables(data: dict) -> tuple[list[str], dict, dict]:
+    acc, drop = keyed(data["accuracy"]), keyed(data["drop"])
+    return list(dict.fromkeys(c for _, c in acc)), acc, drop
+
+
+def findings(data: dict) -> list[str]:
+    """The headline lines, every number from ``data`` (results.json): the report's Findings and
+    the READMEs' results sections."""
+    conds, acc, drop = _tables(data)
+    found = gap_tests("bn", list(VARIANTS), conds[1:], drop)
+    n = sorted({summarize(v).n for v in drop.values()})
+    out = []
+    for c in conds[1:]:
+        s = sorted(((v, summarize(drop.get((v, c), []))) for v in VARIANTS), key=lambda x: x[1].mean)
+        out.append(f"- {c}: top-1 drop (clean − shifted, points; n = {'–'.join(map(str, n))} "
+                   f"seeds, {data['probe_images']} test images), smallest first: "
+                   + ", ".join(f"{v} {x.fmt(2)}" for v, x in s if x.n) + "; gap to BN "
+                   f"(Welch; Holm over {len(found)} tests): "
+                   + "; ".join(gap_brief(g) for cc, g in found if cc == c) + ".")
+    runs = [result_from_dict(r) for r in data["runs"]]
+    full = {(r.label, "test"): [] for r in runs}
+    for r in runs:
+        full[(r.label, "test")].append(next(iter(r.test_acc.values())))
+    clean = gap_tests("bn", list(VARIANTS), ["test"], full)
+    out.append("- Clean top-1 (%) on the full test set (each run's final top-1): "
+               + ranking(VARIANTS, "test", full) + "; gap to BN (Welch; Holm over "
+               f"{len(clean)} tests): " + "; ".join(gap_brief(g) for _, g in clean)
+               + f". On the {data['probe_images']}-image probe the shifts use: "
+               + ranking(VARIANTS, "clean", acc) + ".")
+    return out
+
+
+def render(rep: Report, data: dict) -> None:
+    """The Results sections from ``data`` (results.json) alone; updates its derived gaps."""
+    conds, acc, drop = _tables(data)
+    rows = list(VARIANTS)
+    depth = data["runs"][0]["depth"]
+    rep.section("### Findings\n\n" + "\n".join(findings(data)))
+    rep.section(f"### Top-1 (%) clean and shifted, ResNet-{depth}\n\nmean ± sd over seeds, "
+                "n = seeds.\n\n" + mean_sd_table("model", rows, conds, acc))
+    rep.section("### Drop (clean − shifted, points): the IBN-Net Table 1 quantity\n\n"
+                + mean_sd_table("model", rows, conds[1:], drop))
+    lines, gaps = noise_lines("bn", rows, conds[1:], drop)
+    rep.section("Drop gaps to BN (negative = loses less than BN; Welch's t-test; "
+                f"{TESTS_NOTE}):\n\n" + "\n".join(lines))
+    rep.section("### Every run\n\nfinal top-1 of each training run on the full test set; "
+                "training time summed over the sessions a resumed run took.\n\n"
+                + runs_table([result_from_dict(r) for r in data["runs"]]))
+    data["gaps"] = [g.to_dict() for g in gaps]
 
 
 def drops_figure(rows: Sequence[str], conds: Sequence[str], drops: dict):
@@ -37,13 +107,8 @@ def run(ctx) -> Path:
     b = CIFAR[ctx.budget]
     depth = b.depths[0]
     specs = grid(ctx)
-    rep = Report("ibn-shift", TITLE, ctx.out, ctx.budget, intro=(
-        "IBN-Net (Table 1) shows that putting instance normalisation in the shallow layers "
-        "(IBN-a; IBN-b adds IN after the residual sums) makes a network lose less accuracy when "
-        "the test images' appearance changes — brightness (RGB+50), colour (R+50), contrast "
-        "(std ×1.5) — while BN networks lose more. Here the same shifts, plus a style shift "
-        f"(each test image re-rendered by the `{ctx.style_model}` style-transfer model), on "
-        "CIFAR-10 ResNets with BN, IBN-a, IBN-b and BIN."))
+    rep = Report("ibn-shift", TITLE, ctx.out, ctx.budget,
+                 intro=intro({"style_model": ctx.style_model}))
     results = run_sweep(specs, ctx.jobs)
     dev = str(resolve_device(ctx.device))
     clfs = [load_classifier(str(r.model), dev) for r in results]
@@ -73,15 +138,11 @@ def run(ctx) -> Path:
     ]
     conds = table.conditions
     rows = list(VARIANTS)
-    rep.section(f"### Top-1 (%) clean and shifted, ResNet-{depth}\n\nmean ± sd over seeds, "
-                "n = seeds.\n\n" + mean_sd_table("model", rows, conds, acc))
-    rep.section("### Drop (clean − shifted, points): the IBN-Net Table 1 quantity\n\n"
-                + mean_sd_table("model", rows, conds[1:], drop))
-    lines, gaps = noise_lines("bn", rows, conds[1:], drop)
-    rep.section("Drop gaps to BN (negative = loses less than BN; inside the noise = Welch's "
-                "t-test p ≥ 0.05):\n\n" + "\n".join(lines))
-    rep.section("### Every run\n\nfinal top-1 of each training run; training time summed "
-                "over the sessions a resumed run took.\n\n" + runs_table(results))
+    rep.data.update(runs=[r.to_dict() for r in results], probe_images=len(ds),
+                    style_model=ctx.style_model,
+                    accuracy={f"{k[0]} | {k[1]}": v for k, v in acc.items()},
+                    drop={f"{k[0]} | {k[1]}": v for k, v in drop.items()})
+    render(rep, rep.data)
     rep.figure(drops_figure(rows, conds[1:], drop), "shift_drops.png",
                "top-1 drop under each shift, mean ± sd over seeds")
     rep.commands += [ctx.command or f"normlab reproduce ibn-shift --budget {ctx.budget}",
@@ -90,9 +151,5 @@ def run(ctx) -> Path:
                      f"normlab classify shift {' '.join(str(r.model) for r in results if r.seed == b.seeds[0])} "
                      f"--data {cifar_data(ctx.data)} --limit {b.probe_images} --shifts "
                      f"{','.join(shifts)}"]
-    rep.data.update(runs=[r.to_dict() for r in results], probe_images=len(ds),
-                    accuracy={f"{k[0]} | {k[1]}": v for k, v in acc.items()},
-                    drop={f"{k[0]} | {k[1]}": v for k, v in drop.items()},
-                    gaps=[g.to_dict() for g in gaps])
     rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

@@ -258,27 +258,130 @@ def _sample_figure(rows: list[dict], heldout: Path, size: int, minutes: tuple[fl
     return fig
 
 
-def paired_ratio_line(label: str, ratios: list[float]) -> str:
-    """``- label: geometric mean ratio … : inside/larger than the noise (t, df, p)`` for per-style
-    ratios of two methods' losses (paired by style; tested on their logs)."""
+def ratio_gaps(ratio: dict[tuple[str, str], list[float]], cols: list[str]) -> list:
+    """Per time point, the log of the per-style ratio norm-only ÷ scratch tested against 0 (a
+    test paired by style); the time points form one Holm family."""
     import math
 
-    from .stats import student_t_sf2
+    from .stats import holm, paired
 
-    logs = [math.log(r) for r in ratios if r > 0]
-    n = len(logs)
-    if n == 0:
-        return f"- {label}: no ratios"
-    g = math.exp(sum(logs) / n)
-    if n < 2:
-        return f"- {label}: ratio {g:.2f} from one style: inside the noise (no test with n = 1)"
-    mean = sum(logs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
-    t = math.inf if sd == 0 else mean / (sd / math.sqrt(n))
-    p = student_t_sf2(t, n - 1) if sd else (1.0 if mean == 0 else 0.0)
-    verdict = "inside the noise" if p >= 0.05 else "larger than the noise"
-    return (f"- {label}: norm-only's style loss is {g:.2f}× from-scratch's (geometric mean over "
-            f"n = {n} styles): {verdict} (paired t = {t:.2f}, df = {n - 1}, p = {p:.3f})")
+    gaps = []
+    for c in cols:
+        logs = [math.log(r) for r in ratio.get(("norm-only ÷ scratch", c), []) if r > 0]
+        if logs:
+            gaps.append(paired(logs, [0.0] * len(logs), "log(norm-only ÷ scratch)", "0"))
+    return holm(gaps)
+
+
+def ratio_line(label: str, g) -> str:
+    """``- label: norm-only's style loss is 0.52× from-scratch's …`` from a ``ratio_gaps`` gap."""
+    import math
+
+    from .report import p_brief
+
+    n = g.n_a
+    verdict = ("n too small for a test" if g.test == "none" else
+               "inside the noise" if g.in_noise else "larger than the noise")
+    why = "" if g.test == "none" else f" (paired t = {g.t:.2f}, df = {n - 1}, {p_brief(g)})"
+    return (f"- {label}: norm-only's style loss is {math.exp(g.diff):.2f}× from-scratch's "
+            f"(geometric mean over n = {n} styles): {verdict}{why}")
+
+
+INTRO = (
+    "Dumoulin et al. (ICLR 2017, Sec. 4) show that a network trained on many styles learns a "
+    "new one when only its normalization parameters are trained. Here the base is the "
+    "shipped `{model}` network; for each style it has never seen, one new row of "
+    "its (conditional) BIN parameters γ, β, ρ is trained, every other weight frozen "
+    "(`stylize train --from`), against a whole BIN network trained from scratch "
+    "(`stylize train`), on the same photos, for the same CPU time.")
+
+
+def intro(data: dict) -> str:
+    """The report's opening paragraph (the paper's claim)."""
+    return INTRO.format(model=data.get("style_model", "candy_bin"))
+
+
+def _unit(data: dict) -> str:
+    if "unit" in data:
+        return data["unit"]
+    return "CPU-minutes of one thread" if "no GPU" in data.get("environment", "") else \
+        "GPU wall minutes"
+
+
+def _ratios(rows: list[dict]) -> dict[tuple[str, str], list[float]]:
+    ratio: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r["method"] == "norm-only":
+            other = next(x for x in rows if x["method"] == "scratch" and x["style"] == r["style"]
+                         and x["at_minutes"] == r["at_minutes"])
+            ratio.setdefault(("norm-only ÷ scratch", f"{r['at_minutes']:g} min"), []).append(
+                r["style_loss"] / other["style_loss"])
+    return ratio
+
+
+def _minutes(rows: list[dict]) -> list[float]:
+    return sorted({r["at_minutes"] for r in rows if r["method"] in METHODS})
+
+
+def findings(data: dict) -> list[str]:
+    """The headline lines, every number from ``data`` (results.json): the report's Findings and
+    the READMEs' results sections."""
+    rows = data["rows"]
+    cols = [f"{m:g} min" for m in _minutes(rows)]
+    gaps = ratio_gaps(_ratios(rows), cols)
+    return [f"- Held-out style loss, norm-only fine-tuning ÷ from scratch at equal "
+            f"{_unit(data)}, tests over the {len(gaps)} time points Holm-adjusted:"] + [
+        "  " + ratio_line(c, g) for c, g in zip(cols, gaps)]
+
+
+def render(rep: Report, data: dict) -> None:
+    """The Results sections from ``data`` (results.json) alone."""
+    rows = data["rows"]
+    minutes = _minutes(rows)
+    unit = _unit(data)
+    styles = list(dict.fromkeys(r["style"] for r in rows))
+    rep.section("### Findings\n\n" + "\n".join(findings(data)))
+    for key, label in (("style_loss", "style loss"), ("content_loss", "content loss")):
+        cols = [f"{m:g} min" for m in minutes]
+        vals = {}
+        for r in rows:
+            if r["method"] in METHODS:
+                vals[(f"{Path(r['style']).stem} · {r['method']}", f"{r['at_minutes']:g} min")] = [r[key]]
+        rnames = [f"{Path(s).stem} · {m}" for s in styles for m in METHODS]
+        rep.section(f"### Held-out {label} by CPU time\n\n" + mean_sd_table(
+            "style · method", rnames, cols, vals, digits=2))
+    summary: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r["method"] in METHODS:
+            summary.setdefault((r["method"], f"style {r['at_minutes']:g} min"), []).append(r["style_loss"])
+            summary.setdefault((r["method"], f"content {r['at_minutes']:g} min"), []).append(r["content_loss"])
+    ratio = _ratios(rows)
+    scols = [f"style {m:g} min" for m in minutes] + [f"content {m:g} min" for m in minutes]
+    rep.section("### Summary over the styles\n\nmean ± sd over the styles (n = styles; the "
+                "styles' loss scales differ, so the sd is mostly between styles).\n\n"
+                + mean_sd_table("method", list(METHODS), scols, summary, digits=2)
+                + "\n\nStyle loss of norm-only fine-tuning relative to from scratch at the same "
+                "CPU time (per style, then mean ± sd over styles; < 1: fine-tuning is ahead):\n\n"
+                + mean_sd_table("ratio", ["norm-only ÷ scratch"], [f"{m:g} min" for m in minutes],
+                                ratio, digits=2))
+    cols = [f"{m:g} min" for m in minutes]
+    gaps = ratio_gaps(ratio, cols)
+    rep.section("Paired test per time point (log of the per-style ratio, one-sample t-test "
+                "against 0; Holm–Bonferroni over the time points, raw p beside it):\n\n"
+                + "\n".join(ratio_line(c, g) for c, g in zip(cols, gaps)))
+    data["summary"] = {f"{k[0]} | {k[1]}": v for k, v in {**summary, **ratio}.items()}
+    data["gaps"] = [g.to_dict() for g in gaps]
+    ref = [r for r in rows if r["method"] == "scratch-reference"]
+    if ref:
+        rr = ref[0]
+        lines = [f"Reference: `{Path(rr['style']).stem}` trained from scratch for "
+                 f"{rr['at_minutes']:g} {unit} ({rr['steps_at']} steps): held-out style loss "
+                 f"{rr['style_loss']:.2f}, content loss {rr['content_loss']:.2f}."]
+        for r in rows:
+            if r["style"] == rr["style"] and r["method"] in METHODS:
+                lines.append(f"- {r['method']} at {r['at_minutes']:g} min ({r['steps_at']} steps):"
+                             f" style loss {r['style_loss'] / rr['style_loss']:.2f}× the reference")
+        rep.section("### Against a long from-scratch run\n\n" + "\n".join(lines))
 
 
 def plan(ctx) -> dict[str, Any]:
@@ -356,13 +459,8 @@ def run(ctx) -> Path:
             method = r["method"] if m in b.minutes else "scratch-reference"
             rows.append({**r, "method": method, "at_minutes": m, **loss,
                          "steps_at": r["steps"].get(f"{m:g}")})
-    rep = Report("new-style", TITLE, ctx.out, ctx.budget, intro=(
-        "Dumoulin et al. (ICLR 2017, Sec. 4) show that a network trained on many styles learns a "
-        "new one when only its normalization parameters are trained. Here the base is the "
-        f"shipped `{ctx.style_model}` network; for each style it has never seen, one new row of "
-        "its (conditional) BIN parameters γ, β, ρ is trained, every other weight frozen "
-        "(`stylize train --from`), against a whole BIN network trained from scratch "
-        "(`stylize train`), on the same photos, for the same CPU time."))
+    rep = Report("new-style", TITLE, ctx.out, ctx.budget,
+                 intro=intro({"style_model": ctx.style_model}))
     unit = "GPU wall minutes" if device.startswith("cuda") else "CPU-minutes of one thread"
     rep.setup += [
         f"Styles: {', '.join(f'`{Path(s).name}`' for s in styles)}; base model `{shown_path(base)}`.",
@@ -377,50 +475,8 @@ def run(ctx) -> Path:
         "One seed per (style, method): each cell is one run; the spread across styles is in the "
         "per-style table.",
     ]
-    for key, label in (("style_loss", "style loss"), ("content_loss", "content loss")):
-        cols = [f"{m:g} min" for m in b.minutes]
-        vals = {}
-        for r in rows:
-            if r["method"] in METHODS:
-                vals[(f"{Path(r['style']).stem} · {r['method']}", f"{r['at_minutes']:g} min")] = [r[key]]
-        rnames = [f"{Path(s).stem} · {m}" for s in styles for m in METHODS]
-        rep.section(f"### Held-out {label} by CPU time\n\n" + mean_sd_table(
-            "style · method", rnames, cols, vals, digits=2))
-    summary: dict[tuple[str, str], list[float]] = {}
-    ratio: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        if r["method"] in METHODS:
-            summary.setdefault((r["method"], f"style {r['at_minutes']:g} min"), []).append(r["style_loss"])
-            summary.setdefault((r["method"], f"content {r['at_minutes']:g} min"), []).append(r["content_loss"])
-        if r["method"] == "norm-only":
-            other = next(x for x in rows if x["method"] == "scratch" and x["style"] == r["style"]
-                         and x["at_minutes"] == r["at_minutes"])
-            ratio.setdefault(("norm-only ÷ scratch", f"{r['at_minutes']:g} min"), []).append(
-                r["style_loss"] / other["style_loss"])
-    scols = [f"style {m:g} min" for m in b.minutes] + [f"content {m:g} min" for m in b.minutes]
-    rep.section("### Summary over the styles\n\nmean ± sd over the styles (n = styles; the "
-                "styles' loss scales differ, so the sd is mostly between styles).\n\n"
-                + mean_sd_table("method", list(METHODS), scols, summary, digits=2)
-                + "\n\nStyle loss of norm-only fine-tuning relative to from scratch at the same "
-                "CPU time (per style, then mean ± sd over styles; < 1: fine-tuning is ahead):\n\n"
-                + mean_sd_table("ratio", ["norm-only ÷ scratch"], [f"{m:g} min" for m in b.minutes],
-                                ratio, digits=2))
-    rep.section("Paired test per time point (log of the per-style ratio, one-sample t-test "
-                "against 0):\n\n" + "\n".join(
-                    paired_ratio_line(f"{m:g} min", ratio.get(("norm-only ÷ scratch", f"{m:g} min"), []))
-                    for m in b.minutes))
-    rep.data["summary"] = {f"{k[0]} | {k[1]}": v for k, v in {**summary, **ratio}.items()}
-    ref = [r for r in rows if r["method"] == "scratch-reference"]
-    if ref:
-        rr = ref[0]
-        lines = [f"Reference: `{Path(rr['style']).stem}` trained from scratch for "
-                 f"{rr['at_minutes']:g} {unit} ({rr['steps_at']} steps): held-out style loss "
-                 f"{rr['style_loss']:.2f}, content loss {rr['content_loss']:.2f}."]
-        for r in rows:
-            if r["style"] == rr["style"] and r["method"] in METHODS:
-                lines.append(f"- {r['method']} at {r['at_minutes']:g} min ({r['steps_at']} steps):"
-                             f" style loss {r['style_loss'] / rr['style_loss']:.2f}× the reference")
-        rep.section("### Against a long from-scratch run\n\n" + "\n".join(lines))
+    rep.data.update(runs=results, rows=rows, unit=unit, style_model=ctx.style_model)
+    render(rep, rep.data)
     rep.figure(_loss_figure(rows, unit), "style_loss.png",
                "held-out style loss by CPU time, norm-only fine-tuning vs from scratch")
     rep.figure(_sample_figure([r for r in results if r["method"] in METHODS], heldout,
@@ -434,6 +490,5 @@ def run(ctx) -> Path:
         f"normlab stylize train --from {ctx.style_model} --style-image {s0} --content PHOTOS "
         f"--image-size {b.image_size} --style-size 384" + (f" --vgg-weights {vgg}" if vgg else "")
         + " --out runs/new-style"]
-    rep.data.update(runs=results, rows=rows)
     rep.train_seconds = sum(r["cpu_seconds"] for r in results)
     return rep.write()

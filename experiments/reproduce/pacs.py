@@ -8,13 +8,71 @@ from pathlib import Path
 import numpy as np
 
 from .budgets import PACS, pacs_data, precision_line, sweep_amp, sweep_line
-from .report import Report, grouped_bars, mean_sd_table, noise_lines, shown_path
-from .sweep import Ledger, RunSpec, plan, run_sweep, runs_table
+from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, grouped_bars, keyed,
+                     mean_sd_table, noise_lines, ranking, shown_path)
+from .stats import summarize
+from .sweep import Ledger, RunSpec, plan, result_from_dict, run_sweep, runs_table
 
 TITLE = "PACS leave-one-domain-out: BN vs IBN-a vs IBN-b vs BIN"
 # the report is built from the runs' numbers alone, so finished runs may live in a ledger
 TAKES_LEDGER = True
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
+INTRO = (
+    "Domain generalisation: a classifier trained on three PACS domains is tested on the "
+    "fourth, unseen one (photo, art painting, cartoon, sketch: same 7 classes, very "
+    "different styles). IBN-Net and BIN argue that instance normalisation removes style "
+    "information, so IBN-a/IBN-b/BIN should lose less on the unseen domain than BN.")
+
+
+def intro(data: dict) -> str:
+    """The report's opening paragraph (the papers' claim)."""
+    return INTRO
+
+
+def _table(data: dict) -> tuple[list[str], dict]:
+    return list(data["domains"]) + ["average"], keyed(data["table"])
+
+
+def findings(data: dict) -> list[str]:
+    """The headline lines, every number from ``data`` (results.json): the report's Findings and
+    the READMEs' results sections."""
+    cols, vals = _table(data)
+    found = gap_tests("bn", list(VARIANTS), cols, vals)
+    n = sorted({summarize(v).n for v in vals.values()})
+    out = [f"- Held-out-domain top-1 (%), average over the {len(data['domains'])} held-out "
+           f"domains, n = {'–'.join(map(str, n))} seeds: " + ranking(VARIANTS, "average", vals)
+           + "."]
+    for c in cols[-1:] + cols[:-1]:  # the average first: the headline
+        out.append(f"- {c}, gap to BN in points (Welch; Holm over {len(found)} tests): "
+                   + "; ".join(gap_brief(g) for cc, g in found if cc == c) + ".")
+    return out
+
+
+def render(rep: Report, data: dict) -> None:
+    """The Results sections from ``data`` (results.json) alone; updates its derived gaps."""
+    cols, vals = _table(data)
+    domains = list(data["domains"])
+    rows = list(VARIANTS)
+    rep.section("### Findings\n\n" + "\n".join(findings(data)))
+    rep.section("### Held-out-domain top-1 (%)\n\nmean ± sd over seeds, n = seeds; 'average' "
+                "is each seed's mean over the held-out domains.\n\n"
+                + mean_sd_table("model", rows, cols, vals))
+    lines, gaps = noise_lines("bn", rows, cols, vals)
+    rep.section(f"Gaps to BN (Welch's t-test; {TESTS_NOTE}):\n\n" + "\n".join(lines))
+    results = [result_from_dict(r) for r in data["runs"]]
+    fit: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        if r.train_acc is not None:
+            fit.setdefault((r.label, f"without {r.group}"), []).append(r.train_acc)
+    if fit:
+        rep.section("### Source-domain training top-1 (%)\n\nhow well each model fit the three "
+                    "domains it trained on (all but the column's held-out one), on its augmented "
+                    "training batches in the last epoch: a high value beside a low held-out "
+                    "top-1 is a domain gap, not underfitting.\n\n"
+                    + mean_sd_table("model", rows, [f"without {d}" for d in domains], fit))
+    rep.section("### Every run\n\nfinal top-1 of each training run; training time summed "
+                "over the sessions a resumed run took.\n\n" + runs_table(results))
+    data["gaps"] = [g.to_dict() for g in gaps]
 
 
 def bars_figure(rows, cols, vals):
@@ -55,11 +113,7 @@ def run(ctx) -> Path:
     depth = b.depths[0]
     specs = grid(ctx)
     base = specs[0].recipe
-    rep = Report("pacs", TITLE, ctx.out, ctx.budget, intro=(
-        "Domain generalisation: a classifier trained on three PACS domains is tested on the "
-        "fourth, unseen one (photo, art painting, cartoon, sketch: same 7 classes, very "
-        "different styles). IBN-Net and BIN argue that instance normalisation removes style "
-        "information, so IBN-a/IBN-b/BIN should lose less on the unseen domain than BN."))
+    rep = Report("pacs", TITLE, ctx.out, ctx.budget, intro=INTRO)
     results = run_sweep(specs, ctx.jobs, ledger=Ledger(ctx.ledger) if ctx.ledger else None)
     vals: dict[tuple[str, str], list[float]] = {}
     per_seed: dict[tuple[str, int], list[float]] = {}
@@ -93,23 +147,9 @@ def run(ctx) -> Path:
             f"Finished runs are recorded in `{shown_path(ctx.ledger)}` (one result per run: "
             "top-1, curve, time); the grid took several sessions on fresh checkouts, and runs "
             "recorded there were read back, not retrained.")
-    rep.section("### Held-out-domain top-1 (%)\n\nmean ± sd over seeds, n = seeds; 'average' "
-                "is each seed's mean over the held-out domains.\n\n"
-                + mean_sd_table("model", rows, cols, vals))
-    lines, gaps = noise_lines("bn", rows, cols, vals)
-    rep.section("Gaps to BN (inside the noise = Welch's t-test p ≥ 0.05):\n\n" + "\n".join(lines))
-    fit = {}
-    for r in results:
-        if r.train_acc is not None:
-            fit.setdefault((r.label, f"without {r.group}"), []).append(r.train_acc)
-    if fit:
-        rep.section("### Source-domain training top-1 (%)\n\nhow well each model fit the three "
-                    "domains it trained on (all but the column's held-out one), on its augmented "
-                    "training batches in the last epoch: a high value beside a low held-out "
-                    "top-1 is a domain gap, not underfitting.\n\n"
-                    + mean_sd_table("model", rows, [f"without {d}" for d in domains], fit))
-    rep.section("### Every run\n\nfinal top-1 of each training run; training time summed "
-                "over the sessions a resumed run took.\n\n" + runs_table(results))
+    rep.data.update(runs=[r.to_dict() for r in results], domains=domains,
+                    table={f"{k[0]} | {k[1]}": v for k, v in vals.items()})
+    render(rep, rep.data)
     rep.figure(bars_figure(rows, cols, vals), "pacs_heldout.png",
                "held-out-domain top-1 per domain, mean ± sd over seeds")
     rep.commands += [ctx.command or f"normlab reproduce pacs --budget {ctx.budget}",
@@ -121,8 +161,5 @@ def run(ctx) -> Path:
                                 f"{b.image_size} --epochs {b.epochs} --batch-size {b.batch_size} "
                                 f"--lr {b.lr:g} --weight-decay {b.weight_decay:g} --schedule "
                                 f"{b.schedule} --label-smoothing {b.label_smoothing:g}")]
-    rep.data.update(runs=[r.to_dict() for r in results], domains=domains,
-                    table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
-                    gaps=[g.to_dict() for g in gaps])
     rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

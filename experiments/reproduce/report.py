@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from engine.io import atomic_path, write_text_atomic
 
-from .stats import Gap, summarize, welch
+from .stats import Gap, fmt_p, holm, paired, summarize, welch
 
 
 def _finite(v: Any) -> Any:
@@ -78,11 +78,13 @@ def mean_sd_table(row_label: str, rows: Sequence[str], cols: Sequence[str],
     return "\n".join(out)
 
 
-def noise_lines(baseline: str, rows: Sequence[str], cols: Sequence[str],
-                values: Mapping[tuple[str, str], Sequence[float]],
-                unit: str = " points") -> tuple[list[str], list[Gap]]:
-    """For every row ≠ ``baseline`` and column: the gap to ``baseline`` with its noise verdict."""
-    lines, gaps = [], []
+def gap_tests(baseline: str, rows: Sequence[str], cols: Sequence[str],
+              values: Mapping[tuple[str, str], Sequence[float]],
+              pair: bool = False) -> list[tuple[str, Gap]]:
+    """(column, gap to ``baseline``) for every row ≠ ``baseline`` and column, the tests forming
+    one family (Holm–Bonferroni). ``pair``: every row's values are listed in the same seed order
+    and the runs share seed and batch order, so the test is paired by seed (else Welch's)."""
+    found: list[tuple[str, Gap]] = []
     for c in cols:
         base = values.get((baseline, c), [])
         if not base:
@@ -91,10 +93,53 @@ def noise_lines(baseline: str, rows: Sequence[str], cols: Sequence[str],
             v = values.get((r, c), [])
             if r == baseline or not v:
                 continue
-            g = welch(v, base, r, baseline)
-            gaps.append(g)
-            lines.append(f"- {c}: {g.sentence(unit)}")
-    return lines, gaps
+            test = paired if pair and len(v) == len(base) else welch
+            found.append((c, test(v, base, r, baseline)))
+    return list(zip([c for c, _ in found], holm([g for _, g in found])))
+
+
+def noise_lines(baseline: str, rows: Sequence[str], cols: Sequence[str],
+                values: Mapping[tuple[str, str], Sequence[float]],
+                unit: str = " points", pair: bool = False) -> tuple[list[str], list[Gap]]:
+    """``gap_tests`` as report lines (raw and Holm-adjusted p in each) and the gaps."""
+    found = gap_tests(baseline, rows, cols, values, pair)
+    return [f"- {c}: {g.sentence(unit)}" for c, g in found], [g for _, g in found]
+
+
+def keyed(table: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+    """results.json's ``{"row | column": v}`` back to ``{(row, column): v}``."""
+    return {tuple(k.split(" | ", 1)): v for k, v in table.items()}  # type: ignore[misc]
+
+
+def ranking(rows: Sequence[str], col: str, values: Mapping[tuple[str, str], Sequence[float]],
+            digits: int = 2, names: Mapping[str, str] | None = None) -> str:
+    """``IBN-a 84.22 ± 0.05, BIN 84.20 ± 0.22, ...``: the rows by mean of ``col``, highest
+    first."""
+    s = [(r, summarize(values.get((r, col), []))) for r in rows]
+    s = [x for x in s if x[1].n]
+    s.sort(key=lambda x: -x[1].mean)
+    return ", ".join(f"{(names or {}).get(r, r)} {x.fmt(digits)}" for r, x in s)
+
+
+def p_brief(g: Gap) -> str:
+    """``p = 0.013, Holm 0.039`` (raw and family-adjusted p), or ``n too small for a test``."""
+    if g.test == "none":
+        return "n too small for a test"
+    adj = "" if math.isnan(g.p_adj) else f", Holm {fmt_p(g.p_adj).replace('p = ', '').replace('p ', '')}"
+    return f"{fmt_p(g.p)}{adj}"
+
+
+def gap_brief(g: Gap, digits: int = 2) -> str:
+    """``bin +0.72 (p = 0.013, Holm 0.039: larger than the noise)`` for findings lines."""
+    d = f"{g.a} {g.diff:+.{digits}f}"
+    if g.test == "none":
+        return f"{d} (n too small for a test)"
+    return f"{d} ({p_brief(g)}: {'inside the noise' if g.in_noise else 'larger than the noise'})"
+
+
+TESTS_NOTE = ("one family per list: inside the noise = Holm–Bonferroni-adjusted p ≥ 0.05 over "
+              "the list's tests (raw p shown beside it); n too small for a test = fewer than two "
+              "values on a side")
 
 
 @dataclass
@@ -113,6 +158,10 @@ class Report:
     data: dict[str, Any] = field(default_factory=dict)
     train_seconds: float | None = None  # summed training time of the runs, reused ones included
     started: float = field(default_factory=time.time)
+    # set when re-rendering from results.json: the report's own wall time, end and machine
+    wall_s: float | None = None
+    finished: str | None = None
+    environment: str | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -138,13 +187,21 @@ class Report:
         self.figures.append((filename, caption))
 
     def write(self) -> Path:
-        """Write README.md and results.json; returns the README path."""
-        import torch
+        """Write README.md and results.json; returns the README path. results.json carries the
+        setup lines and figure captions too, so ``render.rerender`` rebuilds the README from it
+        alone."""
+        if self.wall_s is None:
+            self.wall_s = round(time.time() - self.started, 1)
+        self.environment = self.environment or _environment()
+        self.finished = self.finished or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+        readme = self.out / "README.md"
+        write_text_atomic(self.out / "results.json", json.dumps(self.payload(), indent=1) + "\n")
+        write_text_atomic(readme, self.markdown())
+        return readme
 
-        wall = time.time() - self.started
-        env = (f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-               f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}"
-               f", {platform.processor() or platform.machine()}")
+    def markdown(self) -> str:
+        """The README text (``write`` or ``render.rerender`` set wall time, end and machine)."""
+        wall = self.wall_s or 0.0
         runs = ("" if self.train_seconds is None else
                 f" The training runs behind it took {self.train_seconds / 3600:.2f} h in all "
                 f"({self.train_seconds:.0f} s, summed over runs, including runs trained by an "
@@ -165,11 +222,23 @@ class Report:
         md += ["## Wall time", "",
                f"{wall / 60:.1f} min ({wall:.0f} s) for this report, including any training it "
                f"ran (finished runs are reused, not retrained). Finished "
-               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {env}.{runs}", ""]
-        readme = self.out / "README.md"
-        write_text_atomic(readme, "\n".join(md))
-        payload = {"name": self.name, "budget": self.budget, "wall_s": round(wall, 1),
-                   "commands": self.commands, "figures": [f for f, _ in self.figures],
-                   "environment": env, "train_s": self.train_seconds, **self.data}
-        write_text_atomic(self.out / "results.json", json.dumps(_finite(payload), indent=1) + "\n")
-        return readme
+               f"{self.finished}; {self.environment}.{runs}", ""]
+        return "\n".join(md)
+
+    def payload(self) -> dict[str, Any]:
+        """results.json: every number, plus the text ``render.rerender`` needs."""
+        out = {"name": self.name, "budget": self.budget, "wall_s": self.wall_s,
+               "commands": self.commands, "figures": [f for f, _ in self.figures],
+               "environment": self.environment, "train_s": self.train_seconds}
+        out.update({k: v for k, v in self.data.items() if k not in out and k != "report"})
+        out["report"] = {"setup": self.setup, "captions": [c for _, c in self.figures],
+                         "finished": self.finished}
+        return _finite(out)
+
+
+def _environment() -> str:
+    import torch
+
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+            f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}"
+            f", {platform.processor() or platform.machine()}")

@@ -10,13 +10,9 @@ photos are scored with every scale's Gram loss separately and with the wavelengt
 stylization (how large the strokes are, in pixels)."""
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .budgets import shared_root, vgg_weights
 from .new_style import split_photos, train_timed
@@ -92,20 +88,75 @@ def stroke_wavelength(y, x) -> float:
     return float((p[keep] / f[keep]).sum() / p[keep].sum().clamp_min(1e-12))
 
 
-def _paired(a: list[float], b: list[float]) -> str:
-    """mean difference b − a ± sd over photos, paired t-test."""
-    from .stats import student_t_sf2
+def _paired_lines(rows: list[str], cols: list[str],
+                  per: dict[tuple[str, str], list[float]]) -> tuple[list[str], list]:
+    """Every variant against the first, every score, paired by photo (b − a: mean ± sd of the
+    differences, paired t); the lines' tests form one Holm family."""
+    from .report import p_brief
+    from .stats import holm, paired, summarize
 
-    d = np.array(b) - np.array(a)
-    n = len(d)
-    mean = float(d.mean())
-    sd = float(d.std(ddof=1)) if n > 1 else 0.0
-    if n < 2 or sd == 0:
-        return f"{mean:+.3g} (n = {n}: no test)"
-    t = mean / (sd / math.sqrt(n))
-    p = student_t_sf2(abs(t), n - 1)
-    verdict = "inside the noise" if p >= 0.05 else "larger than the noise"
-    return f"{mean:+.3g} ± {sd:.2g} ({verdict}: paired t = {t:.2f}, df = {n - 1}, p = {p:.3g})"
+    ref = rows[0]
+    keys = [(r, c) for r in rows[1:] for c in cols]
+    gaps = holm([paired(per[(r, c)], per[(ref, c)], r, ref) for r, c in keys])
+    lines = []
+    for (r, c), g in zip(keys, gaps):
+        d = summarize([x - y for x, y in zip(per[(r, c)], per[(ref, c)])])
+        if g.test == "none":
+            lines.append(f"- {c}, {r} − {ref}: {d.mean:+.3g} (n = {d.n}: n too small for a test)")
+            continue
+        verdict = "inside the noise" if g.in_noise else "larger than the noise"
+        lines.append(f"- {c}, {r} − {ref}: {d.mean:+.3g} ± {d.sd:.2g} ({verdict}: paired t = "
+                     f"{g.t:.2f}, df = {d.n - 1}, {p_brief(g)})")
+    return lines, gaps
+
+
+INTRO = (
+    "normlab's loss network stops at VGG-19 relu3_1 (no deeper weights ship), whose "
+    "receptive field is about 40 px, so a single-scale Gram loss cannot ask for strokes "
+    "larger than that. The multi-scale style loss also matches the Gram matrices of 2× and "
+    "4× downsampled copies of the output and the style image. Here each variant fine-tunes "
+    "the whole shipped `{model}` network for `{style}` for the same "
+    "CPU time; only the style scales of the training loss differ.")
+
+
+def intro(data: dict) -> str:
+    """The report's opening paragraph (what is measured and why)."""
+    return INTRO.format(model=data.get("style_model", "candy_bin"),
+                        style=Path(data["runs"][0]["style"]).name)
+
+
+def _table(data: dict) -> tuple[list[str], list[str], dict]:
+    per = {k: v for k, v in ((tuple(k.split(" | ", 1)), v) for k, v in data["scores"].items())}
+    rows = [r["method"] for r in data["runs"]]
+    cols = list(dict.fromkeys(c for _, c in per))
+    return rows, cols, per
+
+
+def findings(data: dict) -> list[str]:
+    """The headline lines, every number from ``data`` (results.json): the report's Findings and
+    the READMEs' results sections."""
+    rows, cols, per = _table(data)
+    lines, gaps = _paired_lines(rows, cols, per)
+    n = len(per[(rows[0], cols[0])])
+    keep = [c for c in cols if c.startswith("wavelength") or c == cols[-2]]  # strokes, coarsest
+    return [f"- {len(rows)} variants, one run each, scored on n = {n} photos; differences to "
+            f"`{rows[0]}` paired by photo, Holm over {len(gaps)} tests:"] + [
+        "  " + ln for ln in lines if any(ln.startswith(f"- {c},") for c in keep)]
+
+
+def render(rep: Report, data: dict) -> None:
+    """The Results sections from ``data`` (results.json) alone."""
+    rows, cols, per = _table(data)
+    mins = data["runs"][0]["minutes"][-1]
+    steps = {r["method"]: r["steps"][f"{mins:g}"] for r in data["runs"]}
+    rep.section("### Findings\n\n" + "\n".join(findings(data)))
+    rep.section("### Held-out scores\n\n" + mean_sd_table("variant", rows, cols, per, digits=3)
+                + "\n\nSteps reached in the budget: "
+                + ", ".join(f"{k}: {v}" for k, v in steps.items()) + ".")
+    lines, gaps = _paired_lines(rows, cols, per)
+    rep.section(f"Paired differences to `{rows[0]}` over the held-out photos (Holm–Bonferroni "
+                f"over the {len(gaps)} tests, raw p beside it):\n\n" + "\n".join(lines))
+    data["gaps"] = [g.to_dict() for g in gaps]
 
 
 def _samples_figure(models: list[tuple[str, Path]], name: str, photos, style: str, size: int):
@@ -224,15 +275,9 @@ def run(ctx) -> Path:
                         per.setdefault((r["method"], "content"), []).append(float(out["content_loss"]))
                     per.setdefault((r["method"], f"style ×{f}"), []).append(float(out["style_loss"]))
                 per.setdefault((r["method"], "wavelength (px)"), []).append(stroke_wavelength(y, x))
-    rows = [r["method"] for r in results]
     unit = "GPU wall minutes" if p["device"].startswith("cuda") else "CPU-minutes of one thread"
-    rep = Report("strokes", TITLE, ctx.out, ctx.budget, intro=(
-        "normlab's loss network stops at VGG-19 relu3_1 (no deeper weights ship), whose "
-        "receptive field is about 40 px, so a single-scale Gram loss cannot ask for strokes "
-        "larger than that. The multi-scale style loss also matches the Gram matrices of 2× and "
-        "4× downsampled copies of the output and the style image. Here each variant fine-tunes "
-        f"the whole shipped `{ctx.style_model}` network for `{Path(style).name}` for the same "
-        "CPU time; only the style scales of the training loss differ."))
+    rep = Report("strokes", TITLE, ctx.out, ctx.budget,
+                 intro=intro({"style_model": ctx.style_model, "runs": results}))
     rep.setup += [
         "Variants: " + ", ".join("`--style-scales " + ",".join(map(str, v)) + "`"
                                  for v in b.variants) + "; "
@@ -247,16 +292,9 @@ def run(ctx) -> Path:
         "spectrum; larger = bigger strokes). One training run per variant (seed 0): the sd is "
         "over photos, not over training seeds.",
     ]
-    steps = {r["method"]: r["steps"][f"{b.minutes:g}"] for r in results}
-    rep.section("### Held-out scores\n\n" + mean_sd_table("variant", rows, cols, per, digits=3)
-                + "\n\nSteps reached in the budget: "
-                + ", ".join(f"{k}: {v}" for k, v in steps.items()) + ".")
-    ref = rows[0]
-    lines = []
-    for r in rows[1:]:
-        for c in cols:
-            lines.append(f"- {c}, {r} − {ref}: {_paired(per[(ref, c)], per[(r, c)])}")
-    rep.section(f"Paired differences to `{ref}` over the held-out photos:\n\n" + "\n".join(lines))
+    rep.data.update(runs=results, style_model=ctx.style_model,
+                    scores={f"{k[0]} | {k[1]}": v for k, v in per.items()})
+    render(rep, rep.data)
     models = [(r["method"], Path(r["folder"]) / f"model_{b.minutes:g}min.safetensors")
               for r in results]
     rep.figure(_samples_figure(models, name, photos, style, b.image_size), "strokes.png",
@@ -269,6 +307,5 @@ def run(ctx) -> Path:
         f"normlab stylize train --from {ctx.style_model} --train-all --style-image {style} "
         f"--content PHOTOS --image-size {b.image_size} --style-size 384 --style-scales {s}"
         + (f" --vgg-weights {vgg}" if vgg else "") + " --out runs/strokes"]
-    rep.data.update(runs=results, scores={f"{k[0]} | {k[1]}": v for k, v in per.items()})
     rep.train_seconds = sum(r["cpu_seconds"] for r in results)
     return rep.write()

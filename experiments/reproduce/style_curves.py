@@ -15,11 +15,85 @@ import numpy as np
 from engine.io import write_text_atomic
 
 from .budgets import STYLE, shared_root, vgg_weights
-from .report import Report, mean_sd_table, noise_lines
+from .report import TESTS_NOTE, Report, gap_brief, gap_tests, keyed, mean_sd_table, noise_lines
+from .stats import summarize
 
 TITLE = "BIN paper Fig. 3 / Fig. 6: style-transfer loss curves of IN, BN, BN+IN and BIN"
 NORMS = ("in", "bn", "bn_in", "bin")
 RESULT = "result.json"
+COLS = ("content loss", "style loss", "total")
+INTRO = (
+    "The BIN paper (Fig. 3) trains Johnson et al.'s feed-forward style-transfer network "
+    "with IN, BN, BN+IN and BIN and reports that BIN ends with a slightly lower content loss "
+    "than IN and a marginally higher style loss, and (Fig. 6) that the learned ρ of BIN moves "
+    "toward IN (ρ → 0) in style transfer — the opposite of classification. Every norm is trained with the same seeds, photos and "
+    "batch order, so gaps are tested paired by seed.")
+
+
+def intro(data: dict) -> str:
+    """The report's opening paragraph (the paper's claim)."""
+    return INTRO
+
+
+def _values(runs: list[dict]) -> dict[tuple[str, str], list[float]]:
+    # in run order: the norms' lists share the seed order, which the paired test relies on
+    vals: dict[tuple[str, str], list[float]] = {}
+    for r in sorted(runs, key=lambda r: (NORMS.index(r["norm"]), r["seed"])):
+        vals.setdefault((r["norm"], "content loss"), []).append(r["content_loss"])
+        vals.setdefault((r["norm"], "style loss"), []).append(r["style_loss"])
+        vals.setdefault((r["norm"], "total"), []).append(r["content_loss"] + r["style_loss"])
+    return vals
+
+
+def _seeds_match(runs: list[dict]) -> bool:
+    by = {n: sorted(r["seed"] for r in runs if r["norm"] == n) for n in NORMS}
+    return len({tuple(v) for v in by.values() if v}) == 1
+
+
+def findings(data: dict) -> list[str]:
+    """The headline lines, every number from ``data`` (results.json): the report's Findings and
+    the READMEs' results sections."""
+    vals = _values(data["runs"])
+    pair = _seeds_match(data["runs"])
+    found = gap_tests("in", list(NORMS), list(COLS), vals, pair=pair)
+    n = sorted({summarize(v).n for v in vals.values()})
+    out = []
+    for c in COLS[:2]:
+        s = sorted(((v, summarize(vals.get((v, c), []))) for v in NORMS), key=lambda x: x[1].mean)
+        out.append(f"- Final {c} (n = {'–'.join(map(str, n))} seeds), lowest first: "
+                   + ", ".join(f"{v} {x.fmt(3)}" for v, x in s if x.n) + f"; gap to IN "
+                   f"({'paired by seed' if pair else 'Welch'}; Holm over {len(found)} tests): "
+                   + "; ".join(gap_brief(g, 3) for cc, g in found if cc == c) + ".")
+    g = keyed(data.get("gates", {}))
+    if g:
+        out.append("- Learned ρ of BIN (initialised at 1 = BN): "
+                   + ", ".join(f"{c} {summarize(v).fmt(3)}" for (_, c), v in g.items()
+                               if c.endswith("mean ρ")) + ".")
+    return out
+
+
+def render(rep: Report, data: dict) -> None:
+    """The Results sections from ``data`` (results.json) alone; updates its derived gaps."""
+    runs = data["runs"]
+    vals = _values(runs)
+    pair = _seeds_match(runs)
+    tail = runs[0].get("tail_steps", "the last tenth of the")
+    rep.section("### Findings\n\n" + "\n".join(findings(data)))
+    rep.section(f"### Final losses (mean over each run's last {tail} steps)"
+                f"\n\nmean ± sd over seeds, n = seeds.\n\n"
+                + mean_sd_table("norm", list(NORMS), list(COLS), vals, digits=3))
+    lines, gaps = noise_lines("in", list(NORMS), list(COLS), vals, unit="", pair=pair)
+    test = ("paired t-test by seed (same seeds, photos and batch order for every norm)" if pair
+            else "Welch's t-test")
+    rep.section(f"Gaps to IN (negative = lower loss than IN; {test}; {TESTS_NOTE}):\n\n"
+                + "\n".join(lines))
+    gates = keyed(data.get("gates", {}))
+    if gates:
+        gcols = list(dict.fromkeys(k[1] for k in gates))
+        rep.section("### Fig. 6 statistics: learned ρ of the BIN network (initialised at 1 = BN)"
+                    "\n\nmean ± sd over seeds.\n\n"
+                    + mean_sd_table("network", ["BIN"], gcols, gates, digits=3))
+    data["gaps"] = [g.to_dict() for g in gaps]
 
 
 def _inputs(ctx) -> tuple[str, str, str | None]:
@@ -188,23 +262,13 @@ def run(ctx) -> Path:
 
     b = STYLE[ctx.budget]
     content, style, vgg = _inputs(ctx)
-    rep = Report("style-curves", TITLE, ctx.out, ctx.budget, intro=(
-        "The BIN paper (Fig. 3) trains Johnson et al.'s feed-forward style-transfer network "
-        "with IN, BN, BN+IN and BIN and reports that BIN reaches a lower style loss than IN and "
-        "BN at a similar content loss, and (Fig. 6) that the learned ρ of BIN moves toward IN "
-        "(ρ → 0) in style transfer — the opposite of classification."))
+    rep = Report("style-curves", TITLE, ctx.out, ctx.budget, intro=INTRO)
     from tqdm.auto import tqdm
 
     runs = []
     for norm in tqdm(NORMS, desc="style-curves", leave=False):
         for seed in b.seeds:
             runs.append(train_run(ctx, norm, seed, content, style, vgg))
-    vals: dict[tuple[str, str], list[float]] = {}
-    for r in runs:
-        vals.setdefault((r["norm"], "content loss"), []).append(r["content_loss"])
-        vals.setdefault((r["norm"], "style loss"), []).append(r["style_loss"])
-        vals.setdefault((r["norm"], "total"), []).append(r["content_loss"] + r["style_loss"])
-    cols = ["content loss", "style loss", "total"]
     rep.setup += [
         f"What ran: TransformerNet (Johnson et al. 2016; 32 base channels, 5 residual blocks) × "
         f"{', '.join(NORMS)}, {b.describe()}. Same content photos, style image, steps and seeds "
@@ -219,12 +283,6 @@ def run(ctx) -> Path:
            f"; this `{ctx.budget}` budget runs far fewer steps at a smaller size, so the "
            "curves show the early phase of training only."),
     ]
-    rep.section(f"### Final losses (mean over each run's last {max(1, b.steps // 10)} steps)"
-                f"\n\nmean ± sd over seeds, n = seeds.\n\n"
-                + mean_sd_table("norm", list(NORMS), cols, vals, digits=3))
-    lines, gaps = noise_lines("in", list(NORMS), cols, vals, unit="")
-    rep.section("Gaps to IN (negative = lower loss than IN; inside the noise = Welch's t-test "
-                "p ≥ 0.05):\n\n" + "\n".join(lines))
     gates: dict[tuple[str, str], list[float]] = {}
     for r in runs:
         if r["norm"] != "bin":
@@ -237,10 +295,9 @@ def run(ctx) -> Path:
             gates.setdefault(("BIN", f"{g} mean ρ"), []).append(float(np.mean(v)))
             gates.setdefault(("BIN", f"{g} ρ<0.5 (%)"), []).append(
                 100.0 * float(np.mean(np.array(v) < 0.5)))
-    if gates:
-        gcols = list(dict.fromkeys(k[1] for k in gates))
-        rep.section("### Fig. 6 statistics: learned ρ of the BIN network (initialised at 1 = BN)"
-                    "\n\nmean ± sd over seeds.\n\n" + mean_sd_table("network", ["BIN"], gcols, gates, digits=3))
+    rep.data.update(runs=runs, table={f"{k[0]} | {k[1]}": v for k, v in _values(runs).items()},
+                    gates={f"{k[0]} | {k[1]}": v for k, v in gates.items()})
+    render(rep, rep.data)
     smooth = max(1, min(20, b.steps // 10))
     rep.figure(mean_curves_figure(runs, smooth), "fig3_losses.png",
                "Fig. 3: content and style loss by step, mean over seeds (band: range over seeds)")
@@ -260,9 +317,6 @@ def run(ctx) -> Path:
                      f"--seed {b.seeds[0]}" + (f" --vgg-weights {vgg}" if vgg else "")
                      + f" --out {first[-1]}",
                      f"normlab stylize curves {' '.join(map(str, first))} -o curves.png"]
-    rep.data.update(runs=runs, table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
-                    gates={f"{k[0]} | {k[1]}": v for k, v in gates.items()},
-                    gaps=[g.to_dict() for g in gaps])
     rep.train_seconds = sum(r["seconds"] for r in runs)
     return rep.write()
 

@@ -39,6 +39,9 @@ RESULT = "result.json"
 CHECKPOINTS = ("checkpoint.pt", "last.pt")
 # Recipe fields that do not change what a run learns (kept out of the run's identity).
 RUN_ONLY = ("out", "device", "amp", "compile", "resume", "threads", "eval_every", "download")
+# Recipe fields added after runs were keyed: at these defaults they stay out of the identity, so
+# existing run folders and ledger entries keep their keys.
+LATER_FIELDS: dict[str, Any] = {"val_split": 0}
 
 # label -> (architecture template, norm). ``{d}`` is the depth (CIFAR ResNet 6n+2, or ImageNet
 # ResNet 18/34/50...). IBN-a / IBN-b are architectures; BN is their norm outside the IBN layers.
@@ -75,7 +78,8 @@ class RunSpec:
     @property
     def key(self) -> str:
         """The run's folder name: readable prefix + hash of what it learns."""
-        ident = {k: v for k, v in sorted(self.recipe.items()) if k not in RUN_ONLY}
+        ident = {k: v for k, v in sorted(self.recipe.items())
+                 if k not in RUN_ONLY and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
         h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
         g = f"-{self.group}" if self.group else ""
         return f"{self.recipe['arch']}-{self.recipe['norm']}{g}-s{self.seed}-{h}"
@@ -111,6 +115,11 @@ class RunResult:
         return dataclasses.asdict(self)
 
 
+def result_from_dict(d: dict[str, Any]) -> RunResult:
+    """A RunResult back from ``to_dict`` (a ledger entry or a report's results.json run)."""
+    return RunResult(**{k: d[k] for k in RunResult.__dataclass_fields__ if k in d})
+
+
 class Ledger:
     """Finished runs' results in one JSON file, keyed by ``RunSpec.key`` (what a run learns):
     a record that outlives the run folders. A run found here is not trained again. It keeps the
@@ -140,7 +149,7 @@ class Ledger:
         missing = [k for k in ("label", "depth", "seed", "group", "folder", "test_acc") if k not in d]
         if missing:
             raise ValueError(f"ledger {self.path}: run {spec.key} lacks {', '.join(missing)}")
-        r = RunResult(**{k: d[k] for k in RunResult.__dataclass_fields__ if k in d})
+        r = result_from_dict(d)
         r.reused = True
         return r
 

@@ -59,6 +59,7 @@ from .statistics import (
     use_statistics,
 )
 from .sync import batch_stats_synced, sync_batch_stats, unsync_batch_stats
+from .transfer import MeanCov, MeanStd, adain, mean_cov, mean_std, wct
 
 __all__ = [
     "CATALOG", "CONDITIONAL_NORM_NAMES", "NORM_NAMES", "NormSpec", "check_names",
@@ -74,4 +75,5 @@ __all__ = [
     "InstanceStats", "StatisticsBank", "StreamState", "capture_statistics", "stream_statistics",
     "use_statistics",
     "batch_stats_synced", "sync_batch_stats", "unsync_batch_stats",
+    "MeanCov", "MeanStd", "adain", "mean_cov", "mean_std", "wct",
 ]

@@ -136,7 +136,7 @@ class _Objective:
         tv = ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
               + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()) / 255.0
         loss = self.cfg.content_weight * content + self.cfg.style_weight * style + self.cfg.tv_weight * tv
-        return loss, {"content": float(content), "style": float(style), "tv": float(tv)}
+        return loss, {"content": content.item(), "style": style.item(), "tv": tv.item()}
 
 
 def pick_layers(encoder: nn.Module, content_layer: str | None) -> tuple[list[str], str]:

@@ -71,15 +71,21 @@ def adain(content: Tensor, style: Tensor | MeanStd, eps: float = 1e-5,
     return out.to(content.dtype)
 
 
-def mean_cov(f: Tensor) -> MeanCov:
-    """Channel mean and covariance of each instance of ``f`` (N×C×H×W), in float64."""
+def mean_cov(f: Tensor, chunk: int = 65536) -> MeanCov:
+    """Channel mean and covariance of each instance of ``f`` (N×C×H×W), in float64.
+
+    Accumulated over chunks of ``chunk`` positions, so a large image never needs a float64 copy
+    of all its features (C×H×W·8 bytes)."""
     _check(f, "the")
     n, c, h, w = f.shape
-    x = f.reshape(n, c, h * w).double()
-    mean = x.mean(dim=2, keepdim=True)  # N×C×1
-    xc = x - mean
-    cov = xc @ xc.transpose(1, 2) / max(h * w - 1, 1)  # N×C×C
-    return MeanCov(mean, cov)
+    x = f.reshape(n, c, h * w)
+    total = x.sum(dim=2, dtype=torch.float64).unsqueeze(-1)
+    mean = total / (h * w)  # N×C×1
+    cov = torch.zeros(n, c, c, dtype=torch.float64, device=f.device)
+    for i in range(0, h * w, chunk):
+        xc = x[:, :, i:i + chunk].double() - mean
+        cov += xc @ xc.transpose(1, 2)
+    return MeanCov(mean, cov / max(h * w - 1, 1))
 
 
 def _matrix_power(cov: Tensor, power: float, eps: float) -> Tensor:
@@ -90,14 +96,21 @@ def _matrix_power(cov: Tensor, power: float, eps: float) -> Tensor:
     return (vecs * vals.pow(power).unsqueeze(-2)) @ vecs.transpose(-1, -2)
 
 
-def whiten(content: Tensor, eps: float = 1e-5, content_stats: MeanCov | None = None) -> Tensor:
-    """Centred content features with identity covariance (Li et al. 2017, eq. 1), float64,
-    N×C×(H·W)."""
-    _check(content, "content")
+def _apply(matrix: Tensor, content: Tensor, c_mean: Tensor, s_mean: Tensor | None) -> Tensor:
+    """``matrix @ (x − c_mean) (+ s_mean)`` per instance, in float32 (float64 for float64 input):
+    the matrices carry the precision; applying them needs none of it."""
     n, c, h, w = content.shape
+    dt = torch.float64 if content.dtype == torch.float64 else torch.float32
+    x = content.reshape(n, c, h * w).to(dt) - c_mean.to(dt)
+    out = matrix.to(dt) @ x
+    return out if s_mean is None else out + s_mean.to(dt)
+
+
+def whiten(content: Tensor, eps: float = 1e-5, content_stats: MeanCov | None = None) -> Tensor:
+    """Centred content features with identity covariance (Li et al. 2017, eq. 1): N×C×(H·W)."""
+    _check(content, "content")
     stats = content_stats if content_stats is not None else mean_cov(content)
-    x = content.reshape(n, c, h * w).double() - stats.mean
-    return _matrix_power(stats.cov, -0.5, eps) @ x
+    return _apply(_matrix_power(stats.cov, -0.5, eps), content, stats.mean, None)
 
 
 def wct(content: Tensor, style: Tensor | MeanCov, eps: float = 1e-5,
@@ -105,18 +118,19 @@ def wct(content: Tensor, style: Tensor | MeanCov, eps: float = 1e-5,
     """Whitening and colouring transform (Li et al. 2017, eq. 1–3).
 
     ``content``: N×C×H×W features; ``style``: features (1 or N instances) or their ``MeanCov``;
-    ``content_stats`` replaces the content's own (a thumbnail's, for tiles). Computed in float64;
-    ``eps`` regularises both covariances. The output's channel covariance is the style's
-    (exactly so when the content covariance has full rank and ``eps`` → 0).
+    ``content_stats`` replaces the content's own (a thumbnail's, for tiles). The covariances
+    and their matrix roots are float64; ``eps`` regularises both. The output's channel covariance
+    is the style's (exactly so when the content covariance has full rank and ``eps`` → 0).
     """
     _check(content, "content")
     s = style if isinstance(style, MeanCov) else mean_cov(style)
     n, c, h, w = content.shape
     if s.cov.shape[-1] != c:
         raise ValueError(f"WCT: content has {c} channels, style {s.cov.shape[-1]}")
-    white = whiten(content, eps, content_stats)  # N×C×HW
-    coloured = _matrix_power(s.cov, 0.5, eps) @ white + s.mean  # N×C×HW
-    return coloured.reshape(n, c, h, w).to(content.dtype)
+    stats = content_stats if content_stats is not None else mean_cov(content)
+    transform = _matrix_power(s.cov, 0.5, eps) @ _matrix_power(stats.cov, -0.5, eps)  # N×C×C
+    out = _apply(transform, content, stats.mean, s.mean)  # N×C×HW
+    return out.reshape(n, c, h, w).to(content.dtype)
 
 
 def blend(outputs: Sequence[Tensor], weights: Sequence[float]) -> Tensor:

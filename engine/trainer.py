@@ -321,7 +321,7 @@ class Trainer:
         _clean_stale_temps(self.out)
         if not self.restored:
             # a checkpoint.prev.pt left from another run must never be "the previous good one"
-            gone = (PREVIOUS, CHECKPOINT, MODEL) if self.fresh else (PREVIOUS,)
+            gone = (PREVIOUS, CHECKPOINT, MODEL, "config.json") if self.fresh else (PREVIOUS,)
             for name in gone:
                 (self.out / name).unlink(missing_ok=True)
 

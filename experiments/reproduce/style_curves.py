@@ -96,7 +96,7 @@ def mean_curves_figure(runs: list[dict], smooth: int):
             curves = []
             for r in runs:
                 if r["norm"] == norm:
-                    v = np.array([x[key] for x in _metrics(Path(r["folder"])) if key in x])
+                    v = np.array([x[key] for x in read_metrics(Path(r["folder"])) if key in x])
                     if smooth > 1 and len(v) >= smooth:
                         v = np.convolve(v, np.ones(smooth) / smooth, mode="valid")
                     curves.append(v)

@@ -69,7 +69,8 @@ def fit(cfg: Any, build: Callable[[Any, Any], Task], *, run_settings: Iterable[s
                                override=override, source=state.get("source", out / CHECKPOINT))
         cfg = type(cfg).from_dict(merged)
     cfg.validate()
-    if state is None:
+    if state is None and int(os.environ.get("RANK", "0")) == 0:
+        # rank 0 alone: the other ranks may look only after it has started writing the run
         check_new_run(out, cfg.overwrite)
     env = dist_env(cfg.device)
     device = env.device if env is not None else resolve_device(cfg.device)

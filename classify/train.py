@@ -8,7 +8,8 @@ cosine decay to zero, lr updated every step; Smith & Topin 2019), usually with
 BIN gates get 10× lr, no weight decay and are clipped to [0, 1] after every step
 (``norms.param_groups``; clipping is attached by the trainer).
 
-Output folder: ``checkpoint.pt`` (resumable state, at every epoch end and on stop),
+Output folder: ``checkpoint.pt`` (resumable state, at every epoch end and on stop; the one
+before kept as ``checkpoint.prev.pt``),
 ``metrics.jsonl`` (one line per epoch) and ``model.safetensors`` (config, recipe, class names and
 normalisation statistics). The batch of step s — order and augmentation — comes from generators
 seeded with (seed, epoch) and (seed, s), so a resumed run is bit-identical to an uninterrupted one
@@ -17,7 +18,6 @@ on CPU.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import norms
-from engine.checkpoint import check_range
-from engine.devices import resolve_device
-from engine.trainer import Task, Trainer, load_state, resume_recipe
+from engine.checkpoint import CHECKPOINT, check_range
+from engine.fit import fit
+from engine.hooks import ProgressEvent
+from engine.trainer import Task, TrainResult
 
 from .checkpoint import save_classifier
 from .data import DataSplit, TensorDataset, augment, channel_stats, crop_pad, load_data, normalize
@@ -66,6 +67,7 @@ class TrainConfig:
     test_domains: str | None = None
     download: bool = False
     resume: bool = False
+    overwrite: bool = False  # a new run may replace the run already in ``out``
     threads: int = 0
     eval_every: int = 1  # epochs between test evaluations (0: only after the last)
     # hold out this many training images as the set evaluated during training; the test sets
@@ -106,9 +108,15 @@ class TrainConfig:
         d = {k: tuple(v) if k == "milestones" else v for k, v in d.items() if k in names}
         return cls(**d)
 
+    to_dict = recipe  # the names engine.fit uses
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return cls.from_recipe(d)
+
 
 # Settings that may change when a run is resumed (how and where it runs, not what it learns).
-RUN_SETTINGS = ("out", "device", "amp", "compile", "resume", "threads", "eval_every")
+RUN_SETTINGS = ("out", "device", "amp", "compile", "resume", "overwrite", "threads", "eval_every")
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -163,15 +171,17 @@ class ClassifyTask(Task):
     """Cross-entropy on augmented batches; evaluation on every test set at epoch ends."""
 
     def __init__(self, cfg: TrainConfig, train_ds: TensorDataset, tests: dict[str, TensorDataset],
-                 mean: list[float], std: list[float], device: torch.device) -> None:
+                 mean: list[float], std: list[float], device: torch.device,
+                 image_size: int | None = None) -> None:
         self.cfg, self.train_ds, self.tests = cfg, train_ds, tests
         self.mean, self.std, self.device = mean, std, device
+        self.image_size = image_size or train_ds.x.shape[-1]
         self.name = f"{cfg.arch} {cfg.norm}"
         n = len(train_ds)
         self.batch_size = cfg.batch_size
         self.steps_per_epoch = n // cfg.batch_size if n >= cfg.batch_size else 1  # ragged batch dropped
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.log_every = self.steps_per_epoch
+        self.log_every = self.checkpoint_every = self.steps_per_epoch
         self.pad = crop_pad(train_ds.x.shape[-1])
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.arch, num_classes=len(train_ds.classes), norm=cfg.norm,
@@ -233,17 +243,6 @@ class ClassifyTask(Task):
         epoch = math.ceil(step / self.steps_per_epoch)
         return {"epoch": epoch, "lr": self.cfg.lr * self.lr_factor(step - 1)}
 
-    def progress_info(self, step, window, evaluation, images_per_s):
-        epoch, i = divmod(step - 1, self.steps_per_epoch)
-        info = {"epoch": epoch + 1, "epochs": self.cfg.epochs, "step": i + 1,
-                "total": self.steps_per_epoch, "global_step": step, "global_total": self.total_steps,
-                "loss": window.get("loss"), "acc": window.get("train_acc"),
-                "images_per_s": images_per_s}
-        if step % self.steps_per_epoch == 0:  # epoch end: the newest test accuracy (None: no test set)
-            test = [v for k, v in evaluation.items() if k.startswith("test_acc/")]
-            info["test_acc"] = test[0] if test else None
-        return info
-
     def postfix(self, window):
         return {"loss": f"{window.get('loss', float('nan')):.3f}",
                 "acc": f"{window.get('train_acc', float('nan')):.1f}"}
@@ -255,72 +254,59 @@ class ClassifyTask(Task):
         self.last_test = state.get("last_test")
 
 
-def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
+    final: dict[str, TensorDataset] = {}  # test sets held back by --val-split
+
+    def save(self, path: Path, result: TrainResult) -> None:
+        acc: dict[str, Any] = {"test_acc": self.last_test}
+        if self.final:  # validation held out: the test sets, once, now
+            res = {k: evaluate(self.model, v, self.mean, self.std, self.device)
+                   for k, v in self.final.items()}
+            acc = {"val_acc": self.last_test, "test_acc": {k: v[0] for k, v in res.items()},
+                   "test_top5": {k: v[1] for k, v in res.items()},
+                   "test_evaluated": "once, after training; selection saw only val_acc"}
+        save_classifier(path, self.model.float(), class_names=self.train_ds.classes,
+                        mean=self.mean, std=self.std, image_size=self.image_size,
+                        recipe=self.cfg.recipe(), stopped=result.stopped,
+                        epochs_done=result.step / self.steps_per_epoch,
+                        train_images=len(self.train_ds), **acc)
+
+
+def train(cfg: TrainConfig, progress: Callable[[ProgressEvent], None] | None = None,
           should_stop: Callable[[], bool] | None = None, data: DataSplit | None = None, *,
           explicit: Iterable[str] | None = None, override: Iterable[str] = (),
           show_bar: bool = True) -> Path:
     """Train ``cfg.arch`` with ``cfg.norm`` on ``cfg.data``; returns the final ``.safetensors``.
 
-    ``progress(dict)`` gets epoch, epochs, step, total, loss, acc (and test_acc at epoch ends);
-    ``should_stop()`` is polled every step: the run then writes a resumable checkpoint and the
-    model so far. With ``cfg.resume`` the checkpoint's recipe wins (see
+    ``progress(event)`` gets an ``engine.hooks.ProgressEvent`` per step (epochs from
+    ``steps_per_epoch``; metrics loss and train_acc; the test accuracies in ``evaluation`` at
+    epoch ends); ``should_stop()`` is polled every step: the run then writes a resumable
+    checkpoint and the model so far. With ``cfg.resume`` the checkpoint's recipe wins (see
     ``engine.trainer.resume_recipe``: ``explicit`` options that conflict are errors unless named
-    in ``override``). A non-finite loss raises ``ValueError`` naming the last good checkpoint."""
-    out = Path(cfg.out)
-    state = None
-    if cfg.resume:
-        state = load_state(out)
-        merged = resume_recipe(state["recipe"], TrainConfig().recipe() | cfg.recipe(),
-                               mutable=RUN_SETTINGS, explicit=explicit, override=override,
-                               source=out / "checkpoint.pt")
-        cfg = TrainConfig.from_recipe(merged)
-    cfg.validate()
-    env = _dist_env(cfg.device)
-    device = env.device if env is not None else resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    image_size = cfg.image_size or default_input_size(cfg.arch)
-    if data is None:
-        data = load_data(cfg.data, image_size, cfg.train_domains, cfg.test_domains, cfg.download)
-    if data.train is None or len(data.train) < 2:
-        raise ValueError(f"{cfg.data}: no training images")
-    if cfg.val_split:
-        data = data.with_validation(cfg.val_split)
-    train_ds = data.train.subset(cfg.train_subset, cfg.seed)
-    tests = {k: v.subset(cfg.test_subset, cfg.seed + 1) for k, v in data.tests.items()}
-    if train_ds.x.shape[-1] != image_size:
-        raise ValueError(f"training images are {train_ds.x.shape[-1]} px, model expects {image_size}")
-    mean, std = channel_stats(train_ds.x)
+    in ``override``); without it, a folder holding a run needs ``cfg.overwrite``. A non-finite
+    loss raises ``ValueError`` naming the last good checkpoint."""
 
-    task = ClassifyTask(cfg, train_ds, tests, mean, std, device)
-    trainer = Trainer(task, out=out, recipe=cfg.recipe(), device=device, amp=cfg.amp,
-                      compile=cfg.compile, checkpoint_every=task.steps_per_epoch, env=env)
-    start = trainer.restore(state) if state is not None else 0
-    if start >= task.total_steps and state is not None:
-        raise ValueError(f"--resume: {out / 'checkpoint.pt'} already finished {cfg.epochs} epochs "
-                         "(to train longer, start a new run or --override epochs)")
-    result = trainer.run(start=start, progress=progress, should_stop=should_stop,
-                         show_bar=show_bar)
-    path = out / "model.safetensors"
-    if env is None or env.is_main:
-        acc = {"test_acc": task.last_test}
-        if data.final:  # validation held out: the test sets, once, now
-            final = {k: evaluate(task.model, v.subset(cfg.test_subset, cfg.seed + 1), mean, std,
-                                 device) for k, v in data.final.items()}
-            acc = {"val_acc": task.last_test, "test_acc": {k: v[0] for k, v in final.items()},
-                   "test_top5": {k: v[1] for k, v in final.items()},
-                   "test_evaluated": "once, after training; selection saw only val_acc"}
-        save_classifier(path, task.model.float(), class_names=train_ds.classes, mean=mean, std=std,
-                        image_size=image_size, recipe=cfg.recipe(), stopped=result.stopped,
-                        epochs_done=result.step / task.steps_per_epoch,
-                        train_images=len(train_ds), **acc)
-    return path
+    def build(cfg: TrainConfig, device: torch.device) -> ClassifyTask:
+        image_size = cfg.image_size or default_input_size(cfg.arch)
+        split = data if data is not None else load_data(cfg.data, image_size, cfg.train_domains,
+                                                         cfg.test_domains, cfg.download)
+        if split.train is None or len(split.train) < 2:
+            raise ValueError(f"{cfg.data}: no training images")
+        if cfg.val_split:
+            split = split.with_validation(cfg.val_split)
+        train_ds = split.train.subset(cfg.train_subset, cfg.seed)
+        tests = {k: v.subset(cfg.test_subset, cfg.seed + 1) for k, v in split.tests.items()}
+        if train_ds.x.shape[-1] != image_size:
+            raise ValueError(f"training images are {train_ds.x.shape[-1]} px, model expects "
+                             f"{image_size}")
+        mean, std = channel_stats(train_ds.x)
+        task = ClassifyTask(cfg, train_ds, tests, mean, std, device, image_size)
+        task.final = {k: v.subset(cfg.test_subset, cfg.seed + 1) for k, v in split.final.items()}
+        return task
 
+    def finished(cfg: TrainConfig) -> str:
+        return (f"--resume: {Path(cfg.out) / CHECKPOINT} already finished {cfg.epochs} epochs "
+                "(to train longer, start a new run or --override epochs)")
 
-def _dist_env(device: str):
-    """The torchrun environment when this process is one of several, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from engine.distributed import init_distributed
-
-    return init_distributed(device)
+    return fit(cfg, build, run_settings=RUN_SETTINGS, explicit=explicit, override=override,
+               refuse_finished=finished, progress=progress, should_stop=should_stop,
+               show_bar=show_bar)

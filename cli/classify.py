@@ -58,6 +58,8 @@ def train_cmd(
     test_domains: Optional[str] = typer.Option(None, help="pacs: comma-separated test domains."),
     download: bool = typer.Option(False, help="cifar10: download the dataset if missing."),
     resume: bool = typer.Option(False, help="Continue OUT/checkpoint.pt exactly; its recipe wins."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in OUT "
+                                   "(without it, a folder holding a run is refused)."),
     override: Optional[str] = typer.Option(None, help="With --resume: comma-separated options that "
                                            "may differ from the checkpoint's recipe (e.g. lr)."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
@@ -82,7 +84,7 @@ def train_cmd(
                       device=_device(ctx, device), amp=amp, compile=compile, image_size=image_size,
                       train_subset=train_subset, test_subset=test_subset,
                       train_domains=train_domains, test_domains=test_domains,
-                      download=download, resume=resume, threads=threads,
+                      download=download, resume=resume, overwrite=overwrite, threads=threads,
                       eval_every=eval_every, val_split=val_split, init=init)
     path = train(cfg, explicit=explicit_options(ctx) - {"override"},
                  override=override_list(override))

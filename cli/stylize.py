@@ -59,6 +59,8 @@ def train_cmd(
     preview_every: int = typer.Option(0, help="Steps between preview images (0: none)."),
     resume: bool = typer.Option(False, help="Continue the run in --out exactly where it stopped; "
                                 "its recipe wins."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out "
+                                   "(without it, a folder holding a run is refused)."),
     override: Optional[str] = typer.Option(None, help="With --resume: comma-separated options that "
                                            "may differ from the checkpoint's recipe (e.g. lr)."),
     vgg_weights: Optional[str] = typer.Option(
@@ -88,7 +90,7 @@ def train_cmd(
                       style_weight=style_weight, tv_weight=tv_weight, style_size=style_size,
                       seed=seed, device=_device(ctx, device), amp=amp, compile=compile,
                       checkpoint_every=checkpoint_every, preview_every=preview_every,
-                      vgg_weights=vgg_weights, resume=resume)
+                      vgg_weights=vgg_weights, resume=resume, overwrite=overwrite)
     explicit = explicit_options(ctx, {"content": "content_dir", "more_styles": "style_image"}) \
         - {"override", "threads"}
     path = train(cfg, explicit=explicit, override=override_list(override))

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from .io import save_safetensors
+from .io import check_safetensors_digest, save_safetensors
 
 FORMAT = 1
 KINDS = {"style": "style model", "classifier": "classifier", "decoder": "style decoder"}
@@ -63,6 +63,22 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata of a safetensors model file, without reading any tensor; ``kind``
     normalised for files written before the schema. One-line ``ValueError`` for a missing or
     non-safetensors file."""
+    meta: dict[str, Any] = {}
+    for k, v in _raw_metadata(path).items():
+        try:
+            meta[k] = json.loads(v)
+        except (json.JSONDecodeError, TypeError):
+            meta[k] = v
+    kind = meta.get("kind")
+    if kind in _LEGACY_KINDS:
+        meta["kind"] = _LEGACY_KINDS[kind]
+    elif kind is None and str(meta.get("format", "")).startswith("normlab.classify"):
+        meta["kind"] = "classifier"
+    return meta
+
+
+def _raw_metadata(path: str | Path) -> dict[str, str]:
+    """The header's metadata as stored (JSON text values)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"model file {path} not found")
@@ -81,18 +97,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             raise ValueError
     except (ValueError, UnicodeDecodeError, OSError):
         raise ValueError(f"{path} is not a safetensors model file") from None
-    meta: dict[str, Any] = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except (json.JSONDecodeError, TypeError):
-            meta[k] = v
-    kind = meta.get("kind")
-    if kind in _LEGACY_KINDS:
-        meta["kind"] = _LEGACY_KINDS[kind]
-    elif kind is None and str(meta.get("format", "")).startswith("normlab.classify"):
-        meta["kind"] = "classifier"
-    return meta
+    return raw
 
 
 def check_kind(meta: dict[str, Any], kind: str, source: str | Path) -> None:
@@ -121,6 +126,7 @@ def read_model(path: str | Path, kind: str, validate: Callable[[dict[str, Any]],
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises several internal error types
         raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    check_safetensors_digest(path, tensors, _raw_metadata(path))
     return tensors, meta
 
 
@@ -131,3 +137,82 @@ def check_range(name: str, value: Any, lo: float, hi: float, *, integer: bool = 
     if not ok or not (lo <= value <= hi):
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{name} must be {kind} from {lo:g} to {hi:g}, got {value!r}")
+
+
+# ---------------------------------------------------------------------- training state (resume)
+
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"  # the checkpoint before the newest, kept for a damaged newest
+
+
+def save_state(path: str | Path, state: dict[str, Any], *, keep_previous: bool = True) -> None:
+    """Write training state atomically with its sha256 (``state["sha256"]``): a temp file in the
+    same folder, fsync, read back and verified, then the current file becomes ``PREVIOUS`` (when
+    ``keep_previous``) and the temp file takes its name. A full disk (``DiskFullError``) or any
+    other failure leaves the files as they were."""
+    import os
+
+    import torch
+
+    from .io import CHECKSUM_KEY, atomic_path, content_digest, load_torch, tensor_bytes
+
+    path = Path(path)
+    state = {k: v for k, v in state.items() if k != CHECKSUM_KEY}
+    state[CHECKSUM_KEY] = content_digest(state)
+    with atomic_path(path, needed=tensor_bytes(state)) as tmp:
+        torch.save(state, tmp)
+        back = load_torch(tmp)  # what the disk holds, before anything older is given up
+        if not isinstance(back, dict) or back.get(CHECKSUM_KEY) != _state_digest(back):
+            raise ValueError(f"the checkpoint written to {path} does not read back intact; "
+                             "the previous one was kept")
+        if keep_previous and path.is_file():
+            os.replace(path, path.with_name(PREVIOUS))
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    from .io import CHECKSUM_KEY, content_digest
+
+    return content_digest({k: v for k, v in state.items() if k != CHECKSUM_KEY})
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """One verified training-state file; one-line ``ValueError`` naming it when it is not a
+    normlab checkpoint or its checksum does not match (files written before checksums pass)."""
+    from .io import CHECKSUM_KEY, load_torch
+
+    path = Path(path)
+    state = load_torch(path)
+    if not isinstance(state, dict) or "step" not in state or "recipe" not in state:
+        raise ValueError(f"{path} is not a normlab training checkpoint")
+    if CHECKSUM_KEY in state and state[CHECKSUM_KEY] != _state_digest(state):
+        raise ValueError(f"{path} is damaged: its sha256 checksum does not match its contents")
+    return state
+
+
+def load_state(out: str | Path, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The resumable state of the run in ``out``: ``checkpoint.pt``, or, when that is damaged or
+    missing, the previous checkpoint (``warn`` gets one line saying so; default: stderr). The
+    file used is in ``state["source"]``. One-line ``ValueError`` when neither is usable."""
+    import sys
+
+    out = Path(out)
+    path, prev = out / CHECKPOINT, out / PREVIOUS
+    if not path.is_file() and not prev.is_file():
+        raise ValueError(f"nothing to resume: {path} does not exist")
+    problem = None
+    for p in (path, prev):
+        if not p.is_file():
+            continue
+        try:
+            state = read_state(p)
+        except ValueError as exc:
+            problem = problem or str(exc)
+            continue
+        if problem is not None or p != path:
+            why = problem or f"{path} is missing"
+            (warn or (lambda m: print(m, file=sys.stderr)))(
+                f"warning: {why}; resuming from the previous checkpoint {p} "
+                f"(step {int(state['step'])})")
+        state["source"] = str(p)
+        return state
+    raise ValueError(problem)

@@ -3,8 +3,10 @@ model config in the metadata, and weights-only loading of PyTorch files."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -13,22 +15,78 @@ if TYPE_CHECKING:
     import torch
 
 
+TEMP_SUFFIX = ".tmp"
+# what atomic_path's temp files are called: ".NAME." + 8 of mkstemp's [a-z0-9_] + ".tmp"
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
+def temp_target(candidate: str) -> str | None:
+    """The file name an ``atomic_path`` temp file called ``candidate`` was written for, else
+    None: how a cleanup tells its own temp files from a user's ``.notes.tmp``."""
+    m = _TEMP_NAME.fullmatch(candidate)
+    return m.group("name") if m else None
+
+
+class DiskFullError(OSError):
+    """A write that ran out of space; the file it would have replaced is untouched."""
+
+    def __init__(self, path: Path, needed: int | None) -> None:
+        where = _mount_point(path.parent)
+        need = f" (needs {max(1, round(needed / 2**20))} MB)" if needed else ""
+        super().__init__(errno.ENOSPC, f"no space left on {where}{need} to write {path}; "
+                                       "the file it replaces was kept")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _mount_point(folder: Path) -> str:
+    """The device (mount point) holding ``folder``, for disk-full messages."""
+    p = Path(os.path.abspath(folder))
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file (or a folder's entries) to the disk; a no-op where the OS refuses."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, on error
-    removed. Readers never see a half-written file."""
+def atomic_path(path: str | Path, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is flushed to the disk (fsync) and
+    renamed onto ``path``, on error removed. Readers never see a half-written file, and a crash
+    leaves the old file or the new one. Running out of space is a ``DiskFullError`` saying where
+    and how much (``needed`` bytes, when the caller knows)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+            fsync_path(tmp)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
+                raise DiskFullError(path, needed) from None
+            raise
         # mkstemp (and some writers, e.g. safetensors) create 0600 files; give the result the
         # permissions a plain open() would have.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+        fsync_path(path.parent)  # the rename itself survives a power cut
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -99,15 +157,74 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+CHECKSUM_KEY = "sha256"
+
+
+def _feed(h: Any, obj: Any) -> None:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            _feed(h, v)
+        h.update(b"]")
+    else:  # str, int, float, bool, None: repr round-trips exactly
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 of a nested structure of tensors and plain values, in its own order (dicts keep
+    their order through torch.save/load): the checksum stored with what the engine writes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _safetensors_digest(tensors: dict[str, torch.Tensor], raw_meta: dict[str, str]) -> str:
+    return content_digest({"metadata": {k: raw_meta[k] for k in sorted(raw_meta)
+                                        if k != CHECKSUM_KEY},
+                           "tensors": {k: tensors[k] for k in sorted(tensors)}})
+
+
+def check_safetensors_digest(path: str | Path, tensors: dict[str, torch.Tensor],
+                             raw_meta: dict[str, str]) -> None:
+    """One-line ``ValueError`` naming ``path`` when its stored checksum does not match what was
+    read (files without a checksum, e.g. written before it existed, pass)."""
+    stored = raw_meta.get(CHECKSUM_KEY)
+    if stored is None:
+        return
+    try:
+        stored = json.loads(stored)
+    except json.JSONDecodeError:
+        pass
+    if stored != _safetensors_digest(tensors, raw_meta):
+        raise ValueError(f"{path} is damaged: its sha256 checksum does not match its contents "
+                         "(refusing to use it; restore it from a copy)")
+
+
 def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
                      metadata: dict[str, Any] | None = None) -> None:
     """Save tensors atomically; every metadata value is stored as JSON text (safetensors allows
-    only string metadata), so configs round-trip with ``load_safetensors``."""
+    only string metadata), so configs round-trip with ``load_safetensors``. A sha256 of the
+    tensors and the metadata is stored as metadata ``sha256`` and checked on load."""
     from safetensors.torch import save_file
 
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items() if k != CHECKSUM_KEY}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
+    meta[CHECKSUM_KEY] = json.dumps(_safetensors_digest(tensors, meta))
+    with atomic_path(path, needed=tensor_bytes(tensors)) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
@@ -126,6 +243,7 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu"
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises several internal error types
         raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    check_safetensors_digest(path, tensors, raw)
     meta = {}
     for k, v in raw.items():
         try:
@@ -140,8 +258,21 @@ def save_torch(path: str | Path, obj: Any) -> None:
     ``load_torch``'s weights-only unpickler reads it back)."""
     import torch
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=tensor_bytes(obj)) as tmp:
         torch.save(obj, tmp)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested dict/list (what a file of it needs, near enough)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

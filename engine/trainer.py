@@ -4,48 +4,55 @@ its model, data and loss as a ``Task``; the ``Trainer`` owns everything else, on
 - seeding and exact resume: a task's batch is a pure function of (seed, step) and the
   checkpoint holds model, optimizer, grad scaler, RNG and step, so on CPU a resumed run ends
   bit-identical to an uninterrupted one;
-- atomic checkpoints (``checkpoint.pt``, weights-only pickle); stale ``.tmp`` files of a killed
-  write are removed at start; a checkpoint is written only after the next step's loss confirmed
-  its weights are finite, so "the last good checkpoint" is true when training diverges;
+- atomic, checksummed checkpoints (``checkpoint.pt``, weights-only pickle, sha256 inside; the
+  one before kept as ``checkpoint.prev.pt`` and resumed from when the newest is damaged); stale
+  temp files of a killed write (the engine's own names only) are removed at start; a checkpoint
+  is written only after the next step's loss confirmed its weights are finite, so "the last
+  good checkpoint" is true when training diverges;
 - ``metrics.jsonl`` lines written (and flushed) before the checkpoint that claims their step,
   and cut back to the checkpoint's step on resume;
 - a non-finite loss stops with a message naming the last checkpoint with finite weights (or
   saying there is none); cancel (``should_stop``) and Ctrl-C leave a resumable checkpoint;
-- gate clipping for BIN-style gates (BIN paper Sec. 3.2), AMP policy (``engine.devices``),
-  optional ``torch.compile``, channels_last on GPU, a tqdm bar, a progress callback;
+- gate clipping for BIN-style gates (BIN paper Sec. 3.2), optional gradient-norm clipping, AMP
+  policy (``engine.devices``), optional ``torch.compile``, channels_last on GPU, a tqdm bar, a
+  progress callback receiving ``engine.hooks.ProgressEvent``;
 - ``torchrun``: DistributedDataParallel with synchronised batch statistics (``engine.distributed``);
   every rank draws the same global batch and trains on its slice; rank 0 alone writes.
 
-On resume the recipe saved in the checkpoint wins: ``resume_recipe`` refuses a conflicting
-option by name unless it is listed in ``override``.
+The loop is a step plus hooks (``engine.hooks``); ``engine.fit`` runs the whole lifecycle of a
+run around it. On resume the recipe saved in the checkpoint wins: ``resume_recipe`` refuses a
+conflicting option by name unless it is listed in ``override``.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-import norms
-
+from .checkpoint import CHECKPOINT, PREVIOUS, load_state
 from .devices import amp_dtype, grad_scaler
-from .io import load_torch, save_torch
+from .metrics import METRICS, read_metrics
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
+if TYPE_CHECKING:
+    from .hooks import HookBase, ProgressEvent
+
+MODEL = "model.safetensors"
 STATE_FORMAT = 1
+__all__ = ["CHECKPOINT", "METRICS", "MODEL", "PREVIOUS", "Task", "Trainer", "TrainResult",
+           "load_state", "read_metrics", "resume_recipe"]
 
 
 class Task:
     """What a pipeline supplies. Subclasses set ``model``, ``optimizer``, ``total_steps`` and
-    ``batch_size`` (the global batch) and implement ``batch`` and ``loss``."""
+    ``batch_size`` (the global batch) and implement ``batch`` and ``loss``; everything else has
+    a default. ``engine.fit`` also calls ``save`` and reads ``cfg``."""
 
     name: str = "train"
     model: nn.Module
@@ -53,6 +60,10 @@ class Task:
     total_steps: int
     batch_size: int
     log_every: int = 1  # steps per metrics.jsonl line (metrics are averaged over them)
+    steps_per_epoch: int = 0  # for progress events (epoch counting); 0: no epochs
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
+    clip_grad_norm: float = 0.0  # > 0: clip the global gradient norm to this before each step
+    cfg: Any = None  # the config the task was built from (fit saves cfg.to_dict() as the recipe)
 
     def batch(self, step: int) -> tuple[Tensor, ...]:
         """The global batch of ``step`` (0-based) on the CPU: a pure function of (seed, step)."""
@@ -79,7 +90,8 @@ class Task:
 
     def progress_info(self, step: int, window: dict[str, float], evaluation: dict[str, float],
                       images_per_s: float) -> dict[str, Any]:
-        """What the ``progress`` callback receives after ``step``."""
+        """Older API, still honoured: a task that overrides this has its dict passed along as
+        ``ProgressEvent.extra`` (the event itself carries step, metrics and evaluation)."""
         return {"step": step, "total": self.total_steps, **window, **evaluation,
                 "images_per_s": images_per_s}
 
@@ -93,6 +105,18 @@ class Task:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+    def hooks(self) -> list[HookBase]:
+        """The task's hooks, run after the learning-rate schedule and before evaluation, metrics,
+        progress and checkpointing. The default clips BIN gates; extend it with
+        ``super().hooks() + [...]``."""
+        from .hooks import GateClipping
+
+        return [GateClipping()]
+
+    def save(self, path: Path, result: TrainResult) -> None:
+        """Write the trained model to ``path`` (``engine.fit`` calls it on rank 0 only)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement save()")
 
 
 @dataclass
@@ -155,7 +179,8 @@ def _params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module under DDP and ``torch.compile`` wrappers."""
     while True:
         if hasattr(model, "module") and isinstance(model.module, nn.Module):
             model = model.module
@@ -165,49 +190,52 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def read_metrics(path: str | Path, upto: int | None = None) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (with ``step`` ≤ ``upto`` when given); a line cut by
-    a crash ends the list."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if upto is None or rec.get("step", 0) <= upto:
-            out.append(rec)
-    return out
+_unwrap = unwrap
 
 
-def load_state(out: str | Path) -> dict[str, Any]:
-    """The resumable state of the run in ``out`` (one-line error when there is none)."""
-    path = Path(out) / CHECKPOINT
-    if not path.is_file():
-        raise ValueError(f"nothing to resume: {path} does not exist")
-    state = load_torch(path)
-    if not isinstance(state, dict) or "step" not in state or "recipe" not in state:
-        raise ValueError(f"{path} is not a normlab training checkpoint")
-    return state
+def _clean_stale_temps(out: Path) -> None:
+    """Remove the temp files a killed write of the engine left (``.NAME.XXXXXXXX.tmp`` for the
+    run's own file names); nothing else, e.g. a user's ``.my-notes.tmp``, is touched."""
+    from .io import temp_target
+
+    own = {CHECKPOINT, PREVIOUS, METRICS, MODEL, "config.json"}
+    for p in out.glob(".*.tmp"):
+        name = temp_target(p.name)
+        if name in own or (name and re.fullmatch(r"preview_\d+\.jpg", name)):
+            p.unlink(missing_ok=True)
 
 
 class Trainer:
-    """Runs a ``Task`` to ``task.total_steps`` (see the module docstring)."""
+    """Runs a ``Task`` to ``task.total_steps`` (see the module docstring): ``run_step`` is one
+    optimizer step; the hooks (``engine.hooks``) do everything around it.
+
+    Hooks read: ``step`` (steps done), ``total``, ``model`` (wrapped for DDP/compile), ``task``,
+    ``window`` (metric means since the last metrics line), ``evaluation`` (this step's, or {}),
+    ``images_per_s``, ``preview`` (set by a task hook for the progress event), ``outcome``
+    (in ``after_train``: finished, stopped, interrupted or failed)."""
 
     def __init__(self, task: Task, *, out: str | Path, recipe: dict[str, Any],
                  device: torch.device, amp: bool = False, compile: bool = False,
-                 checkpoint_every: int = 0, env: Any = None) -> None:
+                 checkpoint_every: int | None = None, env: Any = None,
+                 clip_grad_norm: float | None = None, hooks: Sequence[HookBase] = (),
+                 fresh: bool = False) -> None:
+        """``checkpoint_every`` and ``clip_grad_norm`` default to the task's; ``hooks`` are
+        added after the task's; ``fresh``: a new run replacing an old one in ``out`` (its
+        checkpoints and model are removed before the first step)."""
         self.task, self.out, self.recipe = task, Path(out), recipe
         self.device, self.amp, self.compile = device, amp, compile
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every = (task.checkpoint_every if checkpoint_every is None
+                                 else checkpoint_every)
+        self.clip_grad_norm = task.clip_grad_norm if clip_grad_norm is None else clip_grad_norm
         self.env = env
+        self.extra_hooks, self.fresh = list(hooks), fresh
         self.ckpt_path = self.out / CHECKPOINT
         self.metrics_path = self.out / METRICS
         self.scaler = grad_scaler(device, amp)
         self.good_step: int | None = None  # step of the newest checkpoint with finite weights
-        norms.attach_gate_clipping(task.optimizer, _unwrap(task.model))
+        self.checkpoint_trusted = False  # whether checkpoint.pt is this run's, verified
+        self.restored = False
+        self.metrics_writer = None
         for g in task.optimizer.param_groups:
             g.setdefault("base_lr", g["lr"])
 
@@ -216,32 +244,30 @@ class Trainer:
     def is_main(self) -> bool:
         return self.env is None or self.env.is_main
 
-    def _snapshot(self, step: int) -> dict[str, Any]:
-        model = _unwrap(self.task.model)
-        return {"format": STATE_FORMAT, "step": step, "recipe": self.recipe,
+    def snapshot(self) -> dict[str, Any]:
+        """The resumable state after ``self.step`` steps (plain data and tensors, copied)."""
+        model = unwrap(self.task.model)
+        return {"format": STATE_FORMAT, "step": self.step, "recipe": self.recipe,
                 "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                 "optimizer": copy.deepcopy(self.task.optimizer.state_dict()),
                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
                 "task": copy.deepcopy(self.task.extra_state())}
 
-    def _write(self, snap: dict[str, Any], metrics_file) -> None:
-        if not self.is_main:
-            return
-        if metrics_file is not None:  # the lines this checkpoint claims are on disk first
-            metrics_file.flush()
-            os.fsync(metrics_file.fileno())
-        save_torch(self.ckpt_path, snap)
-        self.good_step = int(snap["step"])
+    def params_finite(self) -> bool:
+        return _params_finite(unwrap(self.task.model))
 
     def restore(self, state: dict[str, Any]) -> int:
         """Load a ``load_state`` dict into the task; returns its step."""
-        _unwrap(self.task.model).load_state_dict(state["model"])
+        unwrap(self.task.model).load_state_dict(state["model"])
         self.task.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         self.task.load_extra_state(state.get("task") or {})
         self.good_step = int(state["step"])
+        self.restored = True
+        # resumed from checkpoint.prev.pt: the damaged checkpoint.pt is replaced, not kept
+        self.checkpoint_trusted = Path(state.get("source", self.ckpt_path)).name == CHECKPOINT
         return int(state["step"])
 
     # -- the loop ------------------------------------------------------------------------------
@@ -268,31 +294,76 @@ class Trainer:
 
         return all_reduce_mean(t, self.env)
 
-    def run(self, *, start: int = 0, progress: Callable[[dict], None] | None = None,
+    def build_hooks(self, progress: Callable[[ProgressEvent], None] | None,
+                    show_bar: bool) -> list[HookBase]:
+        """LR schedule, the task's hooks, evaluation, then (rank 0) metrics file and progress,
+        any extra hooks, and the checkpointer last."""
+        from .hooks import Checkpointer, Evaluation, LRSchedule, MetricsWriter, Progress
+
+        hooks: list[HookBase] = [LRSchedule(), *self.task.hooks(), Evaluation()]
+        if self.is_main:
+            hooks += [MetricsWriter(), Progress(progress, show_bar)]
+        return hooks + self.extra_hooks + [Checkpointer(self.checkpoint_every)]
+
+    def run(self, *, start: int = 0, progress: Callable[[ProgressEvent], None] | None = None,
             should_stop: Callable[[], bool] | None = None, show_bar: bool = True) -> TrainResult:
         """Train from ``start`` (0, or the step ``restore`` returned) to ``task.total_steps``;
         ``ValueError`` at once if another process is training into the same folder."""
         from .io import folder_lock
 
         with folder_lock(self.out) if self.is_main else contextlib.nullcontext():
-            return self._run(start, progress, should_stop, show_bar)
+            return self._run(start, self.build_hooks(progress, show_bar), should_stop)
 
-    def _run(self, start: int, progress: Callable[[dict], None] | None,
-             should_stop: Callable[[], bool] | None, show_bar: bool) -> TrainResult:
-        task, out = self.task, self.out
-        total = task.total_steps
-        prior_s = 0.0  # training wall seconds of the steps kept from earlier sessions (resume)
+    def _prepare(self) -> None:
+        """Rank 0, under the folder lock, before any hook: the folder, stale temps, and (a new
+        run) the checkpoints and model of whatever run was there before."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        _clean_stale_temps(self.out)
+        if not self.restored:
+            # a checkpoint.prev.pt left from another run must never be "the previous good one"
+            gone = (PREVIOUS, CHECKPOINT, MODEL, "config.json") if self.fresh else (PREVIOUS,)
+            for name in gone:
+                (self.out / name).unlink(missing_ok=True)
+
+    def _run(self, start: int, hooks: list[HookBase], should_stop: Callable[[], bool] | None
+             ) -> TrainResult:
+        self.step, self.total = start, self.task.total_steps
+        self.window, self.n_window, self.last_window = {}, 0, {}
+        self.evaluation, self.last_evaluation, self.evaluated = {}, {}, False
+        self.preview, self.images_per_s, self.seen = None, 0.0, 0
+        self.outcome = "failed"
+        self.hooks = hooks
         if self.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            for stale in out.glob(".*.tmp"):  # left by a write that was killed mid-way
-                stale.unlink(missing_ok=True)
-            kept = read_metrics(self.metrics_path, start) if start else []
-            from .io import write_text_atomic
+            self._prepare()
+        self.model = self._wrap(self.task.model)
+        dtype = amp_dtype(self.device)
+        # what this session computes in, per metrics line (a resumed run may differ)
+        self.precision = str(dtype).removeprefix("torch.") if self.amp else "float32"
+        self.t0 = time.perf_counter()
+        stopped = False
+        for h in hooks:
+            h.trainer = self
+        try:
+            for h in hooks:
+                h.before_train()
+            self.model.train()
+            while self.step < self.total:
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    break
+                self.run_step(dtype)
+            self.outcome = "stopped" if stopped else "finished"
+        except KeyboardInterrupt:
+            self.outcome = "interrupted"  # Ctrl-C keeps every finished step: --resume
+            raise
+        finally:
+            for h in reversed(hooks):
+                h.after_train()
+        return TrainResult(self.step, self.total, stopped, self.last_window or dict(self.window),
+                           self.last_evaluation,
+                           self.ckpt_path if self.good_step is not None else None)
 
-            write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-            if kept:
-                prior_s = float(kept[-1].get("train_s", 0.0))
-        model = task.model
+    def _wrap(self, model: nn.Module) -> nn.Module:
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         if self.env is not None and self.env.enabled:
@@ -301,106 +372,43 @@ class Trainer:
             model = prepare_model(model, self.env)
         if self.compile:
             model = torch.compile(model)
-        dtype = amp_dtype(self.device)
-        # what this session computes in, per metrics line (a resumed run may differ)
-        precision = str(dtype).removeprefix("torch.") if self.amp else "float32"
-        bar = None
-        if show_bar and self.is_main:
-            from tqdm.auto import tqdm
+        return model
 
-            bar = tqdm(total=total, initial=start, desc=task.name, unit="step",
-                       dynamic_ncols=True, mininterval=0.5)
-        window: dict[str, float] = {}
-        last_window: dict[str, float] = {}
-        n_window = 0
-        evaluation: dict[str, float] = {}
-        pending: dict[str, Any] | None = None
-        step, stopped, seen = start, False, 0
-        t0 = time.perf_counter()
-        mf = open(self.metrics_path, "a", buffering=1) if self.is_main else None
-        model.train()
-        try:
-            while step < total:
-                if should_stop is not None and should_stop():
-                    stopped = True
-                    break
-                factor = task.lr_factor(step)
-                for g in task.optimizer.param_groups:
-                    g["lr"] = g["base_lr"] * factor
-                batch = self._to_device(self._shard(task.batch(step)))
-                with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
-                    loss, metrics = task.loss(model, batch)
-                loss_all = self._mean_across(loss.detach().float())
-                if not torch.isfinite(loss_all):
-                    pending = None  # its weights produced this loss
-                    raise ValueError(self._diverged_message(float(loss_all), step + 1))
-                if pending is not None:  # the loss just confirmed the pending weights
-                    self._write(pending, mf)
-                    pending = None
-                task.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(task.optimizer)
-                self.scaler.update()
-                step += 1
-                seen += batch[0].shape[0] * (self.env.world_size if self.env is not None
-                                              and self.env.enabled else 1)
-                vals = {k: float(self._mean_across(torch.as_tensor(v, dtype=torch.float32)))
-                        for k, v in metrics.items()}
-                n_window += 1
-                for k, v in vals.items():
-                    window[k] = window.get(k, 0.0) + (v - window.get(k, 0.0)) / n_window
-                ips = seen / max(time.perf_counter() - t0, 1e-9)
-                do_eval = task.should_evaluate(step) or step == total
-                if do_eval:
-                    evaluation = self._evaluate(model, step)
-                if step % task.log_every == 0 or step == total or do_eval:
-                    rec = {"step": step, **task.record(step), **{k: round(v, 6) for k, v in window.items()},
-                           **(evaluation if do_eval else {}), "images_per_s": round(ips, 2),
-                           "time": round(time.time(), 3),
-                           "train_s": round(prior_s + time.perf_counter() - t0, 1),
-                           "precision": precision}
-                    if mf is not None:
-                        mf.write(json.dumps(rec) + "\n")
-                if self.is_main:
-                    info = task.progress_info(step, dict(window), evaluation if do_eval else {}, ips)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(task.postfix(window), refresh=False)
-                    if progress is not None:
-                        progress(info)
-                if step % task.log_every == 0 or step == total:
-                    last_window, window, n_window = dict(window), {}, 0
-                if self.checkpoint_every and step % self.checkpoint_every == 0 and step < total:
-                    pending = self._snapshot(step)
-        except KeyboardInterrupt:
-            self._final_checkpoint(step, mf)  # Ctrl-C keeps every finished step: --resume
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-            if mf is not None and step < total and not stopped:
-                mf.close()  # diverged or interrupted
-        self._final_checkpoint(step, mf)
-        if mf is not None:
-            mf.close()
-        return TrainResult(step, total, stopped, last_window or dict(window), evaluation,
-                           self.ckpt_path if self.good_step is not None else None)
-
-    def _evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        result: dict[str, float] = {}
-        bare = _unwrap(model)
-        if self.is_main:
-            result = self.task.evaluate(bare, step)
-            bare.train()
-        if self.env is not None and self.env.enabled:
-            from .distributed import barrier
-
-            barrier(self.env)
-        return result
-
-    def _final_checkpoint(self, step: int, mf) -> None:
-        if _params_finite(_unwrap(self.task.model)):
-            self._write(self._snapshot(step), mf)
+    def run_step(self, dtype: torch.dtype) -> None:
+        """One optimizer step with its hooks; ``ValueError`` naming the last good checkpoint
+        when the loss is not finite."""
+        task = self.task
+        self.evaluated, self.evaluation, self.preview = False, {}, None
+        for h in self.hooks:
+            h.before_step()
+        batch = self._to_device(self._shard(task.batch(self.step)))
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            loss, metrics = task.loss(self.model, batch)
+        loss_all = self._mean_across(loss.detach().float())
+        if not torch.isfinite(loss_all):
+            raise ValueError(self._diverged_message(float(loss_all), self.step + 1))
+        for h in self.hooks:
+            h.after_loss()
+        task.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad_norm:
+            self.scaler.unscale_(task.optimizer)
+            torch.nn.utils.clip_grad_norm_(unwrap(self.model).parameters(), self.clip_grad_norm)
+        self.scaler.step(task.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.seen += batch[0].shape[0] * (self.env.world_size if self.env is not None
+                                          and self.env.enabled else 1)
+        vals = {k: float(self._mean_across(torch.as_tensor(v, dtype=torch.float32)))
+                for k, v in metrics.items()}
+        self.n_window += 1
+        for k, v in vals.items():
+            self.window[k] = self.window.get(k, 0.0) + (v - self.window.get(k, 0.0)) / self.n_window
+        self.images_per_s = self.seen / max(time.perf_counter() - self.t0, 1e-9)
+        for h in self.hooks:
+            h.after_step()
+        if self.step % task.log_every == 0 or self.step == self.total:
+            self.last_window, self.window, self.n_window = dict(self.window), {}, 0
 
     def _diverged_message(self, value: float, step: int) -> str:
         if self.good_step is not None:

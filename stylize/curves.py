@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.io import atomic_path
+from engine.metrics import read_metrics
 
 
 def read_run(run: str | Path) -> tuple[str, dict[str, np.ndarray]]:
@@ -16,12 +17,7 @@ def read_run(run: str | Path) -> tuple[str, dict[str, np.ndarray]]:
     metrics = run / "metrics.jsonl"
     if not metrics.is_file():
         raise ValueError(f"{run} is not a stylize run folder (no metrics.jsonl)")
-    rows = []
-    for line in metrics.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+    rows = read_metrics(metrics)
     if not rows:
         raise ValueError(f"{metrics} has no steps yet")
     label = run.name

@@ -25,16 +25,17 @@ from torch import Tensor, nn
 
 import engine.io
 from engine.checkpoint import check_range
-from engine.devices import resolve_device
 from engine.images import load_image
-from engine.trainer import CHECKPOINT, Task, Trainer, load_state, resume_recipe
+from engine.fit import fit
+from engine.trainer import Task
 
 from .arbitrary import LEVELS, Decoder, DecoderConfig, save_decoder
 from .losses import load_vgg_encoder
 from .photos import content_split
 
 FINAL = "model.safetensors"
-RUN_SETTINGS = ("out", "device", "amp", "steps", "checkpoint_every", "resume", "eval_every")
+RUN_SETTINGS = ("out", "device", "amp", "compile", "checkpoint_every", "resume", "overwrite",
+                "eval_every")
 _TAPS = {"relu1_1": ["relu1_1"], "relu2_1": ["relu1_1", "relu2_1"],
          "relu3_1": ["relu1_1", "relu2_1", "relu3_1"]}
 
@@ -56,7 +57,9 @@ class DecoderTrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False  # bf16 autocast (2× faster on CPUs with native bf16)
+    compile: bool = False
     resume: bool = False
+    overwrite: bool = False  # a new run may replace the run already in ``out``
     checkpoint_every: int = 250
     eval_every: int = 0  # 0: held-out PSNR only at the end
 
@@ -121,6 +124,7 @@ class DecoderTask(Task):
     def __init__(self, cfg: DecoderTrainConfig, photos: Photos, heldout: Photos | None,
                  encoder: nn.Module, device: torch.device) -> None:
         self.cfg, self.photos, self.heldout, self.device = cfg, photos, heldout, device
+        self.checkpoint_every = cfg.checkpoint_every
         self.name = f"decoder {cfg.level}"
         self.batch_size = cfg.batch_size
         self.total_steps = cfg.steps
@@ -195,39 +199,32 @@ class DecoderTask(Task):
     def load_extra_state(self, state):
         self.last = dict(state.get("last") or {})
 
+    def save(self, path: Path, result) -> None:
+        meta = {"steps": result.step, "finished": result.step >= self.total_steps,
+                "train_photos": len(self.photos),
+                "heldout_photos": len(self.heldout) if self.heldout else 0,
+                "final_losses": {k: float(v) for k, v in self.last.items()}}
+        save_decoder(path, self.model.eval(), meta, recipe=self.cfg.to_dict())
 
-def train_decoder(cfg: DecoderTrainConfig, progress: Callable[[dict], None] | None = None,
+
+def train_decoder(cfg: DecoderTrainConfig, progress: Callable | None = None,
                   should_stop: Callable[[], bool] | None = None, *, encoder: nn.Module | None = None,
-                  show_bar: bool = True, explicit: Iterable[str] | None = None) -> Path:
-    """Train (or ``cfg.resume`` exactly) a decoder; returns ``<out>/model.safetensors``, whose
-    metadata holds the recipe and the held-out reconstruction PSNR. ``encoder`` is a test hook."""
-    out = Path(cfg.out)
-    state = None
-    if cfg.resume:
-        state = load_state(out)
-        given = cfg.to_dict()
-        if explicit is None:
-            explicit = [k for k, v in given.items() if v is not None]
-        merged = resume_recipe(state["recipe"], given, mutable=RUN_SETTINGS, explicit=explicit,
-                               source=out / CHECKPOINT)
-        cfg = DecoderTrainConfig.from_dict(merged)
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    split = content_split(cfg.content_dir)
-    photos = Photos(split["train"], cfg.load_size, cfg.image_size)
-    heldout = Photos(split["heldout"], 256, 16) if split["heldout"] else None
-    if encoder is None:
-        encoder = load_vgg_encoder(cfg.vgg_weights)
-    task = DecoderTask(cfg, photos, heldout, encoder, device)
-    trainer = Trainer(task, out=out, recipe=cfg.to_dict(), device=device, amp=cfg.amp,
-                      compile=False, checkpoint_every=cfg.checkpoint_every)
-    start = trainer.restore(state) if state is not None else 0
-    out.mkdir(parents=True, exist_ok=True)
-    engine.io.write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    result = trainer.run(start=start, progress=progress, should_stop=should_stop, show_bar=show_bar)
-    final = out / FINAL
-    meta = {"steps": result.step, "finished": result.step >= task.total_steps,
-            "train_photos": len(photos), "heldout_photos": len(heldout) if heldout else 0,
-            "final_losses": {k: float(v) for k, v in task.last.items()}}
-    save_decoder(final, task.model.eval(), meta, recipe=cfg.to_dict())
-    return final
+                  show_bar: bool = True, explicit: Iterable[str] | None = None,
+                  override: Iterable[str] = ()) -> Path:
+    """Train (or ``cfg.resume`` exactly) a decoder on the engine (``engine.fit``); returns
+    ``<out>/model.safetensors``, whose metadata holds the recipe and the held-out reconstruction
+    PSNR. ``progress`` receives ``engine.hooks.ProgressEvent``s; ``encoder`` is a test hook."""
+
+    def build(cfg: DecoderTrainConfig, device: torch.device) -> DecoderTask:
+        split = content_split(cfg.content_dir)
+        photos = Photos(split["train"], cfg.load_size, cfg.image_size)
+        heldout = Photos(split["heldout"], 256, 16) if split["heldout"] else None
+        enc = encoder if encoder is not None else load_vgg_encoder(cfg.vgg_weights)
+        task = DecoderTask(cfg, photos, heldout, enc, device)
+        task.cfg = cfg
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        engine.io.write_text_atomic(Path(cfg.out) / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        return task
+
+    return fit(cfg, build, run_settings=RUN_SETTINGS, explicit=explicit, override=override,
+               progress=progress, should_stop=should_stop, show_bar=show_bar)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -28,9 +27,10 @@ import norms
 import engine.io
 from engine.checkpoint import check_range, read_model
 from engine.checkpoint import save_model as _save_model
-from engine.devices import resolve_device
+from engine.fit import fit
+from engine.hooks import HookBase, ProgressEvent
 from engine.images import list_images, load_image, save_image, to_image
-from engine.trainer import CHECKPOINT, Task, Trainer, load_state, resume_recipe
+from engine.trainer import CHECKPOINT, Task, TrainResult
 
 from .losses import PerceptualLoss, check_style_scales, load_vgg_encoder
 from .model import (StyleConfig, TransformerNet, load_style_net, resolve_model_file,
@@ -39,7 +39,7 @@ from .model import (StyleConfig, TransformerNet, load_style_net, resolve_model_f
 FINAL = "model.safetensors"
 # Settings that may change on resume (how and where a run goes, not what it learns).
 RUN_SETTINGS = ("out", "device", "amp", "compile", "steps", "epochs", "checkpoint_every",
-                "preview_every", "resume", "channels_last")
+                "preview_every", "resume", "overwrite", "channels_last")
 # What a recipe written before a key existed meant (resuming an old run keeps its behaviour).
 LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False}
 
@@ -66,6 +66,7 @@ class TrainConfig:
     amp: bool = False  # mixed precision (engine.devices.amp_dtype: bf16 where supported)
     compile: bool = False
     resume: bool = False
+    overwrite: bool = False  # a new run may replace the run already in ``out``
     checkpoint_every: int = 200
     preview_every: int = 0  # 0 = no previews
     vgg_weights: str | None = None
@@ -296,6 +297,7 @@ class StylizeTask(Task):
                  device: torch.device, out: Path) -> None:
         self.cfg, self.data, self.loss_fn, self.device, self.out = cfg, data, loss_fn, device, out
         self.batch_size = cfg.batch_size
+        self.checkpoint_every = cfg.checkpoint_every
         self.total_steps = (math.ceil(cfg.epochs * len(data) / cfg.batch_size) if cfg.epochs
                             else cfg.steps)
         self.schedule = BatchSchedule(len(data), cfg.batch_size, cfg.seed)
@@ -353,15 +355,6 @@ class StylizeTask(Task):
         save_image(img, self.out / f"preview_{step:06d}.jpg")
         return img
 
-    def progress_info(self, step, window, evaluation, images_per_s):
-        self.last = dict(window)
-        info = {"step": step, "total": self.total_steps, "content_loss": window["content_loss"],
-                "style_loss": window["style_loss"], "images_per_s": images_per_s, "preview": None}
-        every = self.cfg.preview_every
-        if every and (step % every == 0 or step == self.total_steps):
-            info["preview"] = self.preview(step)
-        return info
-
     def postfix(self, window):
         return {"content": f"{window.get('content_loss', float('nan')):.3g}",
                 "style": f"{window.get('style_loss', float('nan')):.3g}"}
@@ -373,7 +366,41 @@ class StylizeTask(Task):
         self.last = dict(state.get("last") or {})
 
 
-def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
+    def hooks(self) -> list[HookBase]:
+        return super().hooks() + [_StyleRun()]
+
+    def save(self, path: Path, result: TrainResult) -> None:
+        last = dict(self.last)
+        if self.data.bad:
+            last["skipped_files"] = float(len(self.data.bad))
+        save_model(path, self.model.eval(),
+                   _model_metadata(self.cfg, self.names, result.step, last,
+                                   result.step >= self.total_steps))
+
+
+class _StyleRun(HookBase):
+    """Rank 0: ``config.json`` at the start; per step the losses kept for the model file and,
+    every ``preview_every`` steps and at the end, a preview for the progress event."""
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if t.is_main:
+            shown = t.task.cfg.to_dict()
+            if t.task.cfg.from_model:  # the network's norm comes from the base model, not --norm
+                shown["norm"] = t.task.model.config.norm
+            engine.io.write_text_atomic(t.out / "config.json", json.dumps(shown, indent=2))
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if not t.is_main:
+            return
+        t.task.last = dict(t.window)
+        every = t.task.cfg.preview_every
+        if every and (t.step % every == 0 or t.step == t.total):
+            t.preview = t.task.preview(t.step)
+
+
+def train(cfg: TrainConfig, progress: Callable[[ProgressEvent], None] | None = None,
           should_stop: Callable[[], bool] | None = None, *, resume: bool = False,
           encoder: nn.Module | None = None, show_bar: bool = True,
           explicit: Iterable[str] | None = None, override: Iterable[str] = ()) -> Path:
@@ -381,66 +408,31 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
 
     ``resume`` (or ``cfg.resume``) continues ``<out>/checkpoint.pt`` exactly: its recipe wins,
     run settings (steps, device, cadences) may change, and any other ``explicit`` option that
-    differs is an error unless named in ``override`` (``engine.trainer.resume_recipe``).
-    ``encoder`` is a test hook: a loss network to use instead of loading VGG weights (the product
-    always loads real ones)."""
-    out = Path(cfg.out)
-    state = None
-    if resume or cfg.resume:
-        state = load_state(out)
-        given = cfg.to_dict()
-        if explicit is None:  # library call: every value given counts; None means "the default"
-            explicit = [k for k, v in given.items() if v is not None]
-        saved = {**LEGACY_RECIPE, **state["recipe"]}
-        merged = resume_recipe(saved, given, mutable=RUN_SETTINGS, explicit=explicit,
-                               override=override, source=out / CHECKPOINT)
-        cfg = TrainConfig.from_dict(merged)
-    cfg.validate()
-    env = _dist_env(cfg.device)
-    device = env.device if env is not None else resolve_device(cfg.device)
+    differs is an error unless named in ``override`` (``engine.trainer.resume_recipe``). Without
+    it, a folder holding a run needs ``cfg.overwrite``. ``progress`` gets an
+    ``engine.hooks.ProgressEvent`` per step (content_loss, style_loss in ``metrics``; a preview
+    image every ``preview_every`` steps). ``encoder`` is a test hook: a loss network to use
+    instead of loading VGG weights (the product always loads real ones)."""
+    if explicit is None:  # library call: every value given counts; None means "the default"
+        explicit = [k for k, v in cfg.to_dict().items() if v is not None]
 
-    data = ContentImages(cfg.content_dir, cfg.image_size)
-    if encoder is None:
-        encoder = load_vgg_encoder(cfg.vgg_weights)
-    spec = getattr(encoder, "spec", None)
-    cw = cfg.content_weight if cfg.content_weight is not None else (spec.content_weight if spec else 1.0)
-    sw = cfg.style_weight if cfg.style_weight is not None else (spec.style_weight if spec else 1.0)
-    cfg = dataclasses.replace(cfg, content_weight=cw, style_weight=sw)
-    style_layers = spec.style_layers if spec else list(encoder.taps)
-    content_layer = spec.content_layer if spec else encoder.taps[-1]
-    loss_fn = PerceptualLoss(encoder, [style_tensor(p, cfg.style_size) for p in cfg.style_images],
-                             style_layers, content_layer, cw, sw, cfg.tv_weight,
-                             style_scales=cfg.style_scales).to(device)
+    def build(cfg: TrainConfig, device: torch.device) -> StylizeTask:
+        data = ContentImages(cfg.content_dir, cfg.image_size)
+        enc = encoder if encoder is not None else load_vgg_encoder(cfg.vgg_weights)
+        spec = getattr(enc, "spec", None)
+        cw = cfg.content_weight if cfg.content_weight is not None else (spec.content_weight if spec else 1.0)
+        sw = cfg.style_weight if cfg.style_weight is not None else (spec.style_weight if spec else 1.0)
+        cfg = dataclasses.replace(cfg, content_weight=cw, style_weight=sw)
+        style_layers = spec.style_layers if spec else list(enc.taps)
+        content_layer = spec.content_layer if spec else enc.taps[-1]
+        loss_fn = PerceptualLoss(enc, [style_tensor(p, cfg.style_size) for p in cfg.style_images],
+                                 style_layers, content_layer, cw, sw, cfg.tv_weight,
+                                 style_scales=cfg.style_scales).to(device)
+        return StylizeTask(cfg, data, loss_fn, device, Path(cfg.out))
 
-    task = StylizeTask(cfg, data, loss_fn, device, out)
-    trainer = Trainer(task, out=out, recipe=cfg.to_dict(), device=device, amp=cfg.amp,
-                      compile=cfg.compile, checkpoint_every=cfg.checkpoint_every, env=env)
-    start = trainer.restore(state) if state is not None else 0
-    if env is None or env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        shown = cfg.to_dict()
-        if cfg.from_model:  # the network's norm comes from the base model, not --norm
-            shown["norm"] = task.model.config.norm
-        engine.io.write_text_atomic(out / "config.json", json.dumps(shown, indent=2))
-    result = trainer.run(start=start, progress=progress, should_stop=should_stop, show_bar=show_bar)
-    last = dict(task.last)
-    if data.bad:
-        last["skipped_files"] = float(len(data.bad))
-    final = out / FINAL
-    if env is None or env.is_main:
-        save_model(final, task.model.eval(),
-                   _model_metadata(cfg, task.names, result.step, last,
-                                   result.step >= task.total_steps))
-    return final
-
-
-def _dist_env(device: str):
-    """The torchrun environment when this process is one of several, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from engine.distributed import init_distributed
-
-    return init_distributed(device)
+    return fit(cfg, build, run_settings=RUN_SETTINGS, resume=resume, explicit=explicit,
+               override=override, legacy=LEGACY_RECIPE, progress=progress,
+               should_stop=should_stop, show_bar=show_bar)
 
 
 def export_model(src: str | Path, dst: str | Path, half: bool = True,

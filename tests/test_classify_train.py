@@ -50,8 +50,11 @@ def test_training_lowers_loss_and_writes_outputs(data_dir, tmp_path):
     path = train(_cfg(data_dir, tmp_path / "run", epochs=4), progress=seen.append)
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and rows[-1]["loss"] < rows[0]["loss"]
-    assert {"epoch", "epochs", "step", "total", "loss", "acc"} <= set(seen[0])
-    assert any("test_acc" in p for p in seen)
+    first = seen[0]  # an engine.hooks.ProgressEvent
+    assert (first.step, first.epoch, first.epochs, first.step_in_epoch) == (1, 1, 4, 1)
+    assert {"loss", "train_acc"} <= set(first.metrics) and first.steps_per_epoch == 3
+    assert [p.epoch for p in seen if p.step_in_epoch == p.steps_per_epoch] == [1, 2, 3, 4]
+    assert not any(p.evaluation for p in seen)  # this folder has no test split
     clf = classify.load_classifier(path)
     assert clf.class_names == ["class0", "class1"] and clf.image_size == 16
     assert len(clf.mean) == 3 and all(s > 0 for s in clf.std)

@@ -220,3 +220,161 @@ def test_bench_train_step_precisions_are_ratios_to_fp32_bn():
     assert rows[0].ratio == 1.0 and all(r.step_ms > 0 and r.ratio > 0 for r in rows)
     with pytest.raises(ValueError, match="unknown precision"):
         bench_train_step(build, torch.device("cpu"), ("bn",), precisions=("fp8",))
+
+
+# ------------------------------------------------------------------ the loop: fit, hooks, events
+
+class _LineTask:
+    """A minimal task in the style a pipeline writes (today's ``Task`` API): fit y = 2x."""
+
+    @staticmethod
+    def make(total: int = 6, **attrs):
+        from engine.trainer import Task
+
+        class LineTask(Task):
+            name = "line"
+
+            def __init__(self, cfg=None):
+                torch.manual_seed(0)
+                self.model = torch.nn.Linear(1, 1)
+                self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+                self.total_steps, self.batch_size, self.cfg = total, 4, cfg
+                for k, v in attrs.items():
+                    setattr(self, k, v)
+
+            def batch(self, step):
+                g = torch.Generator().manual_seed(step)
+                x = torch.randn(4, 1, generator=g)
+                return x, 2 * x
+
+            def loss(self, model, batch):
+                x, y = batch
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                return loss, {"loss": loss.detach()}
+
+            def progress_info(self, step, window, evaluation, images_per_s):  # older API
+                return {"mine": step * 10}
+
+            def save(self, path, result):
+                from engine.io import save_safetensors
+
+                save_safetensors(path, self.model.state_dict(), {"steps": result.step})
+
+        return LineTask
+
+
+def test_a_task_written_against_the_trainer_api_runs_and_resumes(tmp_path):
+    from engine.hooks import HookBase, ProgressEvent
+    from engine.trainer import Trainer, load_state, read_metrics
+
+    calls = []
+
+    class Spy(HookBase):
+        def before_step(self):
+            calls.append(("before", self.trainer.step))
+
+        def after_loss(self):
+            calls.append(("loss", self.trainer.step))
+
+        def after_step(self):
+            calls.append(("after", self.trainer.step))
+
+    task = _LineTask.make()()
+    events: list[ProgressEvent] = []
+    res = Trainer(task, out=tmp_path / "a", recipe={"x": 1}, device=torch.device("cpu"),
+                  checkpoint_every=2, hooks=[Spy()]).run(progress=events.append, show_bar=False)
+    assert res.step == 6 and calls[:3] == [("before", 0), ("loss", 0), ("after", 1)]
+    assert [e.step for e in events] == list(range(1, 7)) and events[0].extra == {"mine": 10}
+    assert set(events[0].metrics) == {"loss"} and events[-1].fraction == 1.0
+    assert [r["step"] for r in read_metrics(tmp_path / "a")] == list(range(1, 7))
+    # stop after 3 steps, resume: the same weights as the uninterrupted run
+    part = _LineTask.make()()
+    Trainer(part, out=tmp_path / "b", recipe={"x": 1}, device=torch.device("cpu"),
+            checkpoint_every=2).run(should_stop=lambda: len(read_metrics(tmp_path / "b")) >= 3,
+                                    show_bar=False)
+    again = _LineTask.make()()
+    tr = Trainer(again, out=tmp_path / "b", recipe={"x": 1}, device=torch.device("cpu"),
+                 checkpoint_every=2)
+    tr.run(start=tr.restore(load_state(tmp_path / "b")), show_bar=False)
+    assert torch.equal(task.model.weight, again.model.weight)
+
+
+def test_gradient_clipping_is_an_option(tmp_path):
+    from engine.trainer import Trainer
+
+    seen = []
+
+    class Clipped(_LineTask.make(total=1, clip_grad_norm=1e-3)):
+        def loss(self, model, batch):
+            loss, m = super().loss(model, batch)
+            loss.register_hook(lambda g: g * 1e4)  # a huge gradient
+            return loss, m
+
+    task = Clipped()
+    before = task.model.weight.detach().clone()
+    Trainer(task, out=tmp_path, recipe={}, device=torch.device("cpu")).run(show_bar=False)
+    seen.append(float((task.model.weight.detach() - before).norm()))
+    assert 0 < seen[0] <= 0.1 * 1e-3 + 1e-9  # lr × max norm
+
+
+def test_fit_refuses_a_run_folder_without_resume_or_overwrite(tmp_path):
+    from dataclasses import asdict, dataclass
+
+    from engine.fit import fit
+
+    @dataclass
+    class Cfg:
+        out: str = str(tmp_path / "r")
+        device: str = "cpu"
+        amp: bool = False
+        compile: bool = False
+        resume: bool = False
+        overwrite: bool = False
+
+        def to_dict(self):
+            return asdict(self)
+
+        @classmethod
+        def from_dict(cls, d):
+            return cls(**d)
+
+        def validate(self):
+            pass
+
+    task_cls = _LineTask.make()
+    path = fit(Cfg(), lambda cfg, device: task_cls(cfg), run_settings=("resume", "overwrite"),
+               show_bar=False)
+    assert path.is_file() and (tmp_path / "r" / "checkpoint.pt").is_file()
+    with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):
+        fit(Cfg(), lambda cfg, device: task_cls(cfg), run_settings=(), show_bar=False)
+    (tmp_path / "r" / "checkpoint.prev.pt").write_bytes(b"another run's")
+    fit(Cfg(overwrite=True), lambda cfg, device: task_cls(cfg), run_settings=(), show_bar=False)
+    assert not (tmp_path / "r" / "checkpoint.prev.pt").exists()  # never "the previous good one"
+
+
+def test_one_metrics_reader_stops_at_damage(tmp_path):
+    from engine.metrics import read_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_bytes(b'{"step": 1, "loss": 2}\n{"step": 2}\n7\n{"step": 3}\n')
+    assert [r["step"] for r in read_metrics(p)] == [1, 2]  # a non-object line ends it
+    p.write_bytes(b'{"step": 1}\n{"step": 2, "x": "\xff"}\n')
+    assert read_metrics(tmp_path) == [{"step": 1}]  # a run folder works too; bad UTF-8 ends it
+    assert read_metrics(tmp_path / "nope") == [] and read_metrics(p, upto=0) == []
+
+
+def test_checkpoints_carry_a_checksum_and_fall_back(tmp_path, capsys):
+    from engine.checkpoint import load_state, save_state
+
+    for step in (1, 2):
+        save_state(tmp_path / "checkpoint.pt", {"step": step, "recipe": {}, "w": torch.ones(300)})
+    assert load_state(tmp_path)["step"] == 2
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["w"][7] = 5.0  # damaged, yet a valid file
+    torch.save(state, tmp_path / "checkpoint.pt")
+    back = load_state(tmp_path)
+    assert back["step"] == 1 and back["source"].endswith("checkpoint.prev.pt")
+    assert "checkpoint.pt is damaged" in capsys.readouterr().err
+    (tmp_path / "checkpoint.prev.pt").unlink()
+    with pytest.raises(ValueError, match="checkpoint.pt is damaged"):
+        load_state(tmp_path)

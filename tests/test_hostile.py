@@ -112,6 +112,148 @@ def test_hostile_input_is_one_clear_line_and_loses_nothing(scratch, what, args, 
     assert not lost, f"changed or removed: {lost}"
 
 
+# ================================================================================================
+# Run folders are never lost or trusted blindly (issue 33, items 1, 3, 4, 5; engine helper block)
+# ================================================================================================
+
+def _classify_argv(t: Path, out: Path, *more: str) -> list[str]:
+    return ["--device", "cpu", "classify", "train", "--data", f"folder:{t}/data",
+            "--image-size", "8", "--batch-size", "8", "--epochs", "2", "--out", str(out), *more]
+
+
+@pytest.fixture
+def run_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    for c in range(2):
+        d = tmp_path / "data" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), (200 * c, 80, 40 + i)).save(d / f"{i}.png")
+    return tmp_path
+
+
+def _cli(argv: list[str]):
+    import main
+
+    return CliRunner().invoke(main.app, argv)
+
+
+def _one_error(res) -> str:
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("held", ["metrics.jsonl", "checkpoint.pt", "model.safetensors",
+                                  "config.json"])
+def test_train_into_a_run_folder_needs_resume_or_overwrite(run_data, held):
+    """A new run never silently replaces the run in its folder (classify and stylize alike)."""
+    t = run_data
+    out = t / "r"
+    out.mkdir()
+    (out / held).write_text("an earlier run's file")
+    before = _snapshot(out)
+    err = _one_error(_cli(_classify_argv(t, out)))
+    assert held in err and "--resume" in err and "--overwrite" in err
+    err = _one_error(_cli(["--device", "cpu", "stylize", "train", "--style-image",
+                           f"{t}/data/c0/0.png", "--content", f"{t}/data", "--out", str(out)]))
+    assert "already holds a run" in err
+    assert _snapshot(out) == before
+    res = _cli(_classify_argv(t, out, "--overwrite"))
+    assert res.exit_code == 0, res.output
+    assert (out / "model.safetensors").is_file()
+    assert not (out / held).exists() or (out / held).read_bytes() != b"an earlier run's file"
+
+
+def test_resume_cleans_only_the_engines_own_temp_files(run_data):
+    t = run_data
+    out = t / "r"
+    assert _cli(_classify_argv(t, out, "--epochs", "1")).exit_code == 0
+    mine = [out / ".my-notes.tmp", out / ".checkpoint.pt.notes.tmp", out / "x.tmp"]
+    for p in mine:
+        p.write_text("the user's")
+    stale = out / ".checkpoint.pt.a1b2c3d4.tmp"  # what a killed checkpoint write leaves
+    stale.write_bytes(b"half a checkpoint")
+    res = _cli(_classify_argv(t, out, "--resume", "--epochs", "2", "--override", "epochs"))
+    assert res.exit_code == 0, res.output
+    assert all(p.read_text() == "the user's" for p in mine) and not stale.exists()
+
+
+def _flip_middle(path: Path, n: int = 4096) -> None:
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2 - n // 2
+    data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_checkpoint_is_refused_and_resume_falls_back(run_data):
+    """4 kB flipped in checkpoint.pt: resume names the file and continues from the previous
+    checkpoint, ending bit-identical to an uninterrupted run; without one it refuses."""
+    import torch
+
+    from engine.io import load_safetensors
+
+    t = run_data
+    full, part = t / "full", t / "part"
+    assert _cli(_classify_argv(t, full, "--epochs", "3")).exit_code == 0
+    assert _cli(_classify_argv(t, part, "--epochs", "2")).exit_code == 0
+    assert (part / "checkpoint.prev.pt").is_file()  # epoch 1, kept when epoch 2 was written
+    _flip_middle(part / "checkpoint.pt")
+    res = _cli(_classify_argv(t, part, "--resume", "--epochs", "3", "--override", "epochs"))
+    assert res.exit_code == 0, res.output
+    assert "checkpoint.pt" in res.output and "previous checkpoint" in res.output, res.output
+    a, _ = load_safetensors(full / "model.safetensors")
+    b, _ = load_safetensors(part / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line)["epoch"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3]  # cut back to the previous checkpoint's epoch, then trained on
+    (part / "checkpoint.prev.pt").unlink()
+    _flip_middle(part / "checkpoint.pt")
+    err = _one_error(_cli(_classify_argv(t, part, "--resume", "--epochs", "4", "--override",
+                                         "epochs")))
+    assert str(part / "checkpoint.pt") in err and ("damaged" in err or "corrupt" in err)
+
+
+def test_damaged_model_file_is_refused_naming_it(run_data):
+    t = run_data
+    out = t / "r"
+    assert _cli(_classify_argv(t, out, "--epochs", "1")).exit_code == 0
+    model = out / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0x01  # one bit of one weight
+    model.write_bytes(bytes(data))
+    err = _one_error(_cli(["--device", "cpu", "classify", "predict", str(model),
+                           f"{t}/data/c0/0.png"]))
+    assert str(model) in err and "checksum" in err
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(run_data, monkeypatch):
+    import errno
+
+    import torch
+
+    from engine.io import load_torch
+
+    t = run_data
+    out = t / "r"
+    real_save, calls = torch.save, {"n": 0}
+
+    def full_disk(obj, f, *a, **kw):
+        calls["n"] += Path(f).name.startswith(".checkpoint.pt.")  # not the dataset cache
+        if calls["n"] == 2 and Path(f).name.startswith(".checkpoint.pt."):  # the epoch-2 checkpoint: half written, then the disk is full
+            Path(f).write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    err = _one_error(_cli(_classify_argv(t, out, "--epochs", "3")))
+    assert "no space left on /" in err and " MB)" in err and "needs" in err, err
+    assert str(out / "checkpoint.pt") in err
+    assert load_torch(out / "checkpoint.pt")["step"] == 2  # epoch 1 (2 steps of 8), intact
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not (out / "model.safetensors").exists()
+
+
 if __name__ == "__main__":  # the README table
     import tempfile
 

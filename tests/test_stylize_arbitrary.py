@@ -108,7 +108,7 @@ def test_decoder_training_learns_and_resumes_exactly(tmp_path, encoder):
                          encoder=encoder, show_bar=False)
     seen = []  # interrupt run b after 4 of its 8 steps (the cosine schedule spans all 8)
     train_decoder(DecoderTrainConfig(out=str(tmp_path / "b"), steps=8, **base), encoder=encoder,
-                  show_bar=False, progress=lambda info: seen.append(info["step"]),
+                  show_bar=False, progress=lambda ev: seen.append(ev.step),
                   should_stop=lambda: bool(seen) and seen[-1] >= 4)
     assert seen[-1] == 4
     resumed = train_decoder(DecoderTrainConfig(out=str(tmp_path / "b"), steps=8, resume=True, **base),

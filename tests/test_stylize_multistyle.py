@@ -87,7 +87,7 @@ def test_two_styles_train_one_conditional_network_and_resume_exactly(images, tmp
 
     count = {"n": 0}
     _run(_cfg(styles[:2], content, tmp_path / "b"),
-         progress=lambda info: count.__setitem__("n", info["step"]),
+         progress=lambda event: count.__setitem__("n", event.step),
          should_stop=lambda: count["n"] >= 7)
     assert engine.io.load_torch(tmp_path / "b" / "checkpoint.pt")["step"] == 7
     resumed = _run(_cfg(styles[:2], content, tmp_path / "b"), resume=True)

@@ -86,7 +86,8 @@ def test_thirty_steps_lower_the_style_loss(images, tmp_path):
     path = train(_cfg(images, out, output="linear"), progress=seen.append, encoder=TinyEncoder(),
                  show_bar=False)
     style = _losses(out, "style_loss")
-    assert len(style) == 30 and [p["step"] for p in seen] == list(range(1, 31))
+    assert len(style) == 30 and [p.step for p in seen] == list(range(1, 31))
+    assert {"content_loss", "style_loss"} <= set(seen[-1].metrics) and seen[-1].total == 30
     assert np.mean(style[-5:]) < 0.7 * np.mean(style[:5])
     tensors, meta = engine.io.load_safetensors(path)
     assert meta["config"]["norm"] == "in" and meta["style"] == "style" and meta["steps"] == 30
@@ -100,8 +101,8 @@ def test_resume_equals_uninterrupted(images, tmp_path, norm):
                  encoder=TinyEncoder(), show_bar=False)
     count = {"n": 0}
 
-    def progress(info):
-        count["n"] = info["step"]
+    def progress(event):
+        count["n"] = event.step
 
     train(_cfg(images, tmp_path / "b", norm=norm, steps=12, checkpoint_every=4),
           progress=progress, should_stop=lambda: count["n"] >= 7, encoder=TinyEncoder(),

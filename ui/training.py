@@ -177,14 +177,14 @@ class Job:
 
     # ------------------------------------------------------------------ the library's loop
     def run(self, train: Callable, cfg: Any) -> Iterator[tuple[str, Any]]:
-        """Run ``train(cfg, progress=..., should_stop=...)`` in a thread; yield ("progress", dict)
-        for each library callback and finally ("done", path). Library errors re-raise here. If the
+        """Run ``train(cfg, progress=..., should_stop=...)`` in a thread; yield ("progress", event)
+        for each library callback (an ``engine.hooks.ProgressEvent``) and finally ("done", path). Library errors re-raise here. If the
         consumer goes away, the run is told to stop."""
         events: queue.Queue = queue.Queue()
 
         def work() -> None:
             try:
-                path = train(cfg, progress=lambda d: events.put(("progress", dict(d))),
+                path = train(cfg, progress=lambda e: events.put(("progress", e)),
                              should_stop=self.stop.is_set)
                 events.put(("done", path))
             except BaseException as exc:  # handed to the consumer thread, which re-raises
@@ -378,16 +378,16 @@ def _style_updates(cfg: UIConfig, job: Job, train: Callable, tcfg: Any, base: st
             yield _finish(cfg, job, "stylize", base, out, value, history, preview, result,
                           norm=tcfg.norm, style=style_name, steps=steps)
             return
-        step, total = int(value.get("step", 0)), int(value.get("total", steps) or steps)
+        step, total, losses = value.step, value.total or steps, value.metrics
         for series in ("content_loss", "style_loss"):
-            if value.get(series) is not None:
-                last_losses[series.replace("_loss", "")] = float(value[series])
-                history.append({"x": step, "value": float(value[series]),
+            if losses.get(series) is not None:
+                last_losses[series.replace("_loss", "")] = float(losses[series])
+                history.append({"x": step, "value": float(losses[series]),
                                 "series": series.replace("_loss", "")})
-        if value.get("preview") is not None:
-            preview = value["preview"]
-        status = (f"step {step}/{total} · content {value.get('content_loss', float('nan')):.4g}"
-                  f" · style {value.get('style_loss', float('nan')):.4g}")
+        if value.preview is not None:
+            preview = value.preview
+        status = (f"step {step}/{total} · content {losses.get('content_loss', float('nan')):.4g}"
+                  f" · style {losses.get('style_loss', float('nan')):.4g}")
         frac = step / max(total, 1)
         if on_progress:
             on_progress(frac, status)
@@ -499,23 +499,26 @@ def _classifier_updates(cfg: UIConfig, job: Job, train: Callable, tcfg: Any, bas
             yield _finish(cfg, job, "classify", base, out, value, history, None, result,
                           arch=tcfg.arch, norm=tcfg.norm, epochs=epochs, test_acc=test_acc)
             return
-        # the library counts epochs from 1 and reports accuracy in percent
-        ep, eps = int(value.get("epoch", 1)), int(value.get("epochs", epochs) or epochs)
-        step, total = int(value.get("step", 0)), max(1, int(value.get("total", 1) or 1))
+        # epochs count from 1; accuracies are in percent; test accuracy comes with evaluations
+        ep, eps = value.epoch, value.epochs
+        step, total = value.step_in_epoch, max(1, value.steps_per_epoch)
         x = round(ep - 1 + step / total, 4)
+        shown = {"loss": value.metrics.get("loss"), "acc": value.metrics.get("train_acc"),
+                 "test_acc": next((v for k, v in value.evaluation.items()
+                                   if k.startswith("test_acc/")), None)}
         for key, series in (("loss", "train loss"), ("acc", "train acc"), ("test_acc", "test acc")):
-            if value.get(key) is not None:
-                history.append({"x": x, "value": float(value[key]), "series": series})
-        if value.get("test_acc") is not None:
-            test_acc = float(value["test_acc"])
+            if shown[key] is not None:
+                history.append({"x": x, "value": float(shown[key]), "series": series})
+        if shown["test_acc"] is not None:
+            test_acc = float(shown["test_acc"])
         frac = min(x / max(eps, 1), 1.0)
         status = f"epoch {ep}/{eps} · step {step}/{total}"
-        if value.get("loss") is not None:
-            status += f" · loss {value['loss']:.4g}"
-        if value.get("acc") is not None:
-            status += f" · train acc {value['acc']:.1f}%"
-        if value.get("test_acc") is not None:
-            status += f" · test acc {value['test_acc']:.1f}%"
+        if shown["loss"] is not None:
+            status += f" · loss {shown['loss']:.4g}"
+        if shown["acc"] is not None:
+            status += f" · train acc {shown['acc']:.1f}%"
+        if shown["test_acc"] is not None:
+            status += f" · test acc {shown['test_acc']:.1f}%"
         if on_progress:
             on_progress(frac, status)
         yield TrainUpdate(status, history, fraction=frac)

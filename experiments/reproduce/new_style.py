@@ -138,6 +138,7 @@ def train_timed(job: dict[str, Any]) -> dict[str, Any]:
             kw: dict[str, Any] = {"resume": resume, "show_bar": False, "should_stop": should_stop}
             if encoder is not None:
                 kw["encoder"] = encoder
+            cfg.overwrite = not resume  # a run killed before its first checkpoint starts over
             final = st.train(cfg, **kw)
             spent = base + clock() - t0
             write_text_atomic(spent_file, json.dumps({"seconds": spent}))

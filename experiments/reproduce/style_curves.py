@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.io import write_text_atomic
+from engine.metrics import read_metrics
 
 from .budgets import STYLE, shared_root, vgg_weights
 from .report import TESTS_NOTE, Report, gap_brief, gap_tests, keyed, mean_sd_table, noise_lines
@@ -111,23 +112,12 @@ def _tail_mean(rows: list[dict], key: str, k: int) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
-def _metrics(folder: Path) -> list[dict]:
-    rows = []
-    p = folder / "metrics.jsonl"
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
-
-
 def run_key(cfg, vgg: str | None) -> str:
     """10 hex digits naming a style-training run by what it learns (not where or how often it
     saves), so reports share and resume runs."""
     ident = {k: v for k, v in sorted(cfg.to_dict().items())
-             if k not in ("out", "device", "checkpoint_every", "preview_every", "vgg_weights")}
+             if k not in ("out", "device", "checkpoint_every", "preview_every", "vgg_weights",
+                          "overwrite")}
     ident["loss_network"] = Path(vgg).name if vgg else "test-encoder"
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -149,12 +139,13 @@ def train_run(ctx, norm: str, seed: int, content: str, style: str, vgg: str | No
         return json.loads(done.read_text())
     params = inspect.signature(st.train).parameters
     kw = {"resume": (folder / st.CHECKPOINT).is_file()}
+    cfg.overwrite = not kw["resume"]  # a run killed before its first checkpoint starts over
     if ctx.encoder is not None:
         kw["encoder"] = ctx.encoder
     kw = {k: v for k, v in kw.items() if k in params}
     t0 = time.perf_counter()
     st.train(cfg, **kw)
-    rows = _metrics(folder)
+    rows = read_metrics(folder)
     k = max(1, b.steps // 10)
     res = {"norm": norm, "seed": seed, "folder": str(folder), "steps": len(rows),
            "content_loss": _tail_mean(rows, "content_loss", k),
@@ -179,7 +170,7 @@ def mean_curves_figure(runs: list[dict], smooth: int):
             curves = []
             for r in runs:
                 if r["norm"] == norm:
-                    v = np.array([x[key] for x in _metrics(Path(r["folder"])) if key in x])
+                    v = np.array([x[key] for x in read_metrics(Path(r["folder"])) if key in x])
                     if smooth > 1 and len(v) >= smooth:
                         v = np.convolve(v, np.ones(smooth) / smooth, mode="valid")
                     curves.append(v)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from engine.io import write_text_atomic
+from engine.metrics import read_metrics
 
 from .report import mean_sd_table, noise_lines
 
@@ -38,7 +39,8 @@ RESULT = "result.json"
 # Checkpoint file names of the classify trainer (engine.Trainer: checkpoint.pt; older: last.pt).
 CHECKPOINTS = ("checkpoint.pt", "last.pt")
 # Recipe fields that do not change what a run learns (kept out of the run's identity).
-RUN_ONLY = ("out", "device", "amp", "compile", "resume", "threads", "eval_every", "download")
+RUN_ONLY = ("out", "device", "amp", "compile", "resume", "overwrite", "threads", "eval_every",
+            "download")
 # Recipe fields added after runs were keyed: at these defaults they stay out of the identity, so
 # existing run folders and ledger entries keep their keys.
 LATER_FIELDS: dict[str, Any] = {"val_split": 0}
@@ -180,21 +182,9 @@ def plan(base: dict[str, Any], variants: Sequence[str], seeds: Iterable[int],
     return specs
 
 
-def _read_metrics(folder: Path) -> list[dict[str, Any]]:
-    p = folder / "metrics.jsonl"
-    rows = []
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash
-    return rows
-
-
 def _result_from_folder(spec: RunSpec, seconds: float) -> RunResult:
     folder = Path(spec.recipe["out"])
-    rows = _read_metrics(folder)
+    rows = read_metrics(folder)
     curve, final = [], {}
     ips = train_acc = None
     # wall seconds over every session of a resumed run (the trainer's cumulative train_s);
@@ -275,7 +265,9 @@ def run_one(spec: RunSpec, show_bar: bool = True, jobs: int = 1) -> RunResult:
             d["train_acc"] = _result_from_folder(spec, 0.0).train_acc
         return RunResult(**{k: d[k] for k in RunResult.__dataclass_fields__ if k in d})
     st = status(spec)
-    cfg = TrainConfig.from_recipe(dict(spec.recipe, resume=(st == "partial")))
+    # a new run replaces whatever a run killed before its first checkpoint left
+    cfg = TrainConfig.from_recipe(dict(spec.recipe, resume=(st == "partial"),
+                                       overwrite=(st == "new")))
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     kw: dict[str, Any] = {}
@@ -461,7 +453,7 @@ def status_table(specs: Sequence[RunSpec], ledger: Ledger | None = None) -> str:
         folder = Path(spec.recipe["out"])
         st = status(spec)
         recorded = ledger.get(spec) if ledger is not None and st != "finished" else None
-        rows = _read_metrics(folder) if st != "new" and recorded is None else []
+        rows = read_metrics(folder) if st != "new" and recorded is None else []
         total = int(spec.recipe.get("epochs") or 0)
         ep = int(max((r.get("epoch", 0) for r in rows), default=0))
         acc = next((v for r in reversed(rows) for k, v in r.items() if k.startswith("test_acc/")),

@@ -519,3 +519,7 @@ def export_cmd(
     if not Path(src).is_file():
         raise ValueError(f"{src} does not exist (safetensors export copies a model file)")
     typer.echo(str(export_model(Path(src), dst, half=half)))
+
+from .stylize_any import register as _register_any  # noqa: E402  (commands on this sub-app)
+
+_register_any(app, _device)

@@ -267,3 +267,88 @@ def parse_scales(text: str | Sequence[int]) -> list[int]:
         raise ValueError(f"scales must be factors from 1 to 8 (e.g. 2,1), got {text!r}")
     return vals
 
+
+
+def parse_paintings(spec: str | Mapping[str, float] | Sequence[str]) -> dict[str, float]:
+    """Painting files and blend weights: ``"a.jpg"``, ``"a.jpg:0.7,b.jpg:0.3"``, a list of
+    paths, or a mapping path → weight. One-line ``ValueError`` for a bad weight or a missing file."""
+    if isinstance(spec, Mapping):
+        items = [(str(k), float(v)) for k, v in spec.items()]
+    else:
+        parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
+        items = []
+        for part in parts:
+            path, weight = part, 1.0
+            head, sep, tail = part.rpartition(":")
+            if sep and head and not Path(part).is_file():
+                try:
+                    path, weight = head, float(tail)
+                except ValueError:
+                    raise ValueError(f"bad style weight in {part[:200]!r}: write path:weight, "
+                                     "e.g. a.jpg:0.7,b.jpg:0.3") from None
+            items.append((path, weight))
+    if not items:
+        raise ValueError("no style image given (--style-image)")
+    out: dict[str, float] = {}
+    for path, weight in items:
+        if not (weight >= 0 and weight < float("inf")):
+            raise ValueError(f"style weight of {path[:200]} must be a number ≥ 0, got {weight}")
+        if not Path(path).is_file():
+            raise ValueError(f"style image {path[:200]} does not exist")
+        out[path] = out.get(path, 0.0) + weight
+    if sum(out.values()) <= 0:
+        raise ValueError("style weights are all 0")
+    return out
+
+
+def load_paintings(paintings: Mapping[str, float], longest: int) -> tuple[list[Tensor], list[float]]:
+    """The paintings as 1×3×H×W (0–255) tensors with their longest side ``longest`` px."""
+    from PIL import Image
+
+    from engine.images import load_image, to_tensor
+
+    tensors = []
+    for path in paintings:
+        img = load_image(path).convert("RGB")
+        s = longest / max(img.size)
+        img = img.resize((max(16, round(img.size[0] * s)), max(16, round(img.size[1] * s))),
+                         Image.LANCZOS if s < 1 else Image.BICUBIC)
+        tensors.append(to_tensor(img))
+    return tensors, list(paintings.values())
+
+
+def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
+                           paintings: Mapping[str, float], *, method: str = "wct",
+                           alpha: float = 1.0, scales: Sequence[int] = (2, 1),
+                           style_size: int | None = None, max_size: int | None = 1024,
+                           preserve_color: bool = False, strength: float = 1.0,
+                           stats: StyleStatistics | None = None,
+                           progress: Callable[[int, int], None] | None = None) -> "Image.Image":
+    """A photo (PIL) in the style of ``paintings`` (path → blend weight), same size out.
+
+    The photo is processed at most ``max_size`` px on its longer side (and scaled back);
+    paintings are encoded with their longer side = the processed photo's (``style_size``
+    overrides), so a painting's patterns keep their size relative to the picture. ``stats``
+    reuses statistics computed once (a folder, a video)."""
+    from PIL import Image
+
+    from engine.images import to_image, to_tensor
+
+    from .infer import finish_output
+
+    src = image.convert("RGB")
+    work = src
+    if max_size and max(src.size) > max_size:
+        s = max_size / max(src.size)
+        work = src.resize((max(16, round(src.size[0] * s)), max(16, round(src.size[1] * s))),
+                          Image.LANCZOS)
+    device = next(stylizer.parameters()).device
+    if stats is None:
+        styles, weights = load_paintings(paintings, style_size or max(work.size))
+        stats = stylizer.style_statistics([t.to(device) for t in styles], weights, method)
+    out = stylizer(to_tensor(work).to(device), stats, alpha=alpha, scales=scales,
+                   progress=progress)
+    result = to_image(out.cpu())
+    if result.size != src.size:
+        result = result.resize(src.size, Image.BICUBIC)
+    return finish_output(src, result, preserve_color, strength)

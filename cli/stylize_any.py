@@ -1,0 +1,137 @@
+"""``normlab stylize optimize`` and ``stylize train-decoder``: any painting, no per-style model.
+
+Registered on the ``stylize`` sub-app (``cli.stylize``); thin wrappers over ``stylize.optimize``
+and ``stylize.decoder``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise ValueError(f"{what} must be whole numbers separated by commas, got {text[:80]!r}") from None
+
+
+def register(app: typer.Typer, device_of) -> None:
+    """Add the commands to ``app``; ``device_of(ctx, device)`` resolves the global --device."""
+
+    @app.command("optimize")
+    def optimize_cmd(
+        ctx: typer.Context,
+        photo: Path = typer.Argument(..., help="The photo to stylize."),
+        style_image: str = typer.Option(..., "--style-image", "-s", help="Any painting, or a "
+                                        "blend a.jpg:0.7,b.jpg:0.3 (Gram matrices mixed)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Output image (.jpg, .png)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        size: int = typer.Option(512, help="Longest side of the output in px (the result is "
+                                 "this size, not the photo's)."),
+        scales: str = typer.Option("4,2,1", help="Coarse-to-fine factors: 4,2,1 optimises at "
+                                   "1/4, then 1/2, then full size."),
+        iterations: str = typer.Option("150,80,40", help="Iterations per scale (one number: the "
+                                       "same at every scale)."),
+        optimizer: str = typer.Option("lbfgs", help="lbfgs (Gatys et al.) or adam."),
+        lr: float = typer.Option(4.0, help="Adam step in 0–255 pixel units (lbfgs ignores it)."),
+        content_weight: float = typer.Option(1.0, help="Content term weight (relative feature error at relu3_1)."),
+        style_weight: float = typer.Option(10.0, help="Style term weight (relative Gram error); larger = more painting."),
+        tv_weight: float = typer.Option(0.0, help="Total-variation weight (smoothness)."),
+        style_scales: str = typer.Option("1,2", help="Gram matrices also matched at these "
+                                         "downsamplings (larger shapes from a shallow encoder)."),
+        style_size: Optional[int] = typer.Option(None, help="Longest side of the painting at full "
+                                                 "scale (default: the output's)."),
+        preserve_color: bool = typer.Option(False, help="Keep the photo's colours; transfer luminance only."),
+        vgg_weights: Optional[str] = typer.Option(None, help="Loss network weights (default: "
+                                                  "vgg19_normalised_relu3_1.pth found in "
+                                                  "$NORMLAB_VGG_WEIGHTS, ~/.cache/normlab/weights)."),
+        seed: int = typer.Option(0, help="Random seed."),
+        device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+    ) -> None:
+        """Slow but best: optimise the image itself (Gatys et al. 2016), coarse to fine, with a
+        tqdm bar; Ctrl-C stops and keeps nothing half-written."""
+        from tqdm.auto import tqdm
+
+        from engine.devices import resolve_device
+        from engine.images import load_image, to_image, to_tensor
+        from stylize.arbitrary import load_paintings, parse_paintings
+        from stylize.infer import finish_output
+        from stylize.losses import find_encoder
+        from stylize.optimize import OptimizeConfig, optimize
+
+        from .stylize import _save, plan_outputs
+
+        cfg = OptimizeConfig(size=size, scales=_ints(scales, "--scales"),
+                             iterations=_ints(iterations, "--iterations"), optimizer=optimizer,
+                             lr=lr, content_weight=content_weight, style_weight=style_weight,
+                             tv_weight=tv_weight, style_scales=_ints(style_scales, "--style-scales"),
+                             style_size=style_size, seed=seed)
+        cfg.validate()
+        paintings = parse_paintings(style_image)
+        (job,), _ = plan_outputs([photo], output, overwrite)
+        if job[0].is_dir():
+            raise ValueError(f"{photo} is a folder: stylize optimize takes one photo")
+        dev = resolve_device(device_of(ctx, device))
+        encoder = find_encoder(vgg_weights).to(dev)
+        src = load_image(photo).convert("RGB")
+        styles, weights = load_paintings(paintings, style_size or size)
+        bar = tqdm(total=sum(cfg.iterations), desc="optimize", unit="it")
+
+        def progress(done: int, total: int, terms: dict) -> None:
+            bar.update(done - bar.n)
+            bar.set_postfix(content=f"{terms.get('content', 0):.3g}", style=f"{terms.get('style', 0):.3g}")
+
+        try:
+            res = optimize(to_tensor(src).to(dev), [s.to(dev) for s in styles], encoder, cfg,
+                           weights=weights, progress=progress)
+        finally:
+            bar.close()
+        img = to_image(res.image.cpu())
+        if preserve_color:
+            img = finish_output(src.resize(img.size, resample=3), img, True)
+        _save(img, job[1])
+        typer.echo(f"{job[1]}  ({res.iterations} iterations, {res.seconds:.0f} s; content "
+                   f"{res.losses.get('content', 0):.3g}, style {res.losses.get('style', 0):.3g})")
+
+    @app.command("train-decoder")
+    def train_decoder_cmd(
+        ctx: typer.Context,
+        content: Path = typer.Option(..., "--content", help="Folder of photos (its fixed "
+                                     "train/held-out split is used: training on train only)."),
+        level: str = typer.Option("relu3_1", help="Encoder level to invert: relu3_1, relu2_1 or relu1_1."),
+        out: Path = typer.Option(Path("runs/decoder"), help="Run folder (checkpoint, metrics, model)."),
+        steps: int = typer.Option(3000, help="Optimizer steps."),
+        batch_size: int = typer.Option(4, help="Batch size."),
+        image_size: int = typer.Option(128, help="Random crop size in px."),
+        lr: float = typer.Option(1e-3, help="Adam learning rate (cosine-decayed)."),
+        feature_weight: float = typer.Option(1.0, help="Weight of the feature reconstruction term."),
+        amp: bool = typer.Option(False, help="bf16 autocast (about 2× faster on CPUs with native bf16)."),
+        vgg_weights: Optional[str] = typer.Option(None, help="The normalised VGG-19 encoder the "
+                                                  "decoder inverts (default: searched as for optimize)."),
+        seed: int = typer.Option(0, help="Random seed (init, crops, order)."),
+        checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
+        resume: bool = typer.Option(False, help="Continue the run in --out exactly."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
+        device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+    ) -> None:
+        """Train a decoder that inverts the VGG encoder at one level (pixel + feature
+        reconstruction, no style data): the arbitrary-style path (`stylize run --style-image`)."""
+        from stylize.decoder import DecoderTrainConfig, train_decoder
+        from stylize.losses import encoder_search_path
+
+        weights = vgg_weights
+        if weights is None:
+            found = [p for p in encoder_search_path() if p.is_file()]
+            weights = str(found[0]) if found else None
+        cfg = DecoderTrainConfig(level=level, content_dir=str(content), out=str(out), steps=steps,
+                                 batch_size=batch_size, image_size=image_size, lr=lr,
+                                 feature_weight=feature_weight, amp=amp, vgg_weights=weights,
+                                 seed=seed, checkpoint_every=checkpoint_every, resume=resume,
+                                 overwrite=overwrite, device=device_of(ctx, device))
+        explicit = {k for k, v in ctx.params.items()
+                    if ctx.get_parameter_source(k).name != "DEFAULT"} & set(cfg.to_dict())
+        path = train_decoder(cfg, explicit=explicit)
+        typer.echo(str(path))

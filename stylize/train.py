@@ -33,6 +33,7 @@ from engine.images import list_images, load_image, save_image, to_image
 from engine.trainer import CHECKPOINT, Task, Trainer, load_state, resume_recipe
 
 from .losses import PerceptualLoss, check_style_scales, load_vgg_encoder
+from .photos import training_photos
 from .model import (StyleConfig, TransformerNet, load_style_net, resolve_model_file,
                     style_names)
 
@@ -41,7 +42,8 @@ FINAL = "model.safetensors"
 RUN_SETTINGS = ("out", "device", "amp", "compile", "steps", "epochs", "checkpoint_every",
                 "preview_every", "resume", "channels_last")
 # What a recipe written before a key existed meant (resuming an old run keeps its behaviour).
-LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False}
+LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False,
+                 "content_split": "all"}
 BATCH_STAT_NORMS = ("bn", "bin", "bn_in", "ibn", "sn")
 
 
@@ -79,6 +81,9 @@ class TrainConfig:
     from_model: str | None = None  # add the style(s) to this model (norm-only fine-tuning)
     train_all: bool = False  # with from_model: fine-tune every parameter, not only the norms
     channels_last: bool = False  # channels_last memory format on CPU too (always on GPU)
+    # "train": leave out the held-out photos of a folder with a content-split.json beside it
+    # (stylize.photos); "all": every photo
+    content_split: str = "train"
 
     @property
     def style_images(self) -> list[str]:
@@ -114,6 +119,8 @@ class TrainConfig:
                              "every parameter is trained anyway")
         if not self.content_dir:
             raise ValueError("no content folder given (--content)")
+        if self.content_split not in ("train", "all"):
+            raise ValueError(f"content split must be 'train' or 'all', got {self.content_split!r}")
         check_range("image size", self.image_size, 16, 4096)
         check_range("batch size", self.batch_size, 1, 4096)
         check_range("steps", self.steps, 1, 10**8)
@@ -140,8 +147,8 @@ class ContentImages:
     """Content photos under a folder (recursively), resized on the shorter side and centre-cropped
     to ``size``; decoded once and cached as uint8. Unreadable files are skipped and counted."""
 
-    def __init__(self, root: str | Path, size: int) -> None:
-        self.files = list_images(root)
+    def __init__(self, root: str | Path, size: int, split: str = "all") -> None:
+        self.files, self.photos = training_photos(root, split)  # photos: what to record
         if not self.files:
             raise ValueError(f"no images found under {root}")
         self.size = size
@@ -401,7 +408,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     env = _dist_env(cfg.device)
     device = env.device if env is not None else resolve_device(cfg.device)
 
-    data = ContentImages(cfg.content_dir, cfg.image_size)
+    data = ContentImages(cfg.content_dir, cfg.image_size, cfg.content_split)
     if encoder is None:
         encoder = load_vgg_encoder(cfg.vgg_weights)
     spec = getattr(encoder, "spec", None)
@@ -420,7 +427,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     start = trainer.restore(state) if state is not None else 0
     if env is None or env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        shown = cfg.to_dict()
+        shown = {**cfg.to_dict(), "content_photos": data.photos}
         if cfg.from_model:  # the network's norm comes from the base model, not --norm
             shown["norm"] = task.model.config.norm
         engine.io.write_text_atomic(out / "config.json", json.dumps(shown, indent=2))
@@ -431,8 +438,9 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None,
     final = out / FINAL
     if env is None or env.is_main:
         save_model(final, task.model.eval(),
-                   _model_metadata(cfg, task.names, result.step, last,
-                                   result.step >= task.total_steps))
+                   {**_model_metadata(cfg, task.names, result.step, last,
+                                      result.step >= task.total_steps),
+                    "content_photos": data.photos})
     return final
 
 

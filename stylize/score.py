@@ -310,7 +310,9 @@ def score(methods: Sequence[str], styles: Sequence[str | Path], photos: Sequence
                             y = F.interpolate(y.float(), size=x.shape[-2:], mode="bicubic",
                                               align_corners=False)
                         y = y.float().clamp(0, 255)  # what an image file can hold
-                        grams_y, phi_y = meter.features(y)
+                        # an unchanged photo has the photo's features (exactly: S = C = 0)
+                        grams_y, phi_y = ((grams_x, phi_x) if torch.equal(y, x.float())
+                                          else meter.features(y))
                         l_photo = style_loss(grams_x, targets[stem])
                         l_out = style_loss(grams_y, targets[stem])
                         drift = float((phi_y - phi_x).pow(2).sum() / phi_x.pow(2).sum().clamp_min(1e-12))
@@ -389,7 +391,8 @@ def _fit(img: Image.Image, cell: int) -> Image.Image:
 
 def contact_sheet(result: ScoreResult, styles: Sequence[str | Path] | None = None,
                   cell: int | None = None) -> Image.Image:
-    """Photos (rows) × (style, method) (columns), the photo first; under each output its S, C
+    """Photos (rows) × (style, method) (columns), the photo first (so the identity method
+    ``photo`` gets no column of its own); under each output its S, C
     and seconds. ``styles`` (the style image files, in ``result``'s order) adds a header row of
     the paintings. Cells are square centre crops at ``cell`` px (default: the scoring size, so
     100 % zoom shows the scored pixels)."""
@@ -398,8 +401,8 @@ def contact_sheet(result: ScoreResult, styles: Sequence[str | Path] | None = Non
     cell = cell or int(result.settings.get("size", SCORE_SIZE))
     stems = [Path(s).stem for s in result.settings["styles"]]
     methods = list(result.settings["methods"])
-    cols = [(m, s) for s in stems for m in methods
-            if any(k[1] == m and k[2] == s for k in result.sheet)]
+    cols = [(m, s) for s in stems for m in methods  # the photo column already shows "photo"
+            if m != "photo" and any(k[1] == m and k[2] == s for k in result.sheet)]
     by_key = {(c["photo_index"], c["method"], c["style"]): c for c in result.cells}
     names = [Path(p).name for p in result.settings["photos"]]
     pad, label = 6, 34

@@ -53,6 +53,25 @@ class MethodUnavailable(ValueError):
 
 
 _METHODS: dict[str, MethodFactory] = {}
+# Modules that register methods when imported (e.g. "stylize.optimize" for ``optimize``); they are
+# imported the first time a method is looked up, so ``score`` and the CLI see their methods
+# without importing them eagerly. A module that does not exist (yet) is skipped.
+METHOD_MODULES: list[str] = []
+_imported: set[str] = set()
+
+
+def _import_method_modules() -> None:
+    import importlib
+
+    for mod in METHOD_MODULES:
+        if mod in _imported:
+            continue
+        _imported.add(mod)
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:  # a missing dependency of an existing module is a real error
+                raise
 
 
 def register_method(name: str, factory: MethodFactory, *, replace: bool = False) -> None:
@@ -72,12 +91,14 @@ def register_method(name: str, factory: MethodFactory, *, replace: bool = False)
 
 def method_names() -> list[str]:
     """The registered method names (a spec is NAME or NAME:ARG)."""
+    _import_method_modules()
     return sorted(_METHODS)
 
 
 def parse_method(spec: str) -> tuple[str, str | None]:
     """(name, arg) of a method spec "NAME" or "NAME:ARG"; one-line error for unknown names."""
     name, sep, arg = spec.strip().partition(":")
+    _import_method_modules()
     if name not in _METHODS:
         raise ValueError(f"unknown method {spec!r}; known: "
                          f"{', '.join(n + (':NAME' if n == 'model' else '') for n in method_names())}")

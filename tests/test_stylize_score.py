@@ -335,3 +335,16 @@ def test_cli_score_bad_input_is_one_line(tmp_path, extra, message):
     lines = [l for l in r.output.splitlines() if l.strip() and "cell/s" not in l and "cell]" not in l]
     assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
     assert not out.exists()
+
+
+def test_method_modules_register_on_first_lookup(tmp_path, monkeypatch):
+    (tmp_path / "score_plugin_for_test.py").write_text(
+        "from stylize.score import register_method\n"
+        "register_method('plugged', lambda style, **o: (lambda x: x))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(SC, "METHOD_MODULES", ["score_plugin_for_test", "no_such_module_here"])
+    try:
+        assert SC.parse_method("plugged") == ("plugged", None)
+        assert "plugged" in SC.method_names()
+    finally:
+        SC._METHODS.pop("plugged", None)

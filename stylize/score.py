@@ -387,8 +387,10 @@ def markdown(result: ScoreResult) -> str:
     for r in result.methods:
         lines.append(f"| {r['method']} | {r['styles']} | {r['S']:.3f} | {r['S_min']:.3f} | "
                      f"{r['C']:.3f} | {r['seconds']:.2f} |")
+    if result.skipped:
+        lines.append("")
     for s in result.skipped:
-        lines.append(f"\nskipped {s['method']} × {s['style']}: {s['reason']}")
+        lines.append(f"skipped {s['method']} × {s['style']}: {s['reason']}")
     return "\n".join(lines)
 
 

@@ -282,17 +282,19 @@ def test_model_method_picks_the_style_by_file_name(tmp_path, encoder):
         SC.score([spec], styles[2:], [photo], size=64, encoder=encoder, bar=False)
 
 
-def test_contact_sheet_shows_the_scored_pixels(tmp_path, encoder):
+def test_contact_sheet_shows_the_scored_pixels(tmp_path, encoder, methods):
     style = _save_png(tmp_path / "style.png", 5)
     photos = [_save_png(tmp_path / "ph" / f"{i}.png", i, size=(64, 96)) for i in range(3)]
-    r = SC.score(["photo"], [style], photos, size=64, encoder=encoder, bar=False, sheet_photos=2)
-    sheet = SC.contact_sheet(r, [style])
-    assert len(r.sheet_photos) == 2 and len(r.sheet) == 2
+    methods("invert", lambda sp, **_: (lambda x: 255 - x))
+    r = SC.score(["photo", "invert"], [style], photos, size=64, encoder=encoder, bar=False,
+                 sheet_photos=2)
+    sheet = SC.contact_sheet(r, [style])  # "photo" has no column: the first column is the photo
+    assert len(r.sheet_photos) == 2 and len(r.sheet) == 4
     pad, label, cell = 6, 34, 64
     assert sheet.size == (pad + 2 * (cell + pad), pad + cell + label + 2 * (cell + label + pad))
     y0 = pad + cell + label
     out = np.asarray(sheet)[y0:y0 + cell, pad + cell + pad:pad + 2 * cell + pad]
-    want = np.asarray(SC._fit(r.sheet[(0, "photo", "style")], cell))
+    want = np.asarray(SC._fit(r.sheet[(0, "invert", "style")], cell))
     assert np.array_equal(out, want)  # 100 %: the cell is the scored output, centre-cropped
 
 

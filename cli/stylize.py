@@ -520,6 +520,107 @@ def export_cmd(
         raise ValueError(f"{src} does not exist (safetensors export copies a model file)")
     typer.echo(str(export_model(Path(src), dst, half=half)))
 
+# ------------------------------------------------------------------------------ stylize score
+
+def _default_vgg_weights() -> Optional[str]:
+    """The shared offline VGG encoder (../shared, from here or beside the project), if present."""
+    rel = Path("weights") / "vgg19_normalised_relu3_1.pth"
+    for root in (os.environ.get("NORMLAB_SHARED"), "../shared",
+                 Path(__file__).resolve().parents[1].parent / "shared"):
+        if root and (Path(root) / rel).is_file():
+            return str(Path(root) / rel)
+    return None
+
+
+def _style_map(text: Optional[str]) -> dict:
+    out = {}
+    for item in (text or "").split(","):
+        if item.strip():
+            stem, sep, name = item.partition("=")
+            if not sep or not stem.strip() or not name.strip():
+                raise ValueError(f"--style-map takes STEM=STYLE pairs (e.g. wave=the_great_wave), "
+                                 f"got {item!r}")
+            out[stem.strip()] = name.strip()
+    return out
+
+
+@app.command("score")
+def score_cmd(
+    ctx: typer.Context,
+    methods: str = typer.Option("model:four_styles_bin", "--methods", help="Comma-separated "
+                                "methods: model:NAME (a shipped name or .safetensors file), "
+                                "photo (the unchanged photo: S = C = 0), or one registered by "
+                                "another module."),
+    styles: str = typer.Option(..., "--styles", help="Comma-separated style images; a model's "
+                               "style is the one named like the file (see --style-map)."),
+    photos: Path = typer.Option(..., "--photos", help="Folder of content photos, e.g. "
+                                "../shared/data/content (split by the content-split.json beside it)."),
+    split: str = typer.Option("heldout", "--split", help="Which photos: heldout (never trained "
+                              "on), train or all."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N photos of the split."),
+    size: int = typer.Option(384, "--size", help="Short side of every scored photo (px)."),
+    style_size: int = typer.Option(384, "--style-size", help="Short side of the style image "
+                                   "the Gram targets come from (px)."),
+    style_map: Optional[str] = typer.Option(None, "--style-map", help="STEM=STYLE,...: the model "
+                                            "style to use for a style image named STEM.jpg."),
+    output: Path = typer.Option(..., "--output", "-o", help="JSON file: every cell and the means "
+                                "per (method, style) and per method."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Contact sheet to write (.jpg or "
+                                         ".png): photos × (style, method), S, C, time under each."),
+    sheet_photos: int = typer.Option(4, "--sheet-photos", help="Rows of the contact sheet (the "
+                                     "first N photos)."),
+    vgg_weights: Optional[str] = typer.Option(None, "--vgg-weights", help="Loss network (must "
+                                              "reach relu3_1; default: ../shared/weights/"
+                                              "vgg19_normalised_relu3_1.pth)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+) -> None:
+    """Score methods on held-out photos: style strength S = 1 − L_style(out)/L_style(photo)
+    (Gram losses at relu1_1, relu2_1, relu3_1), content drift C (relative relu3_1 change) and
+    seconds per image, with a contact sheet."""
+    import json
+
+    from engine.io import write_text_atomic
+
+    specs = [m.strip() for m in methods.split(",") if m.strip()]
+    style_files = [s.strip() for s in styles.split(",") if s.strip()]
+    if output.suffix.lower() != ".json":
+        raise ValueError(f"--output must be a .json file, got {output.name}")
+    if sheet is not None and sheet.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+        raise ValueError(f"--sheet must be a .jpg or .png file, got {sheet.name}")
+    if sheet_photos < 1:
+        raise ValueError(f"--sheet-photos must be at least 1, got {sheet_photos}")
+    for dst in [output] + ([sheet] if sheet else []):
+        if dst.exists() and not overwrite:
+            raise ValueError(f"output {dst} already exists; use --overwrite to replace it")
+        if dst.is_dir():
+            raise ValueError(f"output {dst} is a folder")
+        _check_folder(dst.parent, "output folder")
+    if threads < 0:
+        raise ValueError(f"--threads must be ≥ 0, got {threads}")
+    import torch
+
+    from stylize.score import contact_sheet, markdown, parse_method, score, select_photos
+
+    if threads:
+        torch.set_num_threads(threads)
+    for spec in specs:
+        parse_method(spec)
+    files = select_photos(photos, split, limit)
+    mapping = _style_map(style_map)
+    opts = {s: {"style_map": mapping} for s in specs if s.startswith("model:")}
+    result = score(specs, style_files, files, size=size, style_size=style_size,
+                   vgg_weights=vgg_weights or _default_vgg_weights(), device=_device(ctx, device),
+                   method_opts=opts, sheet_photos=sheet_photos if sheet else 0)
+    result.settings.update({"photos_folder": str(photos), "split": split, "limit": limit})
+    write_text_atomic(output, json.dumps(result.to_dict(), indent=2))
+    if sheet is not None:
+        _save(contact_sheet(result, style_files), sheet)
+    typer.echo(markdown(result))
+    typer.echo(str(output) + (f"\n{sheet}" if sheet else ""))
+
+
 from .stylize_any import register as _register_any  # noqa: E402  (commands on this sub-app)
 
 _register_any(app, _device)

@@ -29,10 +29,11 @@ from engine.checkpoint import check_range, read_model
 from engine.checkpoint import save_model as _save_model
 from engine.fit import fit
 from engine.hooks import HookBase, ProgressEvent
-from engine.images import list_images, load_image, save_image, to_image
+from engine.images import load_image, save_image, to_image
 from engine.trainer import CHECKPOINT, Task, TrainResult
 
 from .losses import PerceptualLoss, check_style_scales, load_vgg_encoder
+from .photos import training_photos
 from .model import (StyleConfig, TransformerNet, load_style_net, resolve_model_file,
                     style_names)
 
@@ -41,7 +42,8 @@ FINAL = "model.safetensors"
 RUN_SETTINGS = ("out", "device", "amp", "compile", "steps", "epochs", "checkpoint_every",
                 "preview_every", "resume", "overwrite", "channels_last")
 # What a recipe written before a key existed meant (resuming an old run keeps its behaviour).
-LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False}
+LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False,
+                 "content_split": "all"}
 
 
 @dataclass
@@ -79,6 +81,9 @@ class TrainConfig:
     from_model: str | None = None  # add the style(s) to this model (norm-only fine-tuning)
     train_all: bool = False  # with from_model: fine-tune every parameter, not only the norms
     channels_last: bool = False  # channels_last memory format on CPU too (always on GPU)
+    # "train": leave out the held-out photos of a folder with a content-split.json beside it
+    # (stylize.photos); "all": every photo
+    content_split: str = "train"
 
     @property
     def style_images(self) -> list[str]:
@@ -114,6 +119,8 @@ class TrainConfig:
                              "every parameter is trained anyway")
         if not self.content_dir:
             raise ValueError("no content folder given (--content)")
+        if self.content_split not in ("train", "all"):
+            raise ValueError(f"content split must be 'train' or 'all', got {self.content_split!r}")
         check_range("image size", self.image_size, 16, 4096)
         check_range("batch size", self.batch_size, 1, 4096)
         check_range("steps", self.steps, 1, 10**8)
@@ -139,8 +146,8 @@ class ContentImages:
     """Content photos under a folder (recursively), resized on the shorter side and centre-cropped
     to ``size``; decoded once and cached as uint8. Unreadable files are skipped and counted."""
 
-    def __init__(self, root: str | Path, size: int) -> None:
-        self.files = list_images(root)
+    def __init__(self, root: str | Path, size: int, split: str = "all") -> None:
+        self.files, self.photos = training_photos(root, split)  # photos: what to record
         if not self.files:
             raise ValueError(f"no images found under {root}")
         self.size = size
@@ -374,8 +381,9 @@ class StylizeTask(Task):
         if self.data.bad:
             last["skipped_files"] = float(len(self.data.bad))
         save_model(path, self.model.eval(),
-                   _model_metadata(self.cfg, self.names, result.step, last,
-                                   result.step >= self.total_steps))
+                   {**_model_metadata(self.cfg, self.names, result.step, last,
+                                      result.step >= self.total_steps),
+                    "content_photos": self.data.photos})
 
 
 class _StyleRun(HookBase):
@@ -385,7 +393,7 @@ class _StyleRun(HookBase):
     def before_train(self) -> None:
         t = self.trainer
         if t.is_main:
-            shown = t.task.cfg.to_dict()
+            shown = {**t.task.cfg.to_dict(), "content_photos": t.task.data.photos}
             if t.task.cfg.from_model:  # the network's norm comes from the base model, not --norm
                 shown["norm"] = t.task.model.config.norm
             engine.io.write_text_atomic(t.out / "config.json", json.dumps(shown, indent=2))
@@ -417,7 +425,7 @@ def train(cfg: TrainConfig, progress: Callable[[ProgressEvent], None] | None = N
         explicit = [k for k, v in cfg.to_dict().items() if v is not None]
 
     def build(cfg: TrainConfig, device: torch.device) -> StylizeTask:
-        data = ContentImages(cfg.content_dir, cfg.image_size)
+        data = ContentImages(cfg.content_dir, cfg.image_size, cfg.content_split)
         enc = encoder if encoder is not None else load_vgg_encoder(cfg.vgg_weights)
         spec = getattr(enc, "spec", None)
         cw = cfg.content_weight if cfg.content_weight is not None else (spec.content_weight if spec else 1.0)

@@ -28,14 +28,14 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
-import torch
 
-import norms
+if TYPE_CHECKING:  # the memory planner is torch-free: a cached ONNX run plans without torch
+    import torch
 
-from .model import StyleConfig
+    from .model import StyleConfig
 
 # Peak RSS growth of one fp32 inference-mode pass of the 32-channel TransformerNet on CPU, per
 # input pixel: 1061 B at 512², 967 B at 1024², 1024–1155 B at 768² with or without frozen
@@ -51,25 +51,36 @@ THUMBNAIL_SIDE = 1024  # URST captures statistics at about this size (longest si
 MIN_TILE = 64
 
 
-def activation_bytes_per_pixel(config: StyleConfig, device: torch.device | str = "cpu",
+def _device_type(device: "torch.device | str") -> str:
+    """"cpu", "cuda", ... of a device or its name, without importing torch."""
+    t = getattr(device, "type", None)
+    return t if isinstance(t, str) else str(device).split(":")[0].strip().lower()
+
+
+def activation_bytes_per_pixel(config: "StyleConfig | int", device: "torch.device | str" = "cpu",
                                fast: bool = False) -> float:
-    """Estimated peak activation memory of one forward pass, in bytes per input pixel."""
-    b = _FP32_BYTES_PER_PIXEL * config.base_channels / 32
-    if fast and torch.device(device).type == "cpu":
+    """Estimated peak activation memory of one forward pass, in bytes per input pixel
+    (``config``: a ``StyleConfig`` or its ``base_channels``)."""
+    channels = config if isinstance(config, int) else config.base_channels
+    b = _FP32_BYTES_PER_PIXEL * channels / 32
+    if fast and _device_type(device) == "cpu":
         b *= _CPU_BF16_FACTOR
     return b
 
 
-def default_memory_budget(device: torch.device | str = "cpu") -> int:
-    """Bytes the stylization may use: half the available RAM on CPU, 80 % of the free memory of
-    the GPU. Used when the user gives no ``max_memory``."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return int(free * 0.8)
-    import psutil
+def default_memory_budget(device: "torch.device | str" = "cpu") -> int:
+    """Bytes the stylization may use: half of what this process may still allocate on CPU (the
+    host's available RAM, a cgroup ``memory.max`` and ``ulimit -v``, whichever is tightest: see
+    ``engine.devices.host_memory_available``), 80 % of the free memory of the GPU. Used when
+    the user gives no ``max_memory``."""
+    if _device_type(device) == "cuda":
+        import torch
 
-    return int(psutil.virtual_memory().available * 0.5)
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free * 0.8)
+    from engine.devices import host_memory_available
+
+    return int(host_memory_available()[0] * 0.5)
 
 
 def max_image_pixels(max_memory: int | None = None, device: torch.device | str = "cpu") -> int:
@@ -79,7 +90,7 @@ def max_image_pixels(max_memory: int | None = None, device: torch.device | str =
     memory planner, not the decoder, explains a budget that is too small."""
     from engine.images import MAX_PIXELS
 
-    host = int(max_memory) if (max_memory is not None and torch.device(device).type == "cpu") \
+    host = int(max_memory) if (max_memory is not None and _device_type(device) == "cpu") \
         else default_memory_budget("cpu")
     return max(MAX_PIXELS, int(host / _IMAGE_BYTES_PER_PIXEL))
 
@@ -118,7 +129,8 @@ class MemoryPlan:
     activation_budget: int  # bytes allowed for one forward pass
 
 
-def plan_memory(width: int, height: int, config: StyleConfig, *, device: torch.device | str = "cpu",
+def plan_memory(width: int, height: int, config: "StyleConfig | int", *,
+                device: "torch.device | str" = "cpu",
                 max_memory: int | None = None, tile: int | None = None,
                 fast: bool = False) -> MemoryPlan:
     """Choose untiled or tiled processing for a ``width``×``height`` image.
@@ -127,10 +139,10 @@ def plan_memory(width: int, height: int, config: StyleConfig, *, device: torch.d
     (what is already resident counts) and the device memory on GPU. An explicit ``tile`` is used
     as given (when the image is larger than it).
     """
-    dev = torch.device(device)
+    dev = _device_type(device)
     bpp = activation_bytes_per_pixel(config, dev, fast)
-    budget = default_memory_budget(dev) if max_memory is None else int(max_memory)
-    if dev.type == "cpu":
+    budget = default_memory_budget(device) if max_memory is None else int(max_memory)
+    if dev == "cpu":
         resident = _process_rss() if max_memory is not None else 0
         budget -= resident + int(_IMAGE_BYTES_PER_PIXEL * width * height)
     min_need = int(bpp * MIN_TILE * MIN_TILE * 4)  # a 128 px tile
@@ -231,6 +243,8 @@ def thumbnail_statistics(net: torch.nn.Module, thumbnail: torch.Tensor,
                          run: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Within the block, every norm of ``net`` uses the per-instance statistics of ``thumbnail``
     (1×3×h×w, 0–255) instead of its input's (URST's Thumbnail Instance Normalization)."""
+    import norms
+
     with norms.capture_statistics(net) as bank:
         run(thumbnail)
     with norms.use_statistics(net, bank):
@@ -240,6 +254,7 @@ def thumbnail_statistics(net: torch.nn.Module, thumbnail: torch.Tensor,
 def make_thumbnail(rgb: np.ndarray, side: int) -> torch.Tensor:
     """H×W×3 uint8 → 1×3×h×w float (0–255), longest side ``side`` (area-averaging downscale);
     the image itself when it is not larger."""
+    import torch
     from PIL import Image
 
     h, w = rgb.shape[:2]
@@ -261,6 +276,7 @@ def stylize_tiled(net: torch.nn.Module, rgb: np.ndarray, run: Callable[[torch.Te
     ``progress(done, total)`` is called after every tile; ``bar`` shows a tqdm bar over tiles
     (after 2 s). Returns the H×W×3 ``uint8`` result, rounded as ``engine.images.to_image`` does.
     """
+    import torch
     from tqdm.auto import tqdm
 
     h, w = rgb.shape[:2]

@@ -489,9 +489,19 @@ def _stylize_planned(model: StyleModel, work: Image.Image, plan: Any, dev: torch
                      progress: Callable[[int, int], None] | None, bar: bool) -> Image.Image:
     """One attempt of ``stylize_image`` at a memory plan (the caller holds the model's lock and
     has applied the gate and style)."""
-    from .tiling import stylize_tiled
+    from .tiling import (stylize_streamed, stylize_tiled, streamable,
+                         streamed_storage_bytes_per_pixel)
 
     net = model.net
+    if plan.tile is not None and streamable(net):
+        # exact: whole-image statistics at every norm, stage by stage in strips of rows that
+        # hold as many pixels as a tile would (at least 32 rows: the 9×9 convs' halo is 8)
+        w, h = work.size
+        rows = max(32, min(h, plan.tile * plan.tile // max(w, 1)))
+        on_disk = streamed_storage_bytes_per_pixel(model.config) * w * h > \
+            plan.activation_budget // 2
+        return Image.fromarray(stylize_streamed(net, np.asarray(work), rows=rows, device=dev,
+                                                on_disk=on_disk, progress=progress, bar=bar))
     if plan.tile is not None:
         rgb = np.asarray(work)
         return Image.fromarray(stylize_tiled(

@@ -224,7 +224,9 @@ class OnnxStyleRunner:
             raise ValueError(f"{path} is not an ONNX model onnxruntime can load "
                              f"({str(exc).strip().splitlines()[0][:200]})") from None
         self.path = path
-        self.inputs = {i.name for i in self.session.get_inputs()}
+        # gates are initializers that are also graph inputs: "overridable", not in get_inputs()
+        self.inputs = {i.name for i in self.session.get_inputs()} | \
+            {i.name for i in self.session.get_overridable_initializers()}
 
     def run_array(self, a: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """N×3×H×W float32 array → N×3×H×W float32 array."""

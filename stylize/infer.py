@@ -453,10 +453,29 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
             net.to(dev)
         net.eval()
         names = style_names(model.meta, model.config.num_styles)
+        # the backend (and an export, a probe) before any override: the cache holds the
+        # learned weights, gates are fed per call
+        chosen = resolve_backend(backend, dev, fast, job_pixels=job_pixels, model=model)
+        runner = None
+        pixels = work.size[0] * work.size[1]
+        if chosen == "onnxruntime" and plan.tile is None and model.config.num_styles == 1 \
+                and not (backend == "auto" and bar and pixels > AUTO_ONNX_MAX_PIXELS):
+            from .deploy import CacheUnavailable, onnx_runner
+
+            try:
+                runner = onnx_runner(model)
+            except CacheUnavailable as exc:
+                if backend == "onnxruntime":
+                    import sys
+
+                    print(f"note: {exc}; running in torch", file=sys.stderr)
+        if chosen == "onnxruntime":
+            chosen = "torch"  # tiles, multi-style models, a bar, no cache: torch
         with gate_override(net, gate), use_style(net, style, names):
             while True:
                 try:
-                    out = _stylize_planned(model, work, plan, dev, fast, backend, job_pixels,
+                    half = fast or (dev.type == "cuda" and backend == "auto")
+                    out = _stylize_planned(model, work, plan, dev, half, chosen, runner,
                                            progress, bar)
                     break
                 except Exception as exc:  # noqa: BLE001 - only allocation failures are retried
@@ -485,10 +504,11 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
 
 
 def _stylize_planned(model: StyleModel, work: Image.Image, plan: Any, dev: torch.device,
-                     fast: bool, backend: str, job_pixels: float,
+                     fast: bool, chosen: str, runner: Any,
                      progress: Callable[[int, int], None] | None, bar: bool) -> Image.Image:
-    """One attempt of ``stylize_image`` at a memory plan (the caller holds the model's lock and
-    has applied the gate and style)."""
+    """One attempt of ``stylize_image`` at a memory plan with a chosen backend ("torch" or
+    "compiled"; ``runner``: an onnxruntime runner to use instead). The caller holds the model's
+    lock and has applied the gate and style."""
     from .tiling import (stylize_streamed, stylize_tiled, streamable,
                          streamed_storage_bytes_per_pixel)
 
@@ -505,37 +525,23 @@ def _stylize_planned(model: StyleModel, work: Image.Image, plan: Any, dev: torch
     if plan.tile is not None:
         rgb = np.asarray(work)
         return Image.fromarray(stylize_tiled(
-            net, rgb, lambda x: _run(net, x, fast or dev.type == "cuda"), tile=plan.tile,
+            net, rgb, lambda x: _run(net, x, fast), tile=plan.tile,
             thumbnail_side=plan.thumbnail_side, device=dev, progress=progress, bar=bar))
-    chosen = resolve_backend(backend, dev, fast, job_pixels=job_pixels, model=model)
-    pixels = work.size[0] * work.size[1]
-    if chosen == "onnxruntime" and not (backend == "auto" and bar and
-                                        pixels > AUTO_ONNX_MAX_PIXELS) \
-            and model.config.num_styles == 1:  # an exported graph holds one style
-        from .deploy import CacheUnavailable, gate_feeds, onnx_runner
+    if runner is not None:
+        from .deploy import gate_feeds
 
-        try:
-            runner = onnx_runner(model)
-        except CacheUnavailable:
-            if backend == "onnxruntime" and not os.environ.get("NORMLAB_QUIET"):
-                import sys
-
-                print("note: the ONNX cache cannot be written; running in torch", file=sys.stderr)
-            runner = None
-        if runner is not None:
-            out = to_image(runner(to_tensor(work), gate_feeds(model, runner)))
-            if progress is not None:  # one opaque call: report it as one finished stage
-                progress(1, 1)
-            return out
+        out = to_image(runner(to_tensor(work), gate_feeds(model, runner)))
+        if progress is not None:  # one opaque call: report it as one finished stage
+            progress(1, 1)
+        return out
     if chosen == "compiled":
         out = to_image(_run_compiled(model, to_tensor(work).to(dev)).cpu())
         if progress is not None:
             progress(1, 1)
         return out
     with _stage_progress(net, bar, progress):
-        # on CUDA "auto" and --fast run fp16/bf16 autocast (PSNR ≥ 40 dB, tests marked gpu)
-        half = fast or (dev.type == "cuda" and backend == "auto")
-        return to_image(_run(net, to_tensor(work).to(dev), half).float().cpu())
+        # ``fast``: fp16/bf16 autocast (on CUDA also what "auto" picks; PSNR ≥ 40 dB, gpu test)
+        return to_image(_run(net, to_tensor(work).to(dev), fast).float().cpu())
 
 
 def compare_grid(models: list[StyleModel], image: Image.Image, max_size: int = 512,

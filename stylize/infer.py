@@ -520,8 +520,18 @@ def _stylize_planned(model: StyleModel, work: Image.Image, plan: Any, dev: torch
         rows = max(32, min(h, plan.tile * plan.tile // max(w, 1)))
         on_disk = streamed_storage_bytes_per_pixel(model.config) * w * h > \
             plan.activation_budget // 2
-        return Image.fromarray(stylize_streamed(net, np.asarray(work), rows=rows, device=dev,
-                                                on_disk=on_disk, progress=progress, bar=bar))
+        try:
+            return Image.fromarray(stylize_streamed(net, np.asarray(work), rows=rows,
+                                                    device=dev, on_disk=on_disk,
+                                                    progress=progress, bar=bar))
+        except OSError as exc:  # the temporary stage files (only with on_disk)
+            import tempfile
+
+            need = streamed_storage_bytes_per_pixel(model.config) * w * h / 2**20
+            why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ValueError(f"cannot write the temporary files of a streamed image in "
+                             f"{tempfile.gettempdir()} ({why}; needs about {need:.0f} MB): set "
+                             "TMPDIR to a folder with space, or raise --max-memory") from None
     if plan.tile is not None:
         rgb = np.asarray(work)
         return Image.fromarray(stylize_tiled(

@@ -355,27 +355,60 @@ def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 class _Stage:
-    """A full-size stage output (1×C×H×W float32, in RAM or in a temporary file) whose next norm's
-    per-instance statistics are summed strip by strip as it is written."""
+    """A full-size stage output (C channels × H rows × W, float32) whose next norm's per-instance
+    statistics are summed strip by strip as it is written. Rows are stored contiguously (H×C×W)
+    in RAM or, with a ``folder``, in a temporary file read and written with pread/pwrite (not
+    mapped: its pages stay out of the process's resident memory)."""
 
     def __init__(self, shape: tuple[int, ...], norm: "torch.nn.Module | None", folder: str | None):
-        self.shape = shape
-        if folder is None:
-            self.data = np.empty(shape, dtype=np.float32)
-        else:
-            import tempfile
+        import os
+        import tempfile
 
-            f = tempfile.NamedTemporaryFile(dir=folder, suffix=".f32", delete=False)
-            f.close()
-            self.data = np.lib.format.open_memmap(f.name, mode="w+", dtype=np.float32,
-                                                  shape=shape)
+        self.shape = shape  # 1×C×H×W, as the network sees it
+        _, c, h, w = shape
+        self.row_bytes = c * w * 4
+        self.fd = None
+        if folder is None:
+            self.data = np.empty((h, c, w), dtype=np.float32)
+        else:
+            self.data = None
+            fd, name = tempfile.mkstemp(dir=folder, suffix=".f32")
+            os.unlink(name)  # freed when closed, whatever happens
+            self.fd = fd
         self.norm = norm
         self.sums: dict[str, tuple] | None = None
         self.count = 0
 
+    def __del__(self) -> None:
+        if self.fd is not None:
+            import os
+
+            os.close(self.fd)
+            self.fd = None
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """1×C×len(idx)×W float32 of the rows ``idx`` (any order, repeats allowed)."""
+        import os
+
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if self.data is not None:
+            block = self.data[lo:hi]
+        else:
+            raw = os.pread(self.fd, (hi - lo) * self.row_bytes, lo * self.row_bytes)
+            block = np.frombuffer(raw, dtype=np.float32).reshape(hi - lo, self.shape[1],
+                                                                 self.shape[3])
+        return np.ascontiguousarray(block[idx - lo].transpose(1, 0, 2))[None]
+
     def write(self, r0: int, y: "torch.Tensor") -> None:
-        a = y.float().cpu().numpy()
-        self.data[:, :, r0:r0 + a.shape[2]] = a
+        a = y.float().cpu().numpy()[0].transpose(1, 0, 2)  # r×C×W
+        if self.data is not None:
+            self.data[r0:r0 + a.shape[0]] = a
+        else:
+            import os
+
+            buf = np.ascontiguousarray(a).tobytes()
+            if os.pwrite(self.fd, buf, r0 * self.row_bytes) != len(buf):
+                raise OSError("short write to a temporary file (disk full?)")
         if self.norm is None:
             return
         import norms
@@ -384,7 +417,7 @@ class _Stage:
         # records the statistics of what it sees in this strip: summed with pixel counts
         with norms.capture_statistics(self.norm) as bank:
             self.norm(y)
-        n = a.shape[2] * a.shape[3]
+        n = a.shape[0] * a.shape[2]
         if self.sums is None:
             self.sums = {}
         for name, st in bank.items():
@@ -452,7 +485,7 @@ def stylize_streamed(net: "torch.nn.Module", rgb: np.ndarray, *, rows: int = 256
             bank = stage.stats()
 
             def read(idx: np.ndarray) -> "torch.Tensor":
-                t = torch.from_numpy(np.ascontiguousarray(stage.data[:, :, idx])).to(dev)
+                t = torch.from_numpy(stage.rows(idx)).to(dev)
                 with norms.use_statistics(stage.norm, bank) if bank else contextlib.nullcontext():
                     t = stage.norm(t)
                 if relu:
@@ -463,7 +496,7 @@ def stylize_streamed(net: "torch.nn.Module", rgb: np.ndarray, *, rows: int = 256
             return read
 
         def add_read(stage: _Stage, idx: np.ndarray) -> "torch.Tensor":
-            return torch.from_numpy(np.ascontiguousarray(stage.data[:, :, idx])).to(dev)
+            return torch.from_numpy(stage.rows(idx)).to(dev)
 
         def conv(layer, read, n_in: int, c_out: int, norm, up: int = 1) -> _Stage:
             """``layer`` (ConvLayer / UpsampleConvLayer) over rows read with ``read``."""

@@ -250,8 +250,8 @@ def run_cmd(
     gate: Optional[float] = typer.Option(None, help="BIN models: push every ρ toward IN (-1) or BN (+1)."),
     style: Optional[str] = typer.Option(None, help="Multi-style models: a style NAME (see `stylize "
                                         "list`) or a blend NAME:W,NAME:W (default: the first)."),
-    fast: bool = typer.Option(False, help="channels_last + bf16 autocast (see `stylize bench` for quality)."),
-    backend: str = typer.Option("auto", help="torch, onnxruntime (CPU, exported once and cached) or auto (the fastest measured on this kind of device)."),
+    fast: bool = typer.Option(False, help="torch.compile + bf16 autocast (--backend compiled) where the CPU has native bf16 (AVX-512 BF16 or AMX), fp16/bf16 autocast on a GPU; elsewhere what auto picks. Within 40 dB PSNR of fp32 (see `stylize bench`)."),
+    backend: str = typer.Option("auto", help="auto (probes this machine: compiled bf16 for jobs that repay compiling on a native-bf16 CPU, else onnxruntime fp32; fp16/bf16 on a GPU), torch (fp32 eager), onnxruntime (CPU; exported once, cached, verified) or compiled."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
 ) -> None:
     """Stylize images; the output has the input's size (and alpha). Folders map to folders.
@@ -523,6 +523,9 @@ def bench_cmd(
                             photo=str(photo) if photo else None, untiled_up_to=untiled_up_to)
         typer.echo(tiling_markdown(rows, budget))
     else:
+        from stylize.bench import machine_header
+
+        typer.echo(machine_header())
         rows = bench(model, sz, repeats=repeats, compile=compile, device=_device(ctx, device),
                      onnx=onnx)
         typer.echo(to_markdown(rows))

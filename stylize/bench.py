@@ -65,7 +65,7 @@ def bench(model: str | None, sizes: list[int], repeats: int = 3, compile: bool =
     timed interleaved, one call each per round, and ``ratio`` is the median over rounds of the
     time over the fp32 eager time of the same round (robust to other load on the machine);
     ``first_ms`` is the first call (compilation, export warm-up). ``compile`` adds what
-    ``--backend compiled`` / ``--fast`` run (torch.compile, dynamic shapes, bf16 autocast,
+    ``--backend compiled`` / ``--fast`` run (torch.compile per input size, bf16 autocast,
     channels_last) and fp32 torch.compile; ``onnx`` (CPU) the onnxruntime backend."""
     import copy
 
@@ -99,7 +99,7 @@ def bench(model: str | None, sizes: list[int], repeats: int = 3, compile: bool =
     if compile:
         compiled_model = copy.copy(sm)
         compiled_model.compiled = None
-        compiled32 = torch.compile(copy.deepcopy(net), dynamic=True)
+        compiled32 = torch.compile(copy.deepcopy(net), dynamic=False)
     for s in sizes:
         g = torch.Generator().manual_seed(s)
         x = (torch.rand(1, 3, s, s, generator=g) * 255).to(dev)

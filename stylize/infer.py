@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import threading
 import time
@@ -41,9 +40,10 @@ class StyleModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # sha256 of the file it was loaded from (the ONNX cache key; None: built in memory)
     weights_sha: str | None = None
-    # torch.compile'd network for the compiled bf16 path, built on first long job and kept
+    # torch.compile'd network for the compiled bf16 path, built on first long job and kept,
+    # with the input shapes it has been compiled for (static shapes: see ``_run_compiled``)
     compiled: Any = field(default=None, repr=False)
-    uses: int = 0  # stylize_image calls: a process that keeps using a model (UI) is a long job
+    compiled_shapes: set = field(default_factory=set, repr=False)
 
     @property
     def has_gates(self) -> bool:
@@ -162,10 +162,10 @@ def gate_override(net: torch.nn.Module, gate: float | None) -> Iterator[None]:
 
 # What "auto" may pick, by device and job (each within PSNR ≥ 40 dB of fp32 eager, tested):
 # - CUDA: eager with fp16/bf16 autocast (``engine.devices.amp_dtype``) and channels_last;
-# - CPU, a long job (a folder of ≥ LONG_JOB_IMAGES images, a model used LONG_JOB_IMAGES times
-#   in one process: UI, webcam) on a CPU with native bf16 (AVX-512 BF16 / AMX) where the
+# - CPU, a job large enough to repay compiling (``job_pixels``: a folder, a video; ``math.inf``
+#   for the UI or a webcam loop) on a CPU with native bf16 (AVX-512 BF16 / AMX) where the
 #   cached probe (``probe_compiled``) measured it faster: torch.compile + bf16 autocast
-#   ("compiled", compiled once per model and kept; dynamic shapes after the second size);
+#   ("compiled", compiled once per model and image size and kept);
 # - CPU otherwise: onnxruntime fp32 (exported once, cached, see ``stylize.deploy``), or torch
 #   where onnxruntime is missing or its cache cannot be written.
 AUTO_CPU_BACKEND = "onnxruntime"
@@ -176,7 +176,8 @@ PSNR_MIN = 40.0  # dB against fp32 eager: the least a path "auto" picks must kee
 
 
 def resolve_backend(backend: str, device: torch.device, fast: bool = False,
-                    job_pixels: float = 0.0, model: StyleModel | None = None) -> str:
+                    job_pixels: float = 0.0, model: StyleModel | None = None,
+                    shape: tuple[int, int] | None = None) -> str:
     """"torch", "onnxruntime" or "compiled" (torch.compile + bf16 autocast) for a requested
     backend; ``ValueError`` for unknown names or onnxruntime on a GPU / with ``fast``.
     ``fast`` asks for the compiled bf16 path; on a device where it is not native it falls back
@@ -184,7 +185,8 @@ def resolve_backend(backend: str, device: torch.device, fast: bool = False,
     pixels still to stylize; ``math.inf`` for a long-lived process) and, for compiled, the
     cached probe of this machine and model (``probe_compiled``): compiled when it is within
     PSNR ≥ 40 dB and faster, and the time it saves on the job repays compiling (nothing to
-    repay once this process has compiled the model)."""
+    repay once this process has compiled the model for this ``shape``, H×W; at most
+    ``MAX_COMPILED_SHAPES`` shapes are compiled per model)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "onnxruntime" and (device.type != "cpu" or fast):
@@ -202,16 +204,14 @@ def resolve_backend(backend: str, device: torch.device, fast: bool = False,
     if device.type != "cpu":
         return "torch"  # with fp16/bf16 autocast on CUDA (see ``_run``)
     if model is not None and job_pixels > 0 and cpu_native_bf16():
-        if model.compiled is not None:
-            probe = probe_compiled(model, device)  # cached: compiled here in this process
-            if probe.get("use_compiled"):
-                return "compiled"
-        elif job_pixels >= PROBE_MIN_PIXELS or probe_known(model, device):
+        if shape is not None and tuple(shape) in model.compiled_shapes:
+            return "compiled"  # compiled here for this size: nothing left to repay
+        if (job_pixels >= PROBE_MIN_PIXELS or probe_known(model, device)) and \
+                len(model.compiled_shapes) < MAX_COMPILED_SHAPES:
             probe = probe_compiled(model, device)
             per_px = probe["side"] ** 2
             saved = job_pixels * (probe["best_other_s"] - probe["compiled_s"]) / per_px
-            if probe.get("use_compiled") and (model.compiled is not None
-                                              or saved > probe["compile_s"]):
+            if probe.get("use_compiled") and saved > probe["compile_s"]:
                 return "compiled"
     try:
         import onnxruntime  # noqa: F401
@@ -241,6 +241,10 @@ def probe_path() -> Path:
 
 _PROBES: dict[str, dict[str, Any]] = {}
 PROBE_SIDE = 256
+# Shapes compiled per model: static shapes (inductor's dynamic-shape build of this network
+# fails on torch 2.14: "TensorReferenceAnalysis has no attribute python_mod"), so each new
+# image size is a new compilation; beyond this many, new sizes run in onnxruntime.
+MAX_COMPILED_SHAPES = 4
 
 
 def _probe_key(model: StyleModel) -> str:
@@ -331,11 +335,11 @@ def probe_compiled(model: StyleModel, device: torch.device) -> dict[str, Any]:
 
 
 def _run_compiled(model: StyleModel, x: torch.Tensor) -> torch.Tensor:
-    """torch.compile + bf16 autocast + channels_last, compiled once per model and kept (dynamic
-    shapes after the second distinct size, so a folder of mixed sizes compiles twice at most)."""
+    """torch.compile + bf16 autocast + channels_last, compiled once per model and input size
+    and kept (a folder of same-size photos or a video compiles once)."""
     if model.compiled is None:
-        # dynamic shapes from the start: one compilation serves every image size
-        model.compiled = torch.compile(model.net, dynamic=True)
+        model.compiled = torch.compile(model.net, dynamic=False)
+    model.compiled_shapes.add(tuple(x.shape[-2:]))
     with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16):
         return model.compiled(x.contiguous(memory_format=torch.channels_last)).float()
 
@@ -415,8 +419,8 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
     "onnxruntime" (CPU; exported once and cached, see ``stylize.deploy``; torch when the cache
     cannot be written), "compiled" (torch.compile + bf16 autocast, native-bf16 CPUs) or "auto"
     (see ``resolve_backend``; ``job_pixels``: the pixels the caller still has to stylize with
-    this call's, so a folder or video can repay compiling; a model used ``LONG_JOB_IMAGES``
-    times in this process counts as an endless job); tiles always run in eager
+    this call's, so a folder or video can repay compiling; ``math.inf`` for a long-lived
+    process such as the UI or a webcam loop); tiles always run in eager
     torch (their frozen statistics are a PyTorch-side mechanism). ``style`` picks a multi-style
     model's style by name or index, or blends them ("candy:0.5,mosaic:0.5"; see
     ``stylize.model.style_selection``).
@@ -443,9 +447,6 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
         work = src.resize((max(1, round(size[0] * s)), max(1, round(size[1] * s))), Image.LANCZOS)
     plan = plan_memory(work.size[0], work.size[1], model.config, device=dev, max_memory=budget,
                        tile=tile, fast=fast)
-    model.uses += 1
-    if model.uses >= LONG_JOB_IMAGES:  # a process that keeps using a model (UI, webcam)
-        job_pixels = math.inf
     job_pixels = max(job_pixels, work.size[0] * work.size[1])
     with model.lock:
         net = model.net
@@ -455,7 +456,8 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
         names = style_names(model.meta, model.config.num_styles)
         # the backend (and an export, a probe) before any override: the cache holds the
         # learned weights, gates are fed per call
-        chosen = resolve_backend(backend, dev, fast, job_pixels=job_pixels, model=model)
+        chosen = resolve_backend(backend, dev, fast, job_pixels=job_pixels, model=model,
+                                 shape=(work.size[1], work.size[0]))
         runner = None
         pixels = work.size[0] * work.size[1]
         if chosen == "onnxruntime" and plan.tile is None and model.config.num_styles == 1 \

@@ -211,6 +211,7 @@ def test_model_cache_is_an_lru_bounded_by_bytes(tmp_path, monkeypatch):
 
 # ---- backend choice -------------------------------------------------------------------------
 
+@pytest.mark.slow  # compiles candy_bin once (~30 s on 2 cores) where the CPU has native bf16
 def test_every_path_auto_may_pick_stays_within_40_db():
     """fp32 torch, onnxruntime fp32 and, on a CPU with native bf16, the compiled bf16 path:
     each ≥ 40 dB PSNR against fp32 eager on the shipped candy_bin."""
@@ -235,6 +236,20 @@ def test_every_path_auto_may_pick_stays_within_40_db():
     assert resolve_backend("auto", dev) == "onnxruntime"  # a one-shot job never compiles
     with pytest.raises(ValueError, match="backend"):
         resolve_backend("tensorrt", dev)
+
+
+@pytest.mark.gpu
+def test_cuda_auto_half_precision_stays_within_40_db():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from stylize.bench import psnr
+
+    m = load_model("candy_bin", device="cuda")
+    img = Image.open(weights.SAMPLES_DIR / "amber.jpg").convert("RGB")
+    ref = np.asarray(stylize_image(m, img, device="cuda", backend="torch"), dtype=np.float32)
+    for kw in ({"backend": "auto"}, {"fast": True}):
+        got = np.asarray(stylize_image(m, img, device="cuda", **kw), dtype=np.float32)
+        assert psnr(torch.from_numpy(got), torch.from_numpy(ref)) >= 40.0, kw
 
 
 def _tmp():

@@ -390,10 +390,12 @@ def _is_alloc_failure(exc: BaseException) -> bool:
     """An out-of-memory error of torch's allocators (CPU or CUDA) or of Python itself."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text
-                                              or "DefaultCPUAllocator" in text
-                                              or "out of memory" in text.lower())
+    text = str(exc).lower()
+    # torch's CPU/CUDA allocators, onnxruntime's arena ("Failed to allocate memory", "bad
+    # allocation"; its own exception types)
+    return any(w in text for w in ("can't allocate memory", "defaultcpuallocator",
+                                   "out of memory", "failed to allocate memory",
+                                   "bad allocation", "bad_alloc"))
 
 
 def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None = None,

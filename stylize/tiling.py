@@ -147,7 +147,12 @@ def plan_memory(width: int, height: int, config: "StyleConfig | int", *,
         budget -= resident + int(_IMAGE_BYTES_PER_PIXEL * width * height)
     min_need = int(bpp * MIN_TILE * MIN_TILE * 4)  # a 128 px tile
     if budget < min_need:
-        have = "" if max_memory is None else f" (given {max_memory / 2**20:.0f} MB)"
+        if max_memory is None:
+            from engine.devices import host_memory_available
+
+            have = f" (limited by {host_memory_available()[1]})" if dev == "cpu" else ""
+        else:
+            have = f" (given {max_memory / 2**20:.0f} MB)"
         raise ValueError(f"not enough memory to stylize a {width}×{height} image{have}: the "
                          f"image buffers and a minimal tile need about "
                          f"{(max(0, (max_memory or 0) - budget) + min_need) / 2**20:.0f} MB; "

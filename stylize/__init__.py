@@ -21,7 +21,12 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'stylize' has no attribute {name!r}")
+        try:  # a submodule (``stylize.model``), as an eager package would have imported it
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise  # the submodule exists but needs something missing
+            raise AttributeError(f"module 'stylize' has no attribute {name!r}") from None
     mod = _EXPORTS[name]
     value = getattr(importlib.import_module(mod, __name__ if mod.startswith(".") else None), name)
     globals()[name] = value

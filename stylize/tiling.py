@@ -535,6 +535,8 @@ def stylize_streamed(net: "torch.nn.Module", rgb: np.ndarray, *, rows: int = 256
         c2, c3 = 2 * c1, 4 * c1
         # strips per stage ≈ H/rows; stages: 3, 2 per residual block, 3
         total_steps = (3 + 2 * len(blocks) + 3) * max(1, -(-H // rows))
+        pbar.total = total_steps
+        pbar.refresh()
         with torch.inference_mode():
             p1 = conv(net.conv1, image_rows, H, c1, net.in1)
             p2 = conv(net.conv2, reader(p1), H, c2, net.in2)

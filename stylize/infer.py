@@ -410,10 +410,11 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
     ``max_size`` processes a downscaled copy (longest side) and scales the result back.
     Images whose activations exceed ``max_memory`` (bytes or "2G"; default: half of what the
     process may allocate — available RAM, cgroup limit, ``ulimit -v`` — or 80 % of free GPU
-    memory) are processed in overlapping tiles with statistics captured on a thumbnail (URST,
-    see ``stylize.tiling``), so they look like the whole-image pass; ``tile`` forces tiles of
-    that size. When an allocation fails anyway, the image is retried in smaller tiles (down to
-    128 px) before a one-line ``ValueError``. ``preserve_color`` keeps the input's chroma
+    memory) are streamed stage by stage in strips of rows with whole-image statistics (see
+    ``stylize.tiling.stylize_streamed``), so they equal the whole-image pass; ``tile`` forces
+    strips holding as many pixels as a tile of that size. When an allocation fails anyway, the
+    image is retried in smaller strips (down to a 128 px tile's worth) before a one-line
+    ``ValueError``. ``preserve_color`` keeps the input's chroma
     (YCbCr) and takes only luminance from the stylized image; ``strength`` blends with the
     input; ``gate`` overrides BIN gates (see ``gate_override``; on onnxruntime a graph input,
     no new export). ``progress(done, total)`` is called per tile (or per network stage when

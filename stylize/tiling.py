@@ -1,5 +1,10 @@
 """Stylize any size in bounded memory with the look of the whole-image pass.
 
+Style networks (Johnson TransformerNet) are streamed (``stylize_streamed``, below): stage by
+stage in strips of rows with whole-image statistics at every norm, equal to the whole-image
+pass (≥ 95 dB) in ~6·C bytes per pixel. The thumbnail-statistics tiles described next (URST)
+remain for networks of another layout and for explicit use of ``stylize_tiled``.
+
 Per-tile instance statistics change the look of every tile (tiling a 4000×4000 photo at 512 px
 gave 13.7 dB PSNR against the untiled result). Thumbnail Instance Normalization (Chen et al.,
 "Towards Ultra-Resolution Neural Style Transfer via Thumbnail Instance Normalization", AAAI 2022,

@@ -246,37 +246,74 @@ def run_cmd(
     gate: Optional[float] = typer.Option(None, help="BIN models: push every ρ toward IN (-1) or BN (+1)."),
     style: Optional[str] = typer.Option(None, help="Multi-style models: a style NAME (see `stylize "
                                         "list`) or a blend NAME:W,NAME:W (default: the first)."),
-    fast: bool = typer.Option(False, help="channels_last + bf16 autocast (see `stylize bench` for quality)."),
-    backend: str = typer.Option("auto", help="torch, onnxruntime (CPU, exported once and cached) or auto (the fastest measured on this kind of device)."),
+    fast: bool = typer.Option(False, help="torch.compile + bf16 autocast (--backend compiled) where the CPU has native bf16 (AVX-512 BF16 or AMX), fp16/bf16 autocast on a GPU; elsewhere what auto picks. Within 40 dB PSNR of fp32 (see `stylize bench`)."),
+    backend: str = typer.Option("auto", help="auto (probes this machine: compiled bf16 for jobs that repay compiling on a native-bf16 CPU, else onnxruntime fp32; fp16/bf16 on a GPU), torch (fp32 eager), onnxruntime (CPU; exported once, cached, verified) or compiled."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
 ) -> None:
     """Stylize images; the output has the input's size (and alpha). Folders map to folders.
-    Outputs are checked before any work; existing files are kept unless --overwrite."""
-    from tqdm.auto import tqdm
-
-    from engine.images import load_image
-    from stylize.infer import load_model, stylize_image
-    from stylize.tiling import max_image_pixels, parse_memory
+    Outputs are checked before any work; existing files are kept unless --overwrite. A model
+    whose ONNX export is cached runs without loading PyTorch (one-shot runs start fast)."""
+    from stylize.oneshot import BACKENDS
+    from stylize.tiling import parse_memory
 
     budget = parse_memory(max_memory) if max_memory is not None else None
     if tile is not None and tile < 64:
         raise ValueError(f"--tile must be at least 64 px, got {tile}")
-    from stylize.infer import BACKENDS
-
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     jobs, single = plan_outputs(list(inputs), output, overwrite)
+    total = len(jobs)
     dev = _device(ctx, device)
+    failed: list[str] = []
+    if backend in ("auto", "onnxruntime") and not fast and gate is None and tile is None \
+            and style is None:
+        from stylize.oneshot import run_jobs_cached
+
+        jobs = run_jobs_cached(model, jobs, device=dev, backend=backend, max_size=max_size,
+                               max_memory=budget, preserve_color=preserve_color,
+                               strength=strength, save=_save, failed=failed, single=single)
+    if jobs:
+        _run_torch(model, jobs, single, failed, dev, budget, max_size=max_size, tile=tile,
+                   preserve_color=preserve_color, strength=strength, gate=gate, fast=fast,
+                   backend=backend, style=style)
+    if failed:
+        raise ValueError(f"{len(failed)} of {total} inputs could not be read (first: {failed[0]})")
+    typer.echo(str(output))
+
+
+def _run_torch(model: str, jobs: list, single: bool, failed: list[str], device: str,
+               budget: Optional[int], **kw) -> None:
+    """The ``stylize run`` jobs in torch (any backend, tiles, gates, styles); unreadable inputs
+    go to ``failed`` (a single input raises)."""
+    from tqdm.auto import tqdm
+
+    from engine.devices import resolve_device
+    from engine.images import load_image
+    from stylize.infer import load_model, stylize_image
+    from stylize.tiling import max_image_pixels
+
+    from PIL import Image
+
+    dev = resolve_device(device)  # "auto" is a real device before any size or budget uses it
     m = load_model(model, device=dev)
-    if style is not None:  # a bad name fails before any image is processed
+    sizes = []  # pixels per job from the headers: a long job may repay compiling (--backend auto)
+    for src, _ in jobs:
+        try:
+            with Image.open(src) as im:
+                w, h = im.size
+            if kw.get("max_size") and max(w, h) > kw["max_size"]:
+                w, h = w * kw["max_size"] / max(w, h), h * kw["max_size"] / max(w, h)
+            sizes.append(w * h)
+        except Exception:  # noqa: BLE001 - unreadable inputs are reported by load_image below
+            sizes.append(0)
+    left = float(sum(sizes))
+    if kw.get("style") is not None:  # a bad name fails before any image is processed
         from stylize.model import style_names, use_style
 
-        with use_style(m.net, style, style_names(m.meta, m.config.num_styles)):
+        with use_style(m.net, kw["style"], style_names(m.meta, m.config.num_styles)):
             pass
-    kw = dict(max_size=max_size, tile=tile, preserve_color=preserve_color, strength=strength,
-              gate=gate, device=dev, fast=fast, max_memory=budget, backend=backend, style=style)
-    failed: list[str] = []
-    for src, dst in tqdm(jobs, desc=f"stylize {m.name}", unit="img", disable=len(jobs) == 1):
+    for (src, dst), px in tqdm(list(zip(jobs, sizes)), desc=f"stylize {m.name}", unit="img",
+                               disable=len(jobs) == 1):
         try:
             # any size that the tiled path can hold within the budget, not a fixed pixel cap
             img = load_image(src, max_pixels=max_image_pixels(budget, dev))
@@ -285,10 +322,8 @@ def run_cmd(
                 raise
             failed.append(str(exc))
             continue
-        _save(stylize_image(m, img, **kw), dst)
-    if failed:
-        raise ValueError(f"{len(failed)} of {len(jobs)} inputs could not be read (first: {failed[0]})")
-    typer.echo(str(output))
+        _save(stylize_image(m, img, device=dev, max_memory=budget, job_pixels=left, **kw), dst)
+        left -= px
 
 
 @app.command("video")
@@ -484,6 +519,9 @@ def bench_cmd(
                             photo=str(photo) if photo else None, untiled_up_to=untiled_up_to)
         typer.echo(tiling_markdown(rows, budget))
     else:
+        from stylize.bench import machine_header
+
+        typer.echo(machine_header())
         rows = bench(model, sz, repeats=repeats, compile=compile, device=_device(ctx, device),
                      onnx=onnx)
         typer.echo(to_markdown(rows))

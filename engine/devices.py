@@ -84,3 +84,111 @@ def cpu_native_bf16() -> bool:
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (for probe cache keys and bench headers); ``platform`` elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def no_accelerator_here() -> bool:
+    """True when ``--device auto`` must resolve to the CPU, decided without importing torch: no
+    NVIDIA/AMD device node and not macOS (MPS). False means "maybe": resolve with torch."""
+    import os
+    import sys
+
+    if sys.platform == "darwin":
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None and \
+            os.environ["CUDA_VISIBLE_DEVICES"].strip() in ("", "-1"):
+        return True
+    nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    return not any(os.path.exists(n) for n in nodes)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (no limit) → None
+
+
+def _cgroup_limits() -> list[tuple[str, str]]:
+    """(limit file, usage file) of this process's memory cgroup and its parents: cgroup v2
+    (``memory.max`` / ``memory.current``; a container's limit is often a level up) and v1
+    (``memory.limit_in_bytes`` / ``memory.usage_in_bytes``)."""
+    import os
+
+    out: list[tuple[str, str]] = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            root, files = "/sys/fs/cgroup", ("memory.max", "memory.current")
+        elif "memory" in parts[1].split(","):
+            root, files = "/sys/fs/cgroup/memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        d = (root + parts[2]).rstrip("/")
+        for _ in range(8):
+            out.append((f"{d}/{files[0]}", f"{d}/{files[1]}"))
+            if len(d) <= len(root):
+                break
+            d = os.path.dirname(d)
+    return out
+
+
+def host_memory_available() -> tuple[int, str]:
+    """(bytes this process may still allocate, what limits it): the smallest of the host's
+    available RAM, the room left under the cgroup v2 ``memory.max`` of this process's cgroup (and
+    its parents; v1 too), and the address space left under
+    ``RLIMIT_AS`` (``ulimit -v``). Torch-free."""
+    import os
+
+    import psutil
+
+    best, why = int(psutil.virtual_memory().available), "available RAM"
+    for limit_file, usage_file in _cgroup_limits():
+        top, cur = _read_int(limit_file), _read_int(usage_file)
+        if top is not None and cur is not None and top < 2**60 and top - cur < best:
+            best, why = max(0, top - cur), f"cgroup memory limit ({top / 2**30:.1f} GiB)"
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft not in (resource.RLIM_INFINITY, -1) and soft > 0:
+            left = soft - int(psutil.Process().memory_info().vms)
+            if left < best:
+                best, why = max(0, left), f"ulimit -v ({soft / 2**30:.1f} GiB address space)"
+    except (ImportError, ValueError, OSError):
+        pass
+    return best, why

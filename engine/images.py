@@ -6,11 +6,13 @@ import contextlib
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch loads only for tensors: a cached ONNX run never imports it
+    import torch
 
 # Pillow's default bomb threshold is ~89 Mpx (warning) / 179 Mpx (error); a feed-forward net at
 # 0–255 float needs ~1.5 GB per 10 Mpx in activations without tiling, so cap earlier and clearly.
@@ -97,12 +99,16 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image → 1×3×H×W float tensor in 0–255."""
+    import torch
+
     arr = np.asarray(img.convert("RGB"), dtype=np.float32)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
 
 
 def to_image(t: torch.Tensor) -> Image.Image:
     """1×3×H×W or 3×H×W tensor in 0–255 → RGB PIL image (clamped, rounded)."""
+    import torch
+
     if t.ndim == 4:
         t = t[0]
     arr = t.detach().float().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

@@ -1,11 +1,56 @@
 """normlab.stylize — Johnson et al. (2016) feed-forward style transfer with any normalization layer
-(BN, IN, BN+IN, BIN, IBN, ...): train, run, compare, benchmark."""
-from engine.images import load_image, save_image
-from .infer import StyleModel, compare_grid, list_models, load_model, stylize_image
-from .losses import PerceptualLoss, load_vgg_encoder
-from .model import StyleConfig, TransformerNet, load_examples_pth
-from .train import TrainConfig, train
+(BN, IN, BN+IN, BIN, IBN, ...): train, run, compare, benchmark.
 
-__all__ = ["TransformerNet", "StyleConfig", "StyleModel", "load_examples_pth", "load_model",
-           "list_models", "stylize_image", "compare_grid", "load_image", "save_image",
-           "TrainConfig", "train", "PerceptualLoss", "load_vgg_encoder"]
+Names load on first use (PEP 562), so ``stylize.oneshot`` — a cached ONNX export run by
+onnxruntime — starts without importing torch."""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+_EXPORTS = {
+    "load_image": "engine.images", "save_image": "engine.images",
+    "StyleModel": ".infer", "compare_grid": ".infer", "list_models": ".infer",
+    "load_model": ".infer", "stylize_image": ".infer",
+    "PerceptualLoss": ".losses", "load_vgg_encoder": ".losses",
+    "StyleConfig": ".model", "TransformerNet": ".model", "load_examples_pth": ".model",
+    "TrainConfig": ".train",  # `train` (the function): see _Package
+}
+__all__ = list(_EXPORTS) + ["train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        try:  # a submodule (``stylize.model``), as an eager package would have imported it
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise  # the submodule exists but needs something missing
+            raise AttributeError(f"module 'stylize' has no attribute {name!r}") from None
+    mod = _EXPORTS[name]
+    value = getattr(importlib.import_module(mod, __name__ if mod.startswith(".") else None), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+class _Package(types.ModuleType):
+    """``stylize.train`` is the training function, as it was when this package imported it
+    eagerly, even after the submodule ``stylize.train`` is imported (the import system then
+    binds the submodule to the package's attribute; this keeps the function)."""
+
+    @property
+    def train(self) -> Any:
+        return importlib.import_module(f"{__name__}.train").train
+
+    @train.setter
+    def train(self, value: Any) -> None:
+        pass  # the submodule stays reachable as sys.modules["stylize.train"]
+
+
+sys.modules[__name__].__class__ = _Package

@@ -37,92 +37,145 @@ def _time(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) ->
     return statistics.median(times) * 1000, out
 
 
+def machine_header() -> str:
+    """One line on what the timings depend on: CPU model and its vector/matrix flags, torch's
+    CPU capability, whether bf16 is native, threads, torch and onnxruntime versions."""
+    from engine.devices import cpu_flags, cpu_model_name, cpu_native_bf16
+
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni", "avx2")))
+    try:
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = "absent"
+    import os
+
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"CPU: {cpu_model_name()}; flags: {' '.join(flags) or 'none'}; torch capability "
+            f"{torch.backends.cpu.get_cpu_capability()}; native bf16: "
+            f"{'yes' if cpu_native_bf16() else 'no'}; {torch.get_num_threads()} threads; torch "
+            f"{torch.__version__}, onnxruntime {ort}; load average {load}")
+
+
 def bench(model: str | None, sizes: list[int], repeats: int = 3, compile: bool = False,
           device: str = "auto", onnx: bool = False) -> list[dict[str, Any]]:
-    """Rows {size, variant, ms, ratio, psnr_db, used}; ``used`` says whether the variant's output
-    is good enough to be chosen (PSNR against float32 ≥ 40 dB). ``compile`` adds torch.compile
-    (bf16 and fp32), ``onnx`` (CPU) the onnxruntime backend (exported ONNX, fp32)."""
+    """Rows {size, variant, ms, ratio, psnr_db, used, first_ms}; ``used`` says whether the
+    variant's output is good enough to be chosen (PSNR against float32 ≥ 40 dB). Variants are
+    timed interleaved, one call each per round, and ``ratio`` is the median over rounds of the
+    time over the fp32 eager time of the same round (robust to other load on the machine);
+    ``first_ms`` is the first call (compilation, export warm-up). ``compile`` adds what
+    ``--backend compiled`` / ``--fast`` run (torch.compile per input size, bf16 autocast,
+    channels_last) and fp32 torch.compile; ``onnx`` (CPU) the onnxruntime backend."""
+    import copy
+
     dev = resolve_device(device)
     if model:
         from .infer import load_model
 
-        net = load_model(model, device=dev).net
+        sm = load_model(model, device=dev)
+        net = sm.net
     else:
+        from .infer import StyleModel
+
         torch.manual_seed(0)
         net = TransformerNet(norm="in").to(dev)
+        sm = StyleModel(net=net, config=net.config, name="untrained")
     net.eval()
     rows: list[dict[str, Any]] = []
+    runner = None
+    if onnx and dev.type == "cpu":
+        try:
+            from .deploy import OnnxStyleRunner, export_onnx
+        except ImportError:  # pragma: no cover - onnxruntime is a dependency
+            OnnxStyleRunner = None
+        if OnnxStyleRunner is not None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_onnx(sm, f"{tmp}/m.onnx")
+                runner = OnnxStyleRunner(path)
+    compiled_model = None
+    if compile:
+        compiled_model = copy.copy(sm)
+        compiled_model.compiled = None
+        compiled32 = torch.compile(copy.deepcopy(net), dynamic=False)
     for s in sizes:
         g = torch.Generator().manual_seed(s)
         x = (torch.rand(1, 3, s, s, generator=g) * 255).to(dev)
+        xc = x.contiguous(memory_format=torch.channels_last)
 
         def eager():
             with torch.no_grad():
                 return net(x)
 
-        xc = x.contiguous(memory_format=torch.channels_last)
-        net_cl = net.to(memory_format=torch.channels_last)
-
         def fast_fp32():
             with torch.inference_mode():
-                return net_cl(xc)
+                return net(xc)
 
         def fast_bf16():
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
-                return net_cl(xc).float()
+            from engine.devices import amp_dtype
 
-        base_ms, ref = _time(eager, repeats, dev)
-        net.to(memory_format=torch.contiguous_format)
-        rows.append({"size": s, "variant": "fp32 eager", "ms": base_ms, "ratio": 1.0,
-                     "psnr_db": float("inf"), "used": True})
-        variants = [("fast fp32 (inference_mode + channels_last)", fast_fp32),
-                    ("fast bf16 (+ autocast)", fast_bf16)]
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype(dev)):
+                return net(xc).float()
+
+        variants: list[tuple[str, Callable[[], torch.Tensor]]] = [
+            ("fp32 eager", eager),
+            ("fp32 inference_mode + channels_last", fast_fp32),
+            ("bf16 autocast eager (--fast before)", fast_bf16)]
         if compile:
-            compiled = torch.compile(net_cl)
+            from .infer import _run_compiled
 
-            def fast_compiled():
-                with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
-                    return compiled(xc).float()
-
-            compiled32 = torch.compile(net)
+            def compiled_bf16():
+                return _run_compiled(compiled_model, x)
 
             def compiled_fp32():
                 with torch.inference_mode():
                     return compiled32(x)
 
-            variants += [("fast bf16 + torch.compile", fast_compiled),
-                         ("fp32 torch.compile", compiled_fp32)]
-        if onnx and dev.type == "cpu":
-            try:
-                from .deploy import OnnxStyleRunner, export_onnx
-                from .infer import StyleModel
-            except ImportError:  # pragma: no cover - onnxruntime is a dependency
-                OnnxStyleRunner = None
-            if OnnxStyleRunner is not None:
-                import tempfile
-
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = export_onnx(StyleModel(net=net, config=net.config, name="bench"),
-                                       f"{tmp}/m.onnx")
-                    runner = OnnxStyleRunner(path)
-                variants.append(("onnxruntime fp32", lambda: runner(x)))
-        for name, fn in variants:
-            net.to(memory_format=torch.channels_last)
-            ms, out = _time(fn, repeats, dev)
-            net.to(memory_format=torch.contiguous_format)
-            q = psnr(out, ref)
-            rows.append({"size": s, "variant": name, "ms": ms, "ratio": ms / base_ms,
-                         "psnr_db": q, "used": q >= PSNR_MIN})
+            variants += [("torch.compile + bf16 autocast (--backend compiled, --fast)",
+                          compiled_bf16), ("torch.compile fp32", compiled_fp32)]
+        if runner is not None:
+            variants.append(("onnxruntime fp32 (auto, one-shot)", lambda: runner(x)))
+        outs, first = {}, {}
+        for name, fn in variants:  # warm-up: compilation, allocator, onnxruntime arenas
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            outs[name] = fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            first[name] = (time.perf_counter() - t) * 1000
+        times: dict[str, list[float]] = {n: [] for n, _ in variants}
+        for _ in range(repeats):
+            for name, fn in variants:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                fn()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - t)
+        ref_name = variants[0][0]
+        ref = outs[ref_name]
+        for name, _ in variants:
+            ratios = [a / b for a, b in zip(times[name], times[ref_name])]
+            q = float("inf") if name == ref_name else psnr(outs[name], ref)
+            rows.append({"size": s, "variant": name,
+                         "ms": statistics.median(times[name]) * 1000,
+                         "ratio": statistics.median(ratios), "psnr_db": q,
+                         "used": q >= PSNR_MIN, "first_ms": first[name]})
     return rows
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| size | variant | ms/image | × fp32 eager | PSNR vs fp32 (dB) | quality ok (≥ 40 dB) |",
-             "|---:|---|---:|---:|---:|---|"]
+    lines = ["| size | variant | ms/image | × fp32 eager (paired) | first call ms | "
+             "PSNR vs fp32 (dB) | quality ok (≥ 40 dB) |", "|---:|---|---:|---:|---:|---:|---|"]
     for r in rows:
         q = "—" if r["psnr_db"] == float("inf") else f"{r['psnr_db']:.1f}"
-        lines.append(f"| {r['size']}² | {r['variant']} | {r['ms']:.0f} | {r['ratio']:.2f} | {q} | "
-                     f"{'yes' if r['used'] else 'no'} |")
+        first = f"{r['first_ms']:.0f}" if r.get("first_ms") is not None else "—"
+        lines.append(f"| {r['size']}² | {r['variant']} | {r['ms']:.0f} | {r['ratio']:.2f} | "
+                     f"{first} | {q} | {'yes' if r['used'] else 'no'} |")
     return "\n".join(lines)
 
 

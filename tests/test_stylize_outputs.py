@@ -148,3 +148,28 @@ def test_write_errors_name_the_users_path(tmp_path, model, monkeypatch, code, wo
     msg = _error(_invoke("run", "-m", model, "-o", out, a))
     assert words in msg and str(out) in msg
     assert not out.exists()
+
+
+def test_max_memory_works_with_the_default_device_and_tiny_budgets_stream(tmp_path, model,
+                                                                          monkeypatch):
+    """`--max-memory 2G` without `--device` resolved "auto" before using it (it failed with
+    torch's "Expected one of cpu, cuda, ... device type at start of device string: auto");
+    a budget too small for the whole image streams it with whole-image statistics."""
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    src = _img(tmp_path / "in" / "a.png", size=(400, 300))
+    r = runner.invoke(main.app, ["stylize", "run", "-m", str(model), str(src), "-o",
+                                 str(tmp_path / "o.png"), "--max-memory", "2G"])
+    assert r.exit_code == 0, r.output
+    from stylize import tiling
+
+    calls = []
+    real = tiling.stylize_streamed
+    monkeypatch.setattr(tiling, "stylize_streamed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tight = str(tiling._process_rss() + 8 * 2**20)  # room for strips, not for the whole image
+    r = runner.invoke(main.app, ["stylize", "run", "-m", str(model), str(src), "-o",
+                                 str(tmp_path / "t.png"), "--max-memory", tight])
+    assert r.exit_code == 0, r.output
+    assert calls  # streamed
+    a = np.asarray(Image.open(tmp_path / "o.png"), dtype=int)
+    b = np.asarray(Image.open(tmp_path / "t.png"), dtype=int)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1

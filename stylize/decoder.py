@@ -29,7 +29,7 @@ from engine.images import load_image
 from engine.fit import fit
 from engine.trainer import Task
 
-from .arbitrary import LEVELS, Decoder, DecoderConfig, save_decoder
+from .arbitrary import _PLANS, LEVELS, Decoder, DecoderConfig, save_decoder
 from .losses import load_vgg_encoder
 from .photos import content_split
 
@@ -62,6 +62,9 @@ class DecoderTrainConfig:
     overwrite: bool = False  # a new run may replace the run already in ``out``
     checkpoint_every: int = 250
     eval_every: int = 0  # 0: held-out PSNR only at the end
+    # "lstsq": a one-conv decoder (relu1_1) starts from its least-squares pixel fit (closed
+    # form, seconds), which Adam needs tens of thousands of steps to approach; "random" otherwise
+    init: str = "lstsq"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +88,8 @@ class DecoderTrainConfig:
             raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
         if self.feature_weight < 0:
             raise ValueError("--feature-weight must be ≥ 0")
+        if self.init not in ("lstsq", "random"):
+            raise ValueError(f"--init must be lstsq or random, got {self.init!r}")
 
 
 class Photos:
@@ -118,6 +123,40 @@ def psnr(a: Tensor, b: Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
+@torch.no_grad()
+def fit_linear_decoder(decoder: Decoder, encoder: nn.Module, photos: Photos, size: int,
+                       seed: int, max_photos: int = 128) -> None:
+    """Set a one-conv decoder (reflection pad + 3×3 conv) to the least-squares solution of
+    ``127.5·(1 + conv(φ(x))) ≈ x`` over crops of up to ``max_photos`` photos (normal equations
+    in float64, a tiny ridge for conditioning). Deterministic for a seed."""
+    conv = [m for m in decoder.body if isinstance(m, nn.Conv2d)]
+    if len(conv) != 1:
+        raise ValueError("least-squares init needs a decoder with one conv")
+    conv = conv[0]
+    k = conv.in_channels * 9 + 1
+    ata = torch.zeros(k, k, dtype=torch.float64)
+    atb = torch.zeros(k, 3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(photos), generator=g)[:max_photos].tolist()
+    dev = next(decoder.parameters()).device
+    for i in order:
+        img = photos.images[i]
+        h, w = img.shape[-2:]
+        top = int(torch.randint(h - size + 1, (1,), generator=g))
+        left = int(torch.randint(w - size + 1, (1,), generator=g))
+        x = img[:, top:top + size, left:left + size].unsqueeze(0).float().to(dev)
+        f = encoder(x, [decoder.level])[decoder.level]
+        cols = F.unfold(F.pad(f, (1, 1, 1, 1), mode="reflect"), 3)[0].T.double().cpu()  # HW×C·9
+        cols = torch.cat([cols, torch.ones(cols.shape[0], 1, dtype=torch.float64)], 1)
+        target = (x[0].reshape(3, -1).T.double().cpu() - 127.5) / 127.5  # HW×3
+        ata += cols.T @ cols
+        atb += cols.T @ target
+    ridge = 1e-6 * ata.diagonal().mean() * torch.eye(k, dtype=torch.float64)
+    sol = torch.linalg.solve(ata + ridge, atb)  # (C·9 + 1)×3
+    conv.weight.copy_(sol[:-1].T.reshape(conv.weight.shape).to(conv.weight))
+    conv.bias.copy_(sol[-1].to(conv.bias))
+
+
 class DecoderTask(Task):
     """Reconstruction of random photo crops through encoder → decoder."""
 
@@ -132,6 +171,8 @@ class DecoderTask(Task):
         self.taps = _TAPS[cfg.level]
         torch.manual_seed(cfg.seed)
         self.model = Decoder(DecoderConfig(cfg.level)).to(device)
+        if cfg.init == "lstsq" and len(_PLANS[cfg.level]) == 1:
+            fit_linear_decoder(self.model, self.encoder, photos, cfg.image_size, cfg.seed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.last: dict[str, float] = {}
         self.log_every = 10

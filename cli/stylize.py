@@ -235,8 +235,22 @@ def _save(img, dst: Path) -> None:
 def run_cmd(
     ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
-    model: str = typer.Option(..., "--model", "-m", help="Shipped model name, .safetensors or pytorch/examples .pth."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Shipped model name, .safetensors or pytorch/examples .pth."),
     output: Path = typer.Option(..., "--output", "-o", help="Output image file (.jpg, .png, ...; one input image) or folder (several inputs or folders)."),
+    style_image: Optional[str] = typer.Option(None, "--style-image", "-s", help="Any painting "
+                                              "instead of a model (arbitrary style: encoder → "
+                                              "WCT/AdaIN → decoders), or a blend "
+                                              "a.jpg:0.7,b.jpg:0.3."),
+    method: str = typer.Option("wct", help="With --style-image: wct (whitening and colouring, "
+                               "Li et al. 2017) or adain (mean and std, Huang & Belongie 2017)."),
+    alpha: float = typer.Option(1.0, help="With --style-image: 0 = the photo's features, 1 = fully transferred."),
+    scales: str = typer.Option("1", help="With --style-image: coarse-to-fine factors, e.g. 2,1 "
+                               "stylizes a half-size copy first (larger patterns)."),
+    style_size: Optional[int] = typer.Option(None, help="With --style-image: longest side the "
+                                             "painting is encoded at (default: the photo's)."),
+    vgg_weights: Optional[str] = typer.Option(None, help="With --style-image: the normalised "
+                                              "VGG-19 encoder (default: searched in "
+                                              "$NORMLAB_VGG_WEIGHTS, ~/.cache/normlab/weights)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (inputs are never overwritten)."),
     max_size: Optional[int] = typer.Option(None, help="Process at most this longest side, scale back up."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2G: larger images are processed in tiles with whole-image statistics (default: half the free RAM, or 80 % of free GPU memory)."),
@@ -261,12 +275,20 @@ def run_cmd(
         raise ValueError(f"--tile must be at least 64 px, got {tile}")
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if (model is None) == (style_image is None):
+        raise ValueError("give either --model NAME or --style-image PAINTING")
     jobs, single = plan_outputs(list(inputs), output, overwrite)
     total = len(jobs)
     dev = _device(ctx, device)
     failed: list[str] = []
-    if backend in ("auto", "onnxruntime") and not fast and gate is None and tile is None \
-            and style is None:
+    if style_image is not None:
+        _run_paintings(style_image, jobs, single, failed, dev, method=method, alpha=alpha,
+                       scales=scales, style_size=style_size, vgg_weights=vgg_weights,
+                       max_size=max_size or 1024, preserve_color=preserve_color,
+                       strength=strength)
+        jobs = []
+    if jobs and backend in ("auto", "onnxruntime") and not fast and gate is None \
+            and tile is None and style is None:
         from stylize.oneshot import run_jobs_cached
 
         jobs = run_jobs_cached(model, jobs, device=dev, backend=backend, max_size=max_size,
@@ -279,6 +301,42 @@ def run_cmd(
     if failed:
         raise ValueError(f"{len(failed)} of {total} inputs could not be read (first: {failed[0]})")
     typer.echo(str(output))
+
+
+def _run_paintings(spec: str, jobs: list, single: bool, failed: list[str], device: str, *,
+                   method: str, alpha: float, scales: str, style_size: Optional[int],
+                   vgg_weights: Optional[str], **kw) -> None:
+    """The ``stylize run --style-image`` jobs: painting statistics computed once for all."""
+    from tqdm.auto import tqdm
+
+    from engine.devices import resolve_device
+    from engine.images import load_image
+    from stylize.arbitrary import (METHODS, load_paintings, load_stylizer, parse_paintings,
+                                   parse_scales, stylize_with_paintings)
+    from stylize.losses import find_encoder
+
+    if method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"--alpha must be in [0, 1], got {alpha}")
+    factors = parse_scales(scales)
+    paintings = parse_paintings(spec)
+    dev = resolve_device(device)
+    st = load_stylizer(find_encoder(vgg_weights), device=dev)
+    stats = None
+    if style_size:  # one painting size for every photo: compute its statistics once
+        styles, weights = load_paintings(paintings, style_size)
+        stats = st.style_statistics([t.to(dev) for t in styles], weights, method)
+    for src, dst in tqdm(jobs, desc=f"stylize {method}", unit="img", disable=len(jobs) == 1):
+        try:
+            img = load_image(src)
+        except ValueError as exc:
+            if single:
+                raise
+            failed.append(str(exc))
+            continue
+        _save(stylize_with_paintings(st, img, paintings, method=method, alpha=alpha,
+                                     scales=factors, style_size=style_size, stats=stats, **kw), dst)
 
 
 def _run_torch(model: str, jobs: list, single: bool, failed: list[str], device: str,

@@ -38,7 +38,7 @@ def register(app: typer.Typer, device_of) -> None:
         optimizer: str = typer.Option("lbfgs", help="lbfgs (Gatys et al.) or adam."),
         lr: float = typer.Option(4.0, help="Adam step in 0–255 pixel units (lbfgs ignores it)."),
         content_weight: float = typer.Option(1.0, help="Content term weight (relative feature error at relu3_1)."),
-        style_weight: float = typer.Option(10.0, help="Style term weight (relative Gram error); larger = more painting."),
+        style_weight: float = typer.Option(5.0, help="Style term weight (relative Gram error); larger = more painting."),
         tv_weight: float = typer.Option(0.0, help="Total-variation weight (smoothness)."),
         style_scales: str = typer.Option("1,2", help="Gram matrices also matched at these "
                                          "downsamplings (larger shapes from a shallow encoder)."),

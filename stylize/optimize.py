@@ -42,7 +42,7 @@ class OptimizeConfig:
     optimizer: str = "lbfgs"
     lr: float = 4.0  # Adam only, in 0–255 pixel units
     content_weight: float = 1.0
-    style_weight: float = 20.0
+    style_weight: float = 5.0
     tv_weight: float = 0.0
     style_scales: list[int] = field(default_factory=lambda: [1, 2])
     style_size: int | None = None  # longest side of the painting at full scale; None = output's

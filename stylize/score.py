@@ -56,7 +56,7 @@ _METHODS: dict[str, MethodFactory] = {}
 # Modules that register methods when imported (e.g. "stylize.optimize" for ``optimize``); they are
 # imported the first time a method is looked up, so ``score`` and the CLI see their methods
 # without importing them eagerly. A module that does not exist (yet) is skipped.
-METHOD_MODULES: list[str] = []
+METHOD_MODULES: list[str] = ["stylize.methods"]
 _imported: set[str] = set()
 
 

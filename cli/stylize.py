@@ -46,8 +46,11 @@ def train_cmd(
     steps: int = typer.Option(2000, help="Optimizer steps (ignored with --epochs)."),
     epochs: Optional[float] = typer.Option(None, help="Passes over the content folder instead of --steps."),
     lr: float = typer.Option(1e-3, help="Adam learning rate (BIN gates get 10×)."),
-    content_weight: Optional[float] = typer.Option(None, help="Content loss weight (default: per loss network)."),
-    style_weight: Optional[float] = typer.Option(None, help="Style loss weight (default: per loss network)."),
+    loss: str = typer.Option("relative", help="relative: each term divided by its target's "
+                             "mean square, every style tap weighed equally (learns shapes, not "
+                             "only the palette); absolute: the raw MSEs of earlier models."),
+    content_weight: Optional[float] = typer.Option(None, help="Content loss weight (default: 1 for --loss relative, else per loss network)."),
+    style_weight: Optional[float] = typer.Option(None, help="Style loss weight (default: 5 for --loss relative, else per loss network)."),
     tv_weight: float = typer.Option(0.0, help="Total-variation weight."),
     style_size: Optional[int] = typer.Option(None, help="Resize the style image's shorter side to this."),
     seed: int = typer.Option(42, help="Random seed (init and data order)."),
@@ -88,6 +91,7 @@ def train_cmd(
                       out=str(out), image_size=image_size, batch_size=batch_size, steps=steps,
                       epochs=epochs, lr=lr, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight, style_size=style_size,
+                      loss=loss,
                       seed=seed, device=_device(ctx, device), amp=amp, compile=compile,
                       checkpoint_every=checkpoint_every, preview_every=preview_every,
                       vgg_weights=vgg_weights, resume=resume, overwrite=overwrite)

@@ -276,8 +276,14 @@ class PerceptualLoss(nn.Module):
     def __init__(self, encoder: nn.Module, style_images: Tensor | Sequence[Tensor],
                  style_layers: list[str], content_layer: str, content_weight: float,
                  style_weight: float, tv_weight: float = 0.0,
-                 style_scales: Sequence[int] = (1,)) -> None:
+                 style_scales: Sequence[int] = (1,), relative: bool = False) -> None:
         super().__init__()
+        # relative: every term divided by its target's mean square (content: ‖φ(x)‖², style: each
+        # tap's ‖G_l(s)‖²), as ``stylize.optimize`` does. The absolute loss lets relu1_1 — whose
+        # Gram entries are ~13× relu3_1's for candy, and which carries mostly colour — dominate,
+        # so networks learn the palette and little of the shapes; relative weighs every tap
+        # equally and makes the weights dimensionless (the same for every painting and encoder).
+        self.relative = relative
         self.encoder = encoder
         self.style_layers = list(style_layers)
         self.content_layer = content_layer
@@ -298,7 +304,9 @@ class PerceptualLoss(nn.Module):
                     for i, name in enumerate(self.style_layers):
                         grams[i].append(gram_matrix(feats[name])[0])
                 for i in range(len(self.style_layers)):  # S×C×C targets of (scale j, layer i)
-                    self.register_buffer(self._key(j, i), torch.stack(grams[i]))
+                    table = torch.stack(grams[i])
+                    self.register_buffer(self._key(j, i), table)
+                    self.register_buffer(self._key(j, i) + "_ms", table.pow(2).mean(dim=(1, 2)))
 
     @staticmethod
     def _key(scale: int, layer: int) -> str:
@@ -315,6 +323,22 @@ class PerceptualLoss(nn.Module):
         style = style.to(table.device)
         return table[style.expand(n)] if style.numel() == 1 else table[style]  # N×C×C
 
+    def _style_term(self, g: Tensor, j: int, i: int, style: int | Tensor | None) -> Tensor:
+        n = g.shape[0]
+        target = self._targets(j, i, style, n)
+        if not self.relative:
+            return F.mse_loss(g, target)
+        scale = getattr(self, self._key(j, i) + "_ms")  # S
+        if style is None:
+            scale = scale[0].expand(n)
+        elif isinstance(style, int):
+            scale = scale[style].expand(n)
+        else:
+            st = style.to(scale.device)
+            scale = scale[st.expand(n)] if st.numel() == 1 else scale[st]
+        per = (g - target).pow(2).mean(dim=(1, 2)) / scale.clamp_min(1e-20)  # N
+        return per.mean()
+
     def forward(self, y: Tensor, x: Tensor, style: int | Tensor | None = None) -> dict[str, Tensor]:
         """y: stylized batch, x: content batch (N×3×H×W, 0–255), ``style``: the batch's style
         index (or one per image) → weighted loss terms."""
@@ -324,16 +348,19 @@ class PerceptualLoss(nn.Module):
             fx = (self.encoder(x, [self.content_layer]) if isinstance(self.encoder, VGGEncoder)
                   else self.encoder(x))[self.content_layer]
         content = F.mse_loss(fy[self.content_layer].float(), fx.float())
+        if self.relative:
+            content = content / fx.float().pow(2).mean().clamp_min(1e-20)
         style_loss = y.new_zeros((), dtype=torch.float32)
         for j, f in enumerate(self.scales):
             feats = fy if f == 1 else self.encoder(downsample(y, f))
             style_loss = style_loss + sum(
-                F.mse_loss(gram_matrix(feats[name]), self._targets(j, i, style, n))
+                self._style_term(gram_matrix(feats[name]), j, i, style)
                 for i, name in enumerate(self.style_layers))
         style_loss = style_loss / len(self.scales)
         out = {"content_loss": self.content_weight * content,
                "style_loss": self.style_weight * style_loss}
-        out["tv_loss"] = self.tv_weight * total_variation(y.float()) if self.tv_weight else y.new_zeros(())
+        tv = total_variation(y.float()) / (255.0 if self.relative else 1.0)
+        out["tv_loss"] = self.tv_weight * tv if self.tv_weight else y.new_zeros(())
         out["loss"] = out["content_loss"] + out["style_loss"] + out["tv_loss"]
         return out
 

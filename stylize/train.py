@@ -43,7 +43,10 @@ RUN_SETTINGS = ("out", "device", "amp", "compile", "steps", "epochs", "checkpoin
                 "preview_every", "resume", "overwrite", "channels_last")
 # What a recipe written before a key existed meant (resuming an old run keeps its behaviour).
 LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False,
-                 "content_split": "all"}
+                 "content_split": "all", "loss": "absolute"}
+# The relative loss's default weights (dimensionless: the same for every painting and encoder);
+# the optimiser (stylize.optimize) uses the same terms.
+RELATIVE_WEIGHTS = {"content_weight": 1.0, "style_weight": 5.0}
 
 
 @dataclass
@@ -84,6 +87,10 @@ class TrainConfig:
     # "train": leave out the held-out photos of a folder with a content-split.json beside it
     # (stylize.photos); "all": every photo
     content_split: str = "train"
+    # "relative": every loss term divided by its target's mean square, each style tap weighed
+    # equally and content at relu3_1 (stylize.losses.PerceptualLoss); "absolute": the raw MSEs
+    # (relu1_1 — colour — dominates: the shipped models before this option learned palettes)
+    loss: str = "relative"
 
     @property
     def style_images(self) -> list[str]:
@@ -119,6 +126,8 @@ class TrainConfig:
                              "every parameter is trained anyway")
         if not self.content_dir:
             raise ValueError("no content folder given (--content)")
+        if self.loss not in ("relative", "absolute"):
+            raise ValueError(f"--loss must be relative or absolute, got {self.loss!r}")
         if self.content_split not in ("train", "all"):
             raise ValueError(f"content split must be 'train' or 'all', got {self.content_split!r}")
         check_range("image size", self.image_size, 16, 4096)
@@ -428,14 +437,20 @@ def train(cfg: TrainConfig, progress: Callable[[ProgressEvent], None] | None = N
         data = ContentImages(cfg.content_dir, cfg.image_size, cfg.content_split)
         enc = encoder if encoder is not None else load_vgg_encoder(cfg.vgg_weights)
         spec = getattr(enc, "spec", None)
-        cw = cfg.content_weight if cfg.content_weight is not None else (spec.content_weight if spec else 1.0)
-        sw = cfg.style_weight if cfg.style_weight is not None else (spec.style_weight if spec else 1.0)
+        relative = cfg.loss == "relative"
+        defaults = (RELATIVE_WEIGHTS if relative else
+                    {"content_weight": spec.content_weight if spec else 1.0,
+                     "style_weight": spec.style_weight if spec else 1.0})
+        cw = cfg.content_weight if cfg.content_weight is not None else defaults["content_weight"]
+        sw = cfg.style_weight if cfg.style_weight is not None else defaults["style_weight"]
         cfg = dataclasses.replace(cfg, content_weight=cw, style_weight=sw)
         style_layers = spec.style_layers if spec else list(enc.taps)
         content_layer = spec.content_layer if spec else enc.taps[-1]
+        if relative and "relu3_1" in getattr(enc, "taps", []):
+            content_layer = "relu3_1"  # what the optimiser and `stylize score` measure content at
         loss_fn = PerceptualLoss(enc, [style_tensor(p, cfg.style_size) for p in cfg.style_images],
                                  style_layers, content_layer, cw, sw, cfg.tv_weight,
-                                 style_scales=cfg.style_scales).to(device)
+                                 style_scales=cfg.style_scales, relative=relative).to(device)
         return StylizeTask(cfg, data, loss_fn, device, Path(cfg.out))
 
     return fit(cfg, build, run_settings=RUN_SETTINGS, resume=resume, explicit=explicit,

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+import weights
 from conftest import ROOT, need_shared
 from ui import handlers as H
 from ui import training as T
@@ -923,3 +924,128 @@ def test_multi_style_bin_model_info_reports_its_gates(cfg, tmp_path):
     text, gated = H.style_model_info(cfg, f"ui:{name}")
     assert gated and "mean ρ 1.00" in text and "2 styles: a, b" in text
     assert H.style_choices(cfg, f"ui:{name}") == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------- issue 35 / 32
+
+def test_video_and_webcam_use_the_chosen_style(cfg, tmp_path, monkeypatch):
+    """Issue 35.1: a multi-style model's Style (or blend) reaches the video and the webcam."""
+    import numpy as np
+
+    from stylize.video import read_clip, write_clip
+
+    monkeypatch.setattr(cfg, "output_dir", tmp_path / "outputs")
+    model = str(make_two_style_model(tmp_path / "two.safetensors"))
+    frames = _jitter_frames(2)
+    clip = write_clip([np.asarray(f) for f in frames], tmp_path / "clip.mp4", fps=12)
+    first = {}
+    for style in ("stripes", "dots"):
+        path, _ = H.stylize_video(cfg, str(clip), None, model, False, 0, style=style)
+        assert Path(path).name == f"clip-{style}.mp4"  # named after the input and the style
+        first[style] = torch.from_numpy(read_clip(path)[0][0].copy()).float()
+    still = {s: pixels(H.stylize(cfg, frames[0], None, model, style=s)) for s in first}
+    for s, other in (("stripes", "dots"), ("dots", "stripes")):  # (mp4 is lossy on noise)
+        near = (first[s] - still[s]).abs().mean()
+        assert near < 0.8 * (first[s] - still[other]).abs().mean(), s
+    for smooth in (False, True):
+        cam = {s: pixels(H.webcam_frame(cfg, frames[0], "ui:tiny-in", 1.0, False, smooth,
+                                        None)[0]) for s in (None,)}
+        assert cam[None].shape[:2] == (48, 64)
+    # the webcam with the two-style model (registered) follows its Style too
+    cfg.registry.add("stylize", "two-styles", model)
+    a = pixels(H.webcam_frame(cfg, frames[0], "ui:two-styles", style="stripes")[0])
+    b = pixels(H.webcam_frame(cfg, frames[0], "ui:two-styles", style="dots")[0])
+    assert (a - b).abs().mean() > 1.0
+    live = None
+    c, live = H.webcam_frame(cfg, frames[0], "ui:two-styles", smooth=True, live=live,
+                             style={"stripes": 0.0, "dots": 1.0})
+    assert (pixels(c) - b).abs().mean() < (pixels(c) - a).abs().mean()
+
+
+def test_feature_stats_of_a_conditional_model(cfg, tmp_path):
+    """Issue 35.3: a multi-style (conditional) model's norm layers are found and hooked."""
+    model = make_two_style_model(tmp_path / "two.safetensors")
+    cfg.registry.add("stylize", "two-cin", model)
+    _, stats = H.feature_stats(cfg, gradient_image(40, 32), ["stylize:ui:two-cin"], 0.0,
+                               "brightness", 1.5)
+    assert len(stats[0].mean) == 2 and len(stats[0].mean[0]) == 8
+    assert H.feature_figure(stats, "brightness") is not None
+
+
+def test_about_names_the_styles_of_a_multi_style_model():
+    """Issue 35.6: no "style ?" for a model that lists its styles."""
+    md = H.shipped_models_markdown()
+    assert "style ?" not in md and "?" not in md.replace("?)", "")
+    for name, e in weights.manifest().items():
+        if e.get("styles"):
+            assert f"{len(e['styles'])} styles ({', '.join(e['styles'])})" in md
+
+
+def test_weights_resolve_and_list(tmp_path):
+    """One lookup of model files (issue 32.3), used by stylize, classify and the UI."""
+    assert weights.list("stylize") == weights.names("stylize")
+    for name in weights.list("classify"):
+        assert weights.resolve(name, "classify") == weights.path(name, "classify")
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(b"x")
+    assert weights.resolve(str(f), "stylize") == f
+    for spec, kind, msg in ((tmp_path, "stylize", "is a folder"),
+                            ("nope", "classify", "no classifier 'nope'"),
+                            ("x", "video", "unknown model kind")):
+        with pytest.raises(ValueError, match=msg):
+            weights.resolve(spec, kind)
+    if weights.list("classify") and weights.list("stylize"):
+        with pytest.raises(ValueError, match="is a shipped classifier, not a style model"):
+            weights.resolve(weights.list("classify")[0], "stylize")
+
+
+def test_style_selection_takes_a_mapping():
+    from stylize.model import style_selection
+
+    w = style_selection({"dots": 3, "Stripes": 1}, ["stripes", "dots"])
+    assert torch.allclose(w, torch.tensor([0.25, 0.75]))
+    with pytest.raises(ValueError, match="no style 'wave'"):
+        style_selection({"wave": 1.0}, ["stripes", "dots"])
+
+
+def test_compare_memory_check_is_the_librarys_planner(cfg):
+    """The UI keeps no bytes-per-pixel figure of its own: a grid that the library's planner
+    would tile is refused, one it would not is accepted."""
+    from stylize.tiling import plan_memory
+
+    assert not hasattr(H, "STYLE_BYTES_PER_PIXEL")
+    model = H.load_style(cfg, "ui:tiny-in")
+    tiny = UIConfig(allowed_dirs=[], runs_dir=cfg.runs_dir, memory_budget_mb=64)
+    assert plan_memory(256, 256, model.config, max_memory=H.request_budget(tiny)).tile is None
+    H.check_memory(tiny, model, (256, 256))
+    side = 1024
+    while plan_memory(side, side, model.config, max_memory=H.request_budget(tiny)).tile is None:
+        side *= 2  # the first size the library would tile
+    with pytest.raises(ValueError, match="set the size to"):
+        H.check_memory(tiny, model, (side, side))
+
+
+def test_shift_chart_and_estimates(cfg):
+    rows = [H.ShiftRow("ui:r20-bn", "bn", "cat", 0.9, "dog", 0.6, 0.2),
+            H.ShiftRow("ui:r20-in", "in", "cat", 0.8, "cat", 0.7, 0.7)]
+    fig = H.shift_chart(rows, "brightness")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["ui:r20-bn\n(bn)", "ui:r20-in\n(in)"]
+    assert len(fig.axes[0].patches) == 4
+    assert "min" in T.style_estimate(256, 1000, 4) and "1000 steps" in T.style_estimate(128, 10, 2)
+    data = T.dataset_dirs(cfg)[0][1]
+    assert "12 training images × 2 epochs" in T.classifier_estimate(cfg, data, 2, 0)
+    assert "5 training images" in T.classifier_estimate(cfg, data, 1, 5)
+    assert T.classifier_estimate(cfg, "folder:/elsewhere", 1, 0) == ""
+
+
+def test_downloads_are_named_after_input_and_style(cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(cfg, "output_dir", tmp_path / "out")
+    src = tmp_path / "my photo.png"
+    gradient_image(20, 16).save(src)
+    a = H.stylize_file(cfg, str(src), "ui:tiny-in")
+    model = str(make_two_style_model(tmp_path / "two.safetensors"))
+    b = H.stylize_file(cfg, str(src), None, model, style="stripes", blend_with="dots",
+                       blend_weight=0.3)
+    assert Path(a).name == "my-photo-tiny.png" and Path(b).name == "my-photo-stripes70-dots30.png"
+    assert Image.open(b).size == (20, 16)

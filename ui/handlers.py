@@ -170,13 +170,20 @@ def check_image_size(cfg: UIConfig, path: str | Path | None) -> str:
 OUTPUT_SIZES = ("input size", "processing size")
 
 
+def request_budget(cfg: UIConfig) -> int:
+    """The ``max_memory`` of one request: the library bounds the whole process (what is resident
+    counts), and this request may add ``cfg.memory_budget_mb`` to it."""
+    import psutil
+
+    return psutil.Process().memory_info().rss + cfg.memory_budget_mb * 2**20
+
+
 def check_memory(cfg: UIConfig, model, size: tuple[int, int]) -> None:
     """Refuse a compare-grid request whose passes would not fit ``cfg.memory_budget_mb`` untiled:
     the grid holds every result at the processing size, so it is not tiled (single images are:
     ``stylize`` passes the budget to the library, which tiles). The library's memory model
     (``stylize.tiling.plan_memory``) decides."""
-    budget = cfg.memory_budget_mb * 2**20
-    plan = plan_memory(size[0], size[1], model.config, device="cpu", max_memory=budget)
+    plan = plan_memory(size[0], size[1], model.config, device="cpu", max_memory=request_budget(cfg))
     if plan.tile is not None:
         per_px = activation_bytes_per_pixel(model.config)
         fit = int((plan.activation_budget / per_px) ** 0.5 * max(size)
@@ -210,13 +217,10 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
     if gate is not None and not model.has_gates:
         gate = None  # the slider is hidden for gate-less models; ignore a stale value
     work = processing_size(image.size, int(max_size) if max_size else None)
-    import psutil
-
     if output_size == "processing size" and work != image.size:
         image = image.resize(work, Image.LANCZOS)
     names = style_names_of(model)
-    # the library bounds the whole process (tiling to fit): this request may add the budget
-    budget = psutil.Process().memory_info().rss + cfg.memory_budget_mb * 2**20
+    budget = request_budget(cfg)
     return stylize_image(model, image, max_size=int(max_size) if max_size else None,
                          preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
                          device=device_of(cfg), bar=False, progress=on_progress, max_memory=budget,

@@ -228,7 +228,8 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                                         min_width=60)
         st_gallery = gr.Gallery([(g[0], g[1]) for g in gallery], label="Pick a style",
                                 columns=8, rows=1, height=150, allow_preview=False,
-                                object_fit="cover", elem_id="st_gallery",
+                                object_fit="cover", elem_id="st_gallery", buttons=[],
+                                interactive=False,
                                 selected_index=_gallery_index(gallery, start_model))
         st_info = gr.Markdown(elem_classes="nl-status", elem_id="st_info")
         if samples:
@@ -469,22 +470,27 @@ def _is_domains(spec: str | None) -> bool:
 
 def _number(value, label: str, minimum, maximum, elem_id: str, precision: int | None = 0
             ) -> gr.Number:
-    """A number box whose range error names the field ("Steps: value 0 is less than the minimum
-    1") instead of gradio's bare "Value 0 is less than minimum value 1."."""
-    comp = gr.Number(value, precision=precision, minimum=minimum, maximum=maximum, label=label,
-                     elem_id=elem_id)
-    original = comp.preprocess
-
-    def preprocess(payload):
-        try:
-            return original(payload)
-        except gr.Error as exc:
-            text = str(getattr(exc, "message", exc))
-            raise gr.Error(f"{label}: {text[:1].lower()}{text[1:]}",
-                           print_exception=False) from None
-
-    comp.preprocess = preprocess
+    """A number box whose range is checked when Start is pressed (``_check_numbers``), so the
+    message names the field ("Epochs must be at least 1, got 0") and shows in the status line,
+    not gradio's bare "Value 0 is less than minimum value 1." as an Error badge."""
+    comp = gr.Number(value, precision=precision, label=label, elem_id=elem_id)
+    comp.nl_bounds = (label, minimum, maximum)
     return comp
+
+
+def _check_numbers(components: list, values: list) -> None:
+    """``ValueError`` naming the first number box whose value is missing or out of its range."""
+    for comp, v in zip(components, values):
+        bounds = getattr(comp, "nl_bounds", None)
+        if bounds is None:
+            continue
+        label, lo, hi = bounds
+        if v is None:
+            raise ValueError(f"{label} is empty")
+        if lo is not None and v < lo:
+            raise ValueError(f"{label} must be at least {lo:g}, got {v:g}")
+        if hi is not None and v > hi:
+            raise ValueError(f"{label} must be at most {hi:g}, got {v:g}")
 
 
 def _train_status(kind: str) -> gr.Markdown:
@@ -756,6 +762,7 @@ def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.
         n = len(tab.inputs)
         values, current = args[:n], list(args[n:])
         try:
+            _check_numbers(tab.inputs, list(values))
             job.start(start_fn(cfg, job, *values), others=(other,), form=list(values))
         except ValueError as exc:  # bad form values: said where the status is, not as a badge
             gr.Warning(H.public_message(exc))
@@ -771,7 +778,8 @@ def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.
         """Cancelling… at once; with nothing running, the last result stays where it is."""
         if not job.running:
             gr.Info("Nothing is training.")
-            return gr.skip()
+            u = job.view()
+            return u.status if u is not None else "Nothing is training."
         return job.cancel()
 
     tab.cancel.click(guard(do_cancel), None, tab.status,

@@ -12,6 +12,7 @@ a shift name) or a file the user uploaded; anything else is refused before a loa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import time
 import uuid
@@ -389,7 +390,9 @@ def style_gallery(cfg: UIConfig) -> list[tuple[str, str, str, str | None]]:
         for style in styles:
             shown = style or style_label(model, None)
             name = value.removeprefix(TRAINED_PREFIX)
-            dst = thumbs / f"{_slug(name, 'model')}--{_slug(shown, 'style')}.png"
+            f = weights.resolve(resolve_spec(cfg, "stylize", value), "stylize")
+            key = hashlib.sha1(f"{f.resolve()}|{f.stat().st_mtime_ns}".encode()).hexdigest()[:10]
+            dst = thumbs / f"{_slug(name, 'model')}--{_slug(shown, 'style')}-{key}.png"
             if not dst.is_file():
                 painting = style_image_of(cfg, shown)
                 if painting is not None:

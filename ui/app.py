@@ -692,7 +692,7 @@ def _norms_lab_tab(cfg: UIConfig) -> SimpleNamespace:
             fs_shift = _shift_dropdown(shifts)
             fs_strength = _strength_slider(_prefer(shifts, "brightness"))
         fs_run = gr.Button("Compute statistics", elem_id="fs_run")
-        fs_plot = gr.Plot(label="Channel statistics")
+        fs_plot = gr.Plot(label="Channel statistics", elem_id="fs_plot")
 
     @guard
     def do_gates(model):

@@ -227,7 +227,8 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                     st_stop = gr.Button("Stop", variant="stop", elem_id="st_stop", scale=1,
                                         min_width=60)
         st_gallery = gr.Gallery([(g[0], g[1]) for g in gallery], label="Pick a style",
-                                columns=8, rows=1, height=150, allow_preview=False,
+                                columns=8, rows=1, height=180, allow_preview=False,
+                                fit_columns=False,
                                 object_fit="cover", elem_id="st_gallery", buttons=[],
                                 interactive=False,
                                 selected_index=_gallery_index(gallery, start_model))

@@ -769,7 +769,7 @@ def report_view(cfg: UIConfig, name: str | None) -> tuple[str, list[tuple[str, s
         if f.parent != folder or not f.is_file():
             return f"*(figure not found: {caption})*"
         figures.append((str(f), caption))
-        return f"![{caption}]({FILE_ROUTE}{f.as_posix()})\n\n*{caption}*"
+        return f"![{caption}]({FILE_ROUTE}{f.as_posix()})"
 
     return _FIGURE.sub(place, (folder / "README.md").read_text(encoding="utf-8")), figures
 

@@ -584,7 +584,7 @@ def style_estimate(image_size: float | None, steps: float | None, batch: float |
         return ""
     per_step = STYLE_S_PER_STEP_192PX_BATCH4 * (size / 192) ** 2 * (batch / 4)
     useful = per_step * USEFUL_STYLE_STEPS
-    return (f"⏱ about {_minutes(per_step * max(steps, 1))} on this server's CPU "
+    return (f"Estimate: about {_minutes(per_step * max(steps, 1))} on this server's CPU "
             f"({per_step:.1f} s per step). A style that clearly shows needs about "
             f"{USEFUL_STYLE_STEPS} steps (≈ {_minutes(useful)} at {size} px); a GPU is far faster.")
 
@@ -602,7 +602,8 @@ def classifier_estimate(cfg: UIConfig, data: str | None, epochs: float | None,
     train_n, test_n = sizes
     n = min(subset, train_n) if subset > 0 else train_n
     seconds = CLASSIFY_S_PER_IMAGE_EPOCH * (n + test_n / 3) * max(epochs, 1)  # + evaluation
-    return (f"⏱ about {_minutes(seconds)} on this server's CPU for a ResNet-20 ({n:,} training "
+    return (f"Estimate: about {_minutes(seconds)} on this server's CPU for a ResNet-20 "
+            f"({n:,} training "
             f"images × {epochs} epoch{'s' if epochs != 1 else ''}; the first run also decodes the "
             "dataset once). Bigger architectures take longer.")
 

@@ -370,9 +370,10 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
 
     def pick_style(evt: gr.SelectData):
         """A thumbnail sets the model and style (and drops an uploaded model)."""
-        if evt.index is None or not 0 <= int(evt.index) < len(gallery):
+        now = H.style_gallery(cfg)  # as shown since the page (re)loaded
+        if evt.index is None or not 0 <= int(evt.index) < len(now):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        _, _, model, style = gallery[int(evt.index)]
+        _, _, model, style = now[int(evt.index)]
         return model, gr.update(value=style) if style else gr.skip(), H.NO_BLEND, None
 
     st_gallery.select(pick_style, None, [st_model, st_style, st_blend, st_upload],
@@ -455,8 +456,14 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                               concurrency_limit=1, concurrency_id="stylize_video")
     vid_stop.click(STOPS.stop, None, None, cancels=[vid_event], api_visibility="private")
     vid_in.change(lambda: (None, None), None, [vid_out, vid_info], api_visibility="private")
+    def gallery_now(model):
+        """Models trained since the server started get their thumbnails on a (re)load."""
+        now = H.style_gallery(cfg)
+        return gr.update(value=[(g[0], g[1]) for g in now],
+                         selected_index=_gallery_index(now, model))
+
     return SimpleNamespace(model=st_model, compare_models=cmp_models,
-                           info=(do_info, *info_io))
+                           info=(do_info, *info_io), gallery=(gallery_now, st_model, st_gallery))
 
 
 def _gallery_index(gallery: list, model: str | None) -> int | None:
@@ -856,6 +863,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
         # models trained in other sessions (or before a restart) show up on page load
         demo.load(lambda *c: refreshed(list(c)), dropdowns, dropdowns, api_visibility="private")
         demo.load(*st.info, api_visibility="private")
+        demo.load(*st.gallery, api_visibility="private")
         demo.load(lambda: training_banner([(style_job, "Train a style"),
                                            (clf_job, "Train a classifier")]),
                   None, banner, api_visibility="private")

@@ -42,8 +42,10 @@ def norm_layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
     from norms.layers import NORM_LAYERS
 
     out: list[tuple[str, nn.Module]] = []
-    for name, mod in net.named_modules():  # a conditional norm wraps (and never calls) its inner
-        if isinstance(mod, (*NORM_LAYERS, ConditionalNorm)) and not any(name.startswith(p + ".") for p, _ in out):
+    # a conditional norm wraps (and never calls) its inner norm: hook the wrapper
+    for name, mod in net.named_modules():
+        if isinstance(mod, (*NORM_LAYERS, ConditionalNorm)) and not any(
+                name.startswith(p + ".") for p, _ in out):
             out.append((name, mod))
     return out
 

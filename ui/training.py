@@ -562,12 +562,16 @@ def _classifier_updates(cfg: UIConfig, job: Job, train: Callable, tcfg: Any, bas
 
 
 # --------------------------------------------------------------------------- time estimates
-# Rates measured on this project's 2-core CPU VM (weights/manifest.json): four_styles_bin trained
-# 2000 steps at 192 px, batch 4, in 101.7 min (3.05 s per step; the cost grows with pixels ×
-# batch); cifar10_resnet20_bn's 20-epoch restart on 50,000 images took about 23 min on 2 threads
-# with bf16 autocast (1.4 ms per image and epoch). A GPU is much faster: these are CPU figures.
+# Rates measured on this project's 2-core CPU VM, shared with other jobs. Style: four_styles_bin
+# trained 2000 steps at 192 px, batch 4, in 101.7 min (weights/manifest.json: 3.05 s per step;
+# the cost grows with pixels × batch). Classifier: `normlab --device cpu classify train --data
+# folder:cifar10/train,cifar10/test --arch resnet20 --norm bin --epochs 3 --batch-size 128
+# --train-subset 5000 --threads 2` (fp32) took 269 s: ~1.15 s per 128-image step (9 ms per
+# image), ~33 s to evaluate the 10,000 test images after each epoch, 20 s to decode the
+# 60,000 images once; it ended at 36.4 % test accuracy (chance: 10 %). A GPU is much faster.
 STYLE_S_PER_STEP_192PX_BATCH4 = 3.05
-CLASSIFY_S_PER_IMAGE_EPOCH = 0.0014
+CLASSIFY_S_PER_IMAGE_EPOCH = 0.009
+CLASSIFY_S_PER_TEST_IMAGE = 0.0033
 USEFUL_STYLE_STEPS = 1000  # candy_bin needed 1100 steps at 192 px to look like candy
 
 
@@ -601,7 +605,7 @@ def classifier_estimate(cfg: UIConfig, data: str | None, epochs: float | None,
         return ""
     train_n, test_n = sizes
     n = min(subset, train_n) if subset > 0 else train_n
-    seconds = CLASSIFY_S_PER_IMAGE_EPOCH * (n + test_n / 3) * max(epochs, 1)  # + evaluation
+    seconds = (CLASSIFY_S_PER_IMAGE_EPOCH * n + CLASSIFY_S_PER_TEST_IMAGE * test_n) * max(epochs, 1)
     return (f"Estimate: about {_minutes(seconds)} on this server's CPU for a ResNet-20 "
             f"({n:,} training "
             f"images × {epochs} epoch{'s' if epochs != 1 else ''}; the first run also decodes the "

@@ -626,10 +626,11 @@ def _train_classifier_tab(cfg: UIConfig) -> SimpleNamespace:
                     "at a time; the model appears in the Classify tab at once.")
         with gr.Row():
             with gr.Column():
-                arch = gr.Dropdown(archs, value=archs[0] if archs else None, label="Architecture",
-                                   elem_id="tc_arch")
-                norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
-                                   else norm_names[0], label="Norm", elem_id="tc_norm")
+                with gr.Row():
+                    arch = gr.Dropdown(archs, value=archs[0] if archs else None,
+                                       label="Architecture", elem_id="tc_arch")
+                    norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
+                                       else norm_names[0], label="Norm", elem_id="tc_norm")
                 data = gr.Dropdown(data_opts, value=_first(data_opts),
                                    label="Dataset (by name, with image counts)", elem_id="tc_data")
                 with gr.Row():
@@ -641,12 +642,12 @@ def _train_classifier_tab(cfg: UIConfig) -> SimpleNamespace:
                                  precision=None)
                     subset = _number(T.CLASSIFY_DEFAULTS["train_subset"],
                                      "Training images (0 = all)", 0, None, "tc_subset")
+                    name = gr.Textbox(label="Model name (optional)", elem_id="tc_name")
                 pacs = _is_domains(_first(data_opts))
                 with gr.Row(visible=pacs) as domain_row:
                     train_dom = gr.Textbox(label="Training domains (empty = the rest)",
                                            elem_id="tc_train_dom")
                     test_dom = gr.Textbox("sketch", label="Test domains", elem_id="tc_test_dom")
-                name = gr.Textbox(label="Model name (optional)", elem_id="tc_name")
                 estimate = gr.Markdown(T.classifier_estimate(
                     cfg, _first(data_opts), T.CLASSIFY_DEFAULTS["epochs"],
                     T.CLASSIFY_DEFAULTS["train_subset"]), elem_id="tc_estimate")

@@ -114,8 +114,8 @@ def _load(spec: str, device: str) -> Classifier:
 
     name = spec
     path = Path(spec)
-    if spec in weights.names("classify"):
-        path = weights.path(spec, "classify")
+    if spec in weights.list("classify"):
+        path = weights.resolve(spec, "classify")
     elif ":" in spec and spec.split(":", 1)[1].endswith((".pth", ".pt", ".pth.tar")) \
             and not path.exists():
         arch, file = spec.split(":", 1)

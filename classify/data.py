@@ -238,8 +238,15 @@ def _split_names(s: str | list[str] | None) -> list[str]:
 
 def load_data(spec: str, image_size: int = 32, train_domains: str | list[str] | None = None,
               test_domains: str | list[str] | None = None, download: bool = False,
-              need_train: bool = True) -> DataSplit:
-    """Parse a ``--data`` spec (see module doc) and load it."""
+              need_train: bool = True,
+              progress: Callable[[str, int, int], None] | None = None) -> DataSplit:
+    """Parse a ``--data`` spec (see module doc) and load it. ``progress(what, done, total)``
+    while folders decode (what: "training", "test" or a domain); an exception it raises (a
+    cancel) ends the load."""
+
+    def tick(what: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda i, n: progress(what, i, n))
+
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise ValueError(f"--data must be cifar10:ROOT, folder:TRAIN[,TEST] or pacs:ROOT, got {spec!r}")
@@ -253,10 +260,11 @@ def load_data(spec: str, image_size: int = 32, train_domains: str | list[str] | 
         parts = [p for p in rest.split(",") if p.strip()]
         if len(parts) > 2:
             raise ValueError(f"folder: takes TRAIN_DIR[,TEST_DIR], got {len(parts)} paths")
-        train = load_folder(parts[0], image_size) if (need_train or len(parts) == 1) else None
+        train = (load_folder(parts[0], image_size, tick("training"))
+                 if (need_train or len(parts) == 1) else None)
         tests = {}
         if len(parts) == 2:
-            tests["test"] = load_folder(parts[1], image_size)
+            tests["test"] = load_folder(parts[1], image_size, tick("test"))
             if train is not None and tests["test"].classes != train.classes:
                 raise ValueError(f"class folders differ between {parts[0]} and {parts[1]}")
         elif not need_train:
@@ -278,13 +286,13 @@ def load_data(spec: str, image_size: int = 32, train_domains: str | list[str] | 
                                  f"{', '.join(domains)}")
         train = None
         if need_train:
-            parts = [load_folder(root / d, image_size) for d in trd]
+            parts = [load_folder(root / d, image_size, tick(d)) for d in trd]
             for p, d in zip(parts, trd):
                 if p.classes != parts[0].classes:
                     raise ValueError(f"PACS domain {d} has different classes")
             train = TensorDataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
                                   parts[0].classes, "+".join(trd))
-        tests = {d: load_folder(root / d, image_size) for d in ted}
+        tests = {d: load_folder(root / d, image_size, tick(d)) for d in ted}
         for d, t in tests.items():
             if train is not None and t.classes != train.classes:
                 raise ValueError(f"PACS domain {d} has different classes from the training domains")

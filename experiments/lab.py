@@ -38,11 +38,14 @@ def network_of(model: LabModel) -> nn.Module:
 def norm_layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
     """Top-level normalisation layers of ``net`` in forward order (IBN's inner IN/BN halves are
     part of their IBN layer, not listed on their own)."""
+    from norms.conditional import ConditionalNorm
     from norms.layers import NORM_LAYERS
 
     out: list[tuple[str, nn.Module]] = []
+    # a conditional norm wraps (and never calls) its inner norm: hook the wrapper
     for name, mod in net.named_modules():
-        if isinstance(mod, NORM_LAYERS) and not any(name.startswith(p + ".") for p, _ in out):
+        if isinstance(mod, (*NORM_LAYERS, ConditionalNorm)) and not any(
+                name.startswith(p + ".") for p, _ in out):
             out.append((name, mod))
     return out
 

@@ -87,11 +87,12 @@ def list_models() -> list[str]:
 
 def _resolve(spec: str | Path) -> tuple[Path, str]:
     s = str(spec)
-    if s in list_models():
-        return weights.path(s, "stylize"), s
-    p = Path(s)
-    if p.is_file():  # a run's model.safetensors is named after its run folder
+    with contextlib.suppress(ValueError):  # the one lookup; the errors below say more
+        p = weights.resolve(s, "stylize")
+        if s in list_models():
+            return p, s
         return p, (p.parent.name if p.stem == "model" and p.parent.name else p.stem)
+    p = Path(s)
     shipped = ", ".join(list_models()) or "none"
     if s in weights.names("classify"):
         e = weights.manifest()[s]
@@ -398,6 +399,16 @@ def _is_alloc_failure(exc: BaseException) -> bool:
                                    "bad allocation", "bad_alloc"))
 
 
+def processing_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """The (width, height) the network runs at for an image of ``size``: scaled down so its
+    longest side is ``max_size`` (None/0: the image's own size)."""
+    w, h = size
+    if max_size and max(w, h) > max_size:
+        s = max_size / max(w, h)
+        return max(1, round(w * s)), max(1, round(h * s))
+    return w, h
+
+
 def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None = None,
                   tile: int | None = None, preserve_color: bool = False, strength: float = 1.0,
                   gate: float | None = None, device: str | torch.device = "cpu",
@@ -444,10 +455,8 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
     alpha = image.getchannel("A") if image.mode == "RGBA" else None
     src = image.convert("RGB")
     size = src.size
-    work = src
-    if max_size and max(size) > max_size:
-        s = max_size / max(size)
-        work = src.resize((max(1, round(size[0] * s)), max(1, round(size[1] * s))), Image.LANCZOS)
+    work = src if processing_size(size, max_size) == size else src.resize(
+        processing_size(size, max_size), Image.LANCZOS)
     plan = plan_memory(work.size[0], work.size[1], model.config, device=dev, max_memory=budget,
                        tile=tile, fast=fast)
     job_pixels = max(job_pixels, work.size[0] * work.size[1])

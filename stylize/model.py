@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -264,6 +264,12 @@ def style_selection(spec: str | int | Sequence[float] | None, names: Sequence[st
         if not 0 <= spec < n:
             raise ValueError(f"style {spec} does not exist: the model has {n} styles ({known})")
         return spec
+    if isinstance(spec, Mapping):  # {"candy": 0.7, "mosaic": 0.3}: a blend by name, not parsed
+        lower = [m.lower() for m in names]
+        bad = [k for k in spec if str(k).strip().lower() not in lower]
+        if bad:
+            raise ValueError(f"no style {str(bad[0]).strip()!r} in this model; its styles: {known}")
+        spec = [sum(float(v) for k, v in spec.items() if str(k).strip().lower() == m) for m in lower]
     if not isinstance(spec, str):
         w = torch.as_tensor([float(v) for v in spec], dtype=torch.float32)
         if w.numel() != n:
@@ -346,15 +352,7 @@ def resolve_model_file(spec: str | Path) -> Path:
     """A shipped style model's file (by manifest name) or an existing model file."""
     import weights
 
-    s = str(spec)
-    if s in weights.names("stylize"):
-        return weights.path(s, "stylize")
-    p = Path(s)
-    if p.is_file():
-        return p
-    shipped = ", ".join(weights.names("stylize")) or "none"
-    raise ValueError(f"no style model {s!r}: give a shipped name ({shipped}) or a .safetensors "
-                     "file written by `stylize train`")
+    return weights.resolve(spec, "stylize")
 
 
 @torch.no_grad()

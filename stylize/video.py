@@ -30,6 +30,7 @@ from engine.devices import resolve_device
 from engine.io import atomic_path
 
 from .infer import StyleModel, _run, finish_output, gate_override
+from .model import style_names, use_style
 
 # container format per output extension (the temp file of atomic_path has no telling suffix)
 VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
@@ -184,19 +185,27 @@ def _forward(net: torch.nn.Module, frames: list[np.ndarray], batch: int, dev: to
 
 def stylize_frames(model: StyleModel, frames: list[np.ndarray], *, smooth: float | None = None,
                    batch: int = 4, device: str | torch.device = "cpu",
-                   fast: bool = False,
-                   state: "norms.StreamState | None" = None) -> list[np.ndarray]:
+                   fast: bool = False, state: "norms.StreamState | None" = None,
+                   style: Any = None) -> list[np.ndarray]:
     """Stylize a list of H×W×3 ``uint8`` frames in order (one stream: with ``smooth`` the
     statistics carry over from frame to frame); returns ``uint8`` frames. ``state`` (with
     ``smooth``): a ``norms.StreamState`` the stream continues from and leaves its averages in, so
-    consecutive calls form one stream."""
+    consecutive calls form one stream. ``style``: a multi-style model's style or blend (see
+    ``stylize.model.style_selection``)."""
     if smooth is not None and not 0.0 <= smooth < 1.0:
         raise ValueError(f"smoothing momentum must be in [0, 1), got {smooth}")
     dev = resolve_device(device)
     with model.lock:
         net = model.net.to(dev).eval()
-        with _statistics(net, smooth, state):
+        with _statistics(net, smooth, state), _style(model, style):
             return _forward(net, frames, max(1, batch), dev, fast)
+
+
+def _style(model: StyleModel, style: Any) -> contextlib.AbstractContextManager:
+    """``use_style`` for a multi-style model's selection (the caller holds ``model.lock``)."""
+    if style is None:
+        return contextlib.nullcontext()
+    return use_style(model.net, style, style_names(model.meta, model.config.num_styles))
 
 
 class LiveStylizer:
@@ -235,7 +244,7 @@ class LiveStylizer:
         self._last = None
 
     def __call__(self, frame: Image.Image | np.ndarray, *, strength: float = 1.0,
-                 preserve_color: bool = False) -> Image.Image:
+                 preserve_color: bool = False, style: Any = None) -> Image.Image:
         """The next frame of the stream, stylized, at the frame's size; ``strength`` blends
         with the input, ``preserve_color`` keeps its chroma (as ``stylize_image`` does)."""
         if not 0.0 <= strength <= 1.0:
@@ -253,7 +262,7 @@ class LiveStylizer:
             work = src.resize((max(1, round(src.size[0] * s)), max(1, round(src.size[1] * s))),
                               Image.LANCZOS)
         y = stylize_frames(self.model, [np.asarray(work)], smooth=self.smooth, batch=1,
-                           device=self.device, state=self.state)[0]
+                           device=self.device, state=self.state, style=style)[0]
         return finish_output(src, Image.fromarray(y), preserve_color, strength)
 
 
@@ -262,7 +271,7 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
                   gate: float | None = None, device: str | torch.device = "cpu",
                   fast: bool = False, max_memory: int | None = None,
                   progress: Callable[[int, int | None], None] | None = None,
-                  bar: bool = True) -> VideoReport:
+                  bar: bool = True, style: Any = None) -> VideoReport:
     """Stylize every frame of ``src`` into ``dst`` (written atomically), keeping the frame rate
     and remuxing the first audio stream unchanged.
 
@@ -270,6 +279,7 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
     per-frame statistics). ``batch``: frames per forward pass (reduced to fit ``max_memory``).
     ``max_size``: process frames downscaled to this longest side, scaled back up.
     ``progress(done, total)`` per batch (total None when the container does not say).
+    ``style``: a multi-style model's style or blend (see ``stylize.model.style_selection``).
     """
     import av
     from tqdm.auto import tqdm
@@ -326,6 +336,7 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
             stack.enter_context(model.lock)
             net = model.net.to(dev).eval()
             stack.enter_context(gate_override(net, gate))
+            stack.enter_context(_style(model, style))
             pending: list[np.ndarray] = []
 
             def flush() -> None:

@@ -12,23 +12,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+import weights
 from conftest import ROOT, need_shared
 from ui import handlers as H
 from ui import training as T
 from ui.config import UIConfig, default_vgg_weights
-
-
-def requires(module: str, *attrs: str):
-    """Skip while a library function the UI calls is not in this build yet (the UI then shows a
-    message saying so, see ``ui.handlers.need``)."""
-    import importlib
-
-    mod = importlib.import_module(module)
-    missing = [a for a in attrs if not hasattr(mod, a)]
-    return pytest.mark.skipif(bool(missing), reason=f"{module} has no {', '.join(missing)} yet")
-
-
-needs_predict = requires("classify", "predict", "apply_shift", "SHIFTS")
 
 
 # ----------------------------------------------------------------------------- tiny fixtures
@@ -169,8 +157,15 @@ def test_stylize_rejects_bad_input(cfg, tmp_path):
     with pytest.raises(ValueError, match="upload an image"):
         H.stylize(cfg, None, "ui:tiny-in")
     small = UIConfig(allowed_dirs=[], runs_dir=cfg.runs_dir, max_pixels=1000)
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(ValueError, match=r"^40×40 \(0.0016 MP\) is larger than this server's "
+                                         r"limit of 0.001 MP; resize it or raise --memory-budget"):
         H.stylize(small, gradient_image(40, 40), "ui:tiny-in")
+    # an uploaded file over the limit gets the same line from its header, before any decoding
+    big = tmp_path / "big.png"
+    gradient_image(40, 40).save(big)
+    with pytest.raises(ValueError, match=r"^40×40 \(0.0016 MP\) is larger"):
+        H.check_image_size(small, str(big))
+    assert H.check_image_size(cfg, str(big)) == ""
     bad = tmp_path / "x.txt"
     bad.write_text("no")
     with pytest.raises(ValueError, match=".safetensors or .pth"):
@@ -200,14 +195,12 @@ def test_compare_makes_one_grid(cfg):
 
 # ----------------------------------------------------------------------------- classify
 
-@needs_predict
 def test_classify_topk(cfg):
     res = H.classify(cfg, gradient_image(32, 32), "ui:r20-bn", topk=2)
     assert len(res) == 2 and set(res) <= {"cat", "dog", "ship"}
     assert all(0 <= p <= 1 for p in res.values())
 
 
-@needs_predict
 def test_shift_explorer_rows(cfg):
     names = H.shift_names()
     assert "brightness" in names
@@ -234,7 +227,6 @@ def test_feature_stats_of_a_style_model(cfg):
     assert shifted.size == (40, 30) and stats[0].layer and len(stats[0].mean[0]) > 0
 
 
-@needs_predict
 def test_feature_stats_in_removes_the_shift_bn_does_not(cfg):
     shifted, stats = H.feature_stats(cfg, gradient_image(32, 32), ["classify:ui:r20-in",
                                                                    "classify:ui:r20-bn"],
@@ -291,12 +283,11 @@ def test_server_folders_must_be_allowed(cfg, tmp_path):
     with pytest.raises(ValueError, match="not one of the operator-allowed datasets"):
         list(T.train_classifier(cfg, T.Job(), "resnet20", "bn", f"folder:{tmp_path}", 1))
     assert T.dataset_dirs(cfg)[0][1].startswith("folder:")
-    offered = T.content_dirs(cfg)
-    assert all(str(d) in offered for d in cfg.allowed_dirs)  # both hold images
-    assert str(cfg.allowed_dirs[1] / "tiny" / "train") in offered  # ... and so do folders below
+    offered = dict((v, label) for label, v in T.content_dirs(cfg))
+    assert offered == {str(cfg.allowed_dirs[0]): "content (4 images)",  # not a dataset's classes
+                       str(cfg.allowed_dirs[0] / "x"): "content/x (4 images)"}
 
 
-@needs_predict
 def test_train_classifier_registers_the_model(tmp_path):
     cfg = make_ui_config(tmp_path, with_models=False)
     data = T.dataset_dirs(cfg)[0][1]
@@ -333,7 +324,7 @@ def test_train_style_registers_the_model(tmp_path):
     cfg = make_ui_config(tmp_path, with_models=False)
     style = tmp_path / "style.png"
     gradient_image(48, 48, seed=7).save(style)
-    updates = list(T.train_style(cfg, T.Job(), str(style), T.content_dirs(cfg)[0], "bin", 32, 2,
+    updates = list(T.train_style(cfg, T.Job(), str(style), T.content_dirs(cfg)[0][1], "bin", 32, 2,
                                  batch_size=2, preview_every=1))
     last = updates[-1]
     assert last.model_name == "style-bin" and last.preview is not None
@@ -486,7 +477,6 @@ def test_public_message_cuts_server_paths():
     assert H.public_message("plain text, 3/4 done") == "plain text, 3/4 done"
 
 
-@needs_predict
 def test_classify_decodes_16_bit_png_with_the_shared_loader(cfg, tmp_path):
     import numpy as np
 
@@ -514,7 +504,10 @@ def test_reports_lists_written_reports_and_shows_only_their_own_figures(cfg):
     assert [n for _, n in H.report_choices(cfg)] == ["bin-cifar"]
     md, figs = H.report_view(cfg, "bin-cifar")
     assert "| bn | 3 | 83.4 ± 0.2 |" in md
-    assert "figure 1 in the gallery below: Fig. 1: test top-1 by epoch" in md
+    # the figure inline where the text puts it, served from the reports folder
+    fig = (cfg.reports_dir / "bin-cifar" / "fig1_curves.png").as_posix()
+    assert f"![Fig. 1: test top-1 by epoch](gradio_api/file={fig})" in md
+    assert md.index("83.4") < md.index("fig1_curves.png") and "gallery" not in md
     assert "figure not found: outside" in md and "secret" not in md
     assert figs == [(str(cfg.reports_dir / "bin-cifar" / "fig1_curves.png"),
                      "Fig. 1: test top-1 by epoch")]
@@ -578,7 +571,7 @@ def test_one_training_at_a_time_and_cancel():
     a.start(_slow_updates(500, a.stop))
     with pytest.raises(ValueError, match="style training is already running"):
         b.start(_slow_updates(5, b.stop), others=(a,))
-    assert "Cancelling" in a.cancel()
+    assert a.cancel().startswith("cancelling…")
     assert list(a.follow())[-1].status == "Cancelled"
     assert b.cancel() == "Nothing is training."
 
@@ -608,7 +601,6 @@ def test_invalid_arch_norm_is_refused_at_once(tmp_path):
     assert not (cfg.runs_dir / "classify").exists()
 
 
-@needs_predict
 def test_cancel_while_the_dataset_is_decoding(tmp_path, monkeypatch):
     cfg = make_ui_config(tmp_path, with_models=False)
     job = T.Job("classifier training")
@@ -640,9 +632,15 @@ def test_datasets_and_content_found_at_any_depth(tmp_path):
     specs = [v for _, v in T.dataset_dirs(cfg)]
     assert f"folder:{deep / 'mycifar' / 'train'},{deep / 'mycifar' / 'test'}" in specs
     assert f"pacs:{tmp_path / 'root' / 'x' / 'pacslike'}" in specs and len(specs) == 2
-    content = T.content_dirs(cfg)
-    assert str(tmp_path / "root") in content and str(tmp_path / "root" / "photos") in content
-    assert str(tmp_path / "root" / "photos" / "holiday") in content
+    content = dict((v, label) for label, v in T.content_dirs(cfg))
+    # photo folders by name with their counts; the datasets' class folders are not offered
+    assert content == {str(tmp_path / "root"): "root (1 images)",
+                       str(tmp_path / "root" / "photos"): "root/photos (1 images)",
+                       str(tmp_path / "root" / "photos" / "holiday"):
+                           "root/photos/holiday (1 images)"}
+    labels = [label for label, _ in T.dataset_dirs(cfg)]
+    assert "root/a/b/c/mycifar — 2 classes, 2 training + 2 test images" in labels
+    assert "root/x/pacslike — domains (art 2, photo 2, sketch 2 images), 2 classes" in labels
 
 
 def test_startup_message_says_share_flag():
@@ -747,8 +745,9 @@ def test_blend_spec():
     assert H.blend_spec("candy", "Candy", 0.3) == "candy"  # the same style twice
     assert H.blend_spec("candy", "wave", 0.0) == "candy"
     assert H.blend_spec("candy", "wave", 1.0) == "wave"
-    assert H.blend_spec("candy", "wave", 0.25) == "candy:0.75,wave:0.25"
-    assert H.blend_spec(None, "wave", 0.5) == "0:0.5,wave:0.5"  # no first pick: style 0
+    # a mapping for the library, not a string for it to parse again
+    assert H.blend_spec("candy", "wave", 0.25) == {"candy": 0.75, "wave": 0.25}
+    assert H.blend_spec(None, "wave", 0.5) == {"0": 0.5, "wave": 0.5}  # no first pick: style 0
     with pytest.raises(ValueError, match="already holds a blend"):
         H.blend_spec("candy:0.5,wave:0.5", "mosaic", 0.5)
     with pytest.raises(ValueError, match="between 0 and 1"):
@@ -833,7 +832,8 @@ def test_video_handler_round_trip(cfg, tmp_path, monkeypatch):
     calls = []
     path, summary = H.stylize_video(cfg, str(src), "ui:tiny-in", None, True, 0,
                                     on_progress=lambda d, t: calls.append((d, t)))
-    assert Path(path).parent == cfg.output_dir / "video" and path.endswith(".mp4")
+    # named after the input and the style, one folder per result
+    assert Path(path).parent.parent == cfg.output_dir / "video" and Path(path).name == "clip-tiny.mp4"
     frames, fps, audio = read_clip(path)
     assert len(frames) == 6 and frames[0].shape == (48, 64, 3)
     assert fps == pytest.approx(12.0) and audio
@@ -874,7 +874,7 @@ def test_video_handler_refuses_bad_input(cfg, tmp_path, monkeypatch):
     # a container that does not state its length is stopped while decoding, leaving no file
     import stylize.video as V
 
-    monkeypatch.setattr(V, "probe_video", lambda p: V.VideoInfo(None, 10.0, None, 64, 48, False))
+    monkeypatch.setattr(H, "probe_video", lambda p: V.VideoInfo(None, 10.0, None, 64, 48, False))
     with pytest.raises(gr.Error, match="more than 5 frames"):
         guard(H.stylize_video)(cfg, str(clip), "ui:tiny-in")
     assert not list((cfg.output_dir / "video").glob("*"))
@@ -897,7 +897,7 @@ def test_upload_limit_is_the_memory_budget(tmp_path):
     PILImage.new("RGB", (5000, 4000), (200, 30, 30)).save(big)  # 20 MP: over the old 16 MP cap
     assert H.read_image(cfg, str(big)).size == (5000, 4000)
     small = C.UIConfig(allowed_dirs=[], runs_dir=tmp_path / "runs", memory_budget_mb=256)
-    with pytest.raises(ValueError, match="over the limit"):
+    with pytest.raises(ValueError, match=r"5000×4000 \(20 MP\) is larger than this server's limit"):
         H.read_image(small, str(big))  # 256 MB holds 8 MP of buffers
 
 
@@ -924,3 +924,128 @@ def test_multi_style_bin_model_info_reports_its_gates(cfg, tmp_path):
     text, gated = H.style_model_info(cfg, f"ui:{name}")
     assert gated and "mean ρ 1.00" in text and "2 styles: a, b" in text
     assert H.style_choices(cfg, f"ui:{name}") == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------- issue 35 / 32
+
+def test_video_and_webcam_use_the_chosen_style(cfg, tmp_path, monkeypatch):
+    """Issue 35.1: a multi-style model's Style (or blend) reaches the video and the webcam."""
+    import numpy as np
+
+    from stylize.video import read_clip, write_clip
+
+    monkeypatch.setattr(cfg, "output_dir", tmp_path / "outputs")
+    model = str(make_two_style_model(tmp_path / "two.safetensors"))
+    frames = _jitter_frames(2)
+    clip = write_clip([np.asarray(f) for f in frames], tmp_path / "clip.mp4", fps=12)
+    first = {}
+    for style in ("stripes", "dots"):
+        path, _ = H.stylize_video(cfg, str(clip), None, model, False, 0, style=style)
+        assert Path(path).name == f"clip-{style}.mp4"  # named after the input and the style
+        first[style] = torch.from_numpy(read_clip(path)[0][0].copy()).float()
+    still = {s: pixels(H.stylize(cfg, frames[0], None, model, style=s)) for s in first}
+    for s, other in (("stripes", "dots"), ("dots", "stripes")):  # (mp4 is lossy on noise)
+        near = (first[s] - still[s]).abs().mean()
+        assert near < 0.8 * (first[s] - still[other]).abs().mean(), s
+    for smooth in (False, True):
+        cam = {s: pixels(H.webcam_frame(cfg, frames[0], "ui:tiny-in", 1.0, False, smooth,
+                                        None)[0]) for s in (None,)}
+        assert cam[None].shape[:2] == (48, 64)
+    # the webcam with the two-style model (registered) follows its Style too
+    cfg.registry.add("stylize", "two-styles", model)
+    a = pixels(H.webcam_frame(cfg, frames[0], "ui:two-styles", style="stripes")[0])
+    b = pixels(H.webcam_frame(cfg, frames[0], "ui:two-styles", style="dots")[0])
+    assert (a - b).abs().mean() > 1.0
+    live = None
+    c, live = H.webcam_frame(cfg, frames[0], "ui:two-styles", smooth=True, live=live,
+                             style={"stripes": 0.0, "dots": 1.0})
+    assert (pixels(c) - b).abs().mean() < (pixels(c) - a).abs().mean()
+
+
+def test_feature_stats_of_a_conditional_model(cfg, tmp_path):
+    """Issue 35.3: a multi-style (conditional) model's norm layers are found and hooked."""
+    model = make_two_style_model(tmp_path / "two.safetensors")
+    cfg.registry.add("stylize", "two-cin", model)
+    _, stats = H.feature_stats(cfg, gradient_image(40, 32), ["stylize:ui:two-cin"], 0.0,
+                               "brightness", 1.5)
+    assert len(stats[0].mean) == 2 and len(stats[0].mean[0]) == 8
+    assert H.feature_figure(stats, "brightness") is not None
+
+
+def test_about_names_the_styles_of_a_multi_style_model():
+    """Issue 35.6: no "style ?" for a model that lists its styles."""
+    md = H.shipped_models_markdown()
+    assert "style ?" not in md and "?" not in md.replace("?)", "")
+    for name, e in weights.manifest().items():
+        if e.get("styles"):
+            assert f"{len(e['styles'])} styles ({', '.join(e['styles'])})" in md
+
+
+def test_weights_resolve_and_list(tmp_path):
+    """One lookup of model files (issue 32.3), used by stylize, classify and the UI."""
+    assert weights.list("stylize") == weights.names("stylize")
+    for name in weights.list("classify"):
+        assert weights.resolve(name, "classify") == weights.path(name, "classify")
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(b"x")
+    assert weights.resolve(str(f), "stylize") == f
+    for spec, kind, msg in ((tmp_path, "stylize", "is a folder"),
+                            ("nope", "classify", "no classifier 'nope'"),
+                            ("x", "video", "unknown model kind")):
+        with pytest.raises(ValueError, match=msg):
+            weights.resolve(spec, kind)
+    if weights.list("classify") and weights.list("stylize"):
+        with pytest.raises(ValueError, match="is a shipped classifier, not a style model"):
+            weights.resolve(weights.list("classify")[0], "stylize")
+
+
+def test_style_selection_takes_a_mapping():
+    from stylize.model import style_selection
+
+    w = style_selection({"dots": 3, "Stripes": 1}, ["stripes", "dots"])
+    assert torch.allclose(w, torch.tensor([0.25, 0.75]))
+    with pytest.raises(ValueError, match="no style 'wave'"):
+        style_selection({"wave": 1.0}, ["stripes", "dots"])
+
+
+def test_compare_memory_check_is_the_librarys_planner(cfg):
+    """The UI keeps no bytes-per-pixel figure of its own: a grid that the library's planner
+    would tile is refused, one it would not is accepted."""
+    from stylize.tiling import plan_memory
+
+    assert not hasattr(H, "STYLE_BYTES_PER_PIXEL")
+    model = H.load_style(cfg, "ui:tiny-in")
+    tiny = UIConfig(allowed_dirs=[], runs_dir=cfg.runs_dir, memory_budget_mb=64)
+    assert plan_memory(256, 256, model.config, max_memory=H.request_budget(tiny)).tile is None
+    H.check_memory(tiny, model, (256, 256))
+    side = 1024
+    while plan_memory(side, side, model.config, max_memory=H.request_budget(tiny)).tile is None:
+        side *= 2  # the first size the library would tile
+    with pytest.raises(ValueError, match="set the size to"):
+        H.check_memory(tiny, model, (side, side))
+
+
+def test_shift_chart_and_estimates(cfg):
+    rows = [H.ShiftRow("ui:r20-bn", "bn", "cat", 0.9, "dog", 0.6, 0.2),
+            H.ShiftRow("ui:r20-in", "in", "cat", 0.8, "cat", 0.7, 0.7)]
+    fig = H.shift_chart(rows, "brightness")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["ui:r20-bn\n(bn)", "ui:r20-in\n(in)"]
+    assert len(fig.axes[0].patches) == 4
+    assert "min" in T.style_estimate(256, 1000, 4) and "1000 steps" in T.style_estimate(128, 10, 2)
+    data = T.dataset_dirs(cfg)[0][1]
+    assert "12 training images × 2 epochs" in T.classifier_estimate(cfg, data, 2, 0)
+    assert "5 training images" in T.classifier_estimate(cfg, data, 1, 5)
+    assert T.classifier_estimate(cfg, "folder:/elsewhere", 1, 0) == ""
+
+
+def test_downloads_are_named_after_input_and_style(cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(cfg, "output_dir", tmp_path / "out")
+    src = tmp_path / "my photo.png"
+    gradient_image(20, 16).save(src)
+    a = H.stylize_file(cfg, str(src), "ui:tiny-in")
+    model = str(make_two_style_model(tmp_path / "two.safetensors"))
+    b = H.stylize_file(cfg, str(src), None, model, style="stripes", blend_with="dots",
+                       blend_weight=0.3)
+    assert Path(a).name == "my-photo-tiny.png" and Path(b).name == "my-photo-stripes70-dots30.png"
+    assert Image.open(b).size == (20, 16)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 from types import SimpleNamespace
 
 import gradio as gr
@@ -26,6 +27,8 @@ CSS = """
 .nl-status { min-height: 2.2em; }
 .nl-table th, .nl-table td:first-child { white-space: nowrap; }
 .nl-pixelated img { image-rendering: pixelated; }
+.nl-report img { width: 100%; max-width: 900px; height: auto; display: block; }
+#nl_banner:empty { display: none; }
 footer { display: none !important; }
 """
 
@@ -162,82 +165,130 @@ def _sample_images() -> list[list[str]]:
 
 def _arch_choices() -> list[str]:
     """Architectures for the training tab, the small CIFAR ResNets first."""
-    try:
-        names = list(H.need("classify", "list_models")())
-    except ValueError:
-        return []
+    import classify
+
+    names = list(classify.list_models())
     cifar = [n for n in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110") if n in names]
     return cifar + [n for n in names if n not in cifar]
 
 
-def _clear(*outputs):
-    """Event: reset outputs (and any stale Error badge on them) when their input changes."""
-    return [None] * len(outputs) if len(outputs) > 1 else None
+def _clear():
+    """Event: reset one output (and any stale Error badge on it) when its input changes."""
+    return None
+
+
+class SessionStops:
+    """One stop flag per browser session, for the Stop buttons: a running stylize or video checks
+    it between tiles / frame batches (gradio's ``cancels`` alone leaves the worker running)."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, request: gr.Request | None) -> threading.Event:
+        """A cleared flag for this session's new run."""
+        key = getattr(request, "session_hash", None) or "-"
+        with self._lock:
+            flag = self._flags.setdefault(key, threading.Event())
+        flag.clear()
+        return flag
+
+    def stop(self, request: gr.Request) -> None:
+        key = getattr(request, "session_hash", None) or "-"
+        with self._lock:
+            flag = self._flags.get(key)
+        if flag is not None:
+            flag.set()
+        gr.Info("Stopped.")
+
+
+STOPS = SessionStops()
 
 
 # =========================================================================== tabs
 
 def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
+    """Photo → style thumbnails → result beside the photo (stacked on a phone); the model, blend,
+    gate and size controls below, then compare, webcam and video."""
     style_choices = H.model_choices(cfg, "stylize")
+    gallery = H.style_gallery(cfg)
     samples = _sample_images()
+    start_model = H.default_style_model(style_choices)
     with gr.Tab("Stylize", id="stylize"):
-        with gr.Row():
-            with gr.Column():
-                st_in = image_input("Input image", "st_in", height=260)
-                st_model = gr.Dropdown(style_choices, value=H.default_style_model(style_choices),
+        with gr.Row(equal_height=False):
+            with gr.Column(min_width=300):
+                st_in = image_input("Your photo", "st_in", height=300)
+            with gr.Column(min_width=300):
+                st_out = gr.Image(label="Result", type="filepath", format="png",
+                                  interactive=False, buttons=["download", "fullscreen"],
+                                  elem_id="st_out", height=300)
+                with gr.Row():
+                    st_run = gr.Button("Stylize", variant="primary", elem_id="st_run", scale=3)
+                    st_stop = gr.Button("Stop", variant="stop", elem_id="st_stop", scale=1,
+                                        min_width=60)
+        st_gallery = gr.Gallery([(g[0], g[1]) for g in gallery], label="Pick a style",
+                                columns=8, rows=1, height=180, allow_preview=False,
+                                fit_columns=False,
+                                object_fit="cover", elem_id="st_gallery", buttons=[],
+                                interactive=False,
+                                selected_index=_gallery_index(gallery, start_model))
+        st_info = gr.Markdown(elem_classes="nl-status", elem_id="st_info")
+        if samples:
+            gr.Examples(samples, inputs=st_in, label="Or try a sample photo")
+        with gr.Accordion("Any painting: upload your own style image", open=False,
+                          elem_id="st_any_painting"):
+            # LEAD: wire the arbitrary-style path here (an image input + a library call); this
+            # accordion is its place in the flow, after the shipped styles.
+            gr.Markdown("Arbitrary style transfer (any painting, no training) is not available "
+                        "in this build yet. Meanwhile: **Train a style** learns a new one.",
+                        elem_id="st_any_note")
+        with gr.Accordion("Model, blend, strength and size", open=False, elem_id="st_settings"):
+            with gr.Row():
+                st_model = gr.Dropdown(style_choices, value=start_model,
                                        label="Style model", allow_custom_value=True,
                                        elem_id="st_model")
-                st_run = gr.Button("Stylize", variant="primary", elem_id="st_run")
-                st_info = gr.Markdown(elem_classes="nl-status")
-            with gr.Column():
-                st_out = gr.Image(label="Result", type="pil", format="png", interactive=False,
-                                  buttons=["download", "fullscreen"], elem_id="st_out",
-                                  height=420)
-        with gr.Row():
-            st_strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength (0 = the input)")
-            st_max = gr.Slider(0, 2048, value=1024, step=64, elem_id="st_max",
-                               label="Processing size (longest side, px; 0 = full size)",
-                               info="The network runs at this size; large images are "
-                                    "processed in tiles within the server's memory budget. The "
-                                    "result is scaled back to the input's size (softer when it "
-                                    "was reduced) unless 'Output size' says otherwise.")
-            st_outsize = gr.Radio(list(H.OUTPUT_SIZES), value=H.OUTPUT_SIZES[0],
-                                  label="Output size", elem_id="st_outsize")
-        with gr.Row():
-            st_color = gr.Checkbox(label="Preserve colour (transfer luminance only)")
-            st_style = gr.Dropdown([], value=None, visible=False, allow_custom_value=True,
-                                   elem_id="st_style", label="Style (this model holds several)",
-                                   info="Pick one, or type a blend such as "
-                                        "candy:0.5,mosaic:0.5")
-            st_blend = gr.Dropdown([], value=None, visible=False, elem_id="st_blend",
-                                   label="Blend with",
-                                   info="A second style mixed in (Dumoulin et al.: a convex "
-                                        "combination of the norm parameters)")
-            st_mix = gr.Slider(0, 1, value=0.5, step=0.05, visible=False, elem_id="st_mix",
-                               label="Blend weight (share of the second style)")
-        with gr.Row(visible=False) as st_gate_row:
-            st_gate_on = gr.Checkbox(label="Override learned gates ρ", scale=1,
-                                     elem_id="st_gate_on")
-            st_gate = gr.Slider(-1, 1, value=0, step=0.05, scale=3, interactive=False,
-                                elem_id="st_gate",
-                                label="Gate: −1 = all IN · 0 = learned · +1 = all BN",
-                                info="Tick “Override learned gates ρ” to use this slider.")
-        with gr.Accordion("Upload your own style model", open=False):
-            st_upload = gr.File(label="A .safetensors from `normlab stylize train` or a "
-                                "pytorch/examples .pth (it replaces the model chosen above)",
-                                file_types=[".safetensors", ".pth"], height=120,
+                st_style = gr.Dropdown([], value=None, visible=False, allow_custom_value=True,
+                                       elem_id="st_style", label="Style (this model holds several)",
+                                       info="Pick one, or type a blend such as "
+                                            "candy:0.5,mosaic:0.5")
+                st_blend = gr.Dropdown([], value=None, visible=False, elem_id="st_blend",
+                                       label="Blend with",
+                                       info="A second style mixed in (Dumoulin et al.: a convex "
+                                            "combination of the norm parameters)")
+                st_mix = gr.Slider(0, 1, value=0.5, step=0.05, visible=False, elem_id="st_mix",
+                                   label="Blend weight (share of the second style)")
+            with gr.Row():
+                st_strength = gr.Slider(0, 1, value=1, step=0.05, elem_id="st_strength",
+                                        label="Strength (0 = the input)")
+                st_max = gr.Slider(0, 2048, value=1024, step=64, elem_id="st_max",
+                                   label="Processing size (longest side, px; 0 = full size)",
+                                   info="The network runs at this size; large images are "
+                                        "processed in tiles within the server's memory budget.")
+                st_outsize = gr.Radio(list(H.OUTPUT_SIZES), value=H.OUTPUT_SIZES[0],
+                                      label="Output size", elem_id="st_outsize")
+                st_color = gr.Checkbox(label="Preserve colour (transfer luminance only)")
+            with gr.Row(visible=False) as st_gate_row:
+                st_gate_on = gr.Checkbox(label="Override learned gates ρ", scale=1,
+                                         elem_id="st_gate_on")
+                st_gate = gr.Slider(-1, 1, value=0, step=0.05, scale=3, interactive=False,
+                                    elem_id="st_gate",
+                                    label="Gate: −1 = all IN · 0 = learned · +1 = all BN",
+                                    info="Tick “Override learned gates ρ” to use this slider.")
+            st_upload = gr.File(label="Your own style model: a .safetensors from `normlab "
+                                "stylize train` or a pytorch/examples .pth (replaces the model "
+                                "above)", file_types=[".safetensors", ".pth"], height=100,
                                 elem_id="st_upload")
-        if samples:
-            gr.Examples(samples, inputs=st_in, label="Sample photos")
         with gr.Accordion("Compare norms: the same image through several models", open=False):
             with gr.Row():
-                cmp_models = gr.Dropdown(style_choices, value=[v for _, v in style_choices][:4],
-                                         multiselect=True, label="Models",
+                cmp_models = gr.Dropdown(style_choices,
+                                         value=H.distinct_norm_choices(cfg, "stylize"),
+                                         multiselect=True, label="Models (one per norm first)",
                                          allow_custom_value=True, scale=3)
                 cmp_max = gr.Slider(128, 1024, value=384, step=64,
                                     label="Size of each cell (longest side, px)")
             cmp_run = gr.Button("Compare")
-            cmp_out = gr.Image(label="Comparison", type="pil", format="png", interactive=False)
+            cmp_out = gr.Image(label="Comparison (each cell: model · style · norm)", type="pil",
+                               format="png", interactive=False)
         with gr.Accordion("Webcam (live)", open=False):
             with gr.Row():
                 cam_in = gr.Image(label="Webcam", sources=["webcam"], streaming=True,
@@ -261,10 +312,13 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                                  "flicker")
                         vid_max = gr.Slider(0, 1024, value=384, step=32, elem_id="vid_max",
                                             label="Processing size (longest side, px; 0 = full)")
-                    vid_run = gr.Button("Stylize video", elem_id="vid_run")
+                    with gr.Row():
+                        vid_run = gr.Button("Stylize video", elem_id="vid_run", scale=3)
+                        vid_stop = gr.Button("Stop", variant="stop", elem_id="vid_stop",
+                                             scale=1, min_width=60)
                     gr.Markdown(f"Up to {cfg.max_video_frames} frames and "
                                 f"{cfg.max_video_seconds:g} s; frame rate and audio are kept. "
-                                "Uses the model, uploaded model and gate settings above.")
+                                "Uses the style, model and gate settings above.")
                 with gr.Column():
                     vid_out = gr.Video(label="Stylized video", interactive=False,
                                        elem_id="vid_out", height=260)
@@ -276,45 +330,91 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
     @guard
     def do_stylize(image, model, upload, strength, color, max_size, gate_on, gate,
                    output_size="input size", style=None, blend_with=None, blend_weight=0.5,
-                   progress=gr.Progress()):
-        return H.stylize(cfg, image, model, upload, strength, color, max_size,
-                         gate if gate_on else None, output_size or "input size",
-                         on_progress=lambda done, total: progress(
-                             done / max(total, 1), desc=f"stylizing: {done}/{total}"),
-                         style=style, blend_with=blend_with, blend_weight=blend_weight)
+                   request: gr.Request = None, progress=gr.Progress()):
+        stop = STOPS.begin(request)
+        progress(0, desc="loading the model…")  # the bar shows from the first second
 
-    st_run.click(do_stylize, inputs, st_out, api_name="stylize")
+        def on_progress(done, total):
+            if stop.is_set():
+                raise ValueError(H.STOPPED)
+            progress(done / max(total, 1), desc=f"stylizing: {done}/{total}")
+
+        return H.stylize_file(cfg, image, model, upload, strength=strength,
+                              preserve_color=color, max_size=max_size,
+                              gate=gate if gate_on else None,
+                              output_size=output_size or "input size", on_progress=on_progress,
+                              style=style, blend_with=blend_with, blend_weight=blend_weight)
+
+    run_event = st_run.click(do_stylize, inputs, st_out, api_name="stylize")
 
     def do_stylize_live(image, *rest):
-        """The gate slider re-renders at once, but only when there is an image to show."""
+        """Sliders and style picks re-render at once, but only when there is an image to show."""
         if image is None:
             return gr.skip()
         (model, upload, strength, color, max_size, gate_on, gate, output_size, style,
          blend_with, blend_weight) = rest
-        return guard(H.stylize)(cfg, image, model, upload, strength, color, max_size,
-                                gate if gate_on else None, output_size or "input size",
-                                style=style, blend_with=blend_with, blend_weight=blend_weight)
+        return guard(H.stylize_file)(cfg, image, model, upload, strength=strength,
+                                     preserve_color=color, max_size=max_size,
+                                     gate=gate if gate_on else None,
+                                     output_size=output_size or "input size", style=style,
+                                     blend_with=blend_with, blend_weight=blend_weight)
 
-    st_gate.release(do_stylize_live, inputs, st_out, api_visibility="private")
-    st_mix.release(do_stylize_live, inputs, st_out, api_visibility="private")
-    st_gate_on.input(do_stylize_live, inputs, st_out, api_visibility="private")
+    for slider in (st_gate, st_mix, st_strength):
+        slider.release(do_stylize_live, inputs, st_out, api_visibility="private")
+    for box in (st_gate_on, st_color):
+        box.input(do_stylize_live, inputs, st_out, api_visibility="private")
     st_gate_on.change(lambda on: gr.update(interactive=bool(on)), st_gate_on, st_gate,
                       api_visibility="private")
     st_in.change(_clear, None, st_out, api_visibility="private")
+    st_stop.click(STOPS.stop, None, None, cancels=[run_event], api_visibility="private")
 
-    @guard
-    def do_info(model, upload):
-        text, gated = H.style_model_info(cfg, model, upload)
-        styles = H.style_choices(cfg, model, upload)
+    def pick_style(evt: gr.SelectData):
+        """A thumbnail sets the model and style (and drops an uploaded model)."""
+        now = H.style_gallery(cfg)  # as shown since the page (re)loaded
+        if evt.index is None or not 0 <= int(evt.index) < len(now):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        _, _, model, style = now[int(evt.index)]
+        return model, gr.update(value=style) if style else gr.skip(), H.NO_BLEND, None
+
+    st_gallery.select(pick_style, None, [st_model, st_style, st_blend, st_upload],
+                      api_visibility="private").then(
+        do_stylize_live, inputs, st_out, api_visibility="private")
+
+    def do_info(model, upload, style=None):
+        """Model facts, and which style/blend/gate controls it has. A bad upload is one line in
+        the info box (no Error badges on the controls) and hides them."""
+        try:
+            text, gated = H.style_model_info(cfg, model, upload)
+            styles = H.style_choices(cfg, model, upload)
+        except ValueError as exc:
+            gr.Warning(H.public_message(exc))
+            hide = gr.update(visible=False)
+            return (f"⚠ {H.public_message(exc)}", hide, hide, hide, hide,
+                    gr.update(label="Style model"))
+        keep = style if style in styles else (styles[0] if styles else None)
+        label = (f"Style model — replaced by the uploaded {H.public_message(upload)}" if upload
+                 else "Style model")
         return (text, gr.update(visible=gated),
-                gr.update(choices=styles, value=styles[0] if styles else None,
+                gr.update(choices=styles, value=keep, visible=bool(styles)),
+                gr.update(choices=[H.NO_BLEND] + styles, value=H.NO_BLEND,
                           visible=bool(styles)),
-                gr.update(choices=[H.NO_BLEND] + styles, value=H.NO_BLEND, visible=bool(styles)),
-                gr.update(visible=bool(styles)))
+                gr.update(visible=bool(styles)), gr.update(label=label))
 
-    info_io = ([st_model, st_upload], [st_info, st_gate_row, st_style, st_blend, st_mix])
+    info_io = ([st_model, st_upload, st_style],
+               [st_info, st_gate_row, st_style, st_blend, st_mix, st_model])
     for trig in (st_model.change, st_upload.change):
         trig(do_info, *info_io, api_visibility="private")
+
+    def check_upload(image):
+        """The size limit, said on upload (before any click)."""
+        try:
+            H.check_image_size(cfg, image)
+        except ValueError as exc:
+            gr.Warning(str(exc))
+            return f"⚠ {exc}"
+        return gr.skip()
+
+    st_in.upload(check_upload, st_in, st_info, api_visibility="private")
 
     @guard
     def do_compare(image, models, max_size):
@@ -323,10 +423,13 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
     cmp_run.click(do_compare, [st_in, cmp_models, cmp_max], cmp_out, api_name="compare")
 
     @guard
-    def do_webcam(frame, model, strength, color, smooth=False, live=None):
-        return H.webcam_frame(cfg, frame, model, strength, color, bool(smooth), live)
+    def do_webcam(frame, model, strength, color, smooth=False, live=None, style=None,
+                  blend_with=None, blend_weight=0.5):
+        return H.webcam_frame(cfg, frame, model, strength, color, bool(smooth), live,
+                              style=H.blend_spec(style, blend_with, blend_weight))
 
-    cam_in.stream(do_webcam, [cam_in, st_model, st_strength, st_color, cam_smooth, cam_state],
+    cam_in.stream(do_webcam, [cam_in, st_model, st_strength, st_color, cam_smooth, cam_state,
+                              st_style, st_blend, st_mix],
                   [cam_out, cam_state], stream_every=0.5, time_limit=120, concurrency_limit=1,
                   api_visibility="private")
     # a new model, the toggle or a cleared camera start a new stream (and so does a pause, see
@@ -335,18 +438,67 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
         trig(lambda: None, None, cam_state, api_visibility="private")
 
     @guard
-    def do_video(video, model, upload, smooth, max_size, gate_on, gate,
+    def do_video(video, model, upload, smooth, max_size, gate_on, gate, style=None,
+                 blend_with=None, blend_weight=0.5, request: gr.Request = None,
                  progress=gr.Progress()):
+        stop = STOPS.begin(request)
+        progress(0, desc="reading the video…")
         return H.stylize_video(cfg, video, model, upload, bool(smooth), max_size,
                                gate if gate_on else None,
                                on_progress=lambda done, total: progress(
-                                   (done, total), desc="stylizing video", unit="frames"))
+                                   (done, total), desc="stylizing video", unit="frames"),
+                               style=H.blend_spec(style, blend_with, blend_weight),
+                               should_stop=stop.is_set)
 
-    vid_run.click(do_video, [vid_in, st_model, st_upload, vid_smooth, vid_max, st_gate_on,
-                             st_gate], [vid_out, vid_info], api_name="stylize_video",
-                  concurrency_limit=1, concurrency_id="stylize_video")
-    vid_in.change(_clear, None, [vid_out, vid_info], api_visibility="private")
-    return SimpleNamespace(model=st_model, compare_models=cmp_models, info=(do_info, *info_io))
+    vid_event = vid_run.click(do_video, [vid_in, st_model, st_upload, vid_smooth, vid_max,
+                                         st_gate_on, st_gate, st_style, st_blend, st_mix],
+                              [vid_out, vid_info], api_name="stylize_video",
+                              concurrency_limit=1, concurrency_id="stylize_video")
+    vid_stop.click(STOPS.stop, None, None, cancels=[vid_event], api_visibility="private")
+    vid_in.change(lambda: (None, None), None, [vid_out, vid_info], api_visibility="private")
+    def gallery_now(model):
+        """Models trained since the server started get their thumbnails on a (re)load."""
+        now = H.style_gallery(cfg)
+        return gr.update(value=[(g[0], g[1]) for g in now],
+                         selected_index=_gallery_index(now, model))
+
+    return SimpleNamespace(model=st_model, compare_models=cmp_models,
+                           info=(do_info, *info_io), gallery=(gallery_now, st_model, st_gallery))
+
+
+def _gallery_index(gallery: list, model: str | None) -> int | None:
+    """The thumbnail of the model (and its first style) the tab opens on."""
+    return next((i for i, g in enumerate(gallery) if g[2] == model), None)
+
+
+def _is_domains(spec: str | None) -> bool:
+    """Whether a dataset choice is a folder of domains (PACS): its domain fields are shown."""
+    return bool(spec) and spec.startswith("pacs:")
+
+
+def _number(value, label: str, minimum, maximum, elem_id: str, precision: int | None = 0
+            ) -> gr.Number:
+    """A number box whose range is checked when Start is pressed (``_check_numbers``), so the
+    message names the field ("Epochs must be at least 1, got 0") and shows in the status line,
+    not gradio's bare "Value 0 is less than minimum value 1." as an Error badge."""
+    comp = gr.Number(value, precision=precision, label=label, elem_id=elem_id)
+    comp.nl_bounds = (label, minimum, maximum)
+    return comp
+
+
+def _check_numbers(components: list, values: list) -> None:
+    """``ValueError`` naming the first number box whose value is missing or out of its range."""
+    for comp, v in zip(components, values):
+        bounds = getattr(comp, "nl_bounds", None)
+        if bounds is None:
+            continue
+        label, lo, hi = bounds
+        if v is None:
+            raise ValueError(f"{label} is empty")
+        if lo is not None and v < lo:
+            raise ValueError(f"{label} must be at least {lo:g}, got {v:g}")
+        if hi is not None and v > hi:
+            raise ValueError(f"{label} must be at most {hi:g}, got {v:g}")
 
 
 def _train_status(kind: str) -> gr.Markdown:
@@ -366,17 +518,22 @@ def _train_style_tab(cfg: UIConfig) -> SimpleNamespace:
             with gr.Column():
                 style = image_input("Style image", "ts_style")
                 content = gr.Dropdown(content_opts, value=_prefer(content_opts, "content"),
-                                      label="Content images (server folder)", elem_id="ts_content")
+                                      label="Content photos (by folder, with image counts)",
+                                      elem_id="ts_content")
                 with gr.Row():
                     norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
-                                       else norm_names[0], label="Norm")
-                    size = gr.Slider(64, 512, value=256, step=32, label="Image size",
-                                     elem_id="ts_size")
+                                       else norm_names[0], label="Norm", elem_id="ts_norm")
+                    size = gr.Slider(64, 512, value=T.STYLE_DEFAULTS["image_size"], step=32,
+                                     label="Image size", elem_id="ts_size")
                 with gr.Row():
-                    steps = gr.Number(200, precision=0, minimum=1, maximum=100000, label="Steps",
-                                      elem_id="ts_steps")
-                    batch = gr.Number(4, precision=0, minimum=1, maximum=64, label="Batch size")
-                name = gr.Textbox(label="Model name (optional)")
+                    steps = _number(T.STYLE_DEFAULTS["steps"], "Steps", 1, 100000, "ts_steps")
+                    batch = _number(T.STYLE_DEFAULTS["batch_size"], "Batch size", 1, 64,
+                                    "ts_batch")
+                name = gr.Textbox(label="Model name (optional)", elem_id="ts_name")
+                estimate = gr.Markdown(T.style_estimate(T.STYLE_DEFAULTS["image_size"],
+                                                        T.STYLE_DEFAULTS["steps"],
+                                                        T.STYLE_DEFAULTS["batch_size"]),
+                                       elem_id="ts_estimate")
                 with gr.Row():
                     start = gr.Button("Start training", variant="primary", elem_id="ts_start")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="ts_cancel")
@@ -385,6 +542,8 @@ def _train_style_tab(cfg: UIConfig) -> SimpleNamespace:
                 content_plot = _plot("Content loss", "step", "loss")
                 style_plot = _plot("Style loss", "step", "loss")
                 preview = gr.Image(label="Preview", type="pil", interactive=False, height=256)
+    for comp in (size, steps, batch):
+        comp.change(T.style_estimate, [size, steps, batch], estimate, api_visibility="private")
     return SimpleNamespace(inputs=[style, content, norm, size, steps, batch, name], start=start,
                            cancel=cancel, status=status, plots=[content_plot, style_plot],
                            series=["content", "style"], extra=[preview])
@@ -424,8 +583,10 @@ def _classify_tab(cfg: UIConfig) -> SimpleNamespace:
         sx_run = gr.Button("Compare under shift", elem_id="sx_run")
         with gr.Row():
             sx_img = gr.Image(label="Shifted image", type="pil", interactive=False, height=224,
-                              elem_classes="nl-pixelated")
-            sx_table = gr.Markdown(elem_classes="nl-table", elem_id="sx_table")
+                              elem_classes="nl-pixelated", scale=1)
+            sx_chart = gr.Plot(label="Does each model keep its answer?", elem_id="sx_chart",
+                               scale=2)
+        sx_table = gr.Markdown(elem_classes="nl-table", elem_id="sx_table")
 
     @guard
     def do_classify(image, model, topk):
@@ -445,10 +606,10 @@ def _classify_tab(cfg: UIConfig) -> SimpleNamespace:
     @guard
     def do_shift(image, models, shift, strength):
         shifted, rows = H.shift_explorer(cfg, image, models, shift, strength)
-        return shifted, H.shift_table(rows)
+        return shifted, H.shift_chart(rows, shift), H.shift_table(rows)
 
-    sx_run.click(do_shift, [cl_in, sx_models, sx_shift, sx_strength], [sx_img, sx_table],
-                 api_name="shift_explorer")
+    sx_run.click(do_shift, [cl_in, sx_models, sx_shift, sx_strength],
+                 [sx_img, sx_chart, sx_table], api_name="shift_explorer")
     sx_shift.change(_strength_for, sx_shift, sx_strength, api_visibility="private")
     return SimpleNamespace(model=cl_model, shift_models=sx_models)
 
@@ -465,25 +626,31 @@ def _train_classifier_tab(cfg: UIConfig) -> SimpleNamespace:
                     "at a time; the model appears in the Classify tab at once.")
         with gr.Row():
             with gr.Column():
-                arch = gr.Dropdown(archs, value=archs[0] if archs else None, label="Architecture",
-                                   elem_id="tc_arch")
-                norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
-                                   else norm_names[0], label="Norm", elem_id="tc_norm")
+                with gr.Row():
+                    arch = gr.Dropdown(archs, value=archs[0] if archs else None,
+                                       label="Architecture", elem_id="tc_arch")
+                    norm = gr.Dropdown(norm_names, value="bin" if "bin" in norm_names
+                                       else norm_names[0], label="Norm", elem_id="tc_norm")
                 data = gr.Dropdown(data_opts, value=_first(data_opts),
-                                   label="Dataset (server folder)", elem_id="tc_data")
+                                   label="Dataset (by name, with image counts)", elem_id="tc_data")
                 with gr.Row():
-                    epochs = gr.Number(1, precision=0, minimum=1, maximum=500, label="Epochs",
-                                       elem_id="tc_epochs")
-                    batch = gr.Number(128, precision=0, minimum=2, maximum=1024,
-                                      label="Batch size")
-                    lr = gr.Number(0.1, minimum=1e-5, maximum=1.0, label="Learning rate")
-                with gr.Row():
-                    subset = gr.Number(2000, precision=0, minimum=0,
-                                       label="Training images (0 = all)", elem_id="tc_subset")
-                    train_dom = gr.Textbox(label="Training domains (domain datasets; "
-                                                 "empty = the rest)")
-                    test_dom = gr.Textbox("sketch", label="Test domains (domain datasets)")
-                name = gr.Textbox(label="Model name (optional)")
+                    epochs = _number(T.CLASSIFY_DEFAULTS["epochs"], "Epochs", 1, 500,
+                                     "tc_epochs")
+                    batch = _number(T.CLASSIFY_DEFAULTS["batch_size"], "Batch size", 2, 1024,
+                                    "tc_batch")
+                    lr = _number(T.CLASSIFY_DEFAULTS["lr"], "Learning rate", 1e-5, 1.0, "tc_lr",
+                                 precision=None)
+                    subset = _number(T.CLASSIFY_DEFAULTS["train_subset"],
+                                     "Training images (0 = all)", 0, None, "tc_subset")
+                    name = gr.Textbox(label="Model name (optional)", elem_id="tc_name")
+                pacs = _is_domains(_first(data_opts))
+                with gr.Row(visible=pacs) as domain_row:
+                    train_dom = gr.Textbox(label="Training domains (empty = the rest)",
+                                           elem_id="tc_train_dom")
+                    test_dom = gr.Textbox("sketch", label="Test domains", elem_id="tc_test_dom")
+                estimate = gr.Markdown(T.classifier_estimate(
+                    cfg, _first(data_opts), T.CLASSIFY_DEFAULTS["epochs"],
+                    T.CLASSIFY_DEFAULTS["train_subset"]), elem_id="tc_estimate")
                 with gr.Row():
                     start = gr.Button("Start training", variant="primary", elem_id="tc_start")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="tc_cancel")
@@ -492,6 +659,11 @@ def _train_classifier_tab(cfg: UIConfig) -> SimpleNamespace:
                 loss_plot = _plot("Training loss", "epoch", "loss")
                 acc_plot = _plot("Training accuracy", "epoch", "accuracy (%)")
                 test_plot = _plot("Test accuracy (end of each epoch)", "epoch", "accuracy (%)")
+    for comp in (data, epochs, subset):
+        comp.change(lambda d, e, s: T.classifier_estimate(cfg, d, e, s), [data, epochs, subset],
+                    estimate, api_visibility="private")
+    data.change(lambda d: gr.update(visible=_is_domains(d)), data, domain_row,
+                api_visibility="private")
     return SimpleNamespace(inputs=[arch, norm, data, epochs, batch, lr, subset, train_dom,
                                    test_dom, name], start=start, cancel=cancel, status=status,
                            plots=[loss_plot, acc_plot, test_plot],
@@ -529,7 +701,7 @@ def _norms_lab_tab(cfg: UIConfig) -> SimpleNamespace:
             fs_shift = _shift_dropdown(shifts)
             fs_strength = _strength_slider(_prefer(shifts, "brightness"))
         fs_run = gr.Button("Compute statistics", elem_id="fs_run")
-        fs_plot = gr.Plot(label="Channel statistics")
+        fs_plot = gr.Plot(label="Channel statistics", elem_id="fs_plot")
 
     @guard
     def do_gates(model):
@@ -553,15 +725,14 @@ def _reports_tab(cfg: UIConfig) -> SimpleNamespace:
     with gr.Tab("Reports", id="reports"):
         intro = gr.Markdown(elem_id="reports_intro")
         report = gr.Dropdown(choices, value=_first(choices), label="Report", elem_id="report")
-        text = gr.Markdown(elem_classes="nl-table", elem_id="report_text")
-        figures = gr.Gallery(label="Figures", columns=2, height="auto", object_fit="contain",
-                             elem_id="report_figures")
+        # figures inline, full width, where the text puts them
+        text = gr.Markdown(elem_classes=["nl-table", "nl-report"], elem_id="report_text")
 
     @guard
     def show(name):
-        return H.report_view(cfg, name) if name else ("", [])
+        return H.report_view(cfg, name)[0] if name else ""
 
-    report.change(show, report, [text, figures], api_name="report")
+    report.change(show, report, text, api_name="report")
 
     def on_load(current):
         """Reports written since the server started show up on a (re)load."""
@@ -570,9 +741,9 @@ def _reports_tab(cfg: UIConfig) -> SimpleNamespace:
         head = ("### The papers' findings, reproduced\nReports written by `normlab reproduce "
                 "NAME` (tables as mean ± sd over seeds with n, a noise verdict for every gap, "
                 "the exact commands and the wall time). " + H.reports_missing_markdown(cfg))
-        return (head, _dropdown_update(now, value), *show(value))
+        return head, _dropdown_update(now, value), show(value)
 
-    return SimpleNamespace(load=(on_load, report, [intro, report, text, figures]))
+    return SimpleNamespace(load=(on_load, report, [intro, report, text]))
 
 
 def _about_tab(cfg: UIConfig) -> None:
@@ -585,7 +756,8 @@ def _about_tab(cfg: UIConfig) -> None:
 def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.Job,
                    other: T.Job, start_fn, dropdowns: list, refreshed, api: str) -> None:
     """Start (checks at once, then follows the server-side job), Cancel, and re-attach on page
-    load. Following holds no worker slot: the job runs in its own server thread."""
+    load (with the form showing what the run was started with). Following holds no worker slot:
+    the job runs in its own server thread."""
     outputs = [tab.status, *tab.plots, *tab.extra, *dropdowns]
 
     def render(u: T.TrainUpdate, current: list) -> list:
@@ -598,25 +770,54 @@ def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.
     def do_start(*args):
         n = len(tab.inputs)
         values, current = args[:n], list(args[n:])
-        job.start(start_fn(cfg, job, *values), others=(other,))
+        try:
+            _check_numbers(tab.inputs, list(values))
+            job.start(start_fn(cfg, job, *values), others=(other,), form=list(values))
+        except ValueError as exc:  # bad form values: said where the status is, not as a badge
+            gr.Warning(H.public_message(exc))
+            yield [f"⚠ Not started: {H.public_message(exc)}"] + [gr.skip()] * (len(outputs) - 1)
+            return
         for u in job.follow(raise_errors=True):
             yield render(u, current)
 
     tab.start.click(do_start, [*tab.inputs, *dropdowns], outputs, api_name=api,
                     concurrency_limit=None, show_progress="hidden")
-    tab.cancel.click(guard(job.cancel), None, tab.status, api_name=f"cancel_{api.split('_')[1]}",
-                     concurrency_limit=None, show_progress="hidden")
+
+    def do_cancel():
+        """Cancelling… at once; with nothing running, the last result stays where it is."""
+        if not job.running:
+            gr.Info("Nothing is training.")
+            u = job.view()
+            return u.status if u is not None else "Nothing is training."
+        return job.cancel()
+
+    tab.cancel.click(guard(do_cancel), None, tab.status,
+                     api_name=f"cancel_{api.split('_')[1]}", concurrency_limit=None,
+                     show_progress="hidden")
 
     def attach(*current):
-        """A (re)loaded page shows the running job (or the last one's end) and follows it."""
+        """A (re)loaded page shows the running job (or the last one's end) and follows it; the
+        form shows the values that run was started with (an uploaded image is not re-sent)."""
         if job.update is None:  # nothing ran yet; a generator must not end without a value
-            yield [gr.skip()] * len(outputs)
+            yield [gr.skip()] * (len(outputs) + len(tab.inputs))
             return
+        form = [gr.skip() if v is None or isinstance(c, gr.Image) else v
+                for c, v in zip(tab.inputs, job.form or [None] * len(tab.inputs))]
         for u in job.follow():
-            yield render(u, list(current))
+            yield render(u, list(current)) + form
 
-    demo.load(attach, dropdowns, outputs, api_visibility="private", concurrency_limit=None,
-              show_progress="hidden")
+    demo.load(attach, dropdowns, outputs + list(tab.inputs), api_visibility="private",
+              concurrency_limit=None, show_progress="hidden")
+
+
+def training_banner(jobs: list[tuple[T.Job, str]]) -> str:
+    """A line at the top of the page while a training runs (the page opens on Stylize)."""
+    for job, tab in jobs:
+        if job.running:
+            u = job.view()
+            return (f"⏳ A {job.kind} is running ({u.status if u else 'starting'}) — see the "
+                    f"**{tab}** tab.")
+    return ""
 
 
 def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
@@ -626,6 +827,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
     style_job, clf_job = T.Job("style training"), T.Job("classifier training")
     with gr.Blocks(title="normlab", fill_width=False) as demo:
         gr.Markdown(INTRO)
+        banner = gr.Markdown(elem_id="nl_banner")
         with gr.Tabs():
             st = _stylize_tab(cfg)
             ts = _train_style_tab(cfg)
@@ -662,6 +864,10 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
         # models trained in other sessions (or before a restart) show up on page load
         demo.load(lambda *c: refreshed(list(c)), dropdowns, dropdowns, api_visibility="private")
         demo.load(*st.info, api_visibility="private")
+        demo.load(*st.gallery, api_visibility="private")
+        demo.load(lambda: training_banner([(style_job, "Train a style"),
+                                           (clf_job, "Train a classifier")]),
+                  None, banner, api_visibility="private")
         demo.load(*rp.load, api_visibility="private")
 
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.max_queue)

@@ -11,42 +11,35 @@ a shift name) or a file the user uploaded; anything else is refused before a loa
 """
 from __future__ import annotations
 
-import importlib
+import contextlib
+import hashlib
 import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from PIL import Image
 
+import classify as clf_lib
 import experiments  # noqa: F401  (registers style:MODEL shifts with classify)
 import norms
+import weights
 from engine.devices import resolve_device
 from engine.images import load_image
 from experiments import lab
+from stylize import compare_grid, load_model, stylize_image
+from stylize.infer import processing_size
+from stylize.model import style_names
+from stylize.tiling import activation_bytes_per_pixel, plan_memory
+from stylize.video import LiveStylizer, probe_video
+from stylize.video import stylize_video as run_video
 
 from .config import UIConfig
 
 SHIPPED_TAG = "shipped"
 TRAINED_PREFIX = "ui:"
-# stylize.TransformerNet at 32 base channels peaks near 1 kB per processed pixel on CPU in
-# inference mode (measured: 1.0–1.2 kB/px at 512–1024 px with stylize_image); scaled by width
-STYLE_BYTES_PER_PIXEL = 1100
-
-
-def need(module: str, attr: str) -> Any:
-    """``module.attr`` of our own libraries, or a one-line ``ValueError`` saying that this build
-    does not have it (the UI shows that message instead of pretending to work)."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise ValueError(f"the {module} package cannot be imported here ({exc})") from None
-    fn = getattr(mod, attr, None)
-    if fn is None:
-        raise ValueError(f"{module}.{attr} is not available in this build of normlab")
-    return fn
 
 
 def device_of(cfg: UIConfig) -> str:
@@ -68,13 +61,8 @@ def public_message(text: str) -> str:
 
 def model_choices(cfg: UIConfig, kind: str) -> list[tuple[str, str]]:
     """(label, value) pairs for a model dropdown: shipped models by name, then the models trained
-    in this UI as ``ui:<name>``. Missing libraries give an empty list."""
-    lister = {"stylize": ("stylize", "list_models"), "classify": ("classify", "list_shipped")}[kind]
-    try:
-        shipped = list(need(*lister)())
-    except ValueError:
-        shipped = []
-    out = [(f"{n} ({SHIPPED_TAG})", n) for n in shipped]
+    in this UI as ``ui:<name>``."""
+    out = [(f"{n} ({SHIPPED_TAG})", n) for n in weights.list(kind)]
     out += [(f"{n} (trained here)", TRAINED_PREFIX + n) for n in cfg.registry.names(kind)]
     return out
 
@@ -94,8 +82,8 @@ def resolve_spec(cfg: UIConfig, kind: str, choice: str | None) -> str:
         p = cfg.registry.path_of(kind, choice[len(TRAINED_PREFIX):])
         if p is not None:
             return str(p)
-    elif choice in {v for _, v in model_choices(cfg, kind)}:
-        return choice
+    elif choice in weights.list(kind):
+        return choice  # the library resolves shipped names (weights.resolve)
     known = ", ".join(v for _, v in model_choices(cfg, kind)) or "none"
     raise ValueError(f"unknown {kind} model {public_message(choice)!r}; available: {known}")
 
@@ -104,7 +92,7 @@ def load_style(cfg: UIConfig, choice: str | None, upload: str | None = None):
     """The ``stylize.StyleModel`` for a dropdown value, or for an uploaded model file (which wins).
     Only ``stylize.load_model`` reads model files: it validates the config in the file's metadata
     with bounds before any tensor is allocated."""
-    load = need("stylize", "load_model")
+    load = load_model
     if upload:
         suffix = Path(upload).suffix.lower()
         if suffix not in {".safetensors", ".pth", ".pt"}:
@@ -118,8 +106,7 @@ def load_style(cfg: UIConfig, choice: str | None, upload: str | None = None):
 
 def load_classifier(cfg: UIConfig, choice: str | None):
     """The ``classify.Classifier`` for a dropdown value (``classify.load_classifier``)."""
-    return need("classify", "load_classifier")(resolve_spec(cfg, "classify", choice),
-                                               device=device_of(cfg))
+    return clf_lib.load_classifier(resolve_spec(cfg, "classify", choice), device=device_of(cfg))
 
 
 def read_image(cfg: UIConfig, image: Image.Image | str | Path | None,
@@ -130,21 +117,53 @@ def read_image(cfg: UIConfig, image: Image.Image | str | Path | None,
     if image is None or image == "":
         raise ValueError(f"upload {what} first")
     if isinstance(image, (str, Path)):
+        check_image_size(cfg, image)
         try:
             image = load_image(image, max_pixels=cfg.max_pixels)
         except ValueError as exc:
             text = public_message(exc)
-            if "not an image" in text:
+            if "too large" in text or "over the limit" in text:
+                text = too_large_message(cfg, None)
+            elif "not an image" in text:
                 text = "the uploaded file is not an image this server can read (JPEG, PNG, …)"
             elif "truncated" in text or "corrupt" in text:
                 text = "the uploaded image is truncated or corrupt"
             raise ValueError(text) from None
-    w, h = image.size
-    if w * h > cfg.max_pixels:
-        raise ValueError(f"the image is {w}×{h} = {w * h / 1e6:.1f} MP; this server accepts at "
-                         f"most {cfg.max_pixels / 1e6:.0f} MP")
+    if image.size[0] * image.size[1] > cfg.max_pixels:
+        raise ValueError(too_large_message(cfg, image.size))
     return image if image.mode == "RGB" else image.convert("RGB")
 
+
+def too_large_message(cfg: UIConfig, size: tuple[int, int] | None) -> str:
+    """"12000×9000 (108 MP) is larger than this server's limit of 67 MP; …" (one line)."""
+    what = f"{size[0]}×{size[1]} ({size[0] * size[1] / 1e6:.3g} MP)" if size else "the image"
+    return (f"{what} is larger than this server's limit of {cfg.max_pixels / 1e6:.3g} MP; "
+            "resize it or raise --memory-budget")
+
+
+def image_size_of(path: str | Path) -> tuple[int, int] | None:
+    """An image file's (width, height) from its header, without decoding it (None when Pillow
+    cannot read the header, or refuses it as a bomb before telling the size)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - not an image / a bomb: load_image words those
+        return None
+
+
+def check_image_size(cfg: UIConfig, path: str | Path | None) -> str:
+    """The size-limit message for an uploaded image file that is over ``cfg.max_pixels`` (shown
+    on upload, before any work), else ``""``; raised as ``ValueError`` by ``read_image``."""
+    if not path:
+        return ""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's bomb warning: our own limit speaks instead
+        size = image_size_of(path)
+    if size is not None and size[0] * size[1] > cfg.max_pixels:
+        raise ValueError(too_large_message(cfg, size))
+    return ""
 
 
 # --------------------------------------------------------------------------- stylize
@@ -152,28 +171,28 @@ def read_image(cfg: UIConfig, image: Image.Image | str | Path | None,
 OUTPUT_SIZES = ("input size", "processing size")
 
 
-def processing_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
-    """The size the network runs at: ``size`` scaled down so its longest side is ``max_size``
-    (0/None = full size), as ``stylize.stylize_image`` does."""
-    w, h = size
-    if max_size and max(w, h) > max_size:
-        s = max_size / max(w, h)
-        return max(1, round(w * s)), max(1, round(h * s))
-    return w, h
+def request_budget(cfg: UIConfig) -> int:
+    """The ``max_memory`` of one request: the library bounds the whole process (what is resident
+    counts), and this request may add ``cfg.memory_budget_mb`` to it."""
+    import psutil
+
+    return psutil.Process().memory_info().rss + cfg.memory_budget_mb * 2**20
 
 
 def check_memory(cfg: UIConfig, model, size: tuple[int, int]) -> None:
-    """Refuse a compare-grid request whose untiled passes would need more than
-    ``cfg.memory_budget_mb``: the grid holds every result at the processing size, so it is not
-    tiled (single images are: ``stylize`` passes the budget to the library, which tiles)."""
-    per_px = STYLE_BYTES_PER_PIXEL * max(1, int(getattr(model.config, "base_channels", 32))) / 32
-    need_b = size[0] * size[1] * per_px
-    budget = cfg.memory_budget_mb * 2**20
-    if need_b > budget:
-        fit = int((budget / per_px) ** 0.5 * max(size) / (size[0] * size[1]) ** 0.5) // 16 * 16
-        raise ValueError(f"stylizing at {size[0]}×{size[1]} px needs about {need_b / 2**30:.1f} "
-                         f"GB of memory; this server allows {cfg.memory_budget_mb / 1024:.1f} GB per "
-                         f"request: set the processing size to {fit} px or less")
+    """Refuse a compare-grid request whose passes would not fit ``cfg.memory_budget_mb`` untiled:
+    the grid holds every result at the processing size, so it is not tiled (single images are:
+    ``stylize`` passes the budget to the library, which tiles). The library's memory model
+    (``stylize.tiling.plan_memory``) decides."""
+    plan = plan_memory(size[0], size[1], model.config, device="cpu", max_memory=request_budget(cfg))
+    if plan.tile is not None:
+        per_px = activation_bytes_per_pixel(model.config)
+        fit = int((plan.activation_budget / per_px) ** 0.5 * max(size)
+                  / (size[0] * size[1]) ** 0.5) // 16 * 16
+        raise ValueError(f"stylizing at {size[0]}×{size[1]} px needs about "
+                         f"{size[0] * size[1] * per_px / 2**30:.1f} GB of memory; this server "
+                         f"allows {cfg.memory_budget_mb / 1024:.1f} GB per request: set the size "
+                         f"to {max(fit, 16)} px or less")
 
 
 def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
@@ -190,7 +209,7 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
     ``on_progress(done, total)`` follows the network's stages or tiles of a large image.
     ``style`` picks or blends the styles of a multi-style model ("candy", "candy:0.5,mosaic:0.5",
     see ``stylize.model.style_selection``), ``blend_with``/``blend_weight`` mix a second one in
-    (``blend_spec``); ignored for one-style models."""
+    (``blend_spec``: a {style: weight} mapping); ignored for one-style models."""
     style = blend_spec(style, blend_with, blend_weight)
     image = read_image(cfg, image)
     if output_size not in OUTPUT_SIZES:
@@ -199,32 +218,46 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
     if gate is not None and not model.has_gates:
         gate = None  # the slider is hidden for gate-less models; ignore a stale value
     work = processing_size(image.size, int(max_size) if max_size else None)
-    import psutil
-
-    from stylize import stylize_image
-
     if output_size == "processing size" and work != image.size:
         image = image.resize(work, Image.LANCZOS)
     names = style_names_of(model)
-    # the library bounds the whole process (tiling to fit): this request may add the budget
-    budget = psutil.Process().memory_info().rss + cfg.memory_budget_mb * 2**20
+    budget = request_budget(cfg)
     return stylize_image(model, image, max_size=int(max_size) if max_size else None,
                          preserve_color=bool(preserve_color), strength=float(strength), gate=gate,
                          device=device_of(cfg), bar=False, progress=on_progress, max_memory=budget,
-                         style=str(style) if names and style and str(style).strip() else None)
+                         style=style if names and style else None)
+
+
+def stylize_file(cfg: UIConfig, image: str | None, choice: str | None,
+                 upload: str | None = None, **kw) -> str:
+    """``stylize`` into a PNG named after the input and the style (``tubingen-mosaic.png``), so a
+    download keeps a meaningful name; returns its path."""
+    out = stylize(cfg, image, choice, upload, **kw)
+    model = load_style(cfg, choice, upload)
+    style = blend_spec(kw.get("style"), kw.get("blend_with"), kw.get("blend_weight", 0.5))
+    dst = output_path(cfg, "images", image, model,
+                      style if style_names_of(model) else None, ".png")
+    tmp = dst.with_name(dst.stem + ".part.png")
+    out.save(tmp)
+    tmp.replace(dst)
+    return str(dst)
 
 
 NO_BLEND = "none"
 
 
-def blend_spec(style: str | None, blend_with: str | None, weight: float | None) -> str | None:
+def blend_spec(style: str | None, blend_with: str | None, weight: float | None
+               ) -> str | dict[str, float] | None:
     """The style selection for the Style box plus the "Blend with" box and its weight (the
-    second style's share): ``"a:0.7,b:0.3"``; the first style alone when no second style is
-    picked, when it is the same style, or at weight 0; the second alone at weight 1."""
+    second style's share): ``{first: 1 - w, second: w}``, handed to the library as a mapping (no
+    string for it to parse again); the first style alone when no second style is picked, when it
+    is the same style, or at weight 0; the second alone at weight 1. A blend typed into the Style
+    box ("candy:0.5,mosaic:0.5") goes to the library as typed."""
     second = (blend_with or "").strip()
+    first = (style or "").strip()
     if not second or second.lower() == NO_BLEND:
-        return style
-    first = (style or "").strip() or "0"  # the model's first style when none is picked
+        return first or None
+    first = first or "0"  # the model's first style when none is picked
     if ":" in first or "," in first:
         raise ValueError("the Style box already holds a blend: clear it or set Blend with to none")
     w = float(0.5 if weight is None else weight)
@@ -234,15 +267,13 @@ def blend_spec(style: str | None, blend_with: str | None, weight: float | None) 
         return first
     if w == 1:
         return second
-    return f"{first}:{1 - w!r},{second}:{w!r}"
+    return {first: 1 - w, second: w}
 
 
 def style_names_of(model) -> list[str]:
     """The style names of a multi-style model (``[]`` for a model with one style)."""
-    n = norms.num_styles(model.net) if hasattr(norms, "num_styles") else 0
-    if n <= 1:
-        return []
-    return need("stylize.model", "style_names")(model.meta or {}, n)
+    n = norms.num_styles(model.net)
+    return style_names(model.meta or {}, n) if n > 1 else []
 
 
 def default_style_model(choices: list[tuple[str, str]]) -> str | None:
@@ -296,7 +327,88 @@ def compare(cfg: UIConfig, image: Image.Image | str | None, choices: list[str] |
     max_size = int(max_size or 512)
     for m in models:
         check_memory(cfg, m, processing_size(image.size, max_size))
-    return need("stylize", "compare_grid")(models, image, max_size=max_size)
+    # each cell says which model, style and norm it used (a multi-style model: its first style)
+    labels = [f"{c.removeprefix(TRAINED_PREFIX)} · {style_label(m, None)} · {m.config.norm}"
+              for c, m in zip(choices, models)]
+    return compare_grid(models, image, max_size=max_size, labels=labels)
+
+
+def model_norm(cfg: UIConfig, kind: str, value: str) -> str | None:
+    """The norm a model on the list uses, from the manifest or the UI registry (no loading)."""
+    if value.startswith(TRAINED_PREFIX):
+        name = value[len(TRAINED_PREFIX):]
+        return next((e.get("norm") for e in cfg.registry.entries(kind) if e["name"] == name),
+                    None)
+    return weights.manifest().get(value, {}).get("norm")
+
+
+def distinct_norm_choices(cfg: UIConfig, kind: str, limit: int = 4) -> list[str]:
+    """Up to ``limit`` models that differ in norm (one per norm, in list order), then others to
+    fill: what "Compare norms" opens on."""
+    values = [v for _, v in model_choices(cfg, kind)]
+    seen: set[str] = set()
+    first: list[str] = []
+    for v in values:
+        norm = (model_norm(cfg, kind, v) or v).split(" ")[0]
+        if norm not in seen:
+            seen.add(norm)
+            first.append(v)
+    return (first + [v for v in values if v not in first])[:limit]
+
+
+# --------------------------------------------------------------------------- style gallery
+
+THUMB_SIDE = 160  # px, longest side of a style thumbnail
+
+
+def style_image_of(cfg: UIConfig, style: str) -> Path | None:
+    """The painting a style was trained on, when it is in an allowed folder (``<style>.jpg``)."""
+    for d in cfg.allowed_dirs:
+        for ext in (".jpg", ".jpeg", ".png"):
+            p = d / f"{style}{ext}"
+            if p.is_file():
+                return p
+    return None
+
+
+def style_gallery(cfg: UIConfig) -> list[tuple[str, str, str, str | None]]:
+    """One thumbnail per style of every model on offer: ``(thumbnail PNG, caption, model value,
+    style or None)``. The thumbnail is the painting when it is found in an allowed folder, else
+    the first sample photo in that style; each is made once and kept under ``cfg.output_dir``."""
+    from weights import SAMPLES_DIR
+
+    out: list[tuple[str, str, str, str | None]] = []
+    thumbs = cfg.output_dir / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    sample = next(iter(sorted(SAMPLES_DIR.glob("*.jpg"))), None)
+    for _, value in model_choices(cfg, "stylize"):
+        try:
+            model = load_style(cfg, value)
+        except ValueError:
+            continue
+        styles = style_names_of(model) or [None]
+        for style in styles:
+            shown = style or style_label(model, None)
+            name = value.removeprefix(TRAINED_PREFIX)
+            f = weights.resolve(resolve_spec(cfg, "stylize", value), "stylize")
+            key = hashlib.sha1(f"{f.resolve()}|{f.stat().st_mtime_ns}".encode()).hexdigest()[:10]
+            dst = thumbs / f"{_slug(name, 'model')}--{_slug(shown, 'style')}-{key}.png"
+            if not dst.is_file():
+                painting = style_image_of(cfg, shown)
+                if painting is not None:
+                    im = load_image(painting).convert("RGB")
+                    im.thumbnail((THUMB_SIDE, THUMB_SIDE))
+                elif sample is not None:
+                    im = stylize(cfg, str(sample), value, max_size=THUMB_SIDE,
+                                 output_size="processing size", style=style)
+                else:
+                    continue
+                tmp = dst.with_suffix(".tmp.png")
+                im.save(tmp)
+                tmp.replace(dst)
+            out.append((str(dst), f"{shown} · {name}", value, style))
+    return out
+
 
 
 # --------------------------------------------------------------------------- webcam and video
@@ -311,26 +423,28 @@ VIDEO_KEEP_S = 3600  # stylized videos older than this are removed from cfg.outp
 
 def webcam_frame(cfg: UIConfig, frame: Image.Image | str | None, choice: str | None,
                  strength: float = 1.0, preserve_color: bool = False, smooth: bool = False,
-                 live=None):
+                 live=None, style: str | dict[str, float] | None = None):
     """One webcam frame stylized at ``WEBCAM_SIZE``: ``(image, live)``.
 
     ``smooth`` off: the frame alone (``stylize``), ``live`` comes back None. ``smooth`` on: the
     frame continues the stream held by ``live`` (a ``stylize.video.LiveStylizer``: per-layer
     moving averages of the normalization statistics, ``norms.StreamState``), created on the first
     frame and again when the model or device changed; the caller keeps it for the next frame (one
-    per browser session). A pause over ``WEBCAM_RESET_AFTER_S`` starts a new stream."""
+    per browser session). A pause over ``WEBCAM_RESET_AFTER_S`` starts a new stream.
+    ``style``: a multi-style model's style or blend (``blend_spec``), as for a still."""
     if frame is None:
         return None, live
     if not smooth:
-        return stylize(cfg, frame, choice, None, strength, preserve_color, WEBCAM_SIZE), None
+        return stylize(cfg, frame, choice, None, strength, preserve_color, WEBCAM_SIZE,
+                       style=style), None
     image = read_image(cfg, frame, "a webcam frame")
     model = load_style(cfg, choice)
     dev = device_of(cfg)
     if live is None or live.model is not model or str(live.device) != dev:
-        live = need("stylize.video", "LiveStylizer")(
-            model, smooth=SMOOTH_MOMENTUM, max_size=WEBCAM_SIZE, device=dev,
-            reset_after=WEBCAM_RESET_AFTER_S)
-    return live(image, strength=float(strength), preserve_color=bool(preserve_color)), live
+        live = LiveStylizer(model, smooth=SMOOTH_MOMENTUM, max_size=WEBCAM_SIZE, device=dev,
+                            reset_after=WEBCAM_RESET_AFTER_S)
+    return live(image, strength=float(strength), preserve_color=bool(preserve_color),
+                style=style if style_names_of(model) and style else None), live
 
 
 def _prune_outputs(folder: Path, keep_s: float = VIDEO_KEEP_S) -> None:
@@ -338,7 +452,12 @@ def _prune_outputs(folder: Path, keep_s: float = VIDEO_KEEP_S) -> None:
     for p in folder.glob("*-stylized-*"):
         try:
             if p.stat().st_mtime < cutoff:
-                p.unlink()
+                if p.is_dir():  # one result per folder (output_path)
+                    for f in p.iterdir():
+                        f.unlink()
+                    p.rmdir()
+                else:
+                    p.unlink()
         except OSError:
             continue
 
@@ -350,7 +469,7 @@ def check_video(cfg: UIConfig, video: str | Path | None):
     if not video:
         raise ValueError("upload a video first")
     try:
-        info = need("stylize.video", "probe_video")(video)
+        info = probe_video(video)
     except ValueError:
         raise ValueError(NOT_A_VIDEO) from None
     if info.still_image:
@@ -371,15 +490,17 @@ def check_video(cfg: UIConfig, video: str | Path | None):
 def stylize_video(cfg: UIConfig, video: str | Path | None, choice: str | None,
                   upload: str | None = None, smooth: bool = True, max_size: int | None = 384,
                   gate: float | None = None,
-                  on_progress: Callable[[int, int | None], None] | None = None
-                  ) -> tuple[str, str]:
+                  on_progress: Callable[[int, int | None], None] | None = None,
+                  style: str | dict[str, float] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> tuple[str, str]:
     """Stylize an uploaded video with ``stylize.video.stylize_video`` (fps and audio kept;
     ``smooth``: statistics averaged over the frames, momentum ``SMOOTH_MOMENTUM``) into a new
     ``.mp4`` under ``cfg.output_dir``: ``(path, report summary)``. The network runs at
     ``max_size`` (longest side; 0/None = full size) within ``cfg.memory_budget_mb``.
-    ``on_progress(done, total)`` per batch of frames (total None when unknown)."""
+    ``on_progress(done, total)`` per batch of frames (total None when unknown). ``style``: a
+    multi-style model's style or blend (``blend_spec``), as for a still. ``should_stop()`` true
+    ends the run at the next batch (``ValueError("stopped")``; nothing is written)."""
     info = check_video(cfg, video)
-    run = need("stylize.video", "stylize_video")
     model = load_style(cfg, choice, upload)
     if gate is not None and not model.has_gates:
         gate = None  # the slider is hidden for gate-less models; ignore a stale value
@@ -389,19 +510,60 @@ def stylize_video(cfg: UIConfig, video: str | Path | None, choice: str | None,
         if done > cap:  # the container understated its length
             raise ValueError(f"the video has more than {cap} frames; this server stylizes at "
                              f"most {cap} (trim it first)")
+        if should_stop is not None and should_stop():
+            raise ValueError(STOPPED)
         if on_progress is not None:
             on_progress(done, total or info.frames)
 
-    out_dir = cfg.output_dir / "video"
+    style = style if style_names_of(model) and style else None
+    dst = output_path(cfg, "video", video, model, style, ".mp4")
+    max_size = int(max_size) if max_size else None
+    if on_progress is not None:
+        on_progress(0, info.frames)  # the bar shows from the first second
+    try:
+        report = run_video(model, video, dst, smooth=SMOOTH_MOMENTUM if smooth else None,
+                           max_size=max_size, gate=gate, device=device_of(cfg),
+                           max_memory=cfg.memory_budget_mb * 2**20, progress=progress,
+                           bar=False, style=style)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            dst.parent.rmdir()  # the library wrote nothing (atomic): leave no empty folder
+        raise
+    return str(dst), report.summary()
+
+
+STOPPED = "stopped: nothing was written"
+
+
+def _slug(text: str, default: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-.")[:40] or default
+
+
+def style_label(model, style: str | dict[str, float] | None) -> str:
+    """A file-name part for the style used: the model's name, or the picked style / blend of a
+    multi-style model (``candy``, ``candy70-mosaic30``)."""
+    if isinstance(style, dict):
+        return "-".join(f"{k}{round(v * 100)}" for k, v in style.items())
+    if style:
+        return str(style)
+    meta = model.meta or {}
+    names = style_names_of(model) or (style_names(meta, 1) if isinstance(meta.get("style"), str)
+                                      else [])
+    return names[0] if names else str(getattr(model, "name", "") or "style")
+
+
+def output_path(cfg: UIConfig, what: str, source: str | Path | None, model, style,
+                suffix: str) -> Path:
+    """Where a result is written, named after the input and the style
+    (``<input>-<style>.png``) in a folder of its own under ``cfg.output_dir`` (so two results
+    never collide and the download keeps the name); outputs older than ``VIDEO_KEEP_S`` go."""
+    out_dir = cfg.output_dir / what
     out_dir.mkdir(parents=True, exist_ok=True)
     _prune_outputs(out_dir)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(video).stem).strip("-.")[:40] or "video"
-    dst = out_dir / f"{stem}-stylized-{uuid.uuid4().hex[:10]}.mp4"
-    max_size = int(max_size) if max_size else None
-    report = run(model, video, dst, smooth=SMOOTH_MOMENTUM if smooth else None,
-                 max_size=max_size, gate=gate, device=device_of(cfg),
-                 max_memory=cfg.memory_budget_mb * 2**20, progress=progress, bar=False)
-    return str(dst), report.summary()
+    stem = _slug(Path(source).stem if isinstance(source, (str, Path)) and source else what, what)
+    folder = out_dir / f"{uuid.uuid4().hex[:12]}-stylized-"
+    folder.mkdir()
+    return folder / f"{stem}-{_slug(style_label(model, style), 'style')}{suffix}"
 
 
 # --------------------------------------------------------------------------- classify
@@ -435,23 +597,15 @@ def classify_with_view(cfg: UIConfig, image: Image.Image | str | None, choice: s
     """Top-k {class: probability} and the model's input, enlarged (``experiments.lab``)."""
     image = read_image(cfg, image)
     clf = load_classifier(cfg, choice)
-    top = need("classify", "predict")(clf, image, topk=max(1, int(topk)))
+    top = clf_lib.predict(clf, image, topk=max(1, int(topk)))
     return {name: float(p) for name, p in top}, lab.classifier_view(clf, image)
 
 
 def shift_names() -> list[str]:
     """The appearance shifts classify offers, plus ``style:<model>`` for each shipped style
     model: the only values the Shift boxes accept."""
-    try:
-        names = list(need("classify", "SHIFTS"))
-    except ValueError:
-        return []
-    try:
-        names += [f"style:{n}" for n in need("stylize", "list_models")()
-                  if f"style:{n}" not in names]
-    except ValueError:
-        pass
-    return names
+    names = list(clf_lib.SHIFTS)
+    return names + [f"style:{n}" for n in weights.list("stylize") if f"style:{n}" not in names]
 
 
 def check_shift(shift: str | None) -> str:
@@ -467,7 +621,7 @@ def check_shift(shift: str | None) -> str:
 
 def shift_range(shift: str | None) -> tuple[float, float, float]:
     """(low, high, default) strength of a shift in its natural units (``style:*``: 0–1)."""
-    spec = need("classify", "SHIFTS").get(shift or "")
+    spec = clf_lib.SHIFTS.get(shift or "")
     if spec is None:
         return 0.0, 1.0, 1.0
     return float(spec.lo), float(spec.hi), float(spec.default)
@@ -476,8 +630,8 @@ def shift_range(shift: str | None) -> tuple[float, float, float]:
 def apply_shift(cfg: UIConfig, image: Image.Image, shift: str | None,
                 strength: float | None) -> Image.Image:
     """The image under an offered appearance shift (``classify.apply_shift``; None = default)."""
-    return need("classify", "apply_shift")(image, check_shift(shift), None if strength is None
-                                           else float(strength), device=device_of(cfg))
+    return clf_lib.apply_shift(image, check_shift(shift), None if strength is None
+                               else float(strength), device=device_of(cfg))
 
 
 ShiftRow = lab.ShiftRow
@@ -496,6 +650,36 @@ def shift_explorer(cfg: UIConfig, image: Image.Image | str | None, choices: list
 
 
 shift_table = lab.shift_rows_markdown
+
+
+def shift_chart(rows: list[lab.ShiftRow], shift: str):
+    """The shift explorer as a picture: per classifier, the probability of its original top-1
+    class before and after the shift (grouped bars, the labels named on the bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.75 * len(rows)))
+    ys = range(len(rows))
+    before = [100 * r.p_top1 for r in rows]
+    after = [100 * r.p_kept for r in rows]
+    ax.barh([y + 0.2 for y in ys], before, height=0.38, color="#9aa5b1", label="original image")
+    ax.barh([y - 0.2 for y in ys], after, height=0.38, color="#5b6cf0",
+            label=f"shifted ({shift})")
+    for y, r, b, a in zip(ys, rows, before, after):
+        ax.text(b + 1, y + 0.2, f"{r.top1} {b:.0f} %", va="center", fontsize=8)
+        now = f" → now {r.shifted_top1}" if r.changed else " (kept)"
+        ax.text(a + 1, y - 0.2, f"{a:.0f} %{now}", va="center", fontsize=8)
+    ax.set_yticks(list(ys), [f"{r.model}\n({r.norm})" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 130)  # room for the labels right of the bars
+    ax.set_xticks([0, 25, 50, 75, 100])
+    ax.set_xlabel("probability of the original top-1 class (%)", fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------- norms lab
@@ -566,10 +750,14 @@ def reports_missing_markdown(cfg: UIConfig) -> str:
 _FIGURE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
 
+FILE_ROUTE = "gradio_api/file="  # how gradio serves an allowed file (relative to the page)
+
+
 def report_view(cfg: UIConfig, name: str | None) -> tuple[str, list[tuple[str, str]]]:
-    """A report's Markdown, with each figure replaced by a pointer into the gallery, and the
-    gallery's (PNG path, caption) pairs, in the report's order. Only a listed report is read,
-    and only figures inside its own folder are shown."""
+    """A report's Markdown with each figure inline, where the text puts it (served from the
+    reports folder, which ``launch`` allows), and the figures' (PNG path, caption) pairs in the
+    report's order. Only a listed report is read, and only figures inside its own folder are
+    shown."""
     if name not in {n for _, n in report_choices(cfg)}:
         raise ValueError("pick one of the listed reports")
     folder = (cfg.reports_dir / name).resolve()
@@ -581,7 +769,7 @@ def report_view(cfg: UIConfig, name: str | None) -> tuple[str, list[tuple[str, s
         if f.parent != folder or not f.is_file():
             return f"*(figure not found: {caption})*"
         figures.append((str(f), caption))
-        return f"**[figure {len(figures)} in the gallery below: {caption}]**"
+        return f"![{caption}]({FILE_ROUTE}{f.as_posix()})"
 
     return _FIGURE.sub(place, (folder / "README.md").read_text(encoding="utf-8")), figures
 
@@ -602,10 +790,19 @@ def shipped_models_markdown() -> str:
             result = (f"top-1 {e['accuracy']:.1f} % on {e.get('test_images', '?')} test images"
                       if isinstance(e.get("accuracy"), (int, float)) else "")
         else:
-            trained = f"style {e.get('style', '?')}, {e.get('steps', '?')} steps"
+            styles = e.get("styles") or ([e["style"]] if e.get("style") else [])
+            trained = (f"{len(styles)} styles ({', '.join(styles)})" if len(styles) > 1 else
+                       f"style {styles[0] if styles else 'not recorded'}")
+            if e.get("steps"):
+                trained += f", {e['steps']} steps"
             losses = e.get("final_losses") or {}
             result = " · ".join(f"{k} {v:.3g}" for k, v in losses.items()
                                 if isinstance(v, (int, float)))
+            by_style = e.get("final_losses_mean_last_200_steps_by_style") or {}
+            if not result and by_style:
+                result = "style loss " + ", ".join(
+                    f"{s} {v['style_loss']:.3g}" for s, v in by_style.items()
+                    if isinstance(v, dict) and isinstance(v.get("style_loss"), (int, float)))
         rows.append(f"| `{name}` | {e.get('kind', '?')} | {e.get('norm', '?')} | {trained} | "
                     f"{result} |")
     return "\n".join(rows) if len(rows) > 2 else "No models are shipped in this build."

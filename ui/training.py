@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .config import IMAGE_EXTS, UIConfig, slug
-from .handlers import device_of, need, public_message
+from .handlers import device_of, public_message
 
 # How often the UI is refreshed at most (seconds); epoch ends, previews and the end always are.
 REFRESH_S = 0.5
@@ -34,6 +34,9 @@ class TrainUpdate:
     preview: Any = None  # PIL image or None
     model_name: str | None = None  # set once, when the finished model is registered
     fraction: float | None = None  # 0–1 of the run done; None while preparing
+
+
+CANCELLING = "cancelling… (the run stops after the current step and keeps its last checkpoint)"
 
 
 class Cancelled(Exception):
@@ -68,6 +71,7 @@ class Job:
         self.version = 0
         self.error: str | None = None
         self.started: float | None = None
+        self.form: list | None = None  # the form values the current/last run was started with
         self._rate_from: tuple[float, float] | None = None  # (time, fraction) of first progress
 
     @property
@@ -76,15 +80,17 @@ class Job:
 
     def cancel(self) -> str:
         """Ask the run to stop; it stops at the next step (or before training starts)."""
-        self.stop.set()
+        self.stop.set()  # (also stops a bare ``run`` loop; ``start`` clears it)
         if not self.running:
             return "Nothing is training."
-        return "Cancelling: the run stops after the current step and keeps its last checkpoint."
+        return CANCELLING
 
     # ------------------------------------------------------------------ server-side thread
-    def start(self, updates: Iterator[TrainUpdate], others: tuple["Job", ...] = ()) -> None:
+    def start(self, updates: Iterator[TrainUpdate], others: tuple["Job", ...] = (),
+              form: list | None = None) -> None:
         """Run ``updates`` in a server thread. ``ValueError`` if this job or one of ``others``
-        (one accelerator: one training at a time) is running."""
+        (one accelerator: one training at a time) is running. ``form``: the values the run was
+        started with, so a reloaded page shows them (not the defaults)."""
         with self._cond:
             busy = [j for j in (self, *others) if j.running]
             if busy:
@@ -93,6 +99,7 @@ class Job:
             self.stop.clear()
             self.error, self.started, self._rate_from = None, time.monotonic(), None
             self.update = TrainUpdate("starting…")
+            self.form = list(form) if form is not None else None
             self._done = False
             self.version += 1
             self._thread = threading.Thread(target=self._drive, args=(updates,), daemon=True,
@@ -152,6 +159,8 @@ class Job:
         t = self.timing(u)
         if t:
             parts.append(t)
+        if self.running and self.stop.is_set():
+            parts.insert(0, CANCELLING)
         return dataclasses.replace(u, status=" · ".join(parts))
 
     def follow(self, raise_errors: bool = False) -> Iterator[TrainUpdate]:
@@ -233,9 +242,14 @@ class FolderScan:
 
     image_dirs: list[Path]  # folders holding image files directly
     class_trees: dict[Path, list[str]]  # ImageFolder roots: class sub-folders holding images
+    counts: dict[Path, int] = field(default_factory=dict)  # image files directly in a folder
+
+    def images_under(self, folder: Path) -> int:
+        """Image files in ``folder`` and below (as far as the scan went)."""
+        return sum(n for d, n in self.counts.items() if d == folder or folder in d.parents)
 
 
-def _walk(root: Path, depth: int, budget: list[int], images: set[Path]) -> None:
+def _walk(root: Path, depth: int, budget: list[int], images: dict[Path, int]) -> None:
     if depth < 0 or budget[0] <= 0:
         return
     subdirs = []
@@ -249,8 +263,8 @@ def _walk(root: Path, depth: int, budget: list[int], images: set[Path]) -> None:
                     continue
                 if e.is_dir(follow_symlinks=False):
                     subdirs.append(Path(e.path))
-                elif root not in images and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
-                    images.add(root)
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
+                    images[root] = images.get(root, 0) + 1
     except OSError:
         return
     for d in sorted(subdirs):
@@ -259,14 +273,14 @@ def _walk(root: Path, depth: int, budget: list[int], images: set[Path]) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _scan_cached(roots: tuple[Path, ...], stamp: int) -> FolderScan:
-    images: set[Path] = set()
+    images: dict[Path, int] = {}
     budget = [SCAN_ENTRIES]
     for r in roots:
         _walk(r, SCAN_DEPTH, budget, images)
     trees: dict[Path, list[str]] = {}
     for d in images:
         trees.setdefault(d.parent, []).append(d.name)
-    return FolderScan(sorted(images), {k: sorted(v) for k, v in sorted(trees.items())})
+    return FolderScan(sorted(images), {k: sorted(v) for k, v in sorted(trees.items())}, images)
 
 
 def scan_folders(cfg: UIConfig) -> FolderScan:
@@ -276,26 +290,64 @@ def scan_folders(cfg: UIConfig) -> FolderScan:
     return _scan_cached(roots, int(time.monotonic() // SCAN_TTL_S))
 
 
-def content_dirs(cfg: UIConfig) -> list[str]:
-    """Folders with images for the style training content set: each allowed folder holding images
-    at any depth, then every folder below it holding images (or image folders) of its own."""
-    scan = scan_folders(cfg)
-    out: list[str] = []
+def _name(cfg: UIConfig, folder: Path) -> str:
+    """A folder's name as a person reads it: relative to the allowed folder above it."""
     for root in cfg.allowed_dirs:
-        inside = [d for d in scan.image_dirs if d == root or root in d.parents]
-        if not inside:
-            continue
-        parents = {p for d in inside for p in d.parents if p == root or root in p.parents}
-        out += [str(d) for d in sorted(parents | set(inside))]
-    return list(dict.fromkeys(out))[:500]
+        if folder == root or root in folder.parents:
+            rel = folder.relative_to(root.parent)
+            return rel.as_posix()
+    return folder.name
+
+
+def content_dirs(cfg: UIConfig) -> list[tuple[str, str]]:
+    """(label, folder) for the style training's content photos: folders of photos by name with
+    their image count ("content (557 images)"); the class folders of a dataset are left out
+    (a classifier's data, not photos to learn a style on)."""
+    scan = scan_folders(cfg)
+    classes = {root / c for root, names in scan.class_trees.items() for c in names
+               if root.parent in _dataset_roots(scan)}
+    keep = [d for d in scan.image_dirs if d not in classes]
+    folders: set[Path] = set()
+    for d in keep:  # a folder of photo folders is offered too (all of them together)
+        folders.add(d)
+        for p in d.parents:
+            if any(p == r or r in p.parents for r in cfg.allowed_dirs) and not any(
+                    p == c or c in p.parents for c in classes):
+                folders.add(p)
+    out = []
+    for f in sorted(folders):
+        n = sum(scan.counts.get(d, 0) for d in keep if d == f or f in d.parents)
+        if n:
+            out.append((f"{_name(cfg, f)} ({n:,} images)", str(f)))
+    return out[:500]
+
+
+def _dataset_roots(scan: FolderScan) -> set[Path]:
+    """Folders whose sub-folders are class trees of one dataset (train/test, or domains)."""
+    by_parent: dict[Path, list[Path]] = {}
+    for t in scan.class_trees:
+        by_parent.setdefault(t.parent, []).append(t)
+    return {p for p, kids in by_parent.items()
+            if len(kids) >= 2 and len({tuple(scan.class_trees[k]) for k in kids}) == 1}
 
 
 def dataset_dirs(cfg: UIConfig) -> list[tuple[str, str]]:
     """(label, data spec) for classifier datasets at any depth under the allowed folders: a folder
     with ``train/`` and ``test/`` ImageFolder trees with the same classes (e.g. CIFAR-10), or a
-    folder of domains that are ImageFolder trees with the same classes (PACS layout)."""
-    trees = scan_folders(cfg).class_trees
-    out: list[tuple[str, str]] = []
+    folder of domains that are ImageFolder trees with the same classes (PACS layout). Labels
+    name the dataset with its classes and image counts."""
+    return [(label, spec) for label, spec, _ in _datasets(cfg)]
+
+
+def dataset_sizes(cfg: UIConfig) -> dict[str, tuple[int, int]]:
+    """(training, test) image counts per offered data spec (PACS: all domains, as training)."""
+    return {spec: sizes for _, spec, sizes in _datasets(cfg)}
+
+
+def _datasets(cfg: UIConfig) -> list[tuple[str, str, tuple[int, int]]]:
+    scan = scan_folders(cfg)
+    trees = scan.class_trees
+    out: list[tuple[str, str, tuple[int, int]]] = []
     by_parent: dict[Path, list[Path]] = {}
     for t in trees:
         by_parent.setdefault(t.parent, []).append(t)
@@ -303,10 +355,14 @@ def dataset_dirs(cfg: UIConfig) -> list[tuple[str, str]]:
         names = {k.name: k for k in kids}
         if "train" in names and "test" in names and trees[names["train"]] == trees[names["test"]]:
             n = len(trees[names["train"]])
-            out.append((f"{parent} (train/test, {n} classes)",
-                        f"folder:{names['train']},{names['test']}"))
+            tr, te = scan.images_under(names["train"]), scan.images_under(names["test"])
+            out.append((f"{_name(cfg, parent)} — {n} classes, {tr:,} training + {te:,} test "
+                        "images", f"folder:{names['train']},{names['test']}", (tr, te)))
         elif len(kids) >= 2 and len({tuple(trees[k]) for k in kids}) == 1:
-            out.append((f"{parent} (domains: {', '.join(sorted(names))})", f"pacs:{parent}"))
+            doms = ", ".join(f"{k} {scan.images_under(v):,}" for k, v in sorted(names.items()))
+            out.append((f"{_name(cfg, parent)} — domains ({doms} images), "
+                        f"{len(trees[kids[0]])} classes", f"pacs:{parent}",
+                        (scan.images_under(parent), 0)))
     return out
 
 
@@ -342,8 +398,8 @@ def train_style(cfg: UIConfig, job: Job, style_image: str | None, content_dir: s
                 on_progress: Callable[[float, str], None] | None = None) -> Iterator[TrainUpdate]:
     """Train a style network with ``stylize.train`` and register it as ``ui:<name>``. The inputs
     are checked at once (``ValueError`` before any work); the returned iterator runs the job."""
-    train = need("stylize", "train")
-    config_cls = need("stylize", "TrainConfig")
+    from stylize import TrainConfig as config_cls
+    from stylize import train
     if not style_image:
         raise ValueError("upload a style image first")
     if not content_dir:
@@ -399,43 +455,27 @@ def _style_updates(cfg: UIConfig, job: Job, train: Callable, tcfg: Any, base: st
 def check_arch_norm(arch: str, norm: str) -> None:
     """``ValueError`` at once for an unknown architecture or a norm it cannot take (the library's
     check; without it, the model is built on the meta device, which allocates nothing)."""
-    if arch not in need("classify", "list_models")():
+    from classify import list_models
+    from classify.registry import validate_arch_norm
+
+    if arch not in list_models():
         raise ValueError("unknown architecture; pick one from the list")
-    try:
-        need("classify.registry", "validate_arch_norm")(arch, norm)
-        return
-    except ValueError as exc:
-        if "not available" not in str(exc):
-            raise
-    import torch
-
-    with torch.device("meta"):
-        need("classify", "create_model")(arch, num_classes=2, norm=norm)
+    validate_arch_norm(arch, norm)
 
 
-def _decode(job: Job, spec: str, image_size: int, emit: Callable[[str], None]):
-    """The dataset of a ``folder:TRAIN,TEST`` spec decoded with ``classify.data.load_folder``,
-    reporting progress (and honouring Cancel) while it decodes; other specs load as a whole."""
-    from classify.data import DataSplit, load_data, load_folder
+def _decode(job: Job, tcfg: Any, image_size: int, emit: Callable[[str], None]):
+    """The run's dataset, loaded by ``classify.data.load_data`` (which parses the spec) with its
+    progress shown and Cancel honoured while it decodes."""
+    from classify.data import load_data
 
-    if not spec.startswith("folder:"):
-        emit("decoding the dataset…")
-        return None  # the library loads it (PACS: per domain)
-    parts = spec[len("folder:"):].split(",")
+    def tick(what: str, i: int, n: int) -> None:
+        if job.stop.is_set():
+            raise Cancelled()
+        emit(f"decoding the {what} images: {i:,}/{n:,}")
 
-    def load(path: str, what: str):
-        def tick(i: int, n: int) -> None:
-            if job.stop.is_set():
-                raise Cancelled()
-            emit(f"decoding the {what} images: {i}/{n}")
-        emit(f"decoding the {what} images…")
-        return load_folder(path, image_size, progress=tick)
-
-    train = load(parts[0], "training")
-    tests = {"test": load(parts[1], "test")} if len(parts) > 1 else {}
-    if tests and tests["test"].classes != train.classes:
-        return load_data(spec, image_size)  # the library's own error message
-    return DataSplit(train, tests, spec)
+    emit("reading the dataset…")
+    return load_data(tcfg.data, image_size, train_domains=getattr(tcfg, "train_domains", None),
+                     test_domains=getattr(tcfg, "test_domains", None), progress=tick)
 
 
 def train_classifier(cfg: UIConfig, job: Job, arch: str, norm: str, data: str | None,
@@ -446,8 +486,8 @@ def train_classifier(cfg: UIConfig, job: Job, arch: str, norm: str, data: str | 
     """Train a classifier with ``classify.train`` and register it as ``ui:<name>``. The inputs
     (dataset, architecture/norm combination, numbers) are checked at once; the returned iterator
     runs the job."""
-    train = need("classify", "train")
-    config_cls = need("classify", "TrainConfig")
+    from classify import TrainConfig as config_cls
+    from classify import train
     if not data:
         raise ValueError("pick a dataset folder")
     data = _check_data_spec(cfg, data)
@@ -484,9 +524,8 @@ def _classifier_updates(cfg: UIConfig, job: Job, train: Callable, tcfg: Any, bas
 
     size = int(getattr(tcfg, "image_size", None) or default_input_size(tcfg.arch))
     # decoding can take a while: its progress goes straight to the job's state
-    split = _decode(job, tcfg.data, size, lambda msg: job.publish(TrainUpdate(msg, history)))
-    if split is not None:
-        train = functools.partial(train, data=split)
+    split = _decode(job, tcfg, size, lambda msg: job.publish(TrainUpdate(msg, history)))
+    train = functools.partial(train, data=split)
     if job.stop.is_set():
         raise Cancelled()
     epochs = int(tcfg.epochs)
@@ -522,3 +561,60 @@ def _classifier_updates(cfg: UIConfig, job: Job, train: Callable, tcfg: Any, bas
         if on_progress:
             on_progress(frac, status)
         yield TrainUpdate(status, history, fraction=frac)
+
+
+# --------------------------------------------------------------------------- time estimates
+# Rates measured on this project's 2-core CPU VM, shared with other jobs. Style: four_styles_bin
+# trained 2000 steps at 192 px, batch 4, in 101.7 min (weights/manifest.json: 3.05 s per step;
+# the cost grows with pixels × batch). Classifier: `normlab --device cpu classify train --data
+# folder:cifar10/train,cifar10/test --arch resnet20 --norm bin --epochs 3 --batch-size 128
+# --train-subset 5000 --threads 2` (fp32) took 269 s: ~1.15 s per 128-image step (9 ms per
+# image), ~33 s to evaluate the 10,000 test images after each epoch, 20 s to decode the
+# 60,000 images once; it ended at 36.4 % test accuracy (chance: 10 %). A GPU is much faster.
+STYLE_S_PER_STEP_192PX_BATCH4 = 3.05
+CLASSIFY_S_PER_IMAGE_EPOCH = 0.009
+CLASSIFY_S_PER_TEST_IMAGE = 0.0033
+USEFUL_STYLE_STEPS = 1000  # candy_bin needed 1100 steps at 192 px to look like candy
+
+
+def _minutes(seconds: float) -> str:
+    return f"{max(1, round(seconds / 60))} min" if seconds >= 90 else f"{max(5, round(seconds))} s"
+
+
+def style_estimate(image_size: float | None, steps: float | None, batch: float | None) -> str:
+    """What Start will cost on CPU, said before Start: "≈ 3 min on CPU …", plus how long a run
+    that clearly shows the style takes at this size."""
+    try:
+        size, steps, batch = int(image_size), int(steps), int(batch)
+    except (TypeError, ValueError):
+        return ""
+    per_step = STYLE_S_PER_STEP_192PX_BATCH4 * (size / 192) ** 2 * (batch / 4)
+    useful = per_step * USEFUL_STYLE_STEPS
+    return (f"Estimate: about {_minutes(per_step * max(steps, 1))} on this server's CPU "
+            f"({per_step:.1f} s per step). A style that clearly shows needs about "
+            f"{USEFUL_STYLE_STEPS} steps (≈ {_minutes(useful)} at {size} px); a GPU is far faster.")
+
+
+def classifier_estimate(cfg: UIConfig, data: str | None, epochs: float | None,
+                        subset: float | None) -> str:
+    """What Start will cost on CPU for a CIFAR-sized ResNet, said before Start."""
+    sizes = dataset_sizes(cfg).get(data or "")
+    try:
+        epochs, subset = int(epochs), int(subset or 0)
+    except (TypeError, ValueError):
+        return ""
+    if sizes is None:
+        return ""
+    train_n, test_n = sizes
+    n = min(subset, train_n) if subset > 0 else train_n
+    seconds = (CLASSIFY_S_PER_IMAGE_EPOCH * n + CLASSIFY_S_PER_TEST_IMAGE * test_n) * max(epochs, 1)
+    return (f"Estimate: about {_minutes(seconds)} on this server's CPU for a ResNet-20 "
+            f"({n:,} training "
+            f"images × {epochs} epoch{'s' if epochs != 1 else ''}; the first run also decodes the "
+            "dataset once). Bigger architectures take longer.")
+
+
+# CPU-sized defaults of the training forms: a run that finishes in a few minutes on 2 cores
+# (see the estimates above); the form says how long a useful run takes.
+STYLE_DEFAULTS = {"image_size": 128, "steps": 150, "batch_size": 2}
+CLASSIFY_DEFAULTS = {"epochs": 3, "batch_size": 128, "lr": 0.1, "train_subset": 5000}

@@ -5,6 +5,7 @@ sha256, and how it was made (command, data, steps or epochs, seed, final figures
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 from pathlib import Path
@@ -35,6 +36,37 @@ def path(name: str, kind: str | None = None) -> Path:
         raise ValueError(f"no shipped {kind + ' ' if kind else ''}model named {name!r}; "
                          f"shipped: {known}")
     return WEIGHTS_DIR / entry["file"]
+
+
+KIND_WORDS = {"stylize": "style model", "classify": "classifier"}
+
+
+def list(kind: str) -> "builtins.list[str]":  # noqa: A001 - weights.list(kind), as in torch.hub
+    """Names of the shipped models of one kind (``stylize`` / ``classify``), sorted."""
+    if kind not in KIND_WORDS:
+        raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(KIND_WORDS)}")
+    return names(kind)
+
+
+def resolve(spec: str | Path, kind: str) -> Path:
+    """The file behind a model spec of ``kind``: a shipped name (``weights/manifest.json``) or an
+    existing file. One-line ``ValueError`` otherwise: a shipped model of the other kind is named
+    as such, a folder is not a model file, and an unknown name lists the shipped ones."""
+    shipped = list(kind)  # also checks ``kind``
+    s = str(spec)
+    if s in shipped:
+        return path(s, kind)
+    p = Path(s).expanduser()
+    if p.is_file():
+        return p
+    what, known = KIND_WORDS[kind], ", ".join(shipped) or "none"
+    other = next((k for k in KIND_WORDS if k != kind and s in names(k)), None)
+    if other is not None:
+        raise ValueError(f"{s} is a shipped {KIND_WORDS[other]}, not a {what} "
+                         f"(shipped {what}s: {known})")
+    if p.is_dir():
+        raise ValueError(f"{s} is a folder, not a model file")
+    raise ValueError(f"no {what} {s!r}: give a shipped name ({known}) or a model file")
 
 
 def sha256(file: Path) -> str:

@@ -237,11 +237,28 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
             gr.Examples(samples, inputs=st_in, label="Or try a sample photo")
         with gr.Accordion("Any painting: upload your own style image", open=False,
                           elem_id="st_any_painting"):
-            # LEAD: wire the arbitrary-style path here (an image input + a library call); this
-            # accordion is its place in the flow, after the shipped styles.
-            gr.Markdown("Arbitrary style transfer (any painting, no training) is not available "
-                        "in this build yet. Meanwhile: **Train a style** learns a new one.",
+            gr.Markdown("Any image as the style, no training: the photo's features take the "
+                        "painting's statistics (WCT: channel covariance, Li et al. 2017; AdaIN: "
+                        "mean and spread, Huang & Belongie 2017) and shipped decoders turn them "
+                        "back into a picture. **Optimise** instead refines the image itself "
+                        "(Gatys et al. 2016): slow (minutes), the most faithful.",
                         elem_id="st_any_note")
+            with gr.Row():
+                st_painting = gr.Image(type="filepath", label="Painting", height=200,
+                                       elem_id="st_painting")
+                with gr.Column():
+                    st_method = gr.Radio(list(H.PAINTING_METHODS), value="wct", label="Method",
+                                         elem_id="st_method")
+                    st_alpha = gr.Slider(0, 1, value=1, step=0.05, label="Style strength",
+                                         elem_id="st_alpha")
+                    st_any_size = gr.Slider(256, 1024, value=512, step=64, elem_id="st_any_size",
+                                            label="Processing size (longest side, px)")
+            with gr.Row():
+                st_any_run = gr.Button("Stylize with this painting", variant="primary",
+                                       elem_id="st_any_run")
+                st_opt_run = gr.Button("Optimise (slow, best)", elem_id="st_opt_run")
+                st_opt_iters = gr.Textbox("100,60,30", label="Optimiser iterations per scale "
+                                          "(1/4, 1/2, full)", elem_id="st_opt_iters")
         with gr.Accordion("Model, blend, strength and size", open=False, elem_id="st_settings"):
             with gr.Row():
                 st_model = gr.Dropdown(style_choices, value=start_model,
@@ -366,7 +383,40 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
     st_gate_on.change(lambda on: gr.update(interactive=bool(on)), st_gate_on, st_gate,
                       api_visibility="private")
     st_in.change(_clear, None, st_out, api_visibility="private")
-    st_stop.click(STOPS.stop, None, None, cancels=[run_event], api_visibility="private")
+
+    @guard
+    def do_painting(image, painting, method, alpha, size, color, request: gr.Request = None,
+                    progress=gr.Progress()):
+        stop = STOPS.begin(request)
+        progress(0, desc="loading the encoder and decoders…")
+
+        def on_progress(done, total):
+            if stop.is_set():
+                raise ValueError(H.STOPPED)
+            progress(done / max(total, 1), desc=f"stylizing: level {done}/{total}")
+
+        out = H.stylize_painting(cfg, image, painting, method=method, alpha=alpha,
+                                 max_size=size, preserve_color=color, on_progress=on_progress)
+        return H.save_result(cfg, out, image, painting, method)
+
+    @guard
+    def do_optimize(image, painting, size, iterations, request: gr.Request = None,
+                    progress=gr.Progress()):
+        stop = STOPS.begin(request)
+        progress(0, desc="optimising…")
+        out = H.optimize_painting(cfg, image, painting, size=size, iterations=iterations,
+                                  on_progress=lambda d, t: progress(d / max(t, 1),
+                                                                    desc=f"iteration {d}/{t}"),
+                                  should_stop=stop.is_set)
+        return H.save_result(cfg, out, image, painting, "optimized")
+
+    any_event = st_any_run.click(do_painting, [st_in, st_painting, st_method, st_alpha,
+                                               st_any_size, st_color], st_out,
+                                 api_name="stylize_painting")
+    opt_event = st_opt_run.click(do_optimize, [st_in, st_painting, st_any_size, st_opt_iters],
+                                 st_out, api_name="optimize_painting")
+    st_stop.click(STOPS.stop, None, None, cancels=[run_event, any_event, opt_event],
+                  api_visibility="private")
 
     def pick_style(evt: gr.SelectData):
         """A thumbnail sets the model and style (and drops an uploaded model)."""

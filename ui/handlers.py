@@ -228,6 +228,96 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
                          style=style if names and style else None)
 
 
+PAINTING_METHODS = ("wct", "adain")
+
+
+def _painting_tensor(cfg: UIConfig, painting: Image.Image | str | None, longest: int) -> torch.Tensor:
+    """An uploaded painting as a 1×3×H×W tensor (0–255), longest side ``longest`` px."""
+    from engine.images import to_tensor
+
+    if painting is None:
+        raise ValueError("upload a painting (any image) to take the style from")
+    img = read_image(cfg, painting).convert("RGB")
+    s = longest / max(img.size)
+    img = img.resize((max(16, round(img.size[0] * s)), max(16, round(img.size[1] * s))),
+                     Image.LANCZOS if s < 1 else Image.BICUBIC)
+    return to_tensor(img)
+
+
+_STYLIZERS: dict[tuple[str, str], object] = {}
+
+
+def painting_stylizer(cfg: UIConfig):
+    """The encoder + shipped decoders (``stylize.arbitrary``), loaded once per server."""
+    from stylize.arbitrary import load_stylizer
+    from stylize.losses import find_encoder
+
+    key = (str(cfg.vgg_weights), device_of(cfg))
+    if key not in _STYLIZERS:
+        _STYLIZERS[key] = load_stylizer(find_encoder(cfg.vgg_weights), device=resolve_device(key[1]))
+    return _STYLIZERS[key]
+
+
+def stylize_painting(cfg: UIConfig, image: Image.Image | str | None,
+                     painting: Image.Image | str | None, method: str = "wct",
+                     alpha: float = 1.0, max_size: int | None = 512,
+                     preserve_color: bool = False,
+                     on_progress: Callable[[int, int], None] | None = None) -> Image.Image:
+    """Any painting in one forward pass (``stylize.arbitrary``: encoder → WCT/AdaIN → decoders);
+    the photo is processed at ``max_size`` (longest side) and comes back at its own size."""
+    from stylize.arbitrary import stylize_with_paintings
+
+    if method not in PAINTING_METHODS:
+        raise ValueError(f"method must be one of {', '.join(PAINTING_METHODS)}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"style strength must be in [0, 1], got {alpha}")
+    photo = read_image(cfg, image)
+    work = processing_size(photo.size, int(max_size) if max_size else None)
+    st = painting_stylizer(cfg)
+    dev = next(st.parameters()).device
+    stats = st.style_statistics([_painting_tensor(cfg, painting, max(work)).to(dev)], None, method)
+    return stylize_with_paintings(st, photo, {}, method=method, alpha=float(alpha), scales=(1,),
+                                  max_size=max(work), preserve_color=bool(preserve_color),
+                                  stats=stats, progress=on_progress)
+
+
+def optimize_painting(cfg: UIConfig, image: Image.Image | str | None,
+                      painting: Image.Image | str | None, size: int = 384,
+                      iterations: str = "100,60,30", style_weight: float = 5.0,
+                      on_progress: Callable[[int, int], None] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Image.Image:
+    """Slow but best (``stylize.optimize``, Gatys et al.): the image itself optimised, coarse to
+    fine, for ``size`` px (longest side); ``should_stop`` ends early with the image so far."""
+    from engine.images import to_image, to_tensor
+    from stylize.optimize import OptimizeConfig, optimize
+
+    photo = read_image(cfg, image).convert("RGB")
+    try:
+        iters = [int(v) for v in str(iterations).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"iterations must be whole numbers like 100,60,30, got {iterations!r}") from None
+    cfg_opt = OptimizeConfig(size=int(size), iterations=iters, style_weight=float(style_weight))
+    cfg_opt.validate()
+    enc = painting_stylizer(cfg).encoder
+    dev = next(enc.parameters()).device
+    style = _painting_tensor(cfg, painting, int(size)).to(dev)
+    res = optimize(to_tensor(photo).to(dev), [style], enc, cfg_opt,
+                   progress=(lambda d, t, _: on_progress(d, t)) if on_progress else None,
+                   should_stop=should_stop)
+    return to_image(res.image.cpu())
+
+
+def save_result(cfg: UIConfig, img: Image.Image, source: str | Path | None,
+                painting: str | Path | None, tag: str) -> str:
+    """A result as a PNG named ``<photo>-<painting>-<tag>.png`` (see ``output_path``)."""
+    label = f"{Path(painting).stem if isinstance(painting, (str, Path)) else 'painting'}-{tag}"
+    dst = output_path(cfg, "images", source, None, label, ".png")
+    tmp = dst.with_name(dst.stem + ".part.png")
+    img.save(tmp)
+    tmp.replace(dst)
+    return str(dst)
+
+
 def stylize_file(cfg: UIConfig, image: str | None, choice: str | None,
                  upload: str | None = None, **kw) -> str:
     """``stylize`` into a PNG named after the input and the style (``tubingen-mosaic.png``), so a

@@ -875,6 +875,12 @@ def shipped_models_markdown() -> str:
 
     rows = ["| model | kind | norm | trained on | result |", "|---|---|---|---|---|"]
     for name, e in sorted(weights.manifest().items()):
+        if e.get("kind") == "decoder":  # inverts the VGG encoder for `stylize run --style-image`
+            trained = f"photos (reconstruction, {e.get('steps', '?')} steps)"
+            psnr = e.get("heldout_psnr")
+            result = f"held-out PSNR {psnr:.1f} dB" if isinstance(psnr, (int, float)) else ""
+            rows.append(f"| `{name}` | decoder ({e.get('level', '?')}) | – | {trained} | {result} |")
+            continue
         if e.get("kind") == "classify":
             trained = f"{e.get('dataset', '?')}, {e.get('epochs', '?')} epochs"
             result = (f"top-1 {e['accuracy']:.1f} % on {e.get('test_images', '?')} test images"

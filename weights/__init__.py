@@ -38,7 +38,7 @@ def path(name: str, kind: str | None = None) -> Path:
     return WEIGHTS_DIR / entry["file"]
 
 
-KIND_WORDS = {"stylize": "style model", "classify": "classifier"}
+KIND_WORDS = {"stylize": "style model", "classify": "classifier", "decoder": "style decoder"}
 
 
 def list(kind: str) -> "builtins.list[str]":  # noqa: A001 - weights.list(kind), as in torch.hub

@@ -67,7 +67,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"model file {path} not found")
     if not path.is_file():
-        raise ValueError(f"{path} is a folder, not a model file")
+        from .io import file_type
+
+        raise ValueError(f"{path} is a {file_type(path)}, not a model file")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -115,7 +117,11 @@ def read_model(path: str | Path, kind: str, validate: Callable[[dict[str, Any]],
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{path} has no model config in its metadata")
     if validate is not None:
-        validate(meta["config"])
+        try:
+            validate(meta["config"])
+        except ValueError as exc:  # name the user's file: "x.safetensors: image size must ..."
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -131,3 +137,23 @@ def check_range(name: str, value: Any, lo: float, hi: float, *, integer: bool = 
     if not ok or not (lo <= value <= hi):
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{name} must be {kind} from {lo:g} to {hi:g}, got {value!r}")
+
+
+def state_mismatch(own: dict[str, torch.Tensor], sd: dict[str, Any]) -> str | None:
+    """What keeps ``sd`` from loading into a module whose state dict is ``own`` (missing and
+    unexpected keys, other shapes, non-tensors), in one line; None when it fits."""
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    odd = [k for k in own if k in sd and not isinstance(sd[k], torch.Tensor)]
+    shapes = [f"{k} {tuple(sd[k].shape)}≠{tuple(own[k].shape)}" for k in own
+              if k in sd and k not in odd and sd[k].shape != own[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {', '.join(str(k)[:60] for k in unexpected[:3])})")
+    if odd:
+        parts.append(f"{len(odd)} not tensors (first: {', '.join(odd[:3])})")
+    if shapes:
+        parts.append(f"{len(shapes)} with other shapes (first: {', '.join(shapes[:2])})")
+    return "keys " + "; ".join(parts) if parts else None

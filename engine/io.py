@@ -153,10 +153,11 @@ def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> An
     import torch
 
     path = Path(path)
-    if not path.exists():
+    kind = file_type(path)
+    if kind == "missing":
         raise ValueError(f"file {path} not found")
-    if not path.is_file():
-        raise ValueError(f"{path} is a folder, not a checkpoint file")
+    if kind != "file":
+        raise ValueError(f"{path} is a {kind}, not a checkpoint file")
     with open(path, "rb") as f:
         head = f.read(4)
     # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle stream: 0x80 + protocol)

@@ -339,6 +339,11 @@ def load_style_net(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
 
     tensors, meta = read_model(path, "style", validate=StyleConfig.from_dict)
     net = TransformerNet(config=StyleConfig.from_dict(meta["config"]))
+    from engine.checkpoint import state_mismatch
+
+    why = state_mismatch(net.state_dict(), tensors)
+    if why:
+        raise ValueError(f"{path}: weights do not match its config: {why}")
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v
                              for k, v in tensors.items()}, strict=True)

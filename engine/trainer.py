@@ -172,12 +172,22 @@ def read_metrics(path: str | Path, upto: int | None = None) -> list[dict[str, An
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    lines = path.read_bytes().splitlines()
+    for i, raw in enumerate(lines, 1):
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if upto is None or rec.get("step", 0) <= upto:
+            rec = json.loads(raw.decode("utf-8"))
+            why = None if isinstance(rec, dict) else f"a JSON {type(rec).__name__}, not a record"
+            step = rec.get("step", 0) if why is None else 0
+            if why is None and (isinstance(step, bool) or not isinstance(step, (int, float))):
+                why = f"its step is {str(step)[:40]!r}, not a number"
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            if i == len(lines):
+                break  # the last line, cut by a crash
+            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
+        if why is not None:  # a damaged line before others: never dropped silently on resume
+            raise ValueError(f"{path} line {i} is damaged ({why}); repair or delete that line "
+                             "to go on")
+        if upto is None or step <= upto:
             out.append(rec)
     return out
 
@@ -190,7 +200,28 @@ def load_state(out: str | Path) -> dict[str, Any]:
     state = load_torch(path)
     if not isinstance(state, dict) or "step" not in state or "recipe" not in state:
         raise ValueError(f"{path} is not a normlab training checkpoint")
+    check_state(state, path)
     return state
+
+
+def check_state(state: dict[str, Any], path: str | Path) -> None:
+    """One-line ``ValueError`` naming ``path`` when a training checkpoint lacks a part or holds
+    the wrong type (a hand-edited or damaged file), before anything is loaded from it."""
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path} is damaged: its step is {str(step)[:40]!r}, not a whole number ≥ 0")
+    if not isinstance(state.get("recipe"), dict):
+        raise ValueError(f"{path} is damaged: its recipe is not a dictionary")
+    for key, what in (("model", "model weights"), ("optimizer", "optimizer state")):
+        if not isinstance(state.get(key), dict):
+            raise ValueError(f"{path} is damaged: it has no {what} ('{key}')")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise ValueError(f"{path} is damaged: its model weights are not all tensors")
+    if not isinstance(state.get("task") or {}, dict):
+        raise ValueError(f"{path} is damaged: its task state is not a dictionary")
+    rng = state.get("rng")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+        raise ValueError(f"{path} is damaged: it has no random-generator state ('rng')")
 
 
 class Trainer:
@@ -234,9 +265,21 @@ class Trainer:
         self.good_step = int(snap["step"])
 
     def restore(self, state: dict[str, Any]) -> int:
-        """Load a ``load_state`` dict into the task; returns its step."""
-        _unwrap(self.task.model).load_state_dict(state["model"])
-        self.task.optimizer.load_state_dict(state["optimizer"])
+        """Load a ``load_state`` dict into the task; returns its step. A checkpoint that does
+        not fit the task (other shapes or keys) is one ``ValueError`` line naming it."""
+        from .checkpoint import state_mismatch
+
+        model = _unwrap(self.task.model)
+        why = state_mismatch(model.state_dict(), state["model"])
+        if why:
+            raise ValueError(f"{self.ckpt_path} does not fit this run's network: {why}")
+        model.load_state_dict(state["model"])
+        try:
+            self.task.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise ValueError(f"{self.ckpt_path}: its optimizer state does not fit this run "
+                             f"({first})") from None
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])

@@ -90,6 +90,105 @@ def run_case(t: Path, names: dict[str, str], args: str):
     return res, lost
 
 
+# ============================================================================================
+# Round 3 (issue 33, branch h-harden): outputs never overwrite inputs or unasked files, ledgers,
+# crafted classifier files, damaged checkpoints, special files, long echoes. Kept in one block
+# (its own cases, its own scratch files) so that other helpers' cases merge beside it.
+# ============================================================================================
+_LONG = "x" * 10_000
+ROUND3_CASES = [
+    ("compare output is its input", "stylize compare --models {m} -o {t}/a.jpg --overwrite {t}/a.jpg", 2, "one of the inputs"),
+    ("compare output exists", "stylize compare --models {m} -o {t}/b.jpg {t}/a.jpg", 2, "--overwrite"),
+    ("curves output exists", "stylize curves {t}/in -o {t}/b.jpg", 2, "--overwrite"),
+    ("export over the shipped model it reads", "stylize export {m} {w}/style_candy_bin.safetensors --overwrite", 2, "one of the inputs"),
+    ("ONNX export to a .jpg name", "stylize export {m} {t}/x.jpg --format onnx", 2, "ONNX model"),
+    ("ONNX export of a multi-style model", "stylize export four_styles_bin {t}/x.onnx --format onnx", 2, "--style"),
+    ("merge A A -o A --overwrite", "stylize merge {t}/st.safetensors {t}/st.safetensors -o {t}/st.safetensors --overwrite", 2, "one of the inputs"),
+    ("classify export over an unrelated .jpg", "classify export {t}/clf.safetensors {t}/b.jpg --overwrite", 2, "safetensors"),
+    ("classify export over its own source", "classify export {t}/clf.safetensors {t}/clf.safetensors --overwrite", 2, "one of the inputs"),
+    ("classify export, output exists", "classify export {t}/clf.safetensors {t}/st.safetensors", 2, "--overwrite"),
+    ("classify gates --out exists", "classify gates {binclf} --out {t}/notes.md", 2, "--overwrite"),
+    ("sweep --out exists", "reproduce sweep --data folder:{t}/in --out {t}/notes.md", 2, "--overwrite"),
+    ("ledger entry is a string", "reproduce sweep --data folder:{t}/in --ledger {t}/ledger_str.json --status", 2, "not an object"),
+    ("ledger accuracy 'high'", "reproduce sweep --data folder:{t}/in --ledger {t}/ledger_high.json --status", 2, "test_acc"),
+    ("ledger nested 100k deep", "reproduce sweep --data folder:{t}/in --ledger {t}/ledger_deep.json --status", 2, "nested too deeply"),
+    ("ledger not UTF-8", "reproduce sweep --data folder:{t}/in --ledger {t}/ledger_bin.json --status", 2, "not UTF-8"),
+    ("a FIFO named pipe.jpg as input", "stylize run -m {m} -o {t}/o.jpg {t}/pipe.jpg", 2, "named pipe"),
+    ("a FIFO as the model", "stylize run -m {t}/pipe.pth -o {t}/o.jpg {t}/a.jpg", 2, "named pipe"),
+    ("classifier widths 4096", "classify predict {t}/c_wide.safetensors {t}/a.jpg", 2, "c_wide.safetensors: model config argument widths"),
+    ("classifier image_size 60000", "classify predict {t}/c_big.safetensors {t}/a.jpg", 2, "c_big.safetensors: image size"),
+    ("classifier image_size 0", "classify predict {t}/c_zero.safetensors {t}/a.jpg", 2, "image size"),
+    ("classifier std 0", "classify predict {t}/c_std.safetensors {t}/a.jpg", 2, "std"),
+    ("classifier mean a string", "classify predict {t}/c_mean.safetensors {t}/a.jpg", 2, "mean"),
+    ("classifier 3 names for 10 classes", "classify predict {t}/c_names.safetensors {t}/a.jpg", 2, "3 class names for 10 classes"),
+    ("classifier arch ../../etc/passwd", "classify predict {t}/c_arch.safetensors {t}/a.jpg", 2, "unknown architecture"),
+    ("style model with wrong-shape tensors", "stylize run -m {t}/shape.safetensors -o {t}/o.jpg {t}/a.jpg", 2, "other shapes"),
+    ("--resume: checkpoint step 'abc'", "classify train --data folder:{t}/in --resume --out {t}/ck_step", 2, "step is 'abc'"),
+    ("--resume: checkpoint without model", "classify train --data folder:{t}/in --resume --out {t}/ck_model", 2, "no model weights"),
+    ("10 kB --style echoed", "stylize run -m four_styles_bin --style " + _LONG + " -o {t}/o.jpg {t}/a.jpg", 2, "characters) in this model"),
+]
+CASES += ROUND3_CASES
+_setup_before_round3 = _setup
+
+
+def _setup(t: Path) -> dict[str, str]:  # noqa: F811 - the base setup plus this block's files
+    import os
+    import shutil
+
+    import torch
+
+    import weights
+    from classify.checkpoint import save_classifier
+    from classify.registry import create_model
+    from engine.checkpoint import read_metadata, save_model
+    from engine.io import save_torch
+
+    names = _setup_before_round3(t)
+    shutil.copy(weights.path("candy_bin"), t / "st.safetensors")
+    shutil.copy(weights.path("cifar10_resnet20_bn"), t / "clf.safetensors")
+    (t / "notes.md").write_text("my notes\n")
+    run = {"label": "bn", "depth": 20, "seed": 0, "group": "", "folder": "f",
+           "test_acc": {"test": "high"}}
+    (t / "ledger_str.json").write_text(json.dumps({"runs": {"k": "oops"}}))
+    (t / "ledger_high.json").write_text(json.dumps({"runs": {"k": run}}))
+    (t / "ledger_deep.json").write_text('{"runs": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (t / "ledger_bin.json").write_bytes(b'{"runs": {"\xff\xfe": 1}}')
+    for p in ("pipe.jpg", "pipe.pth"):
+        if hasattr(os, "mkfifo") and not (t / p).exists():
+            os.mkfifo(t / p)
+    # crafted classifiers: a real resnet20's weights with hostile metadata
+    sd = create_model("resnet20", num_classes=10, norm="bn").state_dict()
+    meta = read_metadata(weights.path("cifar10_resnet20_bn"))
+    good = {k: meta[k] for k in ("class_names", "mean", "std", "image_size")}
+    crafted = {
+        "c_wide": ({"arch": "resnet20", "num_classes": 10, "norm": "bn",
+                    "kwargs": {"widths": [4096] * 3}}, {}),
+        "c_big": (meta["config"], {"image_size": 60000}),
+        "c_zero": (meta["config"], {"image_size": 0}),
+        "c_std": (meta["config"], {"std": [0, 0, 0]}),
+        "c_mean": (meta["config"], {"mean": "0.5"}),
+        "c_names": (meta["config"], {"class_names": ["a", "b", "c"]}),
+        "c_arch": ({**meta["config"], "arch": "../../etc/passwd"}, {}),
+    }
+    for name, (config, facts) in crafted.items():
+        save_model(t / f"{name}.safetensors", sd, kind="classifier", config=config,
+                   **{**good, **facts})
+    from stylize.model import StyleConfig, TransformerNet
+
+    net = TransformerNet(config=StyleConfig(norm="in", base_channels=8, num_residual=1))
+    bad = {k: (torch.zeros(v.shape[0] + 1, *v.shape[1:]) if k.endswith("weight") and v.ndim == 4
+               else v) for k, v in net.state_dict().items()}
+    save_model(t / "shape.safetensors", bad, kind="style", config=net.config.to_dict())
+    # training checkpoints damaged by hand: a step that is no number, no model weights
+    state = {"format": 1, "step": "abc", "recipe": {}, "model": {}, "optimizer": {},
+             "rng": torch.get_rng_state()}
+    save_torch(t / "ck_step" / "checkpoint.pt", state)
+    save_torch(t / "ck_model" / "checkpoint.pt",
+               {k: v for k, v in dict(state, step=3).items() if k != "model"})
+    return {**names, "w": str(weights.WEIGHTS_DIR), "binclf": "cifar10_resnet20_bin"}
+
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
     t = tmp_path_factory.mktemp("hostile")

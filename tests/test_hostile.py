@@ -211,6 +211,114 @@ def test_hostile_input_is_one_clear_line_and_loses_nothing(scratch, what, args, 
     assert not lost, f"changed or removed: {lost}"
 
 
+def test_round3_ledger_keeps_unknown_top_level_keys(tmp_path):
+    """Item 6: recording a run rewrites the ledger with the keys it did not know, unchanged."""
+    import experiments.reproduce.sweep as sw
+
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps({"note": "grid for the paper", "owner": {"name": "ada"}, "runs": {}}))
+    spec = sw.plan({"data": "x", "epochs": 1}, ["bn"], [0], [20], tmp_path / "runs")[0]
+    book = sw.Ledger(path)
+    book.add(spec, sw.RunResult("bn", 20, 0, "", "f", {"test": 91.5}))
+    d = json.loads(path.read_text())
+    assert d["note"] == "grid for the paper" and d["owner"] == {"name": "ada"}
+    assert d["runs"][spec.key]["test_acc"] == {"test": 91.5}
+    assert sw.Ledger(path).get(spec).test_acc == {"test": 91.5}
+
+
+def test_round3_damaged_run_folder_on_resume_is_one_line_and_kept(tmp_path, monkeypatch):
+    """A damaged metrics.jsonl line before others, and a checkpoint whose tensors have other
+    shapes: `--resume` stops with one line naming the file, and changes nothing."""
+    import main
+    from engine.io import load_torch, save_torch
+
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for i in range(4):
+            p = tmp_path / "data" / c / f"{i}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(p)
+    run = tmp_path / "r"
+    base = ["--device", "cpu", "classify", "train", "--data", f"folder:{tmp_path / 'data'}",
+            "--image-size", "8", "--batch-size", "8", "--epochs", "1", "--out", str(run)]
+    assert CliRunner().invoke(main.app, base).exit_code == 0
+    resume = base + ["--resume", "--epochs", "2", "--override", "epochs"]
+    metrics = run / "metrics.jsonl"
+    good = metrics.read_bytes()
+    metrics.write_bytes(good + b"\xff\xfe not text\n" + good)
+    before = _snapshot(run)
+    r = CliRunner().invoke(main.app, resume)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"{metrics} line 2 is damaged (not UTF-8 text)" in r.output, r.output
+    assert _snapshot(run) == before
+    metrics.write_bytes(good + b"5\n" + good)
+    r = CliRunner().invoke(main.app, resume)
+    assert r.exit_code == 2 and "line 2 is damaged (a JSON int, not a record)" in r.output, r.output
+    metrics.write_bytes(good)
+    state = load_torch(run / "checkpoint.pt")
+    state["model"]["fc.weight"] = state["model"]["fc.weight"][:1]
+    save_torch(run / "checkpoint.pt", state)
+    r = CliRunner().invoke(main.app, resume)
+    assert r.exit_code == 2 and "does not fit this run's network" in r.output
+    assert "fc.weight (1, 64)≠(2, 64)" in r.output, r.output
+
+
+def test_round3_onnx_export_of_one_style_of_a_multi_style_model(tmp_path):
+    """`stylize export four_styles_bin x.onnx --format onnx --style mosaic` holds mosaic (not
+    silently the first style); the refusal without --style names the styles."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    import main
+    from stylize.deploy import OnnxStyleRunner
+    from stylize.infer import load_model
+    from stylize.model import style_names, use_style
+
+    dst = tmp_path / "mosaic.onnx"
+    r = CliRunner().invoke(main.app, ["stylize", "export", "four_styles_bin", str(dst),
+                                      "--format", "onnx", "--style", "mosaic"])
+    assert r.exit_code == 0, r.output
+    m = load_model("four_styles_bin")
+    names = style_names(m.meta, m.config.num_styles)
+    x = torch.rand(1, 3, 32, 32) * 255
+    with torch.no_grad():
+        with use_style(m.net, "mosaic", names):
+            want = m.net(x)
+        with use_style(m.net, "candy", names):
+            other = m.net(x)
+    got = OnnxStyleRunner(dst)(x)
+    assert float((got - want).abs().max()) < 1e-2 < float((got - other).abs().max())
+
+
+def test_round3_video_whose_frame_size_changes_is_one_line(tmp_path):
+    """Item 11: two MPEG-TS segments of different frame sizes, back to back."""
+    av = pytest.importorskip("av")
+    import main
+
+    def segment(w: int, h: int) -> bytes:
+        p = tmp_path / f"{w}x{h}.ts"
+        with av.open(str(p), "w", format="mpegts") as out:
+            v = out.add_stream("mpeg2video", rate=25)
+            v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+            for i in range(3):
+                f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 40 * i, np.uint8), format="rgb24")
+                f.pts = i
+                for pkt in v.encode(f):
+                    out.mux(pkt)
+            for pkt in v.encode():
+                out.mux(pkt)
+        return p.read_bytes()
+
+    src = tmp_path / "sizes.ts"
+    src.write_bytes(segment(64, 48) + segment(32, 32))
+    r = CliRunner().invoke(main.app, ["--device", "cpu", "stylize", "video", "-m", "candy_bin",
+                                      "-o", str(tmp_path / "o.mp4"), str(src)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "is 32×32 but the video started at 64×48" in r.output
+    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.mp4*"))
+
+
 if __name__ == "__main__":  # the README table
     import tempfile
 

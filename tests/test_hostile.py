@@ -319,6 +319,78 @@ def test_round3_video_whose_frame_size_changes_is_one_line(tmp_path):
     assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.mp4*"))
 
 
+def test_round3_a_visitor_cancels_only_its_own_training():
+    """Item 13: the job remembers who started it; another anonymous visitor's cancel is refused
+    (the run goes on), the same browser after a reload and a signed-in operator may cancel."""
+    pytest.importorskip("gradio")
+    import threading
+
+    from ui.training import Job, TrainUpdate, Visitor
+
+    owner = Visitor(session="s1", browser="b1")
+    gate = threading.Event()
+
+    def updates():
+        yield TrainUpdate("training…")
+        gate.wait(5)
+
+    job = Job("style training")
+    job.start(updates(), owner=owner)
+    try:
+        msg = job.cancel(by=Visitor(session="s2", browser="b2"))
+        assert "another visitor" in msg and not job.stop.is_set()
+        assert "Cancelling" in job.cancel(by=Visitor(session="s3", browser="b1"))  # reloaded page
+        job.stop.clear()
+        assert "Cancelling" in job.cancel(by=Visitor(session="s9", browser="b9", user="admin"))
+        assert "Cancelling" in job.cancel()  # the server itself (shutdown)
+    finally:
+        gate.set()
+
+
+def test_round3_ui_uploads_have_a_budget_and_the_cache_is_cleaned(tmp_path):
+    """Item 9: gradio's cache is cleaned (delete_cache), and an upload request over the
+    per-request budget is answered 413 before any byte is stored."""
+    pytest.importorskip("gradio")
+    import asyncio
+
+    from ui.app import UploadBudget, build_app, launch_kwargs
+    from ui.config import UIConfig
+
+    cfg = UIConfig(allowed_dirs=[], runs_dir=tmp_path / "runs", reports_dir=tmp_path / "reports")
+    assert build_app(cfg).delete_cache == cfg.delete_cache
+    assert "middleware" in launch_kwargs(cfg)["app_kwargs"]
+    reached = []
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def call(path: str, chunks: list[bytes], length: int | None) -> int:
+        sent, status = list(chunks), []
+        headers = [(b"content-length", str(length).encode())] if length is not None else []
+
+        async def receive():
+            body = sent.pop(0) if sent else b""
+            return {"type": "http.request", "body": body, "more_body": bool(sent)}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+        asyncio.run(UploadBudget(app, budget=1000)(scope, receive, send))
+        return status[0]
+
+    assert call("/gradio_api/upload", [b"x" * 500], 500) == 200
+    assert call("/gradio_api/upload", [b"x" * 500], 5000) == 413  # declared too big
+    assert call("/gradio_api/upload", [b"x" * 600] * 3, None) == 413  # chunked, counted
+    assert call("/gradio_api/queue/join", [b"x" * 5000], 5000) == 200  # not an upload
+    assert reached == ["/gradio_api/upload", "/gradio_api/queue/join"]
+
+
 if __name__ == "__main__":  # the README table
     import tempfile
 

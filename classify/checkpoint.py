@@ -143,7 +143,7 @@ def _finite_list(name: str, v: Any, n: int, lo: float, hi: float) -> list[float]
 
     if not isinstance(v, list) or len(v) != n or not all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
-        raise ValueError(f"{name} must be a list of {n} numbers, got {str(v)[:60]}")
+        raise ValueError(f"{name} must be a list of {n} numbers, got {repr(v)[:60]}")
     if not all(lo <= x <= hi for x in v):
         raise ValueError(f"{name} must be numbers from {lo:g} to {hi:g}, got {str(v)[:60]}")
     return [float(x) for x in v]

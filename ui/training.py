@@ -100,13 +100,13 @@ class Job:
         """Ask the run to stop; it stops at the next step (or before training starts). ``by``:
         the UI visitor asking (None: the server itself, e.g. on shutdown); a visitor may stop
         only a run it started (``Visitor.may_cancel``)."""
-        if not self.running:
-            return "Nothing is training."
-        if by is not None and not by.may_cancel(self.owner):
+        if by is not None and self.running and not by.may_cancel(self.owner):
             return ("This training was started by another visitor; only that browser (or an "
                     "operator signed in to a server started with `normlab ui --auth`) can "
                     "cancel it.")
         self.stop.set()
+        if not self.running:
+            return "Nothing is training."
         return "Cancelling: the run stops after the current step and keeps its last checkpoint."
 
     # ------------------------------------------------------------------ server-side thread

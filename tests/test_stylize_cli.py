@@ -201,7 +201,9 @@ def test_compare_curves_bench(tmp_path, in_model, bin_model):
     g = Image.open(grid)
     assert g.size[0] > 3 * 64 and g.size[1] > 48
     _one_error_line(_invoke("compare", "--models", f"{in_model},nope", "-o", grid, photo))
-    r = _invoke("compare", "--models", f"{bin_model}@-1,{bin_model},{bin_model}@1", "-o", grid, photo)
+    _one_error_line(_invoke("compare", "--models", bin_model, "-o", grid, photo))  # exists
+    r = _invoke("compare", "--models", f"{bin_model}@-1,{bin_model},{bin_model}@1", "-o", grid,
+                "--overwrite", photo)
     assert r.exit_code == 0, r.output
     _one_error_line(_invoke("compare", "--models", f"{in_model}@-1", "-o", grid, photo))
     runs = []

@@ -545,8 +545,8 @@ Every case below is a test (`tests/test_hostile.py`, which also checks that no f
 before the command was changed or removed); `python tests/test_hostile.py` writes this file (and
 prints the table). Web-UI cases (crafted uploads, typed paths in choice boxes, non-image uploads,
 oversized images, reloads during training, cancelling another visitor's training, upload budgets)
-are tested in `tests/test_ui_handlers.py`, `tests/test_ui_app.py` and this file's round-3 block
-(through `gradio_client` and Chromium). Paths: `…` is the test's scratch folder, others are
+are tested in `tests/test_ui_handlers.py`, `tests/test_ui_app.py` (through `gradio_client` and
+Chromium) and the round-3 tests of `tests/test_hostile.py`. Paths: `…` is the test's scratch folder, others are
 relative to the repository root. Run on this commit: {n} cases, tracebacks seen {tb}, files lost
 {lost}.
 """

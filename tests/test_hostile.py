@@ -546,9 +546,9 @@ before the command was changed or removed); `python tests/test_hostile.py` write
 prints the table). Web-UI cases (crafted uploads, typed paths in choice boxes, non-image uploads,
 oversized images, reloads during training, cancelling another visitor's training, upload budgets)
 are tested in `tests/test_ui_handlers.py`, `tests/test_ui_app.py` (through `gradio_client` and
-Chromium) and the round-3 tests of `tests/test_hostile.py`. Paths: `…` is the test's scratch folder, others are
-relative to the repository root. Run on this commit: {n} cases, tracebacks seen {tb}, files lost
-{lost}.
+Chromium) and the round-3 tests of `tests/test_hostile.py`. Paths: `…` is the test's scratch
+folder, others are relative to the repository root. Run on this commit: {n} cases, tracebacks
+seen {tb}, files lost {lost}.
 """
 
 

@@ -40,6 +40,8 @@ class _Group(typer.core.TyperGroup):
             if os.environ.get("NORMLAB_DEBUG"):
                 raise
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if len(msg) > 600:  # a user's 10 kB value is never echoed whole
+                msg = msg[:600] + f"… ({len(msg)} characters)"
             typer.echo(f"error: {msg}", err=True)
             raise typer.Exit(2)
 

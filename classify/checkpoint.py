@@ -64,21 +64,13 @@ def strip_official(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
 def load_state_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching keys
     and shapes."""
+    from engine.checkpoint import state_mismatch
+
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)}≠{tuple(own[k].shape)}" for k in own
-              if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append(f"{len(shapes)} with other shapes (first: {', '.join(shapes[:2])})")
+    why = state_mismatch(own, sd)
+    if why:
         arch = getattr(getattr(model, "config", None), "arch", type(model).__name__)
-        raise ValueError(f"{source} does not fit {arch}: keys " + "; ".join(parts))
+        raise ValueError(f"{source} does not fit {arch}: {why}")
     with torch.no_grad():
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
@@ -87,7 +79,10 @@ def load_official(arch: str, path: str | Path, num_classes: int | None = None) -
     """Build ``arch`` (e.g. ``resnet50_ibn_a``) and load an official IBN-Net ``.pth`` into it
     (``torch.load(weights_only=True)``; wrapped ``state_dict`` and ``module.`` prefixes are
     accepted; strict key check)."""
-    sd = strip_official(load_torch(path))
+    try:
+        sd = strip_official(load_torch(path))
+    except ValueError as exc:
+        raise ValueError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
     if num_classes is None:
         head = sd.get("fc.weight", sd.get("classifier.weight"))
         num_classes = int(head.shape[0]) if head is not None else 1000
@@ -134,7 +129,7 @@ def _load(spec: str, device: str) -> Classifier:
                          "file, or ARCH:FILE.pth for an official IBN-Net checkpoint")
     else:
         name = path.parent.name if path.stem in ("model", "last") else path.stem
-    tensors, meta = read_model(path, "classifier", validate=ModelConfig.from_dict)
+    tensors, meta = read_classifier_file(path)
     model = build_from_config(meta["config"])
     load_state_strict(model, tensors, str(path))
     del tensors
@@ -143,9 +138,53 @@ def _load(spec: str, device: str) -> Classifier:
                       list(meta["std"]), int(meta["image_size"]), name=name, meta=meta)
 
 
+def _finite_list(name: str, v: Any, n: int, lo: float, hi: float) -> list[float]:
+    import math
+
+    if not isinstance(v, list) or len(v) != n or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+        raise ValueError(f"{name} must be a list of {n} numbers, got {repr(v)[:60]}")
+    if not all(lo <= x <= hi for x in v):
+        raise ValueError(f"{name} must be numbers from {lo:g} to {hi:g}, got {str(v)[:60]}")
+    return [float(x) for x in v]
+
+
+def validate_classifier_meta(meta: dict[str, Any]) -> None:
+    """One-line ``ValueError`` for the data facts of a classifier file (checked like the style
+    configs, before a network is built or an image resized): ``image_size`` 8..1024 px (a
+    crafted 60000 would resize every input to 10.8 GB), ``mean`` 3 numbers in [-10, 10], ``std``
+    3 numbers in [1e-4, 100] (no division by 0), ``class_names`` one short string per class."""
+    from engine.checkpoint import check_range
+
+    cfg = ModelConfig.from_dict(meta["config"])
+    for k in ("class_names", "mean", "std", "image_size"):
+        if k not in meta:
+            raise ValueError(f"no {k} in its metadata")
+    check_range("image size", meta["image_size"], 8, 1024)
+    _finite_list("mean", meta["mean"], 3, -10, 10)
+    _finite_list("std", meta["std"], 3, 1e-4, 100)
+    names = meta["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) and len(n) <= 200 for n in names):
+        raise ValueError("class_names must be a list of short strings")
+    if len(names) != cfg.num_classes:
+        raise ValueError(f"{len(names)} class names for {cfg.num_classes} classes")
+
+
+def read_classifier_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a classifier file, its config and data facts validated first; any
+    problem is one ``ValueError`` line that names the file."""
+    path = Path(path)
+    tensors, meta = read_model(path, "classifier", validate=ModelConfig.from_dict)
+    try:
+        validate_classifier_meta(meta)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return tensors, meta
+
+
 def export_classifier(src: str | Path, dst: str | Path, half: bool = True) -> Path:
     """Re-save a classifier (metadata kept, schema brought up to date), fp16 when ``half``."""
-    tensors, meta = read_model(src, "classifier", validate=ModelConfig.from_dict)
+    tensors, meta = read_classifier_file(src)
     for k in ("kind", "format", "dtype"):
         meta.pop(k, None)
     config, recipe = meta.pop("config"), meta.pop("recipe", None)

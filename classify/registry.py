@@ -60,17 +60,51 @@ class ModelConfig:
         allocated, so a crafted checkpoint cannot make the loader build a huge network."""
         from engine.checkpoint import check_range
 
-        validate_arch_norm(self.arch, self.norm, self.kwargs.get("ibn")
-                           if isinstance(self.kwargs, dict) else None)
-        check_range("number of classes", self.num_classes, 1, 100_000)
+        if not isinstance(self.arch, str) or self.arch not in _MODELS:
+            shown = repr(self.arch)
+            shown = shown if len(shown) <= 60 else shown[:60] + "…"
+            raise ValueError(f"unknown architecture {shown} (only registered ones are built; "
+                             "see `classify list`)")
+        if self.norm is not None and not isinstance(self.norm, str):
+            raise ValueError(f"norm must be a name, got {type(self.norm).__name__}")
+        ibn = self.kwargs.get("ibn") if isinstance(self.kwargs, dict) else None
+        if ibn is not None and not isinstance(ibn, str):
+            raise ValueError(f"ibn must be a placement name, got {type(ibn).__name__}")
+        validate_arch_norm(self.arch, self.norm, ibn)
+        # an fc layer of 2048 × 22k classes is 180 MB (ImageNet-21k has 21,841 classes)
+        check_range("number of classes", self.num_classes, 1, 22_000)
         if not isinstance(self.kwargs, dict):
             raise ValueError("model config kwargs must be a JSON object")
+        allowed = _KWARGS.get(_family(self.arch), {})
+        takes = list(allowed) + (["ibn"] if _IBN[self.arch] != (None,) else [])
         for k, v in self.kwargs.items():
-            if isinstance(v, bool) or v is None or isinstance(v, str) and len(v) < 64:
+            if k == "ibn":  # the IBN placement, checked by validate_arch_norm above
                 continue
-            vals = v if isinstance(v, (list, tuple)) else [v]
-            if len(vals) > 8 or not all(isinstance(x, int) and 0 < x <= 4096 for x in vals):
-                raise ValueError(f"model config argument {k}={v!r} is out of range")
+            if k not in allowed:
+                raise ValueError(f"{self.arch} takes no argument {str(k)[:40]!r} "
+                                 f"(it takes: {', '.join(takes) or 'none'})")
+            count, lo, hi = allowed[k]
+            vals = v if count and isinstance(v, list) else [v]
+            if count and (not isinstance(v, list) or len(v) != count):
+                raise ValueError(f"model config argument {k} must be a list of {count} integers")
+            for x in vals:
+                check_range(f"model config argument {k}", x, lo, hi)
+
+
+# The extra constructor arguments a saved config may carry, per architecture family, with
+# bounds that keep a crafted file's network small: name -> (list length or 0, low, high).
+# CIFAR ResNet-110 with widths 256 is 64 M parameters (0.25 GB fp32).
+_KWARGS: dict[str, dict[str, tuple[int, int, int]]] = {
+    "cifar": {"widths": (3, 1, 256)},
+    "densenet": {"growth": (0, 1, 64), "init_features": (0, 1, 256), "bn_size": (0, 1, 8)},
+    "resnet": {},
+}
+
+
+def _family(arch: str) -> str:
+    if arch.startswith("densenet"):
+        return "densenet"
+    return "cifar" if _DEFAULT_INPUT.get(arch) == 32 else "resnet"
 
 
 def register(name: str, input_size: int = 224, norms: tuple[str, ...] | None = None,

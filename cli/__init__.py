@@ -28,3 +28,23 @@ def override_list(value: str | None) -> list[str]:
 def is_main_process() -> bool:
     """False on every torchrun process but rank 0 (which alone reports what was written)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def model_file(spec: str | os.PathLike | None):
+    """The file a ``--model`` / model argument reads: a shipped name's file under ``weights/``,
+    the file of ``ARCH:FILE.pth``, or the path itself (for ``engine.io.check_output``'s inputs)."""
+    from pathlib import Path
+
+    if spec is None:
+        return None
+    s = str(spec)
+    import weights
+
+    if s in weights.manifest():
+        try:
+            return weights.path(s)
+        except ValueError:
+            return None
+    if ":" in s and not Path(s).exists():
+        return Path(s.split(":", 1)[1])
+    return Path(s)

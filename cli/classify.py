@@ -92,6 +92,22 @@ def train_cmd(
         typer.echo(f"wrote {path}")
 
 
+def _check_outputs(models: List[str], overwrite: bool, markdown: Optional[Path] = None,
+                   figure: Optional[Path] = None) -> None:
+    """``engine.io.check_output`` for a command's ``--out`` table and ``--plot`` figure, before
+    any work: never a model it reads, never an existing file without ``--overwrite``, never
+    each other."""
+    from cli import model_file
+    from engine.io import check_output
+
+    inputs = [model_file(m) for m in models]
+    if markdown is not None:
+        check_output(markdown, kind="markdown", inputs=inputs, overwrite=overwrite, what="--out")
+    if figure is not None:
+        check_output(figure, kind="figure", inputs=inputs + [markdown], overwrite=overwrite,
+                     what="--plot")
+
+
 def _save_fig(fig, path: Path) -> None:
     from engine.io import atomic_path
 
@@ -145,6 +161,7 @@ def shift_cmd(
     limit: Optional[int] = typer.Option(None, min=1, help="Seeded subset of this many test images."),
     out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
     plot: Optional[Path] = typer.Option(None, help="Write the bar chart (PNG) here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (inputs are never overwritten)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
     """Robustness table: accuracy of each model on the clean and shifted test set."""
@@ -155,6 +172,7 @@ def shift_cmd(
     from classify.checkpoint import load_classifier
     from classify.shift import parse_shift
 
+    _check_outputs(models, overwrite, markdown=out, figure=plot)
     dev = _device(ctx, device)
     from engine.devices import resolve_device
 
@@ -191,11 +209,13 @@ def gates_cmd(
     model: str = typer.Argument(..., help="A BIN model: shipped name or .safetensors file."),
     plot: Optional[Path] = typer.Option(None, help="Write the ρ histograms by stage (PNG) here."),
     out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (inputs are never overwritten)."),
 ) -> None:
     """BIN gate ρ per layer (0 = IN, 1 = BN) and histograms by stage (BIN paper Fig. 2)."""
     from classify.analysis import gates_figure
     from classify.checkpoint import load_classifier
 
+    _check_outputs([model], overwrite, markdown=out, figure=plot)
     rep, fig = gates_figure(load_classifier(model))
     md = rep.to_markdown()
     typer.echo(md)
@@ -214,6 +234,7 @@ def divergence_cmd(
     limit: Optional[int] = typer.Option(1000, min=2, help="Images per domain (seeded subset)."),
     plot: Optional[Path] = typer.Option(None, help="Write the plot by depth (PNG) here."),
     out: Optional[Path] = typer.Option(None, help="Write the Markdown tables here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (inputs are never overwritten)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
     """IBN-Net feature divergence per layer between two domains, split into the part instance
@@ -223,6 +244,7 @@ def divergence_cmd(
     from classify.analysis import divergence_figure, domain_sets, feature_divergence
     from classify.checkpoint import load_classifier
 
+    _check_outputs(models, overwrite, markdown=out, figure=plot)
     dev = str(resolve_device(_device(ctx, device)))
     doms = [d.strip() for d in domains.split(",") if d.strip()]
     divs, texts = [], []
@@ -293,6 +315,7 @@ def bench_cmd(
     precisions: str = typer.Option("fp32", help="Comma-separated: fp32, bf16, fp16 (autocast); "
                                    "every ratio is to float32 BN in the same run."),
     out: Optional[Path] = typer.Option(None, help="Write the Markdown table here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (inputs are never overwritten)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
 ) -> None:
     """Training-step time per norm as ratios to BN in the same run (norms interleaved round by
@@ -303,6 +326,7 @@ def bench_cmd(
 
     from engine.devices import resolve_device
 
+    _check_outputs([], overwrite, markdown=out)
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(_device(ctx, device))
@@ -322,6 +346,7 @@ def average_cmd(
     data: str = typer.Option(..., help="Training images for the batch-statistics pass: "
                              "cifar10:ROOT | folder:TRAIN[,TEST] | pacs:ROOT."),
     out: Path = typer.Option(..., help="Output .safetensors."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files (inputs are never overwritten)."),
     half: bool = typer.Option(False, help="Store floating tensors as fp16."),
     batch_size: int = typer.Option(256, min=2, help="Batch size of the statistics pass."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
@@ -333,6 +358,11 @@ def average_cmd(
     from classify.swa import average_classifiers
     from engine.devices import resolve_device
 
+    from cli import model_file
+    from engine.io import check_output
+
+    check_output(out, kind="safetensors", inputs=[model_file(m) for m in models],
+                 overwrite=overwrite)
     dev = str(resolve_device(_device(ctx, device)))
     with tqdm(desc="batch statistics", unit="img", leave=False) as bar:
         def prog(done: int, total: int) -> None:
@@ -350,9 +380,15 @@ def export_cmd(
     src: Path = typer.Argument(..., help="A trained model.safetensors."),
     dst: Path = typer.Argument(..., help="Output .safetensors."),
     half: bool = typer.Option(True, help="Store floating tensors as fp16 (half the size)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file (the input is never overwritten)."),
 ) -> None:
     """Copy a trained classifier with its metadata, as fp16 by default (for shipping)."""
     from classify.checkpoint import export_classifier
+    from cli import model_file
+    from engine.io import check_output, check_regular_file
 
+    src = model_file(str(src))
+    check_regular_file(src, "model")
+    check_output(dst, kind="safetensors", inputs=[src], overwrite=overwrite)
     path = export_classifier(src, dst, half=half)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")

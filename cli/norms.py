@@ -36,6 +36,7 @@ def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Type
         step_norms: str = typer.Option("bn,in,bn_in,bin,ibn", help="Norms for the training step."),
         threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON here."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
     ) -> None:
         """Time every registered norm (forward, forward+backward) against BatchNorm2d and a naive
         eq.-(3) BIN, and a ResNet-20 training step per norm, as ratios to BN in the same run."""
@@ -45,8 +46,10 @@ def make_app(step_model: Callable[[str], nn.Module] | None = None) -> typer.Type
         from engine import bench as _bench
         from norms import NORM_NAMES, check_names
         from engine.devices import resolve_device
-        from engine.io import write_text_atomic
+        from engine.io import check_output, write_text_atomic
 
+        if json_out is not None:
+            check_output(json_out, kind="json", overwrite=overwrite, what="--json")
         dev = resolve_device(device or (ctx.obj or {}).get("device", "auto"))
         if threads:
             torch.set_num_threads(threads)

@@ -117,6 +117,7 @@ def sweep_cmd(
     ledger: Optional[Path] = typer.Option(None, help="Also keep every finished run's result in "
                                           "this JSON file; runs it records count as finished."),
     out: Optional[Path] = typer.Option(None, help="Write the summary table (Markdown) here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     amp: bool = typer.Option(False, help="Autocast (bf16 on CPUs with native bf16 and recent "
                              "GPUs, else fp16 on CUDA); how a run trains, not what it is, so "
                              "it does not change a run's folder."),
@@ -127,7 +128,7 @@ def sweep_cmd(
     """Train a grid variants × depths × seeds (finished runs skipped, unfinished ones resumed);
     print the summary table (mean ± sd over seeds, n, noise verdicts)."""
     from classify.train import TrainConfig
-    from engine.io import write_text_atomic
+    from engine.io import check_output, write_text_atomic
     from experiments.reproduce.sweep import Ledger, plan, run_sweep, status_table, summary_table
 
     def ints(s: str, what: str) -> list[int]:
@@ -143,6 +144,8 @@ def sweep_cmd(
                        train_domains=train_domains, test_domains=test_domains,
                        device=_device(ctx, device), amp=amp)
     base.validate()
+    if out is not None and not status:  # checked before hours of training, not after
+        check_output(out, kind="markdown", inputs=[ledger], overwrite=overwrite, what="--out")
     vs = [v.strip() for v in variants.split(",") if v.strip()]
     specs = plan(base.recipe(), vs, ints(seeds, "seeds"), ints(depths, "depths"), runs,
                  group=test_domains or "")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import typer
 
@@ -133,10 +133,11 @@ def merge_cmd(
     from stylize.model import merge_styles
     from stylize.train import save_model
 
-    if output.suffix != ".safetensors":
-        raise ValueError(f"--output must end in .safetensors, got {output.name}")
-    if output.exists() and not overwrite:
-        raise ValueError(f"{output} exists; pass --overwrite to replace it")
+    from cli import model_file
+    from engine.io import check_output
+
+    check_output(output, kind="safetensors", inputs=[model_file(m) for m in models],
+                 overwrite=overwrite)
     net, names = merge_styles(models)
     save_model(output, net, {"style": names[0], "styles": names, "merged_from": list(models)},
                half=half)
@@ -150,29 +151,26 @@ def _out_name(src: Path) -> str:
 
 
 def _check_folder(folder: Path, what: str) -> None:
-    """``folder`` can be created or written: no existing file on its path, writable ancestor."""
-    p = folder
-    while not p.exists():
-        if p.parent == p:
-            break
-        p = p.parent
-    if not p.is_dir():
-        raise ValueError(f"{what} {folder} cannot be created: {p} is a file, not a folder")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {folder} is not writable (permission denied on {p})")
+    from engine.io import check_folder_writable
+
+    check_folder_writable(folder, what)
 
 
-def plan_outputs(inputs: list[Path], output: Path, overwrite: bool = False
+def plan_outputs(inputs: list[Path], output: Path, overwrite: bool = False,
+                 others: "Iterable[str | Path | None]" = ()
                  ) -> tuple[list[tuple[Path, Path]], bool]:
-    """(input, output) pairs for ``stylize run`` and whether the output is one file, checked
-    before any work: an image extension means a file (one input image only), anything else a
-    folder (a name with an unknown extension is refused); no output may be an input, two inputs
-    may not map to one output, existing outputs need ``overwrite``."""
+    """(input, output) pairs for ``stylize run`` / ``stylize optimize`` and whether the output is
+    one file, checked before any work: an image extension means a file (one input image only),
+    anything else a folder (a name with an unknown extension is refused); no output may be an
+    input or one of ``others`` (the model file, the style paintings), two inputs may not map to
+    one output, existing outputs need ``overwrite``."""
     from engine.images import IMAGE_EXTENSIONS, list_images
 
+    from engine.io import check_regular_file
+
     for src in inputs:
-        if not src.exists():
-            raise ValueError(f"{src} does not exist")
+        if not src.is_dir():  # a FIFO or device would block the read forever
+            check_regular_file(src, "input")
     suffix = output.suffix.lower()
     as_file = not output.is_dir() and suffix in IMAGE_EXTENSIONS
     if not output.is_dir() and suffix and not as_file:
@@ -202,13 +200,17 @@ def plan_outputs(inputs: list[Path], output: Path, overwrite: bool = False
                 jobs.append((src, output / _out_name(src)))
     if not jobs:
         raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
-    sources = {os.path.normcase(os.path.realpath(s)) for s, _ in jobs}
+    from engine.io import check_output, input_keys, is_input
+
+    sources = input_keys([s for s, _ in jobs] + list(others))
     seen: dict[str, Path] = {}
     for src, dst in jobs:
         key = os.path.normcase(os.path.realpath(dst))
-        if key in sources:
+        if is_input(dst, sources):
             raise ValueError(f"output {dst} is one of the inputs; it is never overwritten: "
                              "choose another output")
+        if as_file:  # the one rule of every command that writes a file (engine.io)
+            check_output(dst, kind="image", keys=sources, overwrite=overwrite)
         if key in seen:
             raise ValueError(f"{seen[key]} and {src} would both be written to {dst}; rename one "
                              "or stylize them into different folders")
@@ -281,7 +283,15 @@ def run_cmd(
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if (model is None) == (style_image is None):
         raise ValueError("give either --model NAME or --style-image PAINTING")
-    jobs, single = plan_outputs(list(inputs), output, overwrite)
+    if style_image is not None:
+        from stylize.arbitrary import parse_paintings
+
+        reads = list(parse_paintings(style_image))
+    else:
+        from cli import model_file
+
+        reads = [model_file(model)]
+    jobs, single = plan_outputs(list(inputs), output, overwrite, others=reads)
     total = len(jobs)
     dev = _device(ctx, device)
     failed: list[str] = []
@@ -409,14 +419,12 @@ def video_cmd(
     from stylize.tiling import parse_memory
     from stylize.video import stylize_video, video_format
 
+    from cli import model_file
+    from engine.io import check_output, check_regular_file
+
     video_format(output)
-    if not input.is_file():
-        raise ValueError(f"{input} does not exist" if not input.exists() else f"{input} is not a file")
-    if os.path.realpath(input) == os.path.realpath(output):
-        raise ValueError(f"output {output} is the input; it is never overwritten")
-    if output.exists() and not overwrite:
-        raise ValueError(f"output {output} already exists; use --overwrite to replace it")
-    _check_folder(output.parent, "output folder")
+    check_regular_file(input, "input")
+    check_output(output, kind="video", inputs=[input, model_file(model)], overwrite=overwrite)
     budget = parse_memory(max_memory) if max_memory is not None else None
     dev = _device(ctx, device)
     m = load_model(model, device=dev)
@@ -442,15 +450,22 @@ def compare_cmd(
     styles: Optional[str] = typer.Option(None, help="Semicolon-separated styles or blends of a "
                                          "multi-style model, one cell each (one model: every "
                                          "cell uses it), e.g. 'candy;mosaic;candy:0.5,mosaic:0.5'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file (inputs are never overwritten)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
 ) -> None:
     """One labelled grid of the same photo through several models (BIN paper, Fig. 4/5), or
     through the styles of one multi-style model."""
+    from cli import model_file
     from engine.images import load_image, save_image
+    from engine.io import check_output, check_regular_file
     from stylize.infer import compare_grid, load_model
 
     dev = _device(ctx, device)
     specs = [s.strip() for s in models.split(",") if s.strip()]
+    check_regular_file(input, "input")
+    check_output(output, kind="image", overwrite=overwrite,
+                 inputs=[input] + [model_file(s.rpartition("@")[0] if "@" in s else s)
+                                   for s in specs])
     cells = [s.strip() or None for s in styles.split(";")] if styles else None
     if cells is not None:
         if len(specs) == 1:
@@ -479,11 +494,15 @@ def curves_cmd(
     runs: List[Path] = typer.Argument(..., help="Run folders written by `stylize train`."),
     output: Path = typer.Option(..., "--output", "-o", help="Figure to write (.png)."),
     smooth: int = typer.Option(20, help="Moving-average window (steps)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Content and style loss per step for runs with different norms (BIN paper, Fig. 3), and the
     ρ histograms of BIN runs (Fig. 6)."""
+    from engine.io import check_output
     from stylize.curves import plot_curves
 
+    check_output(output, kind="figure", overwrite=overwrite,
+                 inputs=[r / f for r in runs for f in ("metrics.jsonl", "model.safetensors")])
     plot_curves(runs, output, smooth=smooth)
     typer.echo(str(output))
 
@@ -512,6 +531,7 @@ def bench_cmd(
     norm: str = typer.Option("bin", help="With --train: the network's norm."),
     vgg_weights: Optional[str] = typer.Option(None, help="With --train: real VGG weights (default: random weights of the relu3_1 encoder's shape, same cost)."),
     content: Optional[Path] = typer.Option(None, help="With --train: a content folder (default: generated images)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
 ) -> None:
     """Inference ms per image: float32 eager vs the fast path, as ratios in one run, with the
     fast path's PSNR against float32 (bf16 is used only where PSNR ≥ 40 dB). With --tiling:
@@ -525,6 +545,10 @@ def bench_cmd(
 
     from stylize.bench import bench, to_markdown
 
+    if json_out is not None:
+        from engine.io import check_output
+
+        check_output(json_out, kind="json", overwrite=overwrite, what="--json")
     if threads:
         torch.set_num_threads(threads)
     if sizes is None:
@@ -597,28 +621,45 @@ def export_cmd(
     dst: Path = typer.Argument(..., help="Where to write the exported model (.safetensors or .onnx)."),
     format: str = typer.Option("safetensors", "--format", help="safetensors (for normlab, fp16 by default) or onnx (dynamic batch/height/width, for onnxruntime and other runtimes)."),
     half: bool = typer.Option(True, help="safetensors: store weights as float16 (half the size)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    style: Optional[str] = typer.Option(None, help="onnx, multi-style models: the style NAME or blend NAME:W,NAME:W the graph holds (an ONNX graph holds one; required for a multi-style model)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file (inputs are never overwritten)."),
 ) -> None:
     """Copy a trained model for shipping (fp16 safetensors, metadata kept) or export it to ONNX."""
+    from cli import model_file
+    from engine.io import check_output, clip
+
     fmt = format.lower()
     if fmt not in ("safetensors", "onnx"):
-        raise ValueError(f"--format must be safetensors or onnx, got {format!r}")
-    if dst.exists() and not overwrite:
-        raise ValueError(f"output {dst} already exists; use --overwrite to replace it")
-    if Path(src).exists() and os.path.realpath(src) == os.path.realpath(dst):
-        raise ValueError(f"output {dst} is the input; choose another output")
-    _check_folder(dst.parent, "output folder")
+        raise ValueError(f"--format must be safetensors or onnx, got {clip(format)!r}")
+    if style is not None and fmt != "onnx":
+        raise ValueError("--style picks the one style of an ONNX graph; a safetensors export "
+                         "keeps every style (leave --style out)")
+    check_output(dst, kind=fmt, inputs=[model_file(src)], overwrite=overwrite)
     if fmt == "onnx":
+        import dataclasses
+
         from stylize.deploy import export_onnx
         from stylize.infer import load_model
+        from stylize.model import style_names, use_style
 
-        typer.echo(str(export_onnx(load_model(src, device="cpu"), dst)))
+        m = load_model(src, device="cpu")
+        names = style_names(m.meta, m.config.num_styles)
+        if style is None and m.config.num_styles > 1:
+            raise ValueError(f"{clip(src)} has {len(names)} styles ({', '.join(names)}) and an ONNX "
+                             "graph holds one: pick it with --style NAME (or a blend NAME:W,NAME:W)")
+        with use_style(m.net, style, names):
+            if style is not None:
+                m = dataclasses.replace(m, meta={**m.meta, "style": style})
+            typer.echo(str(export_onnx(m, dst)))
         return
+    from engine.io import check_regular_file
     from stylize.train import export_model
 
-    if not Path(src).is_file():
-        raise ValueError(f"{src} does not exist (safetensors export copies a model file)")
+    if not Path(src).exists():
+        raise ValueError(f"{clip(src)} does not exist (safetensors export copies a model file)")
+    check_regular_file(src, "model")
     typer.echo(str(export_model(Path(src), dst, half=half)))
+
 
 # ------------------------------------------------------------------------------ stylize score
 
@@ -691,12 +732,15 @@ def score_cmd(
         raise ValueError(f"--sheet must be a .jpg or .png file, got {sheet.name}")
     if sheet_photos < 1:
         raise ValueError(f"--sheet-photos must be at least 1, got {sheet_photos}")
-    for dst in [output] + ([sheet] if sheet else []):
-        if dst.exists() and not overwrite:
-            raise ValueError(f"output {dst} already exists; use --overwrite to replace it")
-        if dst.is_dir():
-            raise ValueError(f"output {dst} is a folder")
-        _check_folder(dst.parent, "output folder")
+    from cli import model_file
+    from engine.io import check_output, same_file
+
+    reads = style_files + [model_file(m[len("model:"):]) for m in specs if m.startswith("model:")]
+    check_output(output, kind="json", inputs=reads, overwrite=overwrite, what="--output")
+    if sheet is not None:
+        if same_file(sheet, output):
+            raise ValueError(f"--sheet {sheet} is the --output file; give them different names")
+        check_output(sheet, kind="image", inputs=reads, overwrite=overwrite, what="--sheet")
     if threads < 0:
         raise ValueError(f"--threads must be ≥ 0, got {threads}")
     import torch

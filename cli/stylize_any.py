@@ -71,9 +71,9 @@ def register(app: typer.Typer, device_of) -> None:
                              style_size=style_size, seed=seed)
         cfg.validate()
         paintings = parse_paintings(style_image)
-        (job,), _ = plan_outputs([photo], output, overwrite)
-        if job[0].is_dir():
+        if photo.is_dir():
             raise ValueError(f"{photo} is a folder: stylize optimize takes one photo")
+        (job,), _ = plan_outputs([photo], output, overwrite, others=list(paintings))
         dev = resolve_device(device_of(ctx, device))
         encoder = find_encoder(vgg_weights).to(dev)
         src = load_image(photo).convert("RGB")

@@ -57,12 +57,23 @@ def serve(ctx: typer.Context,
               None, "--memory-budget", metavar="MB", help="Memory one stylize request may use "
               "(default 2048); larger images are processed in tiles or refused with a message."),
           device: Optional[str] = typer.Option(None, metavar="DEVICE", help="auto, cpu, cuda[:N] "
-                                               "or mps (default: the global --device).")) -> None:
+                                               "or mps (default: the global --device)."),
+          auth: Optional[str] = typer.Option(None, "--auth", metavar="USER:PASSWORD",
+                                             envvar="NORMLAB_UI_AUTH", help="Require this sign-in "
+                                             "(or set NORMLAB_UI_AUTH, kept out of the process "
+                                             "list); a signed-in operator may cancel any "
+                                             "training, an anonymous visitor only its own.")) -> None:
     """Start the web UI on http://HOST:PORT (127.0.0.1 by default)."""
     if ctx.invoked_subcommand is not None:
         return
     from engine.devices import resolve_device
 
+    login = None
+    if auth is not None:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("--auth must be USER:PASSWORD with both parts non-empty")
+        login = (user, password)
     device = device or (ctx.obj or {}).get("device", "auto")
     resolve_device(device)  # fail early, with one line, for an unavailable device
     cfg = make_config(allowed_dir, device, runs_dir, memory_budget, reports_dir)
@@ -80,4 +91,4 @@ def serve(ctx: typer.Context,
 
     typer.echo(f"normlab ui: device {resolve_device(device)}; allowed folders: "
                + (", ".join(str(d) for d in cfg.allowed_dirs) or "none"))
-    launch(cfg, host=host, port=port, share=share)
+    launch(cfg, host=host, port=port, share=share, **({"auth": login} if login else {}))

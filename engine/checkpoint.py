@@ -83,7 +83,9 @@ def _raw_metadata(path: str | Path) -> dict[str, str]:
     if not path.exists():
         raise ValueError(f"model file {path} not found")
     if not path.is_file():
-        raise ValueError(f"{path} is a folder, not a model file")
+        from .io import file_type
+
+        raise ValueError(f"{path} is a {file_type(path)}, not a model file")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -120,7 +122,11 @@ def read_model(path: str | Path, kind: str, validate: Callable[[dict[str, Any]],
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"{path} has no model config in its metadata")
     if validate is not None:
-        validate(meta["config"])
+        try:
+            validate(meta["config"])
+        except ValueError as exc:  # name the user's file: "x.safetensors: image size must ..."
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -177,7 +183,8 @@ def _state_digest(state: dict[str, Any]) -> str:
 
 def read_state(path: str | Path) -> dict[str, Any]:
     """One verified training-state file; one-line ``ValueError`` naming it when it is not a
-    normlab checkpoint or its checksum does not match (files written before checksums pass)."""
+    normlab checkpoint, its checksum does not match (files written before checksums pass) or a
+    part is missing or of the wrong type (``check_state``)."""
     from .io import CHECKSUM_KEY, load_torch
 
     path = Path(path)
@@ -186,7 +193,28 @@ def read_state(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a normlab training checkpoint")
     if CHECKSUM_KEY in state and state[CHECKSUM_KEY] != _state_digest(state):
         raise ValueError(f"{path} is damaged: its sha256 checksum does not match its contents")
+    check_state(state, path)
     return state
+
+
+def check_state(state: dict[str, Any], path: str | Path) -> None:
+    """One-line ``ValueError`` naming ``path`` when a training checkpoint lacks a part or holds
+    the wrong type (a hand-edited or damaged file), before anything is loaded from it."""
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path} is damaged: its step is {str(step)[:40]!r}, not a whole number ≥ 0")
+    if not isinstance(state.get("recipe"), dict):
+        raise ValueError(f"{path} is damaged: its recipe is not a dictionary")
+    for key, what in (("model", "model weights"), ("optimizer", "optimizer state")):
+        if not isinstance(state.get(key), dict):
+            raise ValueError(f"{path} is damaged: it has no {what} ('{key}')")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise ValueError(f"{path} is damaged: its model weights are not all tensors")
+    if not isinstance(state.get("task") or {}, dict):
+        raise ValueError(f"{path} is damaged: its task state is not a dictionary")
+    rng = state.get("rng")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+        raise ValueError(f"{path} is damaged: it has no random-generator state ('rng')")
 
 
 def load_state(out: str | Path, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -216,3 +244,23 @@ def load_state(out: str | Path, warn: Callable[[str], None] | None = None) -> di
         state["source"] = str(p)
         return state
     raise ValueError(problem)
+
+
+def state_mismatch(own: dict[str, torch.Tensor], sd: dict[str, Any]) -> str | None:
+    """What keeps ``sd`` from loading into a module whose state dict is ``own`` (missing and
+    unexpected keys, other shapes, non-tensors), in one line; None when it fits."""
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    odd = [k for k in own if k in sd and not isinstance(sd[k], torch.Tensor)]
+    shapes = [f"{k} {tuple(sd[k].shape)}≠{tuple(own[k].shape)}" for k in own
+              if k in sd and k not in odd and sd[k].shape != own[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {', '.join(str(k)[:60] for k in unexpected[:3])})")
+    if odd:
+        parts.append(f"{len(odd)} not tensors (first: {', '.join(odd[:3])})")
+    if shapes:
+        parts.append(f"{len(shapes)} with other shapes (first: {', '.join(shapes[:2])})")
+    return "keys " + "; ".join(parts) if parts else None

@@ -70,11 +70,14 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     in bounded memory (tiled stylization) pass a limit derived from their memory budget.
     Raises ``ValueError`` with one line for missing, truncated, non-image or too large files.
     """
+    from engine.io import file_type
+
     path = Path(path)
-    if not path.exists():
+    kind = file_type(path)
+    if kind == "missing":
         raise ValueError(f"{path} does not exist")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an image")
+    if kind != "file":  # a FIFO or a device would block the read forever
+        raise ValueError(f"{path} is a {kind}, not an image")
     try:
         with warnings.catch_warnings(), _pillow_limit(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -117,12 +120,12 @@ def to_image(t: torch.Tensor) -> Image.Image:
 
 def list_images(root: str | Path) -> list[Path]:
     """Image files under ``root`` (recursively, sorted) or ``[root]`` when it is a file."""
+    from engine.io import check_regular_file
+
     root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise ValueError(f"{root} does not exist")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if root.is_dir():
+        return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return [check_regular_file(root)]
 
 
 def save_image(img: Image.Image, path: str | Path, quality: int = 95) -> None:

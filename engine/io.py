@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -284,10 +284,11 @@ def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> An
     import torch
 
     path = Path(path)
-    if not path.exists():
+    kind = file_type(path)
+    if kind == "missing":
         raise ValueError(f"file {path} not found")
-    if not path.is_file():
-        raise ValueError(f"{path} is a folder, not a checkpoint file")
+    if kind != "file":
+        raise ValueError(f"{path} is a {kind}, not a checkpoint file")
     with open(path, "rb") as f:
         head = f.read(4)
     # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle stream: 0x80 + protocol)
@@ -303,3 +304,138 @@ def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> An
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path} is a truncated or corrupt PyTorch checkpoint ({first})") from None
+
+
+# ------------------------------------------------------------------ what a command may read/write
+
+def clip(text: object, limit: int = 80) -> str:
+    """``repr``-like echo of a user's value for an error line, cut to ``limit`` characters (a
+    10 kB ``--style`` string is not printed whole)."""
+    s = str(text)
+    return s if len(s) <= limit else s[:limit] + f"… ({len(s)} characters)"
+
+
+def file_type(path: str | Path) -> str:
+    """What a path that exists but is not a regular file is: "folder", "named pipe (FIFO)", ..."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "missing"
+    for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe (FIFO)"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISREG, "file")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def check_regular_file(path: str | Path, what: str = "") -> Path:
+    """``path`` if it is a regular file (symlinks followed), else a one-line ``ValueError``:
+    missing, a folder, or a FIFO / device / socket (which would block or never end when read)."""
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    kind = file_type(path)
+    if kind == "missing":
+        raise ValueError(f"{label} does not exist")
+    if kind != "file":
+        raise ValueError(f"{label} is a {kind}, not a regular file")
+    return path
+
+
+def input_keys(paths: "Iterable[str | Path | None]") -> set[tuple]:
+    """Identities of the files a command reads, for ``is_input``: each resolved path (symlinks,
+    ``..``), and for files that exist their (device, inode), so that a case-insensitive
+    filesystem (``o.JPG`` vs ``o.jpg``) or a hard link is recognised on the filesystem's terms."""
+    keys: set[tuple] = set()
+    for p in paths:
+        if p is None:
+            continue
+        keys.add(("path", os.path.normcase(os.path.realpath(p))))
+        try:
+            st = os.stat(p)
+            keys.add(("inode", st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    return keys
+
+
+def is_input(path: str | Path, keys: set[tuple]) -> bool:
+    """Whether ``path`` names one of the files whose ``input_keys`` are ``keys``."""
+    if ("path", os.path.normcase(os.path.realpath(path))) in keys:
+        return True
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return ("inode", st.st_dev, st.st_ino) in keys
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (see ``input_keys``)."""
+    return is_input(a, input_keys([b]))
+
+
+def check_folder_writable(folder: str | Path, what: str = "output folder") -> None:
+    """``folder`` can be created or written: no existing file on its path, writable ancestor."""
+    folder = Path(folder)
+    p = folder
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if not p.is_dir():
+        raise ValueError(f"{what} {folder} cannot be created: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder} is not writable (permission denied on {p})")
+
+
+# output kinds: (the file name endings each may have, what to call it in an error)
+OUTPUT_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "image": ((".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
+               ".pbm", ".jfif"), "an image"),
+    "figure": ((".png", ".jpg", ".jpeg", ".pdf", ".svg"), "a figure"),
+    "safetensors": ((".safetensors",), "a safetensors model"),
+    "onnx": ((".onnx",), "an ONNX model"),
+    "json": ((".json",), "a JSON file"),
+    "markdown": ((".md", ".markdown", ".txt"), "a Markdown table"),
+    "video": ((".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"), "a video"),
+}
+
+
+def check_output(path: str | Path, *, kind: str, inputs: "Iterable[str | Path | None]" = (),
+                 overwrite: bool = False, what: str = "output",
+                 keys: set[tuple] | None = None) -> Path:
+    """The one rule for every file a command writes, checked before any work:
+
+    - never one of ``inputs`` (resolved paths; case-insensitively where the filesystem is; a
+      model given by shipped name counts as its file under ``weights/``);
+    - never an existing file without ``overwrite``, never an existing folder or special file;
+    - never a file of another kind: the name must end like ``kind`` (``OUTPUT_KINDS``), so an
+      ONNX export is not written to ``x.jpg``;
+    - its folder can be created and written.
+
+    ``keys``: ``input_keys`` of many inputs computed once (a folder of images). Returns
+    ``path``; the write itself should go through ``atomic_path``."""
+    path = Path(path)
+    suffixes, label = OUTPUT_KINDS[kind]
+    if path.suffix.lower() not in suffixes:
+        got = f"ends in {path.suffix!r}" if path.suffix else "has no extension"
+        raise ValueError(f"{what} {clip(path, 200)} {got}, but it will be {label}: give a name "
+                         f"ending in {', '.join(suffixes)}")
+    for src in inputs:
+        if src is not None and same_file(path, src):
+            raise ValueError(f"{what} {path} is one of the inputs ({src}); it is never "
+                             "overwritten: choose another output")
+    if keys is not None and is_input(path, keys):
+        raise ValueError(f"{what} {path} is one of the inputs; it is never overwritten: "
+                         "choose another output")
+    if os.path.lexists(path):
+        kind_now = file_type(path)
+        if kind_now not in ("file", "missing"):
+            raise ValueError(f"{what} {path} is an existing {kind_now}, not a file")
+        if not overwrite:
+            raise ValueError(f"{what} {path} already exists; use --overwrite to replace it")
+    check_folder_writable(path.parent)
+    return path

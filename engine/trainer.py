@@ -257,9 +257,22 @@ class Trainer:
         return _params_finite(unwrap(self.task.model))
 
     def restore(self, state: dict[str, Any]) -> int:
-        """Load a ``load_state`` dict into the task; returns its step."""
-        unwrap(self.task.model).load_state_dict(state["model"])
-        self.task.optimizer.load_state_dict(state["optimizer"])
+        """Load a ``load_state`` dict into the task; returns its step. A checkpoint that does
+        not fit the task (other shapes or keys) is one ``ValueError`` line naming it."""
+        from .checkpoint import state_mismatch
+
+        source = state.get("source", self.ckpt_path)
+        model = unwrap(self.task.model)
+        why = state_mismatch(model.state_dict(), state["model"])
+        if why:
+            raise ValueError(f"{source} does not fit this run's network: {why}")
+        model.load_state_dict(state["model"])
+        try:
+            self.task.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            raise ValueError(f"{source}: its optimizer state does not fit this run "
+                             f"({first})") from None
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import norms
 import weights
+import engine.io
 from engine.devices import cpu_native_bf16, resolve_device
 
 from engine.images import _to_rgb_or_rgba, to_image, to_tensor
@@ -98,11 +99,11 @@ def _resolve(spec: str | Path) -> tuple[Path, str]:
         e = weights.manifest()[s]
         raise ValueError(f"{s} is a shipped classifier ({e.get('arch')}, {e.get('norm')}), not a "
                          f"style model (shipped style models: {shipped})")
-    if p.is_dir():
-        raise ValueError(f"{s} is a folder, not a model file")
+    if p.exists():  # a folder, FIFO or device
+        raise ValueError(f"{s} is a {engine.io.file_type(p)}, not a model file")
     if p.suffix.lower() in (".safetensors", ".pth", ".pt", ".model") or "/" in s or "\\" in s:
         raise ValueError(f"model file {s} not found (shipped models: {shipped})")
-    raise ValueError(f"no style model {s!r}: give a shipped name ({shipped}), a .safetensors "
+    raise ValueError(f"no style model {engine.io.clip(repr(s))}: give a shipped name ({shipped}), a .safetensors "
                      "file or a pytorch/examples .pth file")
 
 

@@ -254,12 +254,14 @@ def style_selection(spec: str | int | Sequence[float] | None, names: Sequence[st
     "candy:0.5,mosaic:0.5" (weights ≥ 0, rescaled to sum to 1: Dumoulin et al.'s convex
     combination of γ, β) or a weight per style. One-line ``ValueError`` naming the known styles.
     """
+    from engine.io import clip
+
     n = len(names)
     known = ", ".join(names)
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         return 0
     if isinstance(spec, bool):
-        raise ValueError(f"style must be a name or an index, got {spec!r}")
+        raise ValueError(f"style must be a name or an index, got {clip(repr(spec))}")
     if isinstance(spec, int):
         if not 0 <= spec < n:
             raise ValueError(f"style {spec} does not exist: the model has {n} styles ({known})")
@@ -283,7 +285,7 @@ def style_selection(spec: str | int | Sequence[float] | None, names: Sequence[st
             return lookup[key]
         if key.isdigit() and int(key) < n:
             return int(key)
-        raise ValueError(f"no style {name.strip()!r} in this model; its styles: {known}")
+        raise ValueError(f"no style {clip(repr(name.strip()))} in this model; its styles: {known}")
 
     if ":" not in spec and "," not in spec:
         return index(spec)
@@ -293,12 +295,13 @@ def style_selection(spec: str | int | Sequence[float] | None, names: Sequence[st
             continue
         name, sep, weight = part.rpartition(":")
         if not sep:
-            raise ValueError(f"style blend {spec!r}: write NAME:WEIGHT,NAME:WEIGHT "
+            raise ValueError(f"style blend {clip(repr(spec))}: write NAME:WEIGHT,NAME:WEIGHT "
                              "(e.g. candy:0.5,mosaic:0.5)")
         try:
             value = float(weight)
         except ValueError:
-            raise ValueError(f"style blend {spec!r}: {weight.strip()!r} is not a number") from None
+            raise ValueError(f"style blend {clip(repr(spec))}: {clip(repr(weight.strip()))} is not "
+                             "a number") from None
         w[index(name)] += value
     return _normalised(w, known)
 
@@ -339,6 +342,11 @@ def load_style_net(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
 
     tensors, meta = read_model(path, "style", validate=StyleConfig.from_dict)
     net = TransformerNet(config=StyleConfig.from_dict(meta["config"]))
+    from engine.checkpoint import state_mismatch
+
+    why = state_mismatch(net.state_dict(), tensors)
+    if why:
+        raise ValueError(f"{path}: weights do not match its config: {why}")
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v
                              for k, v in tensors.items()}, strict=True)

@@ -129,6 +129,15 @@ class VideoInfo:
         return self.container == "image2" or self.container.endswith("_pipe")
 
 
+def _describe_stream(container: Any) -> str:
+    """"codec mpeg4, pixel format yuv420p, 64×48" of a container's first video stream."""
+    try:
+        cc = container.streams.video[0].codec_context
+        return f"codec {cc.name}, pixel format {cc.pix_fmt}, {cc.width}×{cc.height}"
+    except Exception:  # noqa: BLE001 - only a description for an error line
+        return "an unreadable stream"
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Frame count, rate, duration and size of a video file without decoding it; ``ValueError``
     for a missing file or one that is not a video PyAV/FFmpeg can read."""
@@ -304,7 +313,8 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
     try:
         vin = inp.streams.video[0]
         ain = inp.streams.audio[0] if inp.streams.audio else None
-        rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        rate = vin.average_rate or vin.guessed_rate
+        rate = Fraction(rate) if rate and rate > 0 else Fraction(25)  # a stream without a rate
         w, h = vin.codec_context.width, vin.codec_context.height
         if not w or not h:
             raise ValueError(f"{src}: the video stream has no frame size")
@@ -367,6 +377,12 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
                             out.mux(packet)
                         continue
                     for frame in packet.decode():
+                        if (frame.width, frame.height) != (w, h):
+                            raise ValueError(
+                                f"{src}: frame {n + len(pending) + 1} is {frame.width}×"
+                                f"{frame.height} but the video started at {w}×{h}; a video "
+                                "whose frame size changes mid-stream is not supported (split it "
+                                "where the size changes)")
                         rgb = frame.to_ndarray(format="rgb24")
                         if (pw, ph) != (w, h):
                             rgb = np.asarray(Image.fromarray(rgb).resize((pw, ph), Image.LANCZOS))
@@ -381,6 +397,11 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
                 raise ValueError(f"{src} has no decodable video frames")
     except av.error.FFmpegError as exc:
         raise ValueError(f"video error on {src}: {exc}") from None
+    except (IndexError, KeyError, TypeError, AttributeError, ZeroDivisionError,
+            OverflowError) as exc:  # PyAV/numpy on a stream they do not expect
+        raise ValueError(f"{src}: its video stream is not one normlab can stylize "
+                         f"({_describe_stream(inp)}; {type(exc).__name__}: "
+                         f"{str(exc)[:80]})") from None
     finally:
         inp.close()
     fi, fo = fin.value, fout.value

@@ -3,6 +3,7 @@ functions; checkpoint loading."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -276,3 +277,22 @@ def test_shipped_ibn_a_classifier_has_the_ibn_a_layout():
     clf = classify.load_classifier("cifar10_resnet20_ibn_a")
     assert (clf.config.arch, clf.config.norm) == ("resnet20", "ibn")  # as saved, still read
     assert _layout(clf.model) == _layout(classify.create_model("resnet20", num_classes=10, ibn="a"))
+
+
+def test_saved_config_checks_ibn_placement_and_bounded_arguments():
+    """A saved config carries the IBN placement (an architecture argument) beside the bounded
+    per-family arguments; both are checked before anything is built."""
+    from classify.registry import ModelConfig
+
+    ok = ModelConfig.from_dict({"arch": "resnet20", "num_classes": 10, "norm": "bn",
+                                "kwargs": {"ibn": "b", "widths": [8, 16, 32]}})
+    assert ok.kwargs["ibn"] == "b"
+    bad = [({"arch": "resnet20", "kwargs": {"ibn": "z"}}, "unknown IBN placement"),
+           ({"arch": "resnet20_ibn_b", "kwargs": {"ibn": "a"}}, "IBN-b, not IBN-a"),
+           ({"arch": "resnet20", "kwargs": {"ibn": ["a"]}}, "placement name"),
+           ({"arch": "resnet20", "kwargs": {"ibn": "a", "widths": [4096] * 3}}, "widths"),
+           ({"arch": "resnet18", "kwargs": {"depth": 1000}}, "takes no argument 'depth' (it takes: ibn)"),
+           ({"arch": "resnet20", "num_classes": 10**6}, "number of classes")]
+    for d, msg in bad:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            ModelConfig.from_dict(d)

@@ -352,14 +352,17 @@ def test_fit_refuses_a_run_folder_without_resume_or_overwrite(tmp_path):
     assert not (tmp_path / "r" / "checkpoint.prev.pt").exists()  # never "the previous good one"
 
 
-def test_one_metrics_reader_stops_at_damage(tmp_path):
+def test_one_metrics_reader_refuses_damage_and_drops_a_cut_last_line(tmp_path):
     from engine.metrics import read_metrics
 
     p = tmp_path / "metrics.jsonl"
     p.write_bytes(b'{"step": 1, "loss": 2}\n{"step": 2}\n7\n{"step": 3}\n')
-    assert [r["step"] for r in read_metrics(p)] == [1, 2]  # a non-object line ends it
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 3 is damaged \(a JSON int"):
+        read_metrics(p)  # a damaged line before others is never dropped silently
+    p.write_bytes(b'{"step": 1, "loss": 2}\n{"step": 2}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(p)] == [1, 2]  # a last line cut by a crash ends it
     p.write_bytes(b'{"step": 1}\n{"step": 2, "x": "\xff"}\n')
-    assert read_metrics(tmp_path) == [{"step": 1}]  # a run folder works too; bad UTF-8 ends it
+    assert read_metrics(tmp_path) == [{"step": 1}]  # a run folder works too; bad UTF-8 last line
     assert read_metrics(tmp_path / "nope") == [] and read_metrics(p, upto=0) == []
 
 
@@ -367,10 +370,12 @@ def test_checkpoints_carry_a_checksum_and_fall_back(tmp_path, capsys):
     from engine.checkpoint import load_state, save_state
 
     for step in (1, 2):
-        save_state(tmp_path / "checkpoint.pt", {"step": step, "recipe": {}, "w": torch.ones(300)})
+        save_state(tmp_path / "checkpoint.pt", {"step": step, "recipe": {}, "optimizer": {},
+                                                "model": {"w": torch.ones(300)},
+                                                "rng": torch.get_rng_state()})
     assert load_state(tmp_path)["step"] == 2
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    state["w"][7] = 5.0  # damaged, yet a valid file
+    state["model"]["w"][7] = 5.0  # damaged, yet a valid file
     torch.save(state, tmp_path / "checkpoint.pt")
     back = load_state(tmp_path)
     assert back["step"] == 1 and back["source"].endswith("checkpoint.prev.pt")
@@ -378,3 +383,10 @@ def test_checkpoints_carry_a_checksum_and_fall_back(tmp_path, capsys):
     (tmp_path / "checkpoint.prev.pt").unlink()
     with pytest.raises(ValueError, match="checkpoint.pt is damaged"):
         load_state(tmp_path)
+    # intact checksum, wrong contents (a hand-made file): refused by part, the previous one used
+    state["model"]["w"][7] = 1.0
+    save_state(tmp_path / "checkpoint.pt", dict(state, step=1))
+    save_state(tmp_path / "checkpoint.pt", dict(state, step="abc"))
+    back = load_state(tmp_path)
+    assert back["step"] == 1 and back["source"].endswith("checkpoint.prev.pt")
+    assert "its step is 'abc'" in capsys.readouterr().err

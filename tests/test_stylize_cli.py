@@ -201,7 +201,9 @@ def test_compare_curves_bench(tmp_path, in_model, bin_model):
     g = Image.open(grid)
     assert g.size[0] > 3 * 64 and g.size[1] > 48
     _one_error_line(_invoke("compare", "--models", f"{in_model},nope", "-o", grid, photo))
-    r = _invoke("compare", "--models", f"{bin_model}@-1,{bin_model},{bin_model}@1", "-o", grid, photo)
+    _one_error_line(_invoke("compare", "--models", bin_model, "-o", grid, photo))  # exists
+    r = _invoke("compare", "--models", f"{bin_model}@-1,{bin_model},{bin_model}@1", "-o", grid,
+                "--overwrite", photo)
     assert r.exit_code == 0, r.output
     _one_error_line(_invoke("compare", "--models", f"{in_model}@-1", "-o", grid, photo))
     runs = []
@@ -278,3 +280,28 @@ def test_bench_train_times_the_training_loop(tmp_path):
     assert all(x["s_per_step"] > 0 and x["cpu_s_per_step"] > 0 for x in rows)
     assert "| variant | wall s/step |" in r.output
     _one_error_line(_invoke("bench", "--train", "--variants", "fp64 magic"))
+
+
+def test_outputs_never_overwrite_the_painting_or_model_they_read(tmp_path):
+    """The one output rule covers what `stylize run --style-image`, `stylize optimize` and
+    `stylize score` read besides the photos: the painting (or blend) and the model file."""
+    for name in ("photo.jpg", "paint.jpg", "other.jpg"):
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / name)
+    before = (tmp_path / "paint.jpg").read_bytes()
+    runs = [
+        ["stylize", "run", "--style-image", f"{tmp_path}/other.jpg:0.5,{tmp_path}/paint.jpg:0.5",
+         "-o", f"{tmp_path}/paint.jpg", "--overwrite", f"{tmp_path}/photo.jpg"],
+        ["stylize", "optimize", f"{tmp_path}/photo.jpg", "--style-image", f"{tmp_path}/paint.jpg",
+         "-o", f"{tmp_path}/paint.jpg", "--overwrite"],
+        ["stylize", "run", "-m", f"{tmp_path}/paint.jpg", "-o", f"{tmp_path}/paint.jpg",
+         "--overwrite", f"{tmp_path}/photo.jpg"],
+    ]
+    for argv in runs:
+        res = CliRunner().invoke(main.app, ["--device", "cpu"] + argv)
+        assert res.exit_code == 2 and "one of the inputs" in res.output, (argv, res.output)
+    res = CliRunner().invoke(main.app, [
+        "--device", "cpu", "stylize", "score", "--styles", f"{tmp_path}/paint.jpg",
+        "--photos", str(tmp_path), "-o", f"{tmp_path}/s.json", "--sheet", f"{tmp_path}/paint.jpg",
+        "--overwrite"])
+    assert res.exit_code == 2 and "--sheet" in res.output and "one of the inputs" in res.output, res.output
+    assert (tmp_path / "paint.jpg").read_bytes() == before

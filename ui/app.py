@@ -7,6 +7,7 @@ finished training refreshes).
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
 import threading
@@ -803,6 +804,19 @@ def _about_tab(cfg: UIConfig) -> None:
 
 # =========================================================================== training events
 
+def visitor(request: gr.Request | None) -> T.Visitor:
+    """Who sent ``request`` (``ui.training.Visitor``): its session, a digest of its address and
+    user agent (a reloaded page is the same browser), and the user signed in with ``--auth``."""
+    if request is None:
+        return T.Visitor()
+    headers = getattr(request, "headers", None) or {}
+    host = getattr(getattr(request, "client", None), "host", "") or ""
+    seen = "|".join([host, headers.get("x-forwarded-for", ""), headers.get("user-agent", "")])
+    return T.Visitor(session=getattr(request, "session_hash", None) or "",
+                     browser=hashlib.sha256(seen.encode()).hexdigest()[:24],
+                     user=getattr(request, "username", None) or None)
+
+
 def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.Job,
                    other: T.Job, start_fn, dropdowns: list, refreshed, api: str) -> None:
     """Start (checks at once, then follows the server-side job), Cancel, and re-attach on page
@@ -817,12 +831,13 @@ def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.
         return out
 
     @guard
-    def do_start(*args):
+    def do_start(request: gr.Request, *args):
         n = len(tab.inputs)
         values, current = args[:n], list(args[n:])
         try:
             _check_numbers(tab.inputs, list(values))
-            job.start(start_fn(cfg, job, *values), others=(other,), form=list(values))
+            job.start(start_fn(cfg, job, *values), others=(other,), form=list(values),
+                      owner=visitor(request))
         except ValueError as exc:  # bad form values: said where the status is, not as a badge
             gr.Warning(H.public_message(exc))
             yield [f"⚠ Not started: {H.public_message(exc)}"] + [gr.skip()] * (len(outputs) - 1)
@@ -833,13 +848,14 @@ def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.
     tab.start.click(do_start, [*tab.inputs, *dropdowns], outputs, api_name=api,
                     concurrency_limit=None, show_progress="hidden")
 
-    def do_cancel():
-        """Cancelling… at once; with nothing running, the last result stays where it is."""
+    def do_cancel(request: gr.Request) -> str:
+        """Cancelling… at once; with nothing running, the last result stays where it is. Only
+        the visitor who started the run (or a signed-in operator) stops it."""
         if not job.running:
             gr.Info("Nothing is training.")
             u = job.view()
             return u.status if u is not None else "Nothing is training."
-        return job.cancel()
+        return job.cancel(by=visitor(request))
 
     tab.cancel.click(guard(do_cancel), None, tab.status,
                      api_name=f"cancel_{api.split('_')[1]}", concurrency_limit=None,
@@ -875,7 +891,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
     ``ui.launch``)."""
     cfg = cfg or UIConfig()
     style_job, clf_job = T.Job("style training"), T.Job("classifier training")
-    with gr.Blocks(title="normlab", fill_width=False) as demo:
+    with gr.Blocks(title="normlab", fill_width=False, delete_cache=cfg.delete_cache) as demo:
         gr.Markdown(INTRO)
         banner = gr.Markdown(elem_id="nl_banner")
         with gr.Tabs():
@@ -925,13 +941,66 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
     return demo
 
 
+def parse_size(text: str) -> int:
+    """"250mb" / "2gb" / "4096" → bytes."""
+    t = str(text).strip().lower().replace(" ", "")
+    for unit, mult in (("gb", 1 << 30), ("mb", 1 << 20), ("kb", 1 << 10), ("b", 1)):
+        if t.endswith(unit):
+            return int(float(t[:-len(unit)]) * mult)
+    return int(t)
+
+
+class UploadBudget:
+    """ASGI middleware: an upload request (``…/upload``) larger than ``budget`` bytes in all
+    is answered 413 before it is stored (a declared Content-Length) or cut off as soon as its
+    body passes the budget (chunked bodies); gradio's ``max_file_size`` bounds each file only."""
+
+    def __init__(self, app, budget: int) -> None:
+        self.app, self.budget = app, budget
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") != "POST" or \
+                not scope.get("path", "").rstrip("/").endswith("/upload"):
+            return await self.app(scope, receive, send)
+        from starlette.responses import PlainTextResponse
+
+        too_big = PlainTextResponse(f"upload larger than the server's budget of "
+                                    f"{self.budget >> 20} MB per request", status_code=413)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.budget:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.budget:
+                    raise _OverBudget
+            return message
+
+        try:
+            return await self.app(scope, counted, send)
+        except _OverBudget:
+            return await too_big(scope, receive, send)
+
+
+class _OverBudget(Exception):
+    pass
+
+
 def launch_kwargs(cfg: UIConfig) -> dict:
     """``Blocks.launch`` settings: upload limit, theme/css (gradio 6 takes them in launch), and
     no folder served beyond gradio's own upload/output cache, the bundled sample photos and the
     report figures."""
     from weights import SAMPLES_DIR
 
+    from starlette.middleware import Middleware
+
     return dict(max_file_size=cfg.max_file_size,
+                app_kwargs={"middleware": [Middleware(UploadBudget,
+                                                      budget=parse_size(cfg.upload_budget))]},
                 allowed_paths=[str(SAMPLES_DIR), str(cfg.reports_dir)], show_error=True,
                 theme=gr.themes.Soft(), css=CSS, footer_links=["api"])
 

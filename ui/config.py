@@ -61,6 +61,11 @@ class UIConfig:
     max_pixels: int | None = None
     memory_budget_mb: int = 2048  # per inference request (the library tiles to stay within it)
     max_file_size: str = "200mb"  # per upload, enforced by gradio (videos need room)
+    # all files of one upload request together (several files per request are possible)
+    upload_budget: str = "250mb"
+    # gradio's cache of uploads and outputs: every 10 minutes, files older than an hour go
+    # (uploads that no event ever used would otherwise stay in /tmp)
+    delete_cache: tuple[int, int] = (600, 3600)
     concurrency: int = 2  # inference requests run at once (one GPU, or a few CPU cores)
     max_queue: int = 64
     max_video_frames: int = 900  # per uploaded video (30 s at 30 fps); longer ones are refused

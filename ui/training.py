@@ -43,6 +43,27 @@ class Cancelled(Exception):
     """Raised inside a job's thread when Cancel arrives before the library's loop runs."""
 
 
+@dataclass(frozen=True)
+class Visitor:
+    """Who sent a UI request: gradio's session (one page load), the browser behind it (address
+    and user agent, so that a reloaded page is still its owner's) and the signed-in user name
+    when the server runs with ``--auth``."""
+
+    session: str = ""
+    browser: str = ""
+    user: str | None = None
+
+    def may_cancel(self, owner: "Visitor | None") -> bool:
+        """An operator signed in (``--auth``) may cancel anything; an anonymous visitor only
+        what its page or its browser started."""
+        if self.user:
+            return True
+        if owner is None:
+            return False
+        return (bool(self.session) and self.session == owner.session) or \
+            (bool(self.browser) and self.browser == owner.browser)
+
+
 def _clock(seconds: float) -> str:
     s = int(max(0, seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
@@ -73,29 +94,38 @@ class Job:
         self.started: float | None = None
         self.form: list | None = None  # the form values the current/last run was started with
         self._rate_from: tuple[float, float] | None = None  # (time, fraction) of first progress
+        self.owner: Visitor | None = None  # who started it (None: the server)
 
     @property
     def running(self) -> bool:
         return not self._done
 
-    def cancel(self) -> str:
-        """Ask the run to stop; it stops at the next step (or before training starts)."""
-        self.stop.set()  # (also stops a bare ``run`` loop; ``start`` clears it)
+    def cancel(self, by: "Visitor | None" = None) -> str:
+        """Ask the run to stop; it stops at the next step (or before training starts). ``by``:
+        the UI visitor asking (None: the server itself, e.g. on shutdown); a visitor may stop
+        only a run it started (``Visitor.may_cancel``)."""
+        if by is not None and self.running and not by.may_cancel(self.owner):
+            return ("This training was started by another visitor; only that browser (or an "
+                    "operator signed in to a server started with `normlab ui --auth`) can "
+                    "cancel it.")
+        self.stop.set()
         if not self.running:
             return "Nothing is training."
         return CANCELLING
 
     # ------------------------------------------------------------------ server-side thread
     def start(self, updates: Iterator[TrainUpdate], others: tuple["Job", ...] = (),
-              form: list | None = None) -> None:
+              form: list | None = None, owner: "Visitor | None" = None) -> None:
         """Run ``updates`` in a server thread. ``ValueError`` if this job or one of ``others``
         (one accelerator: one training at a time) is running. ``form``: the values the run was
-        started with, so a reloaded page shows them (not the defaults)."""
+        started with, so a reloaded page shows them (not the defaults); ``owner``: who may
+        cancel it."""
         with self._cond:
             busy = [j for j in (self, *others) if j.running]
-            if busy:
+            if busy:  # (the running job keeps its owner)
                 raise ValueError(f"a {busy[0].kind} is already running: wait for it or cancel it "
                                  "(its progress shows in its tab)")
+            self.owner = owner
             self.stop.clear()
             self.error, self.started, self._rate_from = None, time.monotonic(), None
             self.update = TrainUpdate("starting…")

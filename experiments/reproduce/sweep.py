@@ -122,36 +122,94 @@ def result_from_dict(d: dict[str, Any]) -> RunResult:
     return RunResult(**{k: d[k] for k in RunResult.__dataclass_fields__ if k in d})
 
 
+# A ledger entry's fields and the JSON types each may hold (RunResult's fields)
+_NUM = (int, float)
+_LEDGER_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # field -> (types, required)
+    "label": ((str,), True), "depth": ((int,), True), "seed": ((int,), True),
+    "group": ((str,), True), "folder": ((str,), True), "test_acc": ((dict,), True),
+    "curve": ((list,), False), "seconds": (_NUM, False), "images_per_s": (_NUM + (type(None),), False),
+    "reused": ((bool,), False), "precision": ((str,), False), "ran_as": ((str,), False),
+    "train_acc": (_NUM + (type(None),), False),
+}
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+               float: "a number", bool: "true/false", type(None): "null"}
+MAX_LEDGER_BYTES = 64 << 20  # ~100 bytes a run: far above any real grid
+
+
+def _finite(v: Any) -> bool:
+    import math
+
+    return isinstance(v, _NUM) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_entry(path: Path, key: str, d: Any) -> None:
+    """One-line ``ValueError`` naming the ledger, the run and the field when a recorded run is
+    not what ``RunResult`` holds (a hand-edited or hostile file)."""
+    where = f"ledger {path}: run {key[:80]}"
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} is {_JSON_NAMES.get(type(d), type(d).__name__)}, not an object")
+    missing = [k for k, (_, req) in _LEDGER_FIELDS.items() if req and k not in d]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}")
+    for k, (types, _) in _LEDGER_FIELDS.items():
+        if k in d and (not isinstance(d[k], types) or (bool not in types and isinstance(d[k], bool))):
+            raise ValueError(f"{where}: {k} is {_JSON_NAMES.get(type(d[k]), 'another type')}, "
+                             f"not {' or '.join(dict.fromkeys(_JSON_NAMES[t] for t in types))}")
+        if k in ("seconds", "images_per_s", "train_acc") and d.get(k) is not None \
+                and not _finite(d[k]):
+            raise ValueError(f"{where}: {k} is not a finite number")
+    bad = [str(t)[:40] for t, v in d["test_acc"].items() if not _finite(v)]
+    if bad or not d["test_acc"]:
+        raise ValueError(f"{where}: test_acc must map test sets to numbers"
+                         + (f" ({bad[0]!r} is not a number)" if bad else " (it is empty)"))
+    for row in d.get("curve", []):
+        if not isinstance(row, dict) or not all(_finite(v) for v in row.values()):
+            raise ValueError(f"{where}: curve must be a list of objects of numbers")
+
+
 class Ledger:
     """Finished runs' results in one JSON file, keyed by ``RunSpec.key`` (what a run learns):
     a record that outlives the run folders. A run found here is not trained again. It keeps the
     numbers (test top-1, curve, time), not the models, so only reports built from numbers alone
-    take one. Written atomically after every finished run."""
+    take one. Written atomically after every finished run; top-level keys other than ``runs``
+    (a user's notes, a future field) are kept as they were. Every entry is checked on load: a
+    damaged or hostile file is one line naming the run and the field."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.runs: dict[str, dict[str, Any]] = {}
+        self.extra: dict[str, Any] = {}  # the file's other top-level keys, written back as read
         if self.path.is_file():
+            if self.path.stat().st_size > MAX_LEDGER_BYTES:
+                raise ValueError(f"ledger {self.path} is {self.path.stat().st_size >> 20} MB, over "
+                                 f"the {MAX_LEDGER_BYTES >> 20} MB a ledger can be")
             try:
-                d = json.loads(self.path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError(f"ledger {self.path} is not valid JSON ({exc})") from None
+                d = json.loads(self.path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"ledger {self.path} is not UTF-8 text") from None
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"ledger {self.path} is not valid JSON (line {exc.lineno}, "
+                                 f"column {exc.colno}: {exc.msg})") from None
+            except RecursionError:
+                raise ValueError(f"ledger {self.path} is nested too deeply to be a ledger") from None
             runs = d.get("runs") if isinstance(d, dict) else None
             if not isinstance(runs, dict):
                 raise ValueError(f"ledger {self.path} has no 'runs' object; is it a ledger?")
+            for key, entry in runs.items():
+                _check_entry(self.path, key, entry)
             self.runs = runs
+            self.extra = {k: v for k, v in d.items() if k != "runs"}
         elif self.path.exists():
-            raise ValueError(f"ledger {self.path} is not a file")
+            from engine.io import file_type
+
+            raise ValueError(f"ledger {self.path} is a {file_type(self.path)}, not a file")
 
     def get(self, spec: RunSpec) -> RunResult | None:
         """The recorded result of ``spec`` (``reused``), or None."""
         d = self.runs.get(spec.key)
         if d is None:
             return None
-        missing = [k for k in ("label", "depth", "seed", "group", "folder", "test_acc") if k not in d]
-        if missing:
-            raise ValueError(f"ledger {self.path}: run {spec.key} lacks {', '.join(missing)}")
-        r = result_from_dict(d)
+        r = result_from_dict(d)  # checked when the ledger was read
         r.reused = True
         return r
 
@@ -161,7 +219,7 @@ class Ledger:
         if self.runs.get(spec.key) == d:
             return
         self.runs[spec.key] = d
-        write_text_atomic(self.path, json.dumps({"runs": dict(sorted(self.runs.items()))},
+        write_text_atomic(self.path, json.dumps({**self.extra, "runs": dict(sorted(self.runs.items()))},
                                                 indent=1) + "\n")
 
 

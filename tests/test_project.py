@@ -109,7 +109,7 @@ def test_manifest_files_exist_and_match_sha256():
     import weights
 
     entries = weights.manifest()
-    assert {e["kind"] for e in entries.values()} == {"stylize", "classify"}
+    assert {e["kind"] for e in entries.values()} == {"stylize", "classify", "decoder"}
     for name, entry in entries.items():
         f = weights.path(name)
         assert f.is_file() and f.stat().st_size < 8 * 2**20, name

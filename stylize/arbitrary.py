@@ -334,14 +334,11 @@ def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
 
     from engine.images import to_image, to_tensor
 
-    from .infer import finish_output
+    from .infer import finish_output, processing_size
 
     src = image.convert("RGB")
-    work = src
-    if max_size and max(src.size) > max_size:
-        s = max_size / max(src.size)
-        work = src.resize((max(16, round(src.size[0] * s)), max(16, round(src.size[1] * s))),
-                          Image.LANCZOS)
+    size = processing_size(src.size, max_size)
+    work = src if size == src.size else src.resize(size, Image.LANCZOS)
     device = next(stylizer.parameters()).device
     if stats is None:
         styles, weights = load_paintings(paintings, style_size or max(work.size))

@@ -910,6 +910,9 @@ def test_stylize_tab_opens_on_the_shipped_model_with_most_styles(monkeypatch):
     assert H.default_style_model([("a", "a"), ("b", "b"), ("c", "c"), ("t", "ui:t")]) == "b"
     assert H.default_style_model([("a", "a"), ("t", "ui:t")]) == "a"
     assert H.default_style_model([]) is None
+    # the page is built with the Style box shown for it (before any load-time call)
+    assert H.shipped_styles("b") == ["x", "y"]
+    assert H.shipped_styles("a") == H.shipped_styles("ui:t") == H.shipped_styles(None) == []
 
 
 def test_multi_style_bin_model_info_reports_its_gates(cfg, tmp_path):

@@ -215,6 +215,10 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
     gallery = H.style_gallery(cfg)
     samples = _sample_images()
     start_model = H.default_style_model(style_choices)
+    # the Style/Blend boxes are rendered from the start for a multi-style start model: a hidden
+    # gradio component is absent from the page until the load-time info call shows it, which
+    # left a window where an early upload or pick found no Style box at all
+    start_styles = H.shipped_styles(start_model)
     with gr.Tab("Stylize", id="stylize"):
         with gr.Row(equal_height=False):
             with gr.Column(min_width=300):
@@ -265,15 +269,19 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                 st_model = gr.Dropdown(style_choices, value=start_model,
                                        label="Style model", allow_custom_value=True,
                                        elem_id="st_model")
-                st_style = gr.Dropdown([], value=None, visible=False, allow_custom_value=True,
+                st_style = gr.Dropdown(start_styles, value=(start_styles or [None])[0],
+                                       visible=bool(start_styles), allow_custom_value=True,
                                        elem_id="st_style", label="Style (this model holds several)",
                                        info="Pick one, or type a blend such as "
                                             "candy:0.5,mosaic:0.5")
-                st_blend = gr.Dropdown([], value=None, visible=False, elem_id="st_blend",
+                st_blend = gr.Dropdown([H.NO_BLEND] + start_styles if start_styles else [],
+                                       value=H.NO_BLEND if start_styles else None,
+                                       visible=bool(start_styles), elem_id="st_blend",
                                        label="Blend with",
                                        info="A second style mixed in (Dumoulin et al.: a convex "
                                             "combination of the norm parameters)")
-                st_mix = gr.Slider(0, 1, value=0.5, step=0.05, visible=False, elem_id="st_mix",
+                st_mix = gr.Slider(0, 1, value=0.5, step=0.05, visible=bool(start_styles),
+                                   elem_id="st_mix",
                                    label="Blend weight (share of the second style)")
             with gr.Row():
                 st_strength = gr.Slider(0, 1, value=1, step=0.05, elem_id="st_strength",

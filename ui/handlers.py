@@ -378,6 +378,14 @@ def default_style_model(choices: list[tuple[str, str]]) -> str | None:
     return choices[counts.index(max(counts))][1]  # the first of the richest
 
 
+def shipped_styles(choice: str | None) -> list[str]:
+    """The styles the manifest lists for a shipped model (no weights are loaded), so the page
+    can be built with the Style box already shown; empty for other values."""
+    import weights
+
+    return list(weights.manifest().get(choice or "", {}).get("styles", [])) if choice else []
+
+
 def style_choices(cfg: UIConfig, choice: str | None, upload: str | None = None) -> list[str]:
     """The styles of the chosen model for the Style box (empty for one-style models)."""
     if not choice and not upload:

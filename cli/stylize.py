@@ -664,13 +664,11 @@ def export_cmd(
 # ------------------------------------------------------------------------------ stylize score
 
 def _default_vgg_weights() -> Optional[str]:
-    """The shared offline VGG encoder (../shared, from here or beside the project), if present."""
-    rel = Path("weights") / "vgg19_normalised_relu3_1.pth"
-    for root in (os.environ.get("NORMLAB_SHARED"), "../shared",
-                 Path(__file__).resolve().parents[1].parent / "shared"):
-        if root and (Path(root) / rel).is_file():
-            return str(Path(root) / rel)
-    return None
+    """The normalised VGG-19 encoder found on ``weights.encoder_search_path``, if any."""
+    import weights
+
+    found = weights.find_encoder_file()
+    return str(found) if found else None
 
 
 def _style_map(text: Optional[str]) -> dict:

@@ -119,13 +119,11 @@ def register(app: typer.Typer, device_of) -> None:
     ) -> None:
         """Train a decoder that inverts the VGG encoder at one level (pixel + feature
         reconstruction, no style data): the arbitrary-style path (`stylize run --style-image`)."""
+        import weights as shipped
         from stylize.decoder import DecoderTrainConfig, train_decoder
-        from stylize.losses import encoder_search_path
 
-        weights = vgg_weights
-        if weights is None:
-            found = [p for p in encoder_search_path() if p.is_file()]
-            weights = str(found[0]) if found else None
+        found = shipped.find_encoder_file() if vgg_weights is None else None
+        weights = vgg_weights or (str(found) if found else None)
         cfg = DecoderTrainConfig(level=level, content_dir=str(content), out=str(out), steps=steps,
                                  batch_size=batch_size, image_size=image_size, lr=lr,
                                  feature_weight=feature_weight, amp=amp, vgg_weights=weights,

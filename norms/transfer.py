@@ -147,4 +147,4 @@ def blend(outputs: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     return out
 
 
-TRANSFERS = {"adain": adain, "wct": wct}
+TRANSFERS = {"wct": wct, "adain": adain}  # by name; WCT first (the stronger transfer)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from norms import transfer
 
 LEVELS = ("relu3_1", "relu2_1", "relu1_1")  # deepest first: the order of the multi-level chain
-METHODS = ("wct", "adain")
+METHODS = tuple(transfer.TRANSFERS)  # "wct", "adain"
 # Mirror of VGG-19 up to each level (Li et al.'s decoders): (in, out) 3×3 convs, "U" = 2× nearest
 # upsampling (no transposed convs: they leave a checkerboard grid).
 _PLANS: dict[str, list[Any]] = {
@@ -176,7 +176,7 @@ class ArbitraryStylizer(nn.Module):
 
     def _transfer(self, f: Tensor, stats: StyleStatistics, level: str, alpha: float, eps: float,
                   content_stats: Any = None) -> Tensor:
-        fn = transfer.wct if stats.method == "wct" else transfer.adain
+        fn = transfer.TRANSFERS[stats.method]
         outs = [fn(f, s, eps, content_stats=content_stats) for s in stats.per_level[level]]
         t = outs[0] if len(outs) == 1 else transfer.blend(outs, stats.weights)
         return alpha * t + (1 - alpha) * f
@@ -246,14 +246,6 @@ def load_stylizer(encoder: nn.Module, levels: Sequence[str] = LEVELS,
     return ArbitraryStylizer(encoder.to(device), decs)
 
 
-def style_size_for(photo_hw: Sequence[int], style_size: int | None) -> int:
-    """Shorter side the painting is encoded at: ``style_size`` or, by default, the photo's
-    shorter side clamped to 256–768 px (patterns keep their size relative to the photo)."""
-    if style_size:
-        return int(style_size)
-    return int(min(768, max(256, min(photo_hw))))
-
-
 def parse_scales(text: str | Sequence[int]) -> list[int]:
     """"2,1" → [2, 1]; one-line error otherwise."""
     if isinstance(text, str):
@@ -303,18 +295,22 @@ def parse_paintings(spec: str | Mapping[str, float] | Sequence[str]) -> dict[str
 
 def load_paintings(paintings: Mapping[str, float], longest: int) -> tuple[list[Tensor], list[float]]:
     """The paintings as 1×3×H×W (0–255) tensors with their longest side ``longest`` px."""
+    from engine.images import load_image
+
+    return [fit_painting(load_image(p), longest) for p in paintings], list(paintings.values())
+
+
+def fit_painting(img: "Image.Image", longest: int) -> Tensor:
+    """A painting (PIL) as a 1×3×H×W tensor (0–255) with its longest side ``longest`` px."""
     from PIL import Image
 
-    from engine.images import load_image, to_tensor
+    from engine.images import to_tensor
 
-    tensors = []
-    for path in paintings:
-        img = load_image(path).convert("RGB")
-        s = longest / max(img.size)
-        img = img.resize((max(16, round(img.size[0] * s)), max(16, round(img.size[1] * s))),
-                         Image.LANCZOS if s < 1 else Image.BICUBIC)
-        tensors.append(to_tensor(img))
-    return tensors, list(paintings.values())
+    img = img.convert("RGB")
+    s = longest / max(img.size)
+    img = img.resize((max(16, round(img.size[0] * s)), max(16, round(img.size[1] * s))),
+                     Image.LANCZOS if s < 1 else Image.BICUBIC)
+    return to_tensor(img)
 
 
 def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",

@@ -365,32 +365,19 @@ class PerceptualLoss(nn.Module):
         return out
 
 
-ENCODER_FILE = "vgg19_normalised_relu3_1.pth"
-
-
-def encoder_search_path() -> list[Path]:
-    """Where the normalised VGG-19 encoder is looked for when no ``--vgg-weights`` is given:
-    ``$NORMLAB_VGG_WEIGHTS``, ``~/.cache/normlab/weights/``, and ``../shared/weights/`` beside a
-    source checkout (the layout this project develops in)."""
-    import os
-
-    paths = []
-    if os.environ.get("NORMLAB_VGG_WEIGHTS"):
-        paths.append(Path(os.environ["NORMLAB_VGG_WEIGHTS"]).expanduser())
-    paths.append(Path.home() / ".cache" / "normlab" / "weights" / ENCODER_FILE)
-    paths.append(Path(__file__).resolve().parent.parent.parent / "shared" / "weights" / ENCODER_FILE)
-    return paths
-
 
 def find_encoder(weights: str | Path | None = None) -> VGGEncoder:
-    """The loss network from ``weights``, or from the first file of ``encoder_search_path``;
+    """The loss network from ``weights``, or from the first file of
+    ``weights.encoder_search_path``;
     one-line ``ValueError`` naming where it looked when there is none."""
+    import weights as shipped
+
     if weights:
         return load_vgg_encoder(weights)
-    for p in encoder_search_path():
-        if p.is_file():
-            return load_vgg_encoder(p)
-    where = ", ".join(str(p) for p in encoder_search_path())
+    found = shipped.find_encoder_file()
+    if found is not None:
+        return load_vgg_encoder(found)
+    where = ", ".join(str(p) for p in shipped.encoder_search_path())
     raise ValueError(f"no VGG encoder weights found (looked in {where}); pass --vgg-weights PATH "
-                     f"or put {ENCODER_FILE} (the normalised VGG-19 of WCT/AdaIN/"
+                     f"or put {shipped.ENCODER_FILE} (the normalised VGG-19 of WCT/AdaIN/"
                      "LinearStyleTransfer) in ~/.cache/normlab/weights/")

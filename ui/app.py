@@ -17,6 +17,7 @@ import gradio as gr
 import pandas as pd
 
 import norms
+from stylize.arbitrary import METHODS as PAINTING_METHODS
 
 from . import handlers as H
 from . import training as T
@@ -252,7 +253,8 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                 st_painting = gr.Image(type="filepath", label="Painting", height=200,
                                        elem_id="st_painting")
                 with gr.Column():
-                    st_method = gr.Radio(list(H.PAINTING_METHODS), value="wct", label="Method",
+                    st_method = gr.Radio(list(PAINTING_METHODS), value=PAINTING_METHODS[0],
+                                         label="Method",
                                          elem_id="st_method")
                     st_alpha = gr.Slider(0, 1, value=1, step=0.05, label="Style strength",
                                          elem_id="st_alpha")

@@ -42,9 +42,11 @@ def pixels_for_budget(memory_budget_mb: int) -> int:
 
 
 def default_vgg_weights() -> Path | None:
-    """The offline VGG encoder of ../shared, if present (style training needs VGG weights)."""
-    p = SHARED / "weights" / "vgg19_normalised_relu3_1.pth"
-    return p if p.is_file() else None
+    """The normalised VGG-19 encoder found on ``weights.encoder_search_path`` (../shared in a
+    source checkout), if any: style training and any-painting stylizing need it."""
+    import weights
+
+    return weights.find_encoder_file()
 
 
 @dataclass

@@ -228,20 +228,13 @@ def stylize(cfg: UIConfig, image: Image.Image | str | None, choice: str | None,
                          style=style if names and style else None)
 
 
-PAINTING_METHODS = ("wct", "adain")
-
-
 def _painting_tensor(cfg: UIConfig, painting: Image.Image | str | None, longest: int) -> torch.Tensor:
-    """An uploaded painting as a 1×3×H×W tensor (0–255), longest side ``longest`` px."""
-    from engine.images import to_tensor
+    """An uploaded painting (checked like every upload) as ``stylize.arbitrary.fit_painting``."""
+    from stylize.arbitrary import fit_painting
 
     if painting is None:
         raise ValueError("upload a painting (any image) to take the style from")
-    img = read_image(cfg, painting).convert("RGB")
-    s = longest / max(img.size)
-    img = img.resize((max(16, round(img.size[0] * s)), max(16, round(img.size[1] * s))),
-                     Image.LANCZOS if s < 1 else Image.BICUBIC)
-    return to_tensor(img)
+    return fit_painting(read_image(cfg, painting), longest)
 
 
 _STYLIZERS: dict[tuple[str, str], object] = {}
@@ -265,10 +258,10 @@ def stylize_painting(cfg: UIConfig, image: Image.Image | str | None,
                      on_progress: Callable[[int, int], None] | None = None) -> Image.Image:
     """Any painting in one forward pass (``stylize.arbitrary``: encoder → WCT/AdaIN → decoders);
     the photo is processed at ``max_size`` (longest side) and comes back at its own size."""
-    from stylize.arbitrary import stylize_with_paintings
+    from stylize.arbitrary import METHODS, stylize_with_paintings
 
-    if method not in PAINTING_METHODS:
-        raise ValueError(f"method must be one of {', '.join(PAINTING_METHODS)}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"style strength must be in [0, 1], got {alpha}")
     photo = read_image(cfg, image)

@@ -75,3 +75,28 @@ def sha256(file: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+ENCODER_FILE = "vgg19_normalised_relu3_1.pth"
+
+
+def encoder_search_path() -> "builtins.list[Path]":
+    """Where the normalised VGG-19 encoder (the loss network and the arbitrary-style encoder; not
+    shipped) is looked for when no path is given: ``$NORMLAB_VGG_WEIGHTS``,
+    ``~/.cache/normlab/weights/``, ``$NORMLAB_SHARED/weights/`` and ``../shared/weights/`` beside
+    a source checkout (the layout this project develops in)."""
+    import os
+
+    paths = []
+    if os.environ.get("NORMLAB_VGG_WEIGHTS"):
+        paths.append(Path(os.environ["NORMLAB_VGG_WEIGHTS"]).expanduser())
+    paths.append(Path.home() / ".cache" / "normlab" / "weights" / ENCODER_FILE)
+    if os.environ.get("NORMLAB_SHARED"):
+        paths.append(Path(os.environ["NORMLAB_SHARED"]) / "weights" / ENCODER_FILE)
+    paths.append(WEIGHTS_DIR.parent.parent / "shared" / "weights" / ENCODER_FILE)
+    return paths
+
+
+def find_encoder_file() -> Path | None:
+    """The first existing file of ``encoder_search_path``, or None."""
+    return next((p for p in encoder_search_path() if p.is_file()), None)

@@ -68,8 +68,8 @@ What the pictures show (contact sheets below, looked at in full and in 100 % cro
   fragments, la_muse's bold black outlines and flat green/red/blue patches, woman_with_hat's
   Fauvist patches, the_scream's orange-black brushwork, starry_night's blue swirls with yellow
   dabs ([docs/stylize_any_painting.jpg](../../docs/stylize_any_painting.jpg)). The price is
-  content: faces and fine structure break up (C 1.2–3.5), and flat regions show a faint
-  decoder texture at 100 %. No halos. `--alpha 0.8` trades a little of each (table below).
+  content: faces and fine structure break up (C 1.2–3.5), and flat regions (skies) carry a
+  streaky decoder texture, faint at 100 %, plain at 200 %. No halos. `--alpha 0.8` trades a little of each (table below).
 - **AdaIN:** the palette and softer texture, the face intact; weaker strokes (S 0.65 for mosaic).
 - **Optimisation:** the reference. Candy's swirls and outlines on the portrait and the sail,
   the_scream's orange wavy strokes, la_muse's black contours and colour fields, with the

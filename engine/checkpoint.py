@@ -48,7 +48,7 @@ def save_model(path: str | Path, state: dict[str, torch.Tensor], *, kind: str,
     """Write a model atomically in the normlab schema; ``half`` stores floats as fp16."""
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
-    tensors = {k: (v.detach().half() if half and v.is_floating_point() else v.detach())
+    tensors = {k: (_half(v.detach()) if half and v.is_floating_point() else v.detach())
                for k, v in state.items()}
     md = {"kind": kind, "format": FORMAT, "config": config, **meta}
     if recipe is not None:
@@ -57,6 +57,14 @@ def save_model(path: str | Path, state: dict[str, torch.Tensor], *, kind: str,
         md["dtype"] = "float16"
     save_safetensors(path, tensors, md)
     return Path(path)
+
+
+def _half(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as fp16, or unchanged where fp16 cannot hold it: a BN running variance of a first
+    layer fed 0–255 pixels exceeds fp16's 65504 and would load as inf (its BN branch then
+    outputs 0, and training on from it turns the running statistics to NaN)."""
+    h = t.half()
+    return h if bool(torch.isfinite(h).all()) or not bool(torch.isfinite(t).all()) else t
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -254,6 +254,8 @@ def build_network(cfg: TrainConfig) -> tuple[TransformerNet, list[str], list[int
         return TransformerNet(config=config), new, list(range(len(new)))
     path = resolve_model_file(cfg.from_model)
     net, meta = load_style_net(path)
+    if cfg.train_all:
+        _finite_running_stats(net)
     config = net.config
     old = style_names(meta, config.num_styles)
     row_of = {n.lower(): i for i, n in enumerate(old)}
@@ -273,6 +275,17 @@ def build_network(cfg: TrainConfig) -> tuple[TransformerNet, list[str], list[int
     rows = [row_of[n.lower()] for n in new]
     norms.set_style(net, rows[0])
     return net, old + added, rows
+
+
+def _finite_running_stats(net: nn.Module) -> None:
+    """Make running statistics finite before they are trained on. An fp16 model file can hold
+    a first-layer BN variance above fp16's range as inf; a running average that starts at inf
+    becomes NaN (inf − inf) and the network's eval output black. The largest fp16 value is what
+    the file can say; the running average re-estimates it within a few dozen steps."""
+    top = torch.finfo(torch.float16).max
+    for b in net.buffers():
+        if b.is_floating_point() and not bool(torch.isfinite(b).all()):
+            b.nan_to_num_(nan=1.0, posinf=top, neginf=-top)
 
 
 def style_tensor(path: str | Path, size: int | None) -> Tensor:

@@ -353,3 +353,34 @@ def test_merge_joins_separately_fine_tuned_styles(images, tmp_path):
         merge_styles([a, other])
     r = CliRunner().invoke(main.app, ["stylize", "merge", str(a), str(b), "-o", str(out)])
     assert r.exit_code != 0 and "exists" in r.output
+
+
+def test_fp16_export_keeps_a_running_variance_fp16_cannot_hold(images, tmp_path):
+    """A first-layer BN variance of 0–255 pixels can exceed fp16's 65504: the shipped file must
+    keep it (fp32), not store inf, which zeroes that channel's BN branch at inference."""
+    from stylize.model import load_style_net
+    from stylize.train import save_model
+    styles, content = images
+    base = _run(_cfg(styles[:1], content, tmp_path / "base", steps=2))
+    net, meta = load_style_net(base)
+    with torch.no_grad():
+        net.in1.running_var[0] = 2.0e5
+    half = save_model(tmp_path / "half.safetensors", net, {"styles": meta["styles"]}, half=True)
+    tensors, _ = engine.io.load_safetensors(half)
+    assert tensors["in1.running_var"][0].item() == pytest.approx(2.0e5)
+    assert tensors["conv1.conv2d.weight"].dtype == torch.float16  # the rest is still halved
+
+
+def test_training_all_from_a_model_with_an_inf_running_variance_stays_finite(images, tmp_path):
+    """Older fp16 files hold such a variance as inf; a running average starting at inf turns
+    NaN (inf − inf) and the network's eval output black. Training on from it must not."""
+    styles, content = images
+    base = _run(_cfg(styles[:1], content, tmp_path / "base", steps=2))
+    tensors, meta = engine.io.load_safetensors(base)
+    tensors["in1.running_var"][0] = float("inf")
+    bad = tmp_path / "inf.safetensors"
+    engine.io.save_safetensors(bad, tensors, meta)
+    tuned = _run(_cfg(styles[:1], content, tmp_path / "tuned", from_model=str(bad), steps=3,
+                      train_all=True))
+    after, _ = engine.io.load_safetensors(tuned)
+    assert all(bool(torch.isfinite(v.float()).all()) for v in after.values())

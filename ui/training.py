@@ -517,7 +517,7 @@ def train_classifier(cfg: UIConfig, job: Job, arch: str, norm: str, data: str | 
     (dataset, architecture/norm combination, numbers) are checked at once; the returned iterator
     runs the job."""
     from classify import TrainConfig as config_cls
-    from classify import train
+    from classify.train import train
     if not data:
         raise ValueError("pick a dataset folder")
     data = _check_data_spec(cfg, data)

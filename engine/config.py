@@ -44,6 +44,11 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in option_fields(cls)}
 
 
+def field(cls: type, name: str) -> dataclasses.Field:
+    """The field ``name`` of config dataclass ``cls``."""
+    return next(f for f in option_fields(cls) if f.name == name)
+
+
 def default(f: dataclasses.Field) -> Any:
     """The default value of field ``f`` (a fresh one for a ``default_factory``)."""
     if f.default is not dataclasses.MISSING:

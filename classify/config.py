@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.config import CHOICES
 from engine.config import option as _opt
-from engine.devices import AMP_AUTO, AMP_HELP, check_amp
+from engine.devices import AMP_AUTO, AMP_CHOICES, AMP_HELP, check_amp
 
 SCHEDULES = ("step", "onecycle")
 
@@ -41,7 +41,7 @@ class TrainConfig:
                                   "is the fast recipe).")
     seed: int = _opt(0, "Random seed (init, data order, augmentation).")
     device: str = _opt("auto", "auto, cpu, cuda, mps (default: the global --device).")
-    amp: bool | str = _opt(AMP_AUTO, AMP_HELP)
+    amp: bool | str = _opt(AMP_AUTO, AMP_HELP, **{CHOICES: AMP_CHOICES})
     compile: bool = _opt(False, "torch.compile the model.")
     image_size: int | None = _opt(None, "Input size (default: the arch's, 32 for CIFAR nets).")
     train_subset: int | None = _opt(None, "Train on a seeded random subset of this many images.")

@@ -101,9 +101,10 @@ def _coerce(tp: Any, value: Any) -> Any:
         if type(None) in members and (value is None or
                                       (isinstance(value, str) and value.strip().lower() in _NONE)):
             return None
-        # a value that already has one of the member types is kept as it is
+        # a parsed (JSON/TOML) value that already has one of the member types is kept as it is;
+        # text is tried against the members in order (bool | str: "true" is True, "auto" text)
         for m in members:
-            if m is not type(None) and typing.get_origin(m) is None and type(value) is m:
+            if m not in (type(None), str) and typing.get_origin(m) is None and type(value) is m:
                 return value
         for m in members:
             if m is type(None):
@@ -184,8 +185,9 @@ def coerce(cls: type, key: str, value: Any, source: str = "--set") -> Any:
         shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "…"
         raise ValueError(f"{source}: {key}={shown} is not a {describe(tp)}") from None
     choices = f.metadata.get(CHOICES)
-    if choices and out is not None and not isinstance(out, bool) and out not in choices:
-        raise ValueError(f"{source}: {key}={out!r} is not one of {', '.join(map(str, choices))}")
+    if choices and out is not None and out not in choices:
+        shown = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+        raise ValueError(f"{source}: {key}={out!r} is not one of {shown}")
     return out
 
 

@@ -51,6 +51,7 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 
 
 AMP_AUTO = "auto"
+AMP_CHOICES = (AMP_AUTO, True, False)
 AMP_HELP = ("Mixed precision: auto (bf16 autocast on a CUDA GPU that computes bf16 natively, "
             "else off: float32 on CPU, the same numbers on every machine), true (bf16 where "
             "supported — a CPU with AVX-512 BF16 or AMX trains ~1.5-2x faster — else fp16 with "

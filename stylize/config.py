@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.config import CHOICES
 from engine.config import option as _opt
-from engine.devices import AMP_AUTO, AMP_HELP, check_amp
+from engine.devices import AMP_AUTO, AMP_CHOICES, AMP_HELP, check_amp
 
 # Settings that may change on resume (how and where a run goes, not what it learns).
 RUN_SETTINGS = ("out", "device", "amp", "compile", "steps", "epochs", "checkpoint_every",
@@ -62,7 +62,7 @@ class TrainConfig(_Dict):
     style_size: int | None = _opt(None, "Resize the style image's shorter side to this.")
     seed: int = _opt(42, "Random seed (init and data order).")
     device: str = _opt("auto", "auto, cpu, cuda, mps (default: the global --device).")
-    amp: bool | str = _opt(AMP_AUTO, AMP_HELP)
+    amp: bool | str = _opt(AMP_AUTO, AMP_HELP, **{CHOICES: AMP_CHOICES})
     compile: bool = _opt(False, "torch.compile the network.")
     resume: bool = _opt(False, "Continue the run in --out exactly where it stopped; its recipe "
                         "wins.")
@@ -173,7 +173,8 @@ class DecoderTrainConfig(_Dict):
     feature_weight: float = _opt(1.0, "Weight of the feature reconstruction term.")
     seed: int = _opt(0, "Random seed (init, crops, order).")
     device: str = _opt("auto", "auto, cpu, cuda, mps (default: the global --device).")
-    amp: bool | str = _opt(AMP_AUTO, AMP_HELP + " About 2× faster on CPUs with native bf16.")
+    amp: bool | str = _opt(AMP_AUTO, AMP_HELP + " About 2× faster on CPUs with native bf16.",
+                            **{CHOICES: AMP_CHOICES})
     compile: bool = _opt(False, "torch.compile the decoder.")
     resume: bool = _opt(False, "Continue the run in --out exactly.")
     overwrite: bool = _opt(False, "Replace the run in --out.")

@@ -56,7 +56,8 @@ class TrainConfig:
     eval_every: int = _opt(1, "Epochs between test evaluations (0: only at the end).")
     val_split: int = _opt(0, "Hold out this many training images (fixed seed, by class) as the "
                           "set evaluated during training; the test set is then evaluated once, "
-                          "after training (0: no hold-out; classify.data.DataSplit.with_validation).")
+                          "after training (0: no hold-out; "
+                          "classify.data.DataSplit.with_validation).")
     init: str | None = _opt(None, "Start from this classifier's weights (shipped name or "
                             ".safetensors of the same arch and norm): fine-tuning, or a warm "
                             "restart with a new schedule.")

@@ -6,7 +6,7 @@ differently (flag names) and the few options it parses itself.
     @config_options(TrainConfig, skip={"device"}, decls={"overwrite": ("--overwrite",)})
     def train_cmd(ctx: typer.Context, device: Optional[str] = typer.Option(None),
                   given: Given = GIVEN) -> None:
-        cfg = TrainConfig(**given.values, device=given.pick("device", device) or ...)
+        cfg = TrainConfig(**{**given.values, "device": given.pick("device", device) or "auto"})
 
 adds ``--FIELD`` for every other field, ``--config FILE`` (JSON, TOML, YAML with PyYAML) and
 repeatable ``--set KEY=VALUE``. Precedence: the dataclass defaults < the config file < ``--set``
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import types
 import typing
 from enum import Enum
 from pathlib import Path
@@ -66,7 +67,7 @@ def given_on_command_line(ctx: typer.Context, param: str) -> bool:
 
 def _plain(tp: Any) -> tuple[Any, bool]:
     """(the non-None type, whether None is allowed) of a field type."""
-    if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), \
             type(None) in typing.get_args(tp)
@@ -80,7 +81,7 @@ def _param(f: dataclasses.Field, tp: Any, decls: tuple[str, ...]) -> inspect.Par
     help_text = C.help_text(f)
     base, optional = _plain(tp)
     origin = typing.get_origin(base)
-    if base == (bool | str) or base == typing.Union[bool, str]:  # amp: --amp/--no-amp, or auto
+    if set(typing.get_args(base)) == {bool, str}:  # amp: --amp/--no-amp; auto when not given
         ann, opt = Optional[bool], typer.Option(None, *decls, show_default=False,
                                                 help=f"{help_text} (default: {default})")
     elif origin in (list, tuple):  # comma-separated on the command line
@@ -125,7 +126,8 @@ def config_options(config_cls: type, *, skip: Iterable[str] = (),
             if p is not None:
                 generated[f.name] = p
         extra = [
-            inspect.Parameter(_CONFIG_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+            inspect.Parameter(_CONFIG_PARAM, inspect.Parameter.KEYWORD_ONLY,
+                              annotation=Optional[Path],
                               default=typer.Option(None, "--config", help=CONFIG_HELP,
                                                    metavar="FILE")),
             inspect.Parameter(_SET_PARAM, inspect.Parameter.KEYWORD_ONLY,

@@ -199,12 +199,6 @@ def _field(cls: type, key: str, source: str) -> dataclasses.Field:
     return by_name[name]
 
 
-def check_keys(cls: type, keys: Iterable[str], source: str) -> None:
-    """One-line ``ValueError`` listing the known options when a key is not an option of ``cls``."""
-    for k in keys:
-        _field(cls, k, source)
-
-
 def parse_set(items: Iterable[str]) -> dict[str, str]:
     """``["lr=0.01", "amp=auto"]`` → ``{"lr": "0.01", "amp": "auto"}`` (dashes in keys read as
     underscores, so ``batch-size=8`` works too); ``ValueError`` for an item without ``=``."""

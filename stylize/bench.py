@@ -413,7 +413,8 @@ def bench_train(variants: list[str], size: int = 256, batch_size: int = 4, steps
                               batch_size=batch_size, steps=warmup + steps, device=str(dev),
                               checkpoint_every=opts.pop("checkpoint_every", 0),
                               preview_every=opts.pop("preview_every", 0),
-                              amp=opts.pop("amp", False), **opts)  # not the config's auto: fp32 unless the variant says
+                              # float32 unless the variant says (not the config's auto)
+                              amp=opts.pop("amp", False), **opts)
             marks: list[float] = []
             cpu: list[float] = []
 

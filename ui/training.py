@@ -517,7 +517,8 @@ def _decode(job: Job, tcfg: Any, image_size: int, emit: Callable[[str], None]):
 
 def train_classifier(cfg: UIConfig, job: Job, arch: str, norm: str, data: str | None,
                      epochs: int, name: str = "", batch_size: int | None = None,
-                     lr: float | None = None, train_subset: int = 0, train_domains: str = "", test_domains: str = "",
+                     lr: float | None = None, train_subset: int = 0, train_domains: str = "",
+                     test_domains: str = "",
                      on_progress: Callable[[float, str], None] | None = None
                      ) -> Iterator[TrainUpdate]:
     """Train a classifier with ``classify.train`` and register it as ``ui:<name>``. The inputs

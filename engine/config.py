@@ -106,6 +106,8 @@ def _coerce(tp: Any, value: Any) -> Any:
         for m in members:
             if m not in (type(None), str) and typing.get_origin(m) is None and type(value) is m:
                 return value
+        if isinstance(value, str) and value.strip().startswith("["):  # JSON list text
+            members = sorted(members, key=lambda m: typing.get_origin(m) not in (list, tuple))
         for m in members:
             if m is type(None):
                 continue

@@ -340,6 +340,18 @@ def test_config_modules_and_help_import_no_torch():
     (list[int], "[1, 2]", [1, 2]), (tuple[float, ...], "0.5", (0.5,)),
     (bool | str, "auto", "auto"), (bool | str, "true", True),
     (str | list[str], "a.jpg", "a.jpg"), (str | list[str], ["a", "b"], ["a", "b"]),
+    (str | list[str], '["a.jpg", "b.jpg"]', ["a.jpg", "b.jpg"]),
 ])
 def test_coercion(tp, text, want):
     assert C._coerce(tp, text) == want and type(C._coerce(tp, text)) is type(want)
+
+
+def test_reproduce_reads_amp_auto():
+    from experiments.reproduce.budgets import precision_line
+
+    assert precision_line({"amp": "auto", "device": "cpu"}) == "Precision: float32."
+    assert "natively" in precision_line({"amp": "auto", "device": "cuda:0"})
+    line = precision_line({"amp": "auto", "device": "cpu"}, ["float32", ""])
+    assert "the recipe asks for float32" in line
+    for amp in (True, False, "auto"):  # recipes saved before and after the auto default
+        ClassifyConfig.from_recipe({"data": "folder:x", "amp": amp}).validate()

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from classify.config import TrainConfig
+from engine import config as C
 
 from .config_options import GIVEN, Given, config_options
 
@@ -32,7 +33,7 @@ def list_cmd() -> None:
 @config_options(TrainConfig, skip={"device"}, decls={"overwrite": ("--overwrite",)})
 def train_cmd(
     ctx: typer.Context,
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
+    device: Optional[str] = typer.Option(None, help=C.help_text(C.field(TrainConfig, "device"))),
     override: Optional[str] = typer.Option(None, help="With --resume: comma-separated options that "
                                            "may differ from the checkpoint's recipe (e.g. lr)."),
     given: Given = GIVEN,

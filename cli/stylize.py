@@ -34,7 +34,7 @@ def train_cmd(
     more_styles: Optional[List[Path]] = typer.Argument(None, help="More style images, e.g. "
                                                        "--style-image a.jpg b.jpg c.jpg.",
                                                        show_default=False),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+    device: Optional[str] = typer.Option(None, help=C.help_text(C.field(TrainConfig, "device"))),
     override: Optional[str] = typer.Option(None, help="With --resume: comma-separated options that "
                                            "may differ from the checkpoint's recipe (e.g. lr)."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),

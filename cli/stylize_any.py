@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from engine import config as C
 from stylize.config import DecoderTrainConfig
 
 from .config_options import GIVEN, Given, config_options
@@ -105,7 +106,8 @@ def register(app: typer.Typer, device_of) -> None:
                     decls={"content_dir": ("--content",), "overwrite": ("--overwrite",)})
     def train_decoder_cmd(
         ctx: typer.Context,
-        device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+        device: Optional[str] = typer.Option(
+            None, help=C.help_text(C.field(DecoderTrainConfig, "device"))),
         given: Given = GIVEN,
     ) -> None:
         """Train a decoder that inverts the VGG encoder at one level (pixel + feature

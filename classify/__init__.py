@@ -1,20 +1,35 @@
 """normlab.classify: CIFAR and ImageNet classifiers with BN, IN, BN+IN, BIN and IBN (IBN-Net's
-official models included), their training, and evaluations under domain shift."""
-from . import cifar_resnet as _cifar_resnet  # noqa: F401  (registers models)
-from . import densenet_ibn as _densenet_ibn  # noqa: F401
-from . import resnet_ibn as _resnet_ibn  # noqa: F401
-from .checkpoint import (
-    Classifier,
-    imagenet_class_names,
-    load_classifier,
-    load_official,
-    load_state_strict,
-    save_classifier,
-)
-from .analysis import feature_divergence, predict, shift_table
-from .registry import ModelConfig, build_from_config, create_model, default_input_size, list_models
-from .shift import SHIFTS, apply_shift
-from .train import TrainConfig, evaluate, train
+official models included), their training, and evaluations under domain shift.
+
+Importing the package loads only the torch-free ``TrainConfig`` (``classify.config``: the CLI
+builds ``classify train --help`` from it without torch); the other names below load their module
+on first use. ``classify.train`` is the training module (its function: ``classify.train.train``)."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import TrainConfig
+
+# public name → the module that defines it (imported on first use of the name)
+_HOMES = {
+    "Classifier": "checkpoint", "imagenet_class_names": "checkpoint",
+    "load_classifier": "checkpoint", "load_official": "checkpoint",
+    "load_state_strict": "checkpoint", "save_classifier": "checkpoint",
+    "feature_divergence": "analysis", "predict": "analysis", "shift_table": "analysis",
+    "ModelConfig": "registry", "build_from_config": "registry", "create_model": "registry",
+    "default_input_size": "registry", "list_models": "registry",
+    "SHIFTS": "shift", "apply_shift": "shift",
+    "evaluate": "train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'classify' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def list_shipped() -> list[str]:

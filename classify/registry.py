@@ -206,3 +206,11 @@ def build_from_config(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
     if isinstance(cfg, dict):
         cfg = ModelConfig.from_dict(cfg)
     return create_model(cfg.arch, num_classes=cfg.num_classes, norm=cfg.norm, **cfg.kwargs)
+
+
+# The builders register themselves on import; importing them here means that whoever reaches the
+# registry (``classify.registry``, ``classify.checkpoint``, ...) finds every architecture, however
+# the package was entered.
+from . import cifar_resnet as _cifar_resnet  # noqa: E402,F401
+from . import densenet_ibn as _densenet_ibn  # noqa: E402,F401
+from . import resnet_ibn as _resnet_ibn  # noqa: E402,F401

@@ -18,7 +18,6 @@ on CPU.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -27,96 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import norms
-from engine.checkpoint import CHECKPOINT, check_range
+from engine.checkpoint import CHECKPOINT
 from engine.fit import fit
 from engine.hooks import ProgressEvent
 from engine.trainer import Task, TrainResult
 
 from .checkpoint import save_classifier
+from .config import RUN_SETTINGS, SCHEDULES, TrainConfig  # noqa: F401  (the config's old home)
 from .data import DataSplit, TensorDataset, augment, channel_stats, crop_pad, load_data, normalize
-from .registry import create_model, default_input_size, validate_arch_norm
-
-SCHEDULES = ("step", "onecycle")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; saved with the run so ``resume`` can check it."""
-
-    arch: str = "resnet20"
-    norm: str = "bn"
-    data: str = "cifar10:data/cifar10"
-    out: str = "runs/classify/resnet20-bn"
-    epochs: int = 160
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: str = "step"
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False
-    compile: bool = False
-    image_size: int | None = None
-    train_subset: int | None = None
-    test_subset: int | None = None
-    train_domains: str | None = None
-    test_domains: str | None = None
-    download: bool = False
-    resume: bool = False
-    overwrite: bool = False  # a new run may replace the run already in ``out``
-    threads: int = 0
-    eval_every: int = 1  # epochs between test evaluations (0: only after the last)
-    # hold out this many training images as the set evaluated during training; the test sets
-    # are then evaluated once, after training (classify.data.DataSplit.with_validation)
-    val_split: int = 0
-    init: str | None = None  # start from this classifier's weights (fine-tune / warm restart)
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """One-line ``ValueError`` naming the option for any out-of-range value."""
-        check_range("epochs", self.epochs, 1, 100_000)
-        check_range("batch size", self.batch_size, 2, 65_536)
-        check_range("learning rate (lr)", self.lr, 1e-8, 100, integer=False)
-        check_range("momentum", self.momentum, 0, 1, integer=False)
-        check_range("weight decay", self.weight_decay, 0, 1, integer=False)
-        check_range("label smoothing", self.label_smoothing, 0, 0.99, integer=False)
-        check_range("seed", self.seed, 0, 2**63 - 1)
-        check_range("threads", self.threads, 0, 1024)
-        check_range("eval every (epochs)", self.eval_every, 0, 100_000)
-        check_range("val split", self.val_split, 0, 10**9)
-        if self.image_size is not None:
-            check_range("image size", self.image_size, 8, 1024)
-        for name in ("train_subset", "test_subset"):
-            if getattr(self, name) is not None:
-                check_range(name.replace("_", " "), getattr(self, name), 2, 10**9)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not all(isinstance(m, (int, float)) and 0 < m < 1 for m in self.milestones):
-            raise ValueError(f"milestones must be fractions of the epochs in (0, 1), got {self.milestones}")
-        validate_arch_norm(self.arch, self.norm)
-
-    def recipe(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_recipe(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        d = {k: tuple(v) if k == "milestones" else v for k, v in d.items() if k in names}
-        return cls(**d)
-
-    to_dict = recipe  # the names engine.fit uses
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return cls.from_recipe(d)
-
-
-# Settings that may change when a run is resumed (how and where it runs, not what it learns).
-RUN_SETTINGS = ("out", "device", "amp", "compile", "resume", "overwrite", "threads", "eval_every")
+from .registry import create_model, default_input_size
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:

@@ -5,20 +5,6 @@ from __future__ import annotations
 
 import os
 
-import typer
-
-
-def explicit_options(ctx: typer.Context, rename: dict[str, str] | None = None) -> set[str]:
-    """Config field names of the options the user gave on the command line (not defaults):
-    on ``--resume`` only these can conflict with the checkpoint's recipe."""
-    rename = rename or {}
-    given = set()
-    for name in ctx.params:
-        src = ctx.get_parameter_source(name)  # typer may vendor click: compare by name
-        if getattr(src, "name", "") in ("COMMANDLINE", "ENVIRONMENT"):
-            given.add(rename.get(name, name))
-    return given
-
 
 def override_list(value: str | None) -> list[str]:
     """``--override lr,epochs`` → ``["lr", "epochs"]`` (flag spellings accepted)."""

@@ -2,18 +2,19 @@
 library functions of ``classify``)."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from classify.config import TrainConfig
+from engine import config as C
+
+from .config_options import GIVEN, Given, config_options
+
 app = typer.Typer(help="Classification networks with BN, IN, BN+IN, BIN and IBN: train, eval, "
                   "shift robustness, gates, feature divergence, predict, bench.",
                   no_args_is_help=True)
-
-Schedule = Enum("Schedule", {n: n for n in ("step", "onecycle")}, type=str)
-
 
 def _device(ctx: typer.Context, device: str | None) -> str:
     return device or (ctx.obj or {}).get("device", "auto")
@@ -29,65 +30,22 @@ def list_cmd() -> None:
 
 
 @app.command("train")
+@config_options(TrainConfig, skip={"device"}, decls={"overwrite": ("--overwrite",)})
 def train_cmd(
     ctx: typer.Context,
-    data: str = typer.Option(..., help="cifar10:ROOT | folder:TRAIN[,TEST] | pacs:ROOT"),
-    arch: str = typer.Option("resnet20", help="Architecture (see `classify list`)."),
-    norm: str = typer.Option("bn", help="Normalization layer everywhere (a name from `norms "
-                             "list`; ibn: the IBN-a placement with BN elsewhere)."),
-    out: Path = typer.Option(Path("runs/classify/run"), help="Output folder."),
-    epochs: int = typer.Option(160, help="Epochs."),
-    batch_size: int = typer.Option(128, help="Global batch size (split across torchrun processes)."),
-    lr: float = typer.Option(0.1, help="Peak SGD learning rate (BIN gates get 10×)."),
-    momentum: float = typer.Option(0.9, help="SGD momentum."),
-    nesterov: bool = typer.Option(False, help="Nesterov momentum."),
-    weight_decay: float = typer.Option(1e-4, help="Weight decay (not on norm parameters or gates)."),
-    schedule: Schedule = typer.Option("step", help="step: lr ÷10 at 50% and 75% of the epochs (the "
-                                      "papers'); onecycle: warm-up then cosine to 0, per step."),
-    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy (0.1 "
-                                          "with onecycle is the fast recipe)."),
-    seed: int = typer.Option(0, help="Random seed (init, data order, augmentation)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
-    amp: bool = typer.Option(False, help="Mixed precision (bf16 where supported, else fp16 with "
-                             "loss scaling)."),
-    compile: bool = typer.Option(False, help="torch.compile the model."),
-    image_size: Optional[int] = typer.Option(None, help="Input size (default: the arch's, 32 for CIFAR nets)."),
-    train_subset: Optional[int] = typer.Option(None, help="Train on a seeded random subset of this many images."),
-    test_subset: Optional[int] = typer.Option(None, help="Evaluate on a seeded subset."),
-    train_domains: Optional[str] = typer.Option(None, help="pacs: comma-separated training domains."),
-    test_domains: Optional[str] = typer.Option(None, help="pacs: comma-separated test domains."),
-    download: bool = typer.Option(False, help="cifar10: download the dataset if missing."),
-    resume: bool = typer.Option(False, help="Continue OUT/checkpoint.pt exactly; its recipe wins."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in OUT "
-                                   "(without it, a folder holding a run is refused)."),
+    device: Optional[str] = typer.Option(None, help=C.help_text(C.field(TrainConfig, "device"))),
     override: Optional[str] = typer.Option(None, help="With --resume: comma-separated options that "
                                            "may differ from the checkpoint's recipe (e.g. lr)."),
-    threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
-    eval_every: int = typer.Option(1, help="Epochs between test evaluations (0: only at the end)."),
-    val_split: int = typer.Option(0, help="Hold out this many training images (fixed seed, by "
-                                  "class) as the set evaluated during training; the test set is "
-                                  "then evaluated once, after training (0: no hold-out)."),
-    init: Optional[str] = typer.Option(None, help="Start from this classifier's weights (shipped "
-                                       "name or .safetensors of the same arch and norm): "
-                                       "fine-tuning, or a warm restart with a new schedule."),
+    given: Given = GIVEN,
 ) -> None:
     """Train a classifier (BIN paper CIFAR recipe by default); writes OUT/model.safetensors,
     OUT/checkpoint.pt and OUT/metrics.jsonl. Under torchrun, trains data-parallel with
-    synchronised batch statistics."""
-    from classify.train import TrainConfig, train
-    from cli import explicit_options, is_main_process, override_list
+    synchronised batch statistics. Every option is a field of classify.config.TrainConfig."""
+    from classify.train import train
+    from cli import is_main_process, override_list
 
-    cfg = TrainConfig(arch=arch, norm=norm, data=data, out=str(out), epochs=epochs,
-                      batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
-                      weight_decay=weight_decay, schedule=schedule.value,
-                      label_smoothing=label_smoothing, seed=seed,
-                      device=_device(ctx, device), amp=amp, compile=compile, image_size=image_size,
-                      train_subset=train_subset, test_subset=test_subset,
-                      train_domains=train_domains, test_domains=test_domains,
-                      download=download, resume=resume, overwrite=overwrite, threads=threads,
-                      eval_every=eval_every, val_split=val_split, init=init)
-    path = train(cfg, explicit=explicit_options(ctx) - {"override"},
-                 override=override_list(override))
+    cfg = TrainConfig(**{**given.values, "device": _device(ctx, given.pick("device", device))})
+    path = train(cfg, explicit=given.explicit, override=override_list(override))
     if is_main_process():
         typer.echo(f"wrote {path}")
 

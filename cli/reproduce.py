@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from engine.devices import AMP_HELP
+
 app = typer.Typer(help="Reproduce the BIN and IBN-Net papers' findings (reports with tables, "
                   "plots, commands and wall time), and run training grids.",
                   no_args_is_help=True)
@@ -118,9 +120,9 @@ def sweep_cmd(
                                           "this JSON file; runs it records count as finished."),
     out: Optional[Path] = typer.Option(None, help="Write the summary table (Markdown) here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
-    amp: bool = typer.Option(False, help="Autocast (bf16 on CPUs with native bf16 and recent "
-                             "GPUs, else fp16 on CUDA); how a run trains, not what it is, so "
-                             "it does not change a run's folder."),
+    amp: Optional[bool] = typer.Option(None, show_default=False, help=AMP_HELP + " How a run "
+                                       "trains, not what it is: it does not change a run's "
+                                       "folder. (default: auto)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: global --device)."),
     status: bool = typer.Option(False, "--status", help="Show where the grid's runs stand "
                                 "(finished / partial / new) and exit, training nothing."),
@@ -142,7 +144,7 @@ def sweep_cmd(
                        label_smoothing=label_smoothing, image_size=image_size,
                        train_subset=train_subset, test_subset=test_subset,
                        train_domains=train_domains, test_domains=test_domains,
-                       device=_device(ctx, device), amp=amp)
+                       device=_device(ctx, device), **({} if amp is None else {"amp": amp}))
     base.validate()
     if out is not None and not status:  # checked before hours of training, not after
         check_output(out, kind="markdown", inputs=[ledger], overwrite=overwrite, what="--out")

@@ -7,6 +7,11 @@ from typing import Iterable, List, Optional
 
 import typer
 
+from engine import config as C
+from stylize.config import TrainConfig
+
+from .config_options import GIVEN, Given, config_options
+
 app = typer.Typer(help="Feed-forward style transfer (Johnson et al. 2016) with any norm: train, "
                        "run, compare, plot curves, benchmark.", no_args_is_help=True)
 
@@ -16,88 +21,43 @@ def _device(ctx: typer.Context, device: Optional[str]) -> str:
 
 
 @app.command("train")
+@config_options(TrainConfig, skip={"style_image", "device"},
+                decls={"content_dir": ("--content",), "from_model": ("--from",),
+                       "train_all": ("--train-all",), "channels_last": ("--channels-last",),
+                       "overwrite": ("--overwrite",)})
 def train_cmd(
     ctx: typer.Context,
-    style_image: List[Path] = typer.Option(..., "--style-image", help="The style image; several "
-                                           "(--style-image a.jpg b.jpg ...) train one network "
-                                           "for all (conditional norms; a style is named after "
-                                           "its file)."),
+    style_image: Optional[List[Path]] = typer.Option(
+        None, "--style-image", show_default=False,
+        help=C.help_text(C.field(TrainConfig, "style_image")) + " Required (here, in --config "
+        "or --set)."),
     more_styles: Optional[List[Path]] = typer.Argument(None, help="More style images, e.g. "
                                                        "--style-image a.jpg b.jpg c.jpg.",
                                                        show_default=False),
-    content: Path = typer.Option(..., "--content", help="Folder of content photos (searched recursively)."),
-    norm: str = typer.Option("in", help="Normalization layer after every conv: a name from "
-                             "`norms list`, or its conditional variant (cbin, ...); with several "
-                             "styles the conditional variant is used (bin → cbin)."),
-    from_model: Optional[str] = typer.Option(None, "--from", help="Add the style(s) to this "
-                                             "model (shipped name or file) and fine-tune only "
-                                             "its normalization parameters."),
-    train_all: bool = typer.Option(False, "--train-all", help="With --from: fine-tune every "
-                                   "parameter (the model's other styles change too); a style image named like one of "
-                                   "the model's styles keeps training that style."),
-    style_scales: str = typer.Option("1,2", help="Multi-scale style loss: downsampling factors "
-                                     "whose Gram matrices are matched (1 = usual loss; 1,2,4 "
-                                     "learns larger strokes)."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory "
-                                       "format on CPU too (always on GPU)."),
-    out: Path = typer.Option(Path("runs/stylize"), help="Run folder (checkpoint, metrics, previews, model)."),
-    image_size: int = typer.Option(256, help="Training crop size (px)."),
-    batch_size: int = typer.Option(4, help="Batch size."),
-    steps: int = typer.Option(2000, help="Optimizer steps (ignored with --epochs)."),
-    epochs: Optional[float] = typer.Option(None, help="Passes over the content folder instead of --steps."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate (BIN gates get 10×)."),
-    loss: str = typer.Option("relative", help="relative: each term divided by its target's "
-                             "mean square, every style tap weighed equally (learns shapes, not "
-                             "only the palette); absolute: the raw MSEs of earlier models."),
-    content_weight: Optional[float] = typer.Option(None, help="Content loss weight (default: 1 for --loss relative, else per loss network)."),
-    style_weight: Optional[float] = typer.Option(None, help="Style loss weight (default: 5 for --loss relative, else per loss network)."),
-    tv_weight: float = typer.Option(0.0, help="Total-variation weight."),
-    style_size: Optional[int] = typer.Option(None, help="Resize the style image's shorter side to this."),
-    seed: int = typer.Option(42, help="Random seed (init and data order)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
-    amp: bool = typer.Option(False, help="Mixed precision (bf16 where supported, else fp16 with "
-                             "loss scaling)."),
-    compile: bool = typer.Option(False, help="torch.compile the network."),
-    checkpoint_every: int = typer.Option(200, help="Steps between checkpoints."),
-    preview_every: int = typer.Option(0, help="Steps between preview images (0: none)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out exactly where it stopped; "
-                                "its recipe wins."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out "
-                                   "(without it, a folder holding a run is refused)."),
+    device: Optional[str] = typer.Option(None, help=C.help_text(C.field(TrainConfig, "device"))),
     override: Optional[str] = typer.Option(None, help="With --resume: comma-separated options that "
                                            "may differ from the checkpoint's recipe (e.g. lr)."),
-    vgg_weights: Optional[str] = typer.Option(
-        None, help="VGG weights for the loss: a torchvision VGG-16/19 state dict or a normalised "
-                   "VGG-19 encoder; 'torchvision' downloads VGG-16 once. Default: torchvision's cache."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
+    given: Given = GIVEN,
 ) -> None:
     """Train a style network with the VGG perceptual loss; writes <out>/model.safetensors.
-    Under torchrun, trains data-parallel with synchronised batch statistics."""
+    Under torchrun, trains data-parallel with synchronised batch statistics. Every option but
+    --threads and --override is a field of stylize.config.TrainConfig."""
     import torch
 
-    from cli import explicit_options, is_main_process, override_list
-    from stylize.train import TrainConfig, train
+    from cli import is_main_process, override_list
+    from stylize.train import train
 
     if threads:
         torch.set_num_threads(threads)
-    images = [str(p) for p in list(style_image) + list(more_styles or [])]
-    try:
-        scales = [int(v) for v in style_scales.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--style-scales must be whole numbers like 1,2,4, got {style_scales!r}") from None
-    cfg = TrainConfig(style_image=images[0] if len(images) == 1 else images,
-                      content_dir=str(content), norm=norm, from_model=from_model,
-                      train_all=train_all, style_scales=scales, channels_last=channels_last,
-                      out=str(out), image_size=image_size, batch_size=batch_size, steps=steps,
-                      epochs=epochs, lr=lr, content_weight=content_weight,
-                      style_weight=style_weight, tv_weight=tv_weight, style_size=style_size,
-                      loss=loss,
-                      seed=seed, device=_device(ctx, device), amp=amp, compile=compile,
-                      checkpoint_every=checkpoint_every, preview_every=preview_every,
-                      vgg_weights=vgg_weights, resume=resume, overwrite=overwrite)
-    explicit = explicit_options(ctx, {"content": "content_dir", "more_styles": "style_image"}) \
-        - {"override", "threads"}
-    path = train(cfg, explicit=explicit, override=override_list(override))
+    values = dict(given.values)
+    images = [str(p) for p in list(style_image or []) + list(more_styles or [])]
+    if images:  # given on the command line: wins over --config / --set
+        given.explicit.add("style_image")
+        values["style_image"] = images[0] if len(images) == 1 else images
+    values["device"] = _device(ctx, given.pick("device", device))
+    cfg = TrainConfig(**values)
+    path = train(cfg, explicit=given.explicit, override=override_list(override))
     if is_main_process():
         typer.echo(str(path))
 

@@ -10,6 +10,11 @@ from typing import Optional
 
 import typer
 
+from engine import config as C
+from stylize.config import DecoderTrainConfig
+
+from .config_options import GIVEN, Given, config_options
+
 
 def _ints(text: str, what: str) -> list[int]:
     try:
@@ -97,39 +102,24 @@ def register(app: typer.Typer, device_of) -> None:
                    f"{res.losses.get('content', 0):.3g}, style {res.losses.get('style', 0):.3g})")
 
     @app.command("train-decoder")
+    @config_options(DecoderTrainConfig, skip={"device"},
+                    decls={"content_dir": ("--content",), "overwrite": ("--overwrite",)})
     def train_decoder_cmd(
         ctx: typer.Context,
-        content: Path = typer.Option(..., "--content", help="Folder of photos (its fixed "
-                                     "train/held-out split is used: training on train only)."),
-        level: str = typer.Option("relu3_1", help="Encoder level to invert: relu3_1, relu2_1 or relu1_1."),
-        out: Path = typer.Option(Path("runs/decoder"), help="Run folder (checkpoint, metrics, model)."),
-        steps: int = typer.Option(3000, help="Optimizer steps."),
-        batch_size: int = typer.Option(4, help="Batch size."),
-        image_size: int = typer.Option(128, help="Random crop size in px."),
-        lr: float = typer.Option(1e-3, help="Adam learning rate (cosine-decayed)."),
-        feature_weight: float = typer.Option(1.0, help="Weight of the feature reconstruction term."),
-        amp: bool = typer.Option(False, help="bf16 autocast (about 2× faster on CPUs with native bf16)."),
-        vgg_weights: Optional[str] = typer.Option(None, help="The normalised VGG-19 encoder the "
-                                                  "decoder inverts (default: searched as for optimize)."),
-        seed: int = typer.Option(0, help="Random seed (init, crops, order)."),
-        checkpoint_every: int = typer.Option(250, help="Steps between checkpoints."),
-        resume: bool = typer.Option(False, help="Continue the run in --out exactly."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
-        device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+        device: Optional[str] = typer.Option(
+            None, help=C.help_text(C.field(DecoderTrainConfig, "device"))),
+        given: Given = GIVEN,
     ) -> None:
         """Train a decoder that inverts the VGG encoder at one level (pixel + feature
-        reconstruction, no style data): the arbitrary-style path (`stylize run --style-image`)."""
+        reconstruction, no style data): the arbitrary-style path (`stylize run --style-image`).
+        Every option is a field of stylize.config.DecoderTrainConfig."""
         import weights as shipped
-        from stylize.decoder import DecoderTrainConfig, train_decoder
+        from stylize.decoder import train_decoder
 
-        found = shipped.find_encoder_file() if vgg_weights is None else None
-        weights = vgg_weights or (str(found) if found else None)
-        cfg = DecoderTrainConfig(level=level, content_dir=str(content), out=str(out), steps=steps,
-                                 batch_size=batch_size, image_size=image_size, lr=lr,
-                                 feature_weight=feature_weight, amp=amp, vgg_weights=weights,
-                                 seed=seed, checkpoint_every=checkpoint_every, resume=resume,
-                                 overwrite=overwrite, device=device_of(ctx, device))
-        explicit = {k for k, v in ctx.params.items()
-                    if ctx.get_parameter_source(k).name != "DEFAULT"} & set(cfg.to_dict())
-        path = train_decoder(cfg, explicit=explicit)
+        values = dict(given.values)
+        if values.get("vgg_weights") is None:
+            found = shipped.find_encoder_file()
+            values["vgg_weights"] = str(found) if found else None
+        values["device"] = device_of(ctx, given.pick("device", device))
+        path = train_decoder(DecoderTrainConfig(**values), explicit=given.explicit)
         typer.echo(str(path))

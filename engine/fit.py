@@ -7,8 +7,8 @@
     → ``Trainer`` → restore → run → the task saves the model (rank 0) → its path.
 
 A config is a dataclass with ``to_dict()``, ``from_dict(d)`` (a classmethod), ``validate()`` and
-the fields ``out``, ``device``, ``amp``, ``compile``, ``resume`` and ``overwrite`` (``threads``
-is used when present).
+the fields ``out``, ``device``, ``amp`` (True, False or "auto": ``devices.resolve_amp``),
+``compile``, ``resume`` and ``overwrite`` (``threads`` is used when present).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def fit(cfg: Any, build: Callable[[Any, Any], Task], *, run_settings: Iterable[s
     that has no steps left. ``progress`` receives ``engine.hooks.ProgressEvent``s."""
     import torch
 
-    from .devices import resolve_device
+    from .devices import resolve_amp, resolve_device
 
     out = Path(cfg.out)
     state = None
@@ -78,7 +78,8 @@ def fit(cfg: Any, build: Callable[[Any, Any], Task], *, run_settings: Iterable[s
         torch.set_num_threads(cfg.threads)
     task = build(cfg, device)
     cfg = task.cfg if task.cfg is not None else cfg
-    trainer = Trainer(task, out=out, recipe=cfg.to_dict(), device=device, amp=cfg.amp,
+    trainer = Trainer(task, out=out, recipe=cfg.to_dict(), device=device,
+                      amp=resolve_amp(cfg.amp, device),
                       compile=cfg.compile, env=env, fresh=state is None)
     start = trainer.restore(state) if state is not None else 0
     if state is not None and start >= task.total_steps and refuse_finished is not None:

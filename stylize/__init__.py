@@ -16,7 +16,7 @@ _EXPORTS = {
     "load_model": ".infer", "stylize_image": ".infer",
     "PerceptualLoss": ".losses", "load_vgg_encoder": ".losses",
     "StyleConfig": ".model", "TransformerNet": ".model", "load_examples_pth": ".model",
-    "TrainConfig": ".train",  # `train` (the function): see _Package
+    "TrainConfig": ".config",  # `train` (the function): see _Package
 }
 __all__ = list(_EXPORTS) + ["train"]
 

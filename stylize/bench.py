@@ -412,7 +412,9 @@ def bench_train(variants: list[str], size: int = 256, batch_size: int = 4, steps
                               out=str(root / f"run{len(rows)}"), image_size=size,
                               batch_size=batch_size, steps=warmup + steps, device=str(dev),
                               checkpoint_every=opts.pop("checkpoint_every", 0),
-                              preview_every=opts.pop("preview_every", 0), **opts)
+                              preview_every=opts.pop("preview_every", 0),
+                              # float32 unless the variant says (not the config's auto)
+                              amp=opts.pop("amp", False), **opts)
             marks: list[float] = []
             cpu: list[float] = []
 

@@ -11,12 +11,10 @@ The batch of step ``s`` (photos, crop offsets, flips) is a pure function of (see
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -24,72 +22,19 @@ from PIL import Image
 from torch import Tensor, nn
 
 import engine.io
-from engine.checkpoint import check_range
 from engine.images import load_image
 from engine.fit import fit
 from engine.trainer import Task
 
-from .arbitrary import _PLANS, LEVELS, Decoder, DecoderConfig, save_decoder
+from .arbitrary import _PLANS, Decoder, DecoderConfig, save_decoder
+from .config import DECODER_RUN_SETTINGS as RUN_SETTINGS
+from .config import DecoderTrainConfig
 from .losses import load_vgg_encoder
 from .photos import content_split
 
 FINAL = "model.safetensors"
-RUN_SETTINGS = ("out", "device", "amp", "compile", "checkpoint_every", "resume", "overwrite",
-                "eval_every")
 _TAPS = {"relu1_1": ["relu1_1"], "relu2_1": ["relu1_1", "relu2_1"],
          "relu3_1": ["relu1_1", "relu2_1", "relu3_1"]}
-
-
-@dataclass
-class DecoderTrainConfig:
-    """Everything a decoder run depends on; saved in its checkpoints and final model."""
-
-    level: str = "relu3_1"
-    content_dir: str = ""
-    out: str = "runs/decoder"
-    vgg_weights: str | None = None
-    image_size: int = 128  # crop size (the decoder is convolutional: crops suffice)
-    load_size: int = 288  # photos are decoded once at this shorter side, crops drawn from them
-    batch_size: int = 8
-    steps: int = 3000
-    lr: float = 1e-3  # Adam, cosine-decayed to 5 % over the run
-    feature_weight: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False  # bf16 autocast (2× faster on CPUs with native bf16)
-    compile: bool = False
-    resume: bool = False
-    overwrite: bool = False  # a new run may replace the run already in ``out``
-    checkpoint_every: int = 250
-    eval_every: int = 0  # 0: held-out PSNR only at the end
-    # "lstsq": a one-conv decoder (relu1_1) starts from its least-squares pixel fit (closed
-    # form, seconds), which Adam needs tens of thousands of steps to approach; "random" otherwise
-    init: str = "lstsq"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DecoderTrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def validate(self) -> None:
-        if self.level not in LEVELS:
-            raise ValueError(f"unknown level {self.level!r}; choose from {', '.join(LEVELS)}")
-        if not self.content_dir:
-            raise ValueError("no content folder given (--content)")
-        check_range("image size", self.image_size, 16, 1024)
-        check_range("load size", self.load_size, self.image_size, 4096)
-        check_range("batch size", self.batch_size, 1, 1024)
-        check_range("steps", self.steps, 1, 10**7)
-        check_range("checkpoint every", self.checkpoint_every, 1, 10**7)
-        if not (0 < self.lr < 1):
-            raise ValueError(f"--lr must be in (0, 1), got {self.lr}")
-        if self.feature_weight < 0:
-            raise ValueError("--feature-weight must be ≥ 0")
-        if self.init not in ("lstsq", "random"):
-            raise ValueError(f"--init must be lstsq or random, got {self.init!r}")
 
 
 class Photos:

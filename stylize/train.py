@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -25,130 +24,26 @@ from torch import Tensor, nn
 
 import norms
 import engine.io
-from engine.checkpoint import check_range, read_model
+from engine.checkpoint import read_model
 from engine.checkpoint import save_model as _save_model
 from engine.fit import fit
 from engine.hooks import HookBase, ProgressEvent
 from engine.images import load_image, save_image, to_image
 from engine.trainer import CHECKPOINT, Task, TrainResult
 
-from .losses import PerceptualLoss, check_style_scales, load_vgg_encoder
+from .config import RUN_SETTINGS, TrainConfig
+from .losses import PerceptualLoss, load_vgg_encoder
 from .photos import training_photos
 from .model import (StyleConfig, TransformerNet, load_style_net, resolve_model_file,
                     style_names)
 
 FINAL = "model.safetensors"
-# Settings that may change on resume (how and where a run goes, not what it learns).
-RUN_SETTINGS = ("out", "device", "amp", "compile", "steps", "epochs", "checkpoint_every",
-                "preview_every", "resume", "overwrite", "channels_last")
 # What a recipe written before a key existed meant (resuming an old run keeps its behaviour).
 LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False,
                  "content_split": "all", "loss": "absolute"}
 # The relative loss's default weights (dimensionless: the same for every painting and encoder);
 # the optimiser (stylize.optimize) uses the same terms.
 RELATIVE_WEIGHTS = {"content_weight": 1.0, "style_weight": 5.0}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved in its checkpoints and final model."""
-
-    style_image: str | list[str] = ""  # one image, or several: one multi-style network
-    content_dir: str = ""
-    norm: str = "in"
-    out: str = "runs/stylize"
-    image_size: int = 256
-    batch_size: int = 4
-    steps: int = 2000
-    epochs: float | None = None  # overrides steps when given
-    lr: float = 1e-3
-    content_weight: float | None = None  # None: the loss network's default (see losses.py)
-    style_weight: float | None = None
-    tv_weight: float = 0.0
-    style_size: int | None = None  # shorter side of the style image; None = as is
-    seed: int = 42
-    device: str = "auto"
-    amp: bool = False  # mixed precision (engine.devices.amp_dtype: bf16 where supported)
-    compile: bool = False
-    resume: bool = False
-    overwrite: bool = False  # a new run may replace the run already in ``out``
-    checkpoint_every: int = 200
-    preview_every: int = 0  # 0 = no previews
-    vgg_weights: str | None = None
-    base_channels: int = 32
-    num_residual: int = 5
-    output: str = "residual"  # network head (stylize.model.StyleConfig.output)
-    # Multi-scale style loss: downsampling factors of the image whose Gram matrices are matched
-    # (stylize.losses.PerceptualLoss); [1] is the single-scale loss.
-    style_scales: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
-    from_model: str | None = None  # add the style(s) to this model (norm-only fine-tuning)
-    train_all: bool = False  # with from_model: fine-tune every parameter, not only the norms
-    channels_last: bool = False  # channels_last memory format on CPU too (always on GPU)
-    # "train": leave out the held-out photos of a folder with a content-split.json beside it
-    # (stylize.photos); "all": every photo
-    content_split: str = "train"
-    # "relative": every loss term divided by its target's mean square, each style tap weighed
-    # equally and content at relu3_1 (stylize.losses.PerceptualLoss); "absolute": the raw MSEs
-    # (relu1_1 — colour — dominates: the shipped models before this option learned palettes)
-    loss: str = "relative"
-
-    @property
-    def style_images(self) -> list[str]:
-        """The style image paths as a list (one per style)."""
-        if isinstance(self.style_image, (list, tuple)):
-            return [str(p) for p in self.style_image]
-        return [str(self.style_image)] if self.style_image else []
-
-    @property
-    def style_names(self) -> list[str]:
-        """The names of the styles this run trains: the style images' file names without suffix."""
-        return [Path(p).stem for p in self.style_images]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def validate(self) -> None:
-        """One-line ``ValueError`` naming the option for a missing input or out-of-range value."""
-        if not self.style_images or not all(self.style_images):
-            raise ValueError("no style image given (--style-image)")
-        names = [n.lower() for n in self.style_names]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"two style images are both named {dup[0]!r}: styles are named after "
-                             "their files, rename one")
-        if self.train_all and not self.from_model:
-            raise ValueError("--train-all fine-tunes a model given with --from; without --from "
-                             "every parameter is trained anyway")
-        if not self.content_dir:
-            raise ValueError("no content folder given (--content)")
-        if self.loss not in ("relative", "absolute"):
-            raise ValueError(f"--loss must be relative or absolute, got {self.loss!r}")
-        if self.content_split not in ("train", "all"):
-            raise ValueError(f"content split must be 'train' or 'all', got {self.content_split!r}")
-        check_range("image size", self.image_size, 16, 4096)
-        check_range("batch size", self.batch_size, 1, 4096)
-        check_range("steps", self.steps, 1, 10**8)
-        if self.epochs is not None:
-            check_range("epochs", self.epochs, 1e-6, 1e6, integer=False)
-        check_range("learning rate (lr)", self.lr, 1e-8, 10, integer=False)
-        for name in ("content_weight", "style_weight"):
-            if getattr(self, name) is not None:
-                check_range(name.replace("_", " "), getattr(self, name), 0, 1e12, integer=False)
-        check_range("tv weight", self.tv_weight, 0, 1e12, integer=False)
-        if self.style_size is not None:
-            check_range("style size", self.style_size, 16, 8192)
-        check_range("checkpoint every (steps)", self.checkpoint_every, 0, 10**8)
-        check_range("preview every (steps)", self.preview_every, 0, 10**8)
-        check_range("seed", self.seed, 0, 2**63 - 1)
-        check_style_scales(self.style_scales, self.image_size)
-        StyleConfig(self.norm, self.base_channels, self.num_residual, output=self.output).validate()
-        if norms.uses_batch_stats(self.norm) and self.batch_size < 2 and not self.from_model:
-            raise ValueError(f"norm {self.norm!r} uses batch statistics: use a batch size of 2 or more")
 
 
 class ContentImages:

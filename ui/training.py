@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from classify.config import TrainConfig as ClassifyConfig
+from engine.config import defaults
+from stylize.config import TrainConfig as StyleConfig
+
 from .config import IMAGE_EXTS, UIConfig, slug
 from .handlers import device_of, public_message
 
@@ -424,11 +428,12 @@ def _finish(cfg: UIConfig, job: Job, kind: str, base: str, out: Path, path: Path
 
 def train_style(cfg: UIConfig, job: Job, style_image: str | None, content_dir: str | None,
                 norm: str, image_size: int, steps: int, name: str = "",
-                batch_size: int = 4, preview_every: int = 0,
+                batch_size: int | None = None, preview_every: int | None = None,
                 on_progress: Callable[[float, str], None] | None = None) -> Iterator[TrainUpdate]:
     """Train a style network with ``stylize.train`` and register it as ``ui:<name>``. The inputs
-    are checked at once (``ValueError`` before any work); the returned iterator runs the job."""
-    from stylize import TrainConfig as config_cls
+    are checked at once (``ValueError`` before any work); the returned iterator runs the job.
+    ``batch_size`` and ``preview_every`` default to the form's (``STYLE_DEFAULTS``; a preview
+    every fifth of the run when that is 0)."""
     from stylize import train
     if not style_image:
         raise ValueError("upload a style image first")
@@ -443,8 +448,10 @@ def train_style(cfg: UIConfig, job: Job, style_image: str | None, content_dir: s
     norms.check_names([norm])
     base = slug(name or f"{Path(style_image).stem}-{norm}")
     out = _run_dir(cfg, "style", base)
+    batch_size = STYLE_DEFAULTS["batch_size"] if batch_size is None else batch_size
+    preview_every = STYLE_DEFAULTS["preview_every"] if preview_every is None else preview_every
     tcfg = build_config(
-        config_cls, style_image=str(style_image), content_dir=str(content), norm=norm,
+        StyleConfig, style_image=str(style_image), content_dir=str(content), norm=norm,
         out=str(out), image_size=image_size, batch_size=int(batch_size), steps=steps,
         device=device_of(cfg), preview_every=int(preview_every or max(1, steps // 5)),
         vgg_weights=str(cfg.vgg_weights) if cfg.vgg_weights else None)
@@ -509,15 +516,15 @@ def _decode(job: Job, tcfg: Any, image_size: int, emit: Callable[[str], None]):
 
 
 def train_classifier(cfg: UIConfig, job: Job, arch: str, norm: str, data: str | None,
-                     epochs: int, name: str = "", batch_size: int = 128, lr: float = 0.1,
-                     train_subset: int = 0, train_domains: str = "", test_domains: str = "",
+                     epochs: int, name: str = "", batch_size: int | None = None,
+                     lr: float | None = None, train_subset: int = 0, train_domains: str = "",
+                     test_domains: str = "",
                      on_progress: Callable[[float, str], None] | None = None
                      ) -> Iterator[TrainUpdate]:
     """Train a classifier with ``classify.train`` and register it as ``ui:<name>``. The inputs
     (dataset, architecture/norm combination, numbers) are checked at once; the returned iterator
-    runs the job."""
-    from classify import TrainConfig as config_cls
-    from classify import train
+    runs the job. ``batch_size`` and ``lr`` default to the form's (``CLASSIFY_DEFAULTS``)."""
+    from classify.train import train
     if not data:
         raise ValueError("pick a dataset folder")
     data = _check_data_spec(cfg, data)
@@ -538,8 +545,10 @@ def train_classifier(cfg: UIConfig, job: Job, arch: str, norm: str, data: str | 
     from engine.devices import autocast_pays, resolve_device
 
     device = device_of(cfg)
-    # bf16/fp16 autocast where it makes training faster (CUDA, a CPU with native bf16)
-    tcfg = build_config(config_cls, arch=arch, norm=norm, data=data, epochs=epochs,
+    batch_size = CLASSIFY_DEFAULTS["batch_size"] if batch_size is None else batch_size
+    lr = CLASSIFY_DEFAULTS["lr"] if lr is None else lr
+    # autocast where it makes training faster (CPU_SIZED above says why not the config's auto)
+    tcfg = build_config(ClassifyConfig, arch=arch, norm=norm, data=data, epochs=epochs,
                         batch_size=int(batch_size), lr=float(lr), device=device,
                         amp=autocast_pays(resolve_device(device)), out=str(out), **extra)
     return _classifier_updates(cfg, job, train, tcfg, base, out, on_progress)
@@ -560,8 +569,10 @@ def _classifier_updates(cfg: UIConfig, job: Job, train: Callable, tcfg: Any, bas
         raise Cancelled()
     epochs = int(tcfg.epochs)
     test_acc = None
-    yield TrainUpdate("building the model…" + (" (mixed precision)" if getattr(tcfg, "amp", False)
-                                               else ""), history)
+    from engine.devices import resolve_amp, resolve_device
+
+    amp = resolve_amp(getattr(tcfg, "amp", False), resolve_device(tcfg.device))
+    yield TrainUpdate("building the model…" + (" (mixed precision)" if amp else ""), history)
     for kind, value in job.run(train, tcfg):
         if kind == "done":
             result = f" · test accuracy {test_acc:.1f} %" if test_acc is not None else ""
@@ -644,7 +655,23 @@ def classifier_estimate(cfg: UIConfig, data: str | None, epochs: float | None,
             "dataset once). Bigger architectures take longer.")
 
 
-# CPU-sized defaults of the training forms: a run that finishes in a few minutes on 2 cores
-# (see the estimates above); the form says how long a useful run takes.
-STYLE_DEFAULTS = {"image_size": 128, "steps": 150, "batch_size": 2}
-CLASSIFY_DEFAULTS = {"epochs": 3, "batch_size": 128, "lr": 0.1, "train_subset": 5000}
+# The training forms' defaults are the configs' (stylize.config.TrainConfig,
+# classify.config.TrainConfig), except these, which the UI sizes for this server's CPU on purpose:
+# a run that finishes in a few minutes on 2 cores (see the estimates above); the form says how
+# long a useful run takes. Mixed precision: the configs' "auto" is float32 on a CPU; the
+# classifier form autocasts where it pays (engine.devices.autocast_pays: a CPU with native bf16,
+# a CUDA GPU), since a form run is about minutes, not bit-reproducibility across machines.
+CPU_SIZED = {"style": {"image_size": 128, "steps": 150, "batch_size": 2},
+             "classify": {"epochs": 3, "train_subset": 5000}}
+
+
+def form_defaults(config_cls: type, keys: tuple[str, ...], cpu_sized: dict[str, Any]) -> dict:
+    """``keys``' defaults for a form: the config's, overridden by the UI's CPU-sized ones."""
+    base = defaults(config_cls)
+    return {k: cpu_sized.get(k, base[k]) for k in keys}
+
+
+STYLE_DEFAULTS = form_defaults(StyleConfig, ("image_size", "steps", "batch_size", "preview_every"),
+                               CPU_SIZED["style"])
+CLASSIFY_DEFAULTS = form_defaults(ClassifyConfig, ("epochs", "batch_size", "lr", "train_subset"),
+                                  CPU_SIZED["classify"])

@@ -177,17 +177,29 @@ def precision_line(recipe: dict[str, Any], recorded: Sequence[str] = ()) -> str:
                  for p, n in counts.most_common()]
         if len(known) < len(recorded):
             parts.append(f"not recorded in {len(recorded) - len(known)} (trained before runs "
-                         f"logged it; the recipe asks for "
-                         f"{'autocast' if recipe.get('amp') else 'float32'})")
+                         f"logged it; the recipe asks for {_asked(recipe)})")
         lowp = any(p != "float32" for p in counts)
         return ("Precision, as the runs recorded it: " + "; ".join(parts)
                 + (" (autocast: norm statistics, the loss and the optimizer in float32)."
                    if lowp else "."))
-    if not recipe.get("amp"):
+    asked = _asked(recipe)
+    if asked == "float32":
         return "Precision: float32."
     dev = str(recipe.get("device", "cpu")).split(":")[0]
+    if asked != "autocast":
+        return f"Precision: {asked} on {dev}."
     return (f"Precision: {'bf16' if dev == 'cpu' else 'bf16/fp16'} autocast on {dev} (norm "
             "statistics, the loss and the optimizer in float32).")
+
+
+def _asked(recipe: dict[str, Any]) -> str:
+    """What a recipe's ``amp`` asks for: "autocast", "float32", or for ``auto`` (the configs'
+    default, ``engine.devices.resolve_amp``) what it means on the recipe's device."""
+    amp = recipe.get("amp")
+    if isinstance(amp, str):  # "auto": float32 on CPU, bf16 on a GPU that computes it natively
+        dev = str(recipe.get("device", "cpu")).split(":")[0]
+        return "float32" if dev == "cpu" else "bf16 autocast where the GPU computes bf16 natively"
+    return "autocast" if amp else "float32"
 
 
 def check_budget(budget: str) -> str:

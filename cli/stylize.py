@@ -296,10 +296,13 @@ def run_cmd(
     dev = _device(ctx, device)
     failed: list[str] = []
     if style_image is not None:
+        # the arbitrary path works at 1024 px unless told (--max-size 0: the photo's own size,
+        # tiled beyond --max-memory / at --tile)
         _run_paintings(style_image, jobs, single, failed, dev, method=method, alpha=alpha,
                        scales=scales, style_size=style_size, vgg_weights=vgg_weights,
-                       max_size=max_size or 1024, preserve_color=preserve_color,
-                       strength=strength)
+                       max_size=1024 if max_size is None else (max_size or None),
+                       preserve_color=preserve_color, strength=strength, tile=tile,
+                       max_memory=budget, backend=backend)
         jobs = []
     if jobs and backend in ("auto", "onnxruntime") and not fast and gate is None \
             and tile is None and style is None:
@@ -319,15 +322,16 @@ def run_cmd(
 
 def _run_paintings(spec: str, jobs: list, single: bool, failed: list[str], device: str, *,
                    method: str, alpha: float, scales: str, style_size: Optional[int],
-                   vgg_weights: Optional[str], **kw) -> None:
+                   vgg_weights: Optional[str], backend: str = "auto", **kw) -> None:
     """The ``stylize run --style-image`` jobs: painting statistics computed once for all."""
     from tqdm.auto import tqdm
 
     from engine.devices import resolve_device
     from engine.images import load_image
     from stylize.arbitrary import (METHODS, load_paintings, load_stylizer, parse_paintings,
-                                   parse_scales, stylize_with_paintings)
+                                   parse_scales, stylize_with_paintings, use_backend)
     from stylize.losses import find_encoder
+    from stylize.tiling import max_image_pixels
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -336,14 +340,14 @@ def _run_paintings(spec: str, jobs: list, single: bool, failed: list[str], devic
     factors = parse_scales(scales)
     paintings = parse_paintings(spec)
     dev = resolve_device(device)
-    st = load_stylizer(find_encoder(vgg_weights), device=dev)
+    st = use_backend(load_stylizer(find_encoder(vgg_weights), device=dev), backend, dev)
     stats = None
     if style_size:  # one painting size for every photo: compute its statistics once
         styles, weights = load_paintings(paintings, style_size)
         stats = st.style_statistics([t.to(dev) for t in styles], weights, method)
     for src, dst in tqdm(jobs, desc=f"stylize {method}", unit="img", disable=len(jobs) == 1):
         try:
-            img = load_image(src)
+            img = load_image(src, max_pixels=max_image_pixels(kw.get("max_memory"), dev))
         except ValueError as exc:
             if single:
                 raise

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from norms import transfer
+
+from .tiling import MIN_ARBITRARY_TILE
 
 LEVELS = ("relu3_1", "relu2_1", "relu1_1")  # deepest first: the order of the multi-level chain
 METHODS = tuple(transfer.TRANSFERS)  # "wct", "adain"
@@ -173,8 +176,10 @@ class ArbitraryStylizer(nn.Module):
 
     @torch.no_grad()
     def style_statistics(self, styles: Sequence[Tensor], weights: Sequence[float] | None = None,
-                         method: str = "wct", levels: Sequence[str] | None = None) -> StyleStatistics:
-        """Statistics of each painting (1×3×H×W, 0–255) at each level of the chain."""
+                         method: str = "wct", levels: Sequence[str] | None = None,
+                         tile: int | None = None) -> StyleStatistics:
+        """Statistics of each painting (1×3×H×W, 0–255) at each level of the chain; paintings
+        larger than ``tile`` px are encoded in tiles (the same statistics, bounded memory)."""
         _check_method(method)
         if not styles:
             raise ValueError("no style image given")
@@ -185,8 +190,15 @@ class ArbitraryStylizer(nn.Module):
         levels = list(levels or self.levels)
         stat = transfer.mean_cov if method == "wct" else transfer.mean_std
         per_level: dict[str, list[Any]] = {lv: [] for lv in levels}
-        for s in styles:  # one encoder pass gives every level's features
-            feats = self._encode_taps(s, levels)
+        for s in styles:
+            if s.shape[0] != 1:
+                raise ValueError("give each style image as 1×3×H×W")
+            if tile is not None and max(s.shape[-2:]) > tile:  # a painting beyond the budget
+                for lv in levels:
+                    per_level[lv].append(self._tiled_statistics(s.float(), lv, method, 1e-5,
+                                                                tile))
+                continue
+            feats = self._encode_taps(s, levels)  # one encoder pass gives every level
             for lv in levels:
                 per_level[lv].append(stat(feats[lv]))
         return StyleStatistics(method, [w / total for w in weights], per_level)
@@ -224,21 +236,9 @@ class ArbitraryStylizer(nn.Module):
         if x.shape[0] != 1:
             raise ValueError("tiled stylization takes one image at a time")
         h, w = x.shape[-2:]
-        r = _FACTOR[level]
         ys = axis_tiles(h, tile, TILE_MARGIN, TILE_FEATHER)
         xs = axis_tiles(w, tile, TILE_MARGIN, TILE_FEATHER)
-        moments: _Moments | None = None
-        for i, ty in enumerate(ys):
-            for j, tx in enumerate(xs):
-                f = self._encode(x[..., ty.start:ty.end, tx.start:tx.end], level)
-                (a0, a1), (b0, b1) = _owned(ys, i, h, r), _owned(xs, j, w, r)
-                own = f[..., a0 - ty.start // r:a1 - ty.start // r,
-                        b0 - tx.start // r:b1 - tx.start // r]
-                if moments is None:
-                    moments = _Moments(own, full=stats.method == "wct")
-                moments.add(own)
-        assert moments is not None
-        cs = moments.mean_cov() if stats.method == "wct" else moments.mean_std(eps)
+        cs = self._tiled_statistics(x, level, stats.method, eps, tile)
         if content is not None:
             cs = content(cs)
         out = torch.zeros_like(x)
@@ -256,6 +256,30 @@ class ArbitraryStylizer(nn.Module):
                 if on_tile is not None:
                     on_tile()
         return out.clamp(0, 255)
+
+    def _tiled_statistics(self, x: Tensor, level: str, method: str, eps: float,
+                          tile: int) -> Any:
+        """The statistics ``method`` needs of the features of the whole 1×3×H×W ``x`` at
+        ``level``, encoded in overlapping tiles: each tile's moments are summed over the feature
+        positions it owns (a partition of the image), so they are the whole image's."""
+        from .tiling import axis_tiles
+
+        h, w = x.shape[-2:]
+        r = _FACTOR[level]
+        ys = axis_tiles(h, tile, TILE_MARGIN, TILE_FEATHER)
+        xs = axis_tiles(w, tile, TILE_MARGIN, TILE_FEATHER)
+        moments: _Moments | None = None
+        for i, ty in enumerate(ys):
+            for j, tx in enumerate(xs):
+                f = self._encode(x[..., ty.start:ty.end, tx.start:tx.end], level)
+                (a0, a1), (b0, b1) = _owned(ys, i, h, r), _owned(xs, j, w, r)
+                own = f[..., a0 - ty.start // r:a1 - ty.start // r,
+                        b0 - tx.start // r:b1 - tx.start // r]
+                if moments is None:
+                    moments = _Moments(own, full=method == "wct")
+                moments.add(own)
+        assert moments is not None
+        return moments.mean_cov() if method == "wct" else moments.mean_std(eps)
 
     @torch.no_grad()
     def forward(self, photo: Tensor, stats: StyleStatistics, alpha: float = 1.0,
@@ -323,7 +347,6 @@ _FACTOR = {"relu1_1": 1, "relu2_1": 2, "relu3_1": 4}  # encoder downsampling at 
 # multiples of 4 keep every tile on the max-pools' grid.
 TILE_MARGIN = 32
 TILE_FEATHER = 16
-MIN_ARBITRARY_TILE = 128
 
 
 def _tile_count(size: tuple[int, int], tile: int | None) -> int:
@@ -520,13 +543,17 @@ def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
                            style_size: int | None = None, max_size: int | None = 1024,
                            preserve_color: bool = False, strength: float = 1.0,
                            stats: StyleStatistics | None = None,
+                           tile: int | None = None, max_memory: int | None = None,
                            progress: Callable[[int, int], None] | None = None) -> "Image.Image":
     """A photo (PIL) in the style of ``paintings`` (path → blend weight), same size out.
 
     The photo is processed at most ``max_size`` px on its longer side (and scaled back);
     paintings are encoded with their longer side = the processed photo's (``style_size``
     overrides), so a painting's patterns keep their size relative to the picture. ``stats``
-    reuses statistics computed once (a folder, a video)."""
+    reuses statistics computed once (a folder, a video). Beyond ``max_memory`` (bytes; default
+    half of what the process may allocate, see ``stylize.tiling.plan_arbitrary_tile``) or the
+    forced ``tile`` size, every level runs in overlapping tiles with the whole image's content
+    statistics (``ArbitraryStylizer._level_tiled``): the same look as one pass (≥ 80 dB)."""
     from PIL import Image
 
     from engine.images import to_image, to_tensor
@@ -537,12 +564,204 @@ def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
     size = processing_size(src.size, max_size)
     work = src if size == src.size else src.resize(size, Image.LANCZOS)
     device = next(stylizer.parameters()).device
+    from .tiling import plan_arbitrary_tile
+
+    def plan(w: int, h: int) -> int | None:
+        return plan_arbitrary_tile(w, h, device=device, max_memory=max_memory, tile=tile)
+
+    photo_tile = plan(*work.size)
     if stats is None:
         styles, weights = load_paintings(paintings, style_size or max(work.size))
-        stats = stylizer.style_statistics([t.to(device) for t in styles], weights, method)
+        tiles = [t for t in (plan(s.shape[-1], s.shape[-2]) for s in styles) if t]
+        stats = stylizer.style_statistics([t.to(device) for t in styles], weights, method,
+                                          tile=min(tiles, default=None))
     out = stylizer(to_tensor(work).to(device), stats, alpha=alpha, scales=scales,
-                   progress=progress)
+                   progress=progress, tile=photo_tile)
     result = to_image(out.cpu())
     if result.size != src.size:
         result = result.resize(src.size, Image.BICUBIC)
     return finish_output(src, result, preserve_color, strength)
+
+
+# --------------------------------------------------------------------- onnxruntime backend
+
+ARBITRARY_BACKENDS = ("auto", "torch", "onnxruntime")
+ONNX_EXPORT_FORMAT = 1  # bump when the exported graphs change (part of the cache key)
+
+
+class _EncoderTaps(nn.Module):
+    """The encoder up to ``taps[-1]`` as a module with tuple outputs (for ONNX export)."""
+
+    def __init__(self, encoder: nn.Module, taps: Sequence[str]) -> None:
+        super().__init__()
+        self.encoder, self.taps = encoder, list(taps)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:  # N×3×H×W -> per tap N×C×h×w
+        out = self.encoder(x, self.taps)
+        return tuple(out[t] for t in self.taps)
+
+
+def _encoder_taps(level: str) -> list[str]:
+    """Taps the exported encoder graph of ``level`` gives: every level up to it (shallow
+    first), so one run of the deepest graph serves the style statistics of all levels."""
+    return [lv for lv in reversed(LEVELS) if _FACTOR[lv] <= _FACTOR[level]]
+
+
+def stylizer_sha(stylizer: ArbitraryStylizer) -> str:
+    """Hash of the encoder's and decoders' weights and the export settings (the cache key)."""
+    import hashlib
+    import json
+
+    from .deploy import export_settings
+
+    h = hashlib.sha256(json.dumps({**export_settings(), "arbitrary": ONNX_EXPORT_FORMAT},
+                                  sort_keys=True).encode())
+    for k, v in stylizer.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def export_arbitrary_onnx(stylizer: ArbitraryStylizer, folder: str | Path) -> Path:
+    """Write the encoder (one graph per level: ``enc_<level>.onnx``, outputs every tap up to
+    it) and the decoders (``dec_<level>.onnx``) into ``folder`` as ONNX (fp32, opset
+    ``stylize.deploy.ONNX_OPSET``, N, H and W dynamic). The WCT/AdaIN step between them stays
+    in torch: it is global (covariances, eigendecompositions), not a convolution graph."""
+    import copy
+    import warnings
+
+    from .deploy import ONNX_OPSET
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    enc = copy.deepcopy(stylizer.encoder).float().cpu().eval()
+    x = torch.rand(1, 3, 64, 64) * 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's tracer notices
+        for level in stylizer.levels:
+            taps = _encoder_taps(level)
+            axes = {"x": {0: "n", 2: "h", 3: "w"}, **{t: {0: "n", 2: "fh", 3: "fw"} for t in taps}}
+            torch.onnx.export(_EncoderTaps(enc, taps), (x,), str(folder / f"enc_{level}.onnx"),
+                              dynamo=False, opset_version=ONNX_OPSET, input_names=["x"],
+                              output_names=taps, dynamic_axes=axes)
+            dec = copy.deepcopy(stylizer.decoders[level]).float().cpu().eval()
+            f = torch.rand(1, _CHANNELS[level], 16, 16)
+            torch.onnx.export(dec, (f,), str(folder / f"dec_{level}.onnx"), dynamo=False,
+                              opset_version=ONNX_OPSET, input_names=["f"], output_names=["y"],
+                              dynamic_axes={"f": {0: "n", 2: "h", 3: "w"},
+                                            "y": {0: "n", 2: "oh", 3: "ow"}})
+    return folder
+
+
+class OnnxArbitrary:
+    """onnxruntime sessions for an exported encoder and decoders (``export_arbitrary_onnx``):
+    ``encode``/``decode`` take and give torch tensors like the modules they replace."""
+
+    def __init__(self, folder: str | Path, levels: Sequence[str], threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        folder = Path(folder)
+        self.enc, self.dec = {}, {}
+        for level in levels:
+            for kind, store in (("enc", self.enc), ("dec", self.dec)):
+                path = folder / f"{kind}_{level}.onnx"
+                try:
+                    store[level] = ort.InferenceSession(str(path), opts,
+                                                        providers=["CPUExecutionProvider"])
+                except Exception as exc:  # onnxruntime raises its own error types
+                    raise ValueError(f"{path} is not an ONNX graph onnxruntime can load "
+                                     f"({str(exc).strip().splitlines()[0][:200]})") from None
+
+    def encode(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
+        deepest = max(taps, key=_FACTOR.__getitem__)
+        sess = self.enc[deepest]
+        names = [o.name for o in sess.get_outputs()]
+        a = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        outs = sess.run([t for t in taps], {"x": a}) if all(t in names for t in taps) else None
+        if outs is None:
+            raise ValueError(f"the exported encoder for {deepest} has no taps {list(taps)}")
+        return {t: torch.from_numpy(o).to(x.device) for t, o in zip(taps, outs)}
+
+    def decode(self, f: Tensor, level: str) -> Tensor:
+        a = np.ascontiguousarray(f.detach().float().cpu().numpy())
+        return torch.from_numpy(self.dec[level].run(None, {"f": a})[0]).to(f.device)
+
+
+def _verify(stylizer: ArbitraryStylizer, runtime: OnnxArbitrary) -> None:
+    """The exported graphs give the torch modules' outputs (to float rounding) on a test input."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 9, 11, generator=g), size=(68, 84),
+                                        mode="bicubic", align_corners=False).clamp(0, 1) * 255
+    for level in stylizer.levels:
+        f = stylizer.encoder(x, [level])[level]
+        worst = float((runtime.encode(x, [level])[level] - f).abs().max() /
+                      f.abs().max().clamp_min(1e-6))
+        y = stylizer.decoders[level](f)
+        worst = max(worst, float((runtime.decode(f, level) - y).abs().max() / 255))
+        if not worst < 1e-3:
+            raise ValueError(f"the onnxruntime export of the {level} encoder/decoder differs from "
+                             f"torch (relative error {worst:.2g}); use --backend torch")
+
+
+def onnx_runtime(stylizer: ArbitraryStylizer) -> OnnxArbitrary:
+    """onnxruntime sessions for ``stylizer``, from the export cache (``stylize.deploy.cache_dir``,
+    keyed by the weights' hash) or exported, verified against torch and cached now."""
+    import os
+    import shutil
+    import tempfile
+
+    from .deploy import cache_dir
+
+    root = cache_dir()
+    final = root / f"arbitrary-{stylizer_sha(stylizer)}"
+    levels = stylizer.levels
+    if not all((final / f"{k}_{lv}.onnx").is_file() for lv in levels for k in ("enc", "dec")):
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".arbitrary-"))
+        try:
+            export_arbitrary_onnx(stylizer, tmp)
+            _verify(stylizer, OnnxArbitrary(tmp, levels))
+            if final.exists():  # an incomplete entry (other levels, a crash): replace it
+                shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return OnnxArbitrary(final, levels)
+
+
+def resolve_arbitrary_backend(backend: str, device: str | torch.device = "cpu") -> str:
+    """``torch`` or ``onnxruntime`` for the arbitrary path: ``auto`` takes onnxruntime on CPU
+    when it is installed (measured faster: ``stylize bench --style-image``), torch on a GPU.
+    ``compiled`` is the feed-forward path's; here it is refused with one line."""
+    dev = torch.device(device)
+    if backend == "compiled":
+        raise ValueError("--backend compiled is not available with --style-image; use auto, "
+                         "torch or onnxruntime")
+    if backend not in ARBITRARY_BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(ARBITRARY_BACKENDS)}, "
+                         f"got {backend!r}")
+    if backend == "torch" or (backend == "auto" and dev.type != "cpu"):
+        return "torch"
+    if dev.type != "cpu":
+        raise ValueError("--backend onnxruntime runs on the CPU; use --device cpu or "
+                         "--backend torch")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if backend == "onnxruntime":
+            raise ValueError("--backend onnxruntime needs the onnxruntime package") from None
+        return "torch"
+    return "onnxruntime"
+
+
+def use_backend(stylizer: ArbitraryStylizer, backend: str = "auto",
+                device: str | torch.device = "cpu") -> ArbitraryStylizer:
+    """``stylizer`` running its encoder and decoders on ``backend`` (see
+    ``resolve_arbitrary_backend``); the WCT/AdaIN step always runs in torch."""
+    chosen = resolve_arbitrary_backend(backend, device)
+    stylizer.runtime = onnx_runtime(stylizer) if chosen == "onnxruntime" else None
+    return stylizer

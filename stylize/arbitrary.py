@@ -544,6 +544,7 @@ def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
                            preserve_color: bool = False, strength: float = 1.0,
                            stats: StyleStatistics | None = None,
                            tile: int | None = None, max_memory: int | None = None,
+                           stats_cache: dict | None = None,
                            progress: Callable[[int, int], None] | None = None) -> "Image.Image":
     """A photo (PIL) in the style of ``paintings`` (path → blend weight), same size out.
 
@@ -553,7 +554,9 @@ def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
     reuses statistics computed once (a folder, a video). Beyond ``max_memory`` (bytes; default
     half of what the process may allocate, see ``stylize.tiling.plan_arbitrary_tile``) or the
     forced ``tile`` size, every level runs in overlapping tiles with the whole image's content
-    statistics (``ArbitraryStylizer._level_tiled``): the same look as one pass (≥ 80 dB)."""
+    statistics (``ArbitraryStylizer._level_tiled``): the same look as one pass (≥ 80 dB).
+    ``stats_cache``: a dict that keeps painting statistics per painting size across calls (a
+    folder of photos of one size encodes the paintings once)."""
     from PIL import Image
 
     from engine.images import to_image, to_tensor
@@ -570,11 +573,16 @@ def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
         return plan_arbitrary_tile(w, h, device=device, max_memory=max_memory, tile=tile)
 
     photo_tile = plan(*work.size)
+    key = (tuple(paintings.items()), method, style_size or max(work.size))
+    if stats is None and stats_cache is not None:
+        stats = stats_cache.get(key)
     if stats is None:
         styles, weights = load_paintings(paintings, style_size or max(work.size))
         tiles = [t for t in (plan(s.shape[-1], s.shape[-2]) for s in styles) if t]
         stats = stylizer.style_statistics([t.to(device) for t in styles], weights, method,
                                           tile=min(tiles, default=None))
+        if stats_cache is not None:
+            stats_cache[key] = stats
     out = stylizer(to_tensor(work).to(device), stats, alpha=alpha, scales=scales,
                    progress=progress, tile=photo_tile)
     result = to_image(out.cpu())

@@ -447,3 +447,68 @@ def train_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['variant']} | {r['s_per_step']:.2f} | {r['images_per_s']:.2f} | "
                      f"{r['ratio']:.2f} | {r['cpu_s_per_step']:.2f} | {r['cpu_ratio']:.2f} |")
     return "\n".join(lines)
+
+
+# ---- the arbitrary-style path (encoder → WCT/AdaIN → decoders) ------------------------------
+
+def _arbitrary_stylizer(vgg_weights: str | None, device: torch.device):
+    from .arbitrary import load_stylizer
+    from .losses import find_encoder
+
+    return load_stylizer(find_encoder(vgg_weights), device=device)
+
+
+def _pan_clip(photo: str | None, frames: int, size: int, flashes: bool = False) -> list:
+    """A ``size``-px square crop panning diagonally across ``photo`` (2 px down, 4 px right per
+    frame); ``flashes`` adds a square flashing black/white at random places."""
+    import numpy as np
+    from PIL import Image
+
+    import weights
+
+    img = Image.open(photo or weights.SAMPLES_DIR / "amber.jpg").convert("RGB")
+    s = (size + 4 * frames) / min(img.size)
+    img = img.resize((round(img.size[0] * s) + 1, round(img.size[1] * s) + 1), Image.LANCZOS)
+    a = np.asarray(img)
+    rng = np.random.default_rng(0)
+    clip = []
+    for t in range(frames):
+        f = a[2 * t:2 * t + size, 4 * t:4 * t + size].copy()
+        if flashes:
+            y0, x0 = rng.integers(0, size - size // 4, 2)
+            f[y0:y0 + size // 4, x0:x0 + size // 4] = 255 if t % 2 else 0
+        clip.append(f)
+    return clip
+
+
+def bench_arbitrary_flicker(painting: str, photo: str | None = None, frames: int = 24,
+                            size: int = 256, momenta: tuple[float, ...] = (0.5, 0.9),
+                            method: str = "wct", device: str = "cpu",
+                            vgg_weights: str | None = None, flashes: bool = False,
+                            backend: str = "auto") -> list[dict[str, Any]]:
+    """Flicker of the arbitrary path on a panning clip (see ``bench_flicker``): per-frame
+    content statistics vs their moving average (``ContentSmoother``) at each momentum, the style
+    statistics fixed. Rows as ``bench_flicker``'s."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from .arbitrary import use_backend
+    from .video import read_clip, stylize_video_paintings, write_clip
+
+    dev = resolve_device(device)
+    st = use_backend(_arbitrary_stylizer(vgg_weights, dev), backend, dev)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = write_clip(_pan_clip(photo, frames, size, flashes), Path(tmp) / "pan.mp4", fps=24)
+        for mom in (None, *momenta):
+            r = stylize_video_paintings(st, src, Path(tmp) / "out.mp4", {painting: 1.0},
+                                        method=method, max_size=None, smooth=mom, bar=False)
+            out = [f.astype(np.float32) for f in read_clip(Path(tmp) / "out.mp4")[0]]
+            aligned = float(np.mean([np.abs(b[:-2, :-4] - a[2:, 4:]).mean()
+                                     for a, b in zip(out, out[1:])]))
+            rows.append({"smooth": mom, "flicker": r.flicker, "input_mean_abs_diff":
+                         r.flicker_input, "output_mean_abs_diff": r.flicker_output,
+                         "motion_aligned_output_diff": aligned, "seconds": r.seconds})
+    return rows

@@ -699,6 +699,7 @@ class OnnxArbitrary:
         return torch.from_numpy(self.dec[level].run(None, {"f": a})[0]).to(f.device)
 
 
+@torch.no_grad()
 def _verify(stylizer: ArbitraryStylizer, runtime: OnnxArbitrary) -> None:
     """The exported graphs give the torch modules' outputs (to float rounding) on a test input."""
     g = torch.Generator().manual_seed(0)
@@ -727,6 +728,11 @@ def onnx_runtime(stylizer: ArbitraryStylizer) -> OnnxArbitrary:
     root = cache_dir()
     final = root / f"arbitrary-{stylizer_sha(stylizer)}"
     levels = stylizer.levels
+    if all((final / f"{k}_{lv}.onnx").is_file() for lv in levels for k in ("enc", "dec")):
+        try:
+            return OnnxArbitrary(final, levels)
+        except ValueError:  # a damaged entry (truncated, overwritten): export again
+            shutil.rmtree(final, ignore_errors=True)
     if not all((final / f"{k}_{lv}.onnx").is_file() for lv in levels for k in ("enc", "dec")):
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".arbitrary-"))

@@ -592,6 +592,7 @@ def bench_cmd(
     vgg_weights: Optional[str] = typer.Option(None, help="With --train: real VGG weights (default: random weights of the relu3_1 encoder's shape, same cost)."),
     content: Optional[Path] = typer.Option(None, help="With --train: a content folder (default: generated images)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
+    style_image: Optional[str] = typer.Option(None, "--style-image", help="Instead: the arbitrary-style path (encoder → WCT/AdaIN → decoders, torch and onnxruntime) with this painting next to the feed-forward --model, as ratios to its fp32 eager time in one run (--vgg-weights: the encoder)."),
 ) -> None:
     """Inference ms per image: float32 eager vs the fast path, as ratios in one run, with the
     fast path's PSNR against float32 (bf16 is used only where PSNR ≥ 40 dB). With --tiling:
@@ -644,6 +645,34 @@ def bench_cmd(
         typer.echo(f"training step, {sz[0]} px, batch {batch_size}, norm {norm}, {dev}, "
                    f"{torch.get_num_threads()} threads, {steps} timed steps each:")
         typer.echo(train_markdown(rows))
+    elif style_image is not None:
+        from stylize.bench import bench_arbitrary, machine_header
+
+        if not Path(style_image).is_file():
+            raise ValueError(f"--style-image {style_image} does not exist")
+        if video:
+            from stylize.bench import bench_arbitrary_flicker
+
+            rows = bench_arbitrary_flicker(style_image, photo=str(photo) if photo else None,
+                                           size=sz[0], device=_device(ctx, device),
+                                           vgg_weights=vgg_weights, flashes=flashes)
+            typer.echo("| content statistics | flicker (out/in mean abs diff) | "
+                       "motion-aligned output diff |")
+            typer.echo("|---|---:|---:|")
+            for r in rows:
+                sm = "per frame" if r["smooth"] is None else f"moving average {r['smooth']:g}"
+                typer.echo(f"| {sm} | {r['flicker']:.3f} | "
+                           f"{r['motion_aligned_output_diff']:.2f} |")
+            if json_out:
+                write_text_atomic(json_out, json.dumps(rows, indent=2, default=str))
+            return
+        typer.echo(machine_header())
+        rows = bench_arbitrary(style_image, sz, repeats=repeats, model=model,
+                               device=_device(ctx, device), vgg_weights=vgg_weights,
+                               photo=str(photo) if photo else None)
+        typer.echo("ratios: to the feed-forward fp32 eager row of the same size; PSNR: "
+                   "onnxruntime against torch fp32 of the same path")
+        typer.echo(to_markdown(rows))
     elif video:
         from stylize.bench import bench_flicker
 

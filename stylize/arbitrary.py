@@ -12,7 +12,11 @@ downscaled copy and its upscaled result seeds the full-size run, so the painting
 out larger relative to the photo (bigger strokes than relu3_1's ≈ 40 px receptive field allows).
 
 Statistics are fixed objects (``StyleStatistics``): computed once per painting (and blend), they
-serve a whole folder, video or every tile of a large image.
+serve a whole folder, video or every tile of a large image. Large images run each level in
+overlapping tiles with the whole image's content statistics (summed over the tiles in a first
+pass), so tiles agree with the one-pass result (``_level_tiled``); a video averages its frames'
+content statistics (``ContentSmoother``). The encoder and decoders can run on onnxruntime
+(``use_backend``), the WCT/AdaIN step between them stays in torch.
 """
 from __future__ import annotations
 
@@ -150,6 +154,7 @@ class ArbitraryStylizer(nn.Module):
             raise ValueError("no decoder given")
         self.encoder = encoder
         self.decoders = nn.ModuleDict(dict(decoders))
+        self.runtime: OnnxArbitrary | None = None  # onnxruntime sessions (``use_backend``)
         for level, dec in self.decoders.items():
             if dec.level != level:
                 raise ValueError(f"decoder for {level} was trained for {dec.level}")
@@ -157,8 +162,6 @@ class ArbitraryStylizer(nn.Module):
     @property
     def levels(self) -> list[str]:
         return [lv for lv in LEVELS if lv in self.decoders]
-
-    runtime: "Any" = None  # an ``OnnxArbitrary`` (onnxruntime backend) or None (torch)
 
     def _encode_taps(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
         # N×3×H×W (0–255) -> {tap: N×C×h×w}
@@ -685,16 +688,14 @@ class OnnxArbitrary:
                                      f"({str(exc).strip().splitlines()[0][:200]})") from None
 
     def encode(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
+        """{tap: N×C×h×w} of N×3×H×W ``x`` (0–255), from the graph of the deepest tap."""
         deepest = max(taps, key=_FACTOR.__getitem__)
-        sess = self.enc[deepest]
-        names = [o.name for o in sess.get_outputs()]
         a = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        outs = sess.run([t for t in taps], {"x": a}) if all(t in names for t in taps) else None
-        if outs is None:
-            raise ValueError(f"the exported encoder for {deepest} has no taps {list(taps)}")
+        outs = self.enc[deepest].run(list(taps), {"x": a})  # its outputs: every tap up to it
         return {t: torch.from_numpy(o).to(x.device) for t, o in zip(taps, outs)}
 
     def decode(self, f: Tensor, level: str) -> Tensor:
+        """N×3×H×W (0–255) of ``level`` features N×C×h×w."""
         a = np.ascontiguousarray(f.detach().float().cpu().numpy())
         return torch.from_numpy(self.dec[level].run(None, {"f": a})[0]).to(f.device)
 

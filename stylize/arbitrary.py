@@ -675,6 +675,9 @@ class OnnxArbitrary:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # torch runs the WCT/AdaIN step between the graphs: onnxruntime's workers must not
+        # spin-wait for more work meanwhile (they took the cores from torch's GEMMs and eigh)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         folder = Path(folder)
         self.enc, self.dec = {}, {}
         for level in levels:

@@ -20,10 +20,11 @@ content statistics (``ContentSmoother``). The encoder and decoders can run on on
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -191,7 +192,8 @@ class ArbitraryStylizer(nn.Module):
             raise ValueError(f"style weights must be ≥ 0, one per style, not all 0: {weights}")
         total = sum(weights)
         levels = list(levels or self.levels)
-        stat = transfer.mean_cov if method == "wct" else transfer.mean_std
+        def stat(f: Tensor) -> Any:
+            return content_statistics(f, method)
         per_level: dict[str, list[Any]] = {lv: [] for lv in levels}
         for s in styles:
             if s.shape[0] != 1:
@@ -202,14 +204,16 @@ class ArbitraryStylizer(nn.Module):
                                                                 tile))
                 continue
             feats = self._encode_taps(s, levels)  # one encoder pass gives every level
-            for lv in levels:
-                per_level[lv].append(stat(feats[lv]))
+            with _one_thread():
+                for lv in levels:
+                    per_level[lv].append(stat(feats[lv]))
         return StyleStatistics(method, [w / total for w in weights], per_level)
 
     def _transfer(self, f: Tensor, stats: StyleStatistics, level: str, alpha: float, eps: float,
                   content_stats: Any = None) -> Tensor:
         fn = transfer.TRANSFERS[stats.method]
-        outs = [fn(f, s, eps, content_stats=content_stats) for s in stats.per_level[level]]
+        with _one_thread() if stats.method == "wct" else contextlib.nullcontext():
+            outs = [fn(f, s, eps, content_stats=content_stats) for s in stats.per_level[level]]
         t = outs[0] if len(outs) == 1 else transfer.blend(outs, stats.weights)
         return alpha * t + (1 - alpha) * f
 
@@ -217,10 +221,11 @@ class ArbitraryStylizer(nn.Module):
                content: "Callable[[Any], Any] | None" = None) -> Tensor:
         """One level of the chain on a whole image: encode, transfer, decode (N×3×H×W)."""
         f = self._encode(x, level)
-        cs = content_statistics(f, stats.method, eps)
-        if content is not None:  # e.g. a video's moving average
-            cs = content(cs)
-        t = self._transfer(f, stats, level, alpha, eps, content_stats=cs)
+        with _one_thread():  # small GEMMs and eigh: see _one_thread
+            cs = content_statistics(f, stats.method, eps)
+            if content is not None:  # e.g. a video's moving average
+                cs = content(cs)
+            t = self._transfer(f, stats, level, alpha, eps, content_stats=cs)
         y = self._decode(t.to(f.dtype), level)
         return _fit(y, x.shape[-2:]).clamp(0, 255)
 
@@ -350,6 +355,24 @@ _FACTOR = {"relu1_1": 1, "relu2_1": 2, "relu3_1": 4}  # encoder downsampling at 
 # multiples of 4 keep every tile on the max-pools' grid.
 TILE_MARGIN = 32
 TILE_FEATHER = 16
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the block on one torch/LAPACK thread: the statistics and WCT step (covariance GEMMs,
+    256×256 float64 ``eigh``, the C×C transform). Measured on the shared 2-core box (load ≈ 10):
+    one ``eigh`` 0.04–0.08 s on one thread, 12–17 s on two (the threaded LAPACK path waits on
+    busy cores); the relu1_1 covariance of a 384² photo 0.5–0.6 s on one thread, 1.3–1.9 s on
+    two. These are too small to gain much from threads on an idle machine either."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _tile_count(size: tuple[int, int], tile: int | None) -> int:

@@ -193,7 +193,7 @@ class ArbitraryStylizer(nn.Module):
         total = sum(weights)
         levels = list(levels or self.levels)
         def stat(f: Tensor) -> Any:
-            return content_statistics(f, method)
+            return feature_statistics(f, method)
         per_level: dict[str, list[Any]] = {lv: [] for lv in levels}
         for s in styles:
             if s.shape[0] != 1:
@@ -222,7 +222,7 @@ class ArbitraryStylizer(nn.Module):
         """One level of the chain on a whole image: encode, transfer, decode (N×3×H×W)."""
         f = self._encode(x, level)
         with _one_thread():  # small GEMMs and eigh: see _one_thread
-            cs = content_statistics(f, stats.method, eps)
+            cs = feature_statistics(f, stats.method, eps)
             if content is not None:  # e.g. a video's moving average
                 cs = content(cs)
             t = self._transfer(f, stats, level, alpha, eps, content_stats=cs)
@@ -423,9 +423,9 @@ class _Moments:
                                 (var + eps).sqrt().float().view(1, -1, 1, 1))
 
 
-def content_statistics(f: Tensor, method: str, eps: float = 1e-5, chunk: int = 16384) -> Any:
-    """The content statistics ``method`` needs of features ``f`` (N×C×H×W): ``MeanStd`` for
-    AdaIN, ``MeanCov`` for WCT. WCT's covariance: mean in float64, centred products as float32
+def feature_statistics(f: Tensor, method: str, eps: float = 1e-5, chunk: int = 16384) -> Any:
+    """The statistics ``method`` needs of features ``f`` (N×C×H×W; a photo's or a painting's):
+    ``MeanStd`` for AdaIN, ``MeanCov`` for WCT. WCT's covariance: mean in float64, centred products as float32
     GEMMs over chunks of ``chunk`` positions summed in float64 — ~2× faster than
     ``transfer.mean_cov``'s float64 GEMM; the matrix roots stay float64 (where the digits
     matter: ``norms.transfer``). Output within ≥ 60 dB of the float64 covariance (tested)."""

@@ -10,7 +10,7 @@ from PIL import Image
 
 from norms import transfer
 from stylize import arbitrary
-from stylize.arbitrary import (ArbitraryStylizer, Decoder, DecoderConfig, content_statistics,
+from stylize.arbitrary import (ArbitraryStylizer, Decoder, DecoderConfig, feature_statistics,
                                stylize_with_paintings)
 from stylize.bench import _random_vgg19_relu3_1
 from stylize.tiling import axis_tiles, plan_arbitrary_tile
@@ -103,7 +103,7 @@ def test_tiled_statistics_are_the_whole_images(stylizer, method):
 def test_float32_gemm_covariance_matches_float64():
     g = torch.Generator().manual_seed(0)
     f = torch.relu(torch.randn(2, 64, 40, 50, generator=g) * 3 + 1)
-    fast, ref = content_statistics(f, "wct", chunk=512), transfer.mean_cov(f)
+    fast, ref = feature_statistics(f, "wct", chunk=512), transfer.mean_cov(f)
     torch.testing.assert_close(fast.mean, ref.mean)
     torch.testing.assert_close(fast.cov, ref.cov, rtol=1e-5, atol=1e-5)
     s = transfer.mean_cov(torch.relu(torch.randn(1, 64, 30, 30, generator=g)))

@@ -229,10 +229,13 @@ def run_cmd(
     fast: bool = typer.Option(False, help="torch.compile + bf16 autocast (--backend compiled) where the CPU has native bf16 (AVX-512 BF16 or AMX), fp16/bf16 autocast on a GPU; elsewhere what auto picks. Within 40 dB PSNR of fp32 (see `stylize bench`)."),
     backend: str = typer.Option("auto", help="auto (probes this machine: compiled bf16 for jobs that repay compiling on a native-bf16 CPU, else onnxruntime fp32; fp16/bf16 on a GPU), torch (fp32 eager), onnxruntime (CPU; exported once, cached, verified) or compiled."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps (default: the global --device)."),
+    momentum: Optional[float] = typer.Option(None, help="With --style-image on a video: weight of the past in the moving average of the frames' content statistics, in [0, 1) (default 0.9; 0 = each frame its own)."),
 ) -> None:
     """Stylize images; the output has the input's size (and alpha). Folders map to folders.
     Outputs are checked before any work; existing files are kept unless --overwrite. A model
-    whose ONNX export is cached runs without loading PyTorch (one-shot runs start fast)."""
+    whose ONNX export is cached runs without loading PyTorch (one-shot runs start fast).
+    With --style-image, one video file in (.mp4, .mov, ...) gives a video out (frames at most
+    512 px unless --max-size; fixed painting statistics; prints the flicker metric)."""
     from stylize.oneshot import BACKENDS
     from stylize.tiling import parse_memory
 
@@ -243,6 +246,17 @@ def run_cmd(
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if (model is None) == (style_image is None):
         raise ValueError("give either --model NAME or --style-image PAINTING")
+    if style_image is not None and any(p.suffix.lower() in _VIDEO_SUFFIXES for p in inputs):
+        _run_painting_video(style_image, list(inputs), output, _device(ctx, device),
+                            overwrite=overwrite, method=method, alpha=alpha, scales=scales,
+                            style_size=style_size, vgg_weights=vgg_weights,
+                            max_size=512 if max_size is None else (max_size or None),
+                            momentum=0.9 if momentum is None else momentum,
+                            preserve_color=preserve_color, strength=strength,
+                            max_memory=budget, backend=backend)
+        return
+    if momentum is not None:
+        raise ValueError("--momentum applies to a video with --style-image")
     if style_image is not None:
         from stylize.arbitrary import parse_paintings
 
@@ -256,10 +270,13 @@ def run_cmd(
     dev = _device(ctx, device)
     failed: list[str] = []
     if style_image is not None:
+        # the arbitrary path works at 1024 px unless told (--max-size 0: the photo's own size,
+        # tiled beyond --max-memory / at --tile)
         _run_paintings(style_image, jobs, single, failed, dev, method=method, alpha=alpha,
                        scales=scales, style_size=style_size, vgg_weights=vgg_weights,
-                       max_size=max_size or 1024, preserve_color=preserve_color,
-                       strength=strength)
+                       max_size=1024 if max_size is None else (max_size or None),
+                       preserve_color=preserve_color, strength=strength, tile=tile,
+                       max_memory=budget, backend=backend)
         jobs = []
     if jobs and backend in ("auto", "onnxruntime") and not fast and gate is None \
             and tile is None and style is None:
@@ -279,15 +296,16 @@ def run_cmd(
 
 def _run_paintings(spec: str, jobs: list, single: bool, failed: list[str], device: str, *,
                    method: str, alpha: float, scales: str, style_size: Optional[int],
-                   vgg_weights: Optional[str], **kw) -> None:
+                   vgg_weights: Optional[str], backend: str = "auto", **kw) -> None:
     """The ``stylize run --style-image`` jobs: painting statistics computed once for all."""
     from tqdm.auto import tqdm
 
     from engine.devices import resolve_device
     from engine.images import load_image
-    from stylize.arbitrary import (METHODS, load_paintings, load_stylizer, parse_paintings,
-                                   parse_scales, stylize_with_paintings)
+    from stylize.arbitrary import (METHODS, load_stylizer, parse_paintings, parse_scales,
+                                   stylize_with_paintings, use_backend)
     from stylize.losses import find_encoder
+    from stylize.tiling import max_image_pixels
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -296,21 +314,63 @@ def _run_paintings(spec: str, jobs: list, single: bool, failed: list[str], devic
     factors = parse_scales(scales)
     paintings = parse_paintings(spec)
     dev = resolve_device(device)
-    st = load_stylizer(find_encoder(vgg_weights), device=dev)
-    stats = None
-    if style_size:  # one painting size for every photo: compute its statistics once
-        styles, weights = load_paintings(paintings, style_size)
-        stats = st.style_statistics([t.to(dev) for t in styles], weights, method)
+    st = use_backend(load_stylizer(find_encoder(vgg_weights), device=dev), backend, dev)
+    cache: dict = {}  # painting statistics per painting size: computed once per size
     for src, dst in tqdm(jobs, desc=f"stylize {method}", unit="img", disable=len(jobs) == 1):
         try:
-            img = load_image(src)
+            img = load_image(src, max_pixels=max_image_pixels(kw.get("max_memory"), dev))
         except ValueError as exc:
             if single:
                 raise
             failed.append(str(exc))
             continue
         _save(stylize_with_paintings(st, img, paintings, method=method, alpha=alpha,
-                                     scales=factors, style_size=style_size, stats=stats, **kw), dst)
+                                     scales=factors, style_size=style_size,
+                                     stats_cache=cache, **kw), dst)
+
+
+_VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")  # stylize.video's, torch-free
+
+
+def _run_painting_video(spec: str, inputs: list[Path], output: Path, device: str, *,
+                        overwrite: bool, method: str, alpha: float, scales: str,
+                        style_size: Optional[int], vgg_weights: Optional[str],
+                        max_size: Optional[int], momentum: float, backend: str,
+                        **kw) -> None:
+    """``stylize run --style-image P video.mp4 -o out.mp4``: one video, fixed painting
+    statistics, content statistics averaged over frames (``momentum``)."""
+    from engine.devices import resolve_device
+    from engine.io import check_output, check_regular_file
+    from stylize.arbitrary import (METHODS, load_stylizer, parse_paintings, parse_scales,
+                                   use_backend)
+    from stylize.losses import find_encoder
+    from stylize.video import stylize_video_paintings, video_format
+
+    if len(inputs) != 1:
+        raise ValueError("a video is stylized on its own: give one video file per run")
+    if method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"--alpha must be in [0, 1], got {alpha}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"--momentum must be in [0, 1), got {momentum}")
+    video_format(output)
+    check_regular_file(inputs[0], "input")
+    paintings = parse_paintings(spec)
+    check_output(output, kind="video", inputs=[inputs[0], *paintings], overwrite=overwrite)
+    factors = parse_scales(scales)
+    dev = resolve_device(device)
+    st = use_backend(load_stylizer(find_encoder(vgg_weights), device=dev), backend, dev)
+    try:
+        report = stylize_video_paintings(st, inputs[0], output, paintings, method=method,
+                                         alpha=alpha, scales=tuple(factors),
+                                         style_size=style_size, max_size=max_size,
+                                         smooth=momentum or None, **kw)
+    except OSError as exc:
+        why = os.strerror(exc.errno).lower() if exc.errno else str(exc).split(":")[0]
+        raise ValueError(f"cannot write {output}: {why}") from None
+    typer.echo(report.summary())
+    typer.echo(str(output))
 
 
 def _run_torch(model: str, jobs: list, single: bool, failed: list[str], device: str,
@@ -492,6 +552,7 @@ def bench_cmd(
     vgg_weights: Optional[str] = typer.Option(None, help="With --train: real VGG weights (default: random weights of the relu3_1 encoder's shape, same cost)."),
     content: Optional[Path] = typer.Option(None, help="With --train: a content folder (default: generated images)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
+    style_image: Optional[str] = typer.Option(None, "--style-image", help="Instead: the arbitrary-style path (encoder → WCT/AdaIN → decoders, torch and onnxruntime) with this painting next to the feed-forward --model, as ratios to its fp32 eager time in one run (--vgg-weights: the encoder)."),
 ) -> None:
     """Inference ms per image: float32 eager vs the fast path, as ratios in one run, with the
     fast path's PSNR against float32 (bf16 is used only where PSNR ≥ 40 dB). With --tiling:
@@ -544,6 +605,34 @@ def bench_cmd(
         typer.echo(f"training step, {sz[0]} px, batch {batch_size}, norm {norm}, {dev}, "
                    f"{torch.get_num_threads()} threads, {steps} timed steps each:")
         typer.echo(train_markdown(rows))
+    elif style_image is not None:
+        from stylize.bench import bench_arbitrary, machine_header
+
+        if not Path(style_image).is_file():
+            raise ValueError(f"--style-image {style_image} does not exist")
+        if video:
+            from stylize.bench import bench_arbitrary_flicker
+
+            rows = bench_arbitrary_flicker(style_image, photo=str(photo) if photo else None,
+                                           size=sz[0], device=_device(ctx, device),
+                                           vgg_weights=vgg_weights, flashes=flashes)
+            typer.echo("| content statistics | flicker (out/in mean abs diff) | "
+                       "motion-aligned output diff |")
+            typer.echo("|---|---:|---:|")
+            for r in rows:
+                sm = "per frame" if r["smooth"] is None else f"moving average {r['smooth']:g}"
+                typer.echo(f"| {sm} | {r['flicker']:.3f} | "
+                           f"{r['motion_aligned_output_diff']:.2f} |")
+            if json_out:
+                write_text_atomic(json_out, json.dumps(rows, indent=2, default=str))
+            return
+        typer.echo(machine_header())
+        rows = bench_arbitrary(style_image, sz, repeats=repeats, model=model,
+                               device=_device(ctx, device), vgg_weights=vgg_weights,
+                               photo=str(photo) if photo else None)
+        typer.echo("ratios: to the feed-forward fp32 eager row of the same size; PSNR: "
+                   "onnxruntime against torch fp32 of the same path")
+        typer.echo(to_markdown(rows))
     elif video:
         from stylize.bench import bench_flicker
 

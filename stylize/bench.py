@@ -449,3 +449,163 @@ def train_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['variant']} | {r['s_per_step']:.2f} | {r['images_per_s']:.2f} | "
                      f"{r['ratio']:.2f} | {r['cpu_s_per_step']:.2f} | {r['cpu_ratio']:.2f} |")
     return "\n".join(lines)
+
+
+# ---- the arbitrary-style path (encoder → WCT/AdaIN → decoders) ------------------------------
+
+def _arbitrary_stylizer(vgg_weights: str | None, device: torch.device):
+    from .arbitrary import load_stylizer
+    from .losses import find_encoder
+
+    return load_stylizer(find_encoder(vgg_weights), device=device)
+
+
+def _pan_clip(photo: str | None, frames: int, size: int, flashes: bool = False) -> list:
+    """A ``size``-px square crop panning diagonally across ``photo`` (2 px down, 4 px right per
+    frame); ``flashes`` adds a square flashing black/white at random places."""
+    import numpy as np
+    from PIL import Image
+
+    import weights
+
+    img = Image.open(photo or weights.SAMPLES_DIR / "amber.jpg").convert("RGB")
+    s = (size + 4 * frames) / min(img.size)
+    img = img.resize((round(img.size[0] * s) + 1, round(img.size[1] * s) + 1), Image.LANCZOS)
+    a = np.asarray(img)
+    rng = np.random.default_rng(0)
+    clip = []
+    for t in range(frames):
+        f = a[2 * t:2 * t + size, 4 * t:4 * t + size].copy()
+        if flashes:
+            y0, x0 = rng.integers(0, size - size // 4, 2)
+            f[y0:y0 + size // 4, x0:x0 + size // 4] = 255 if t % 2 else 0
+        clip.append(f)
+    return clip
+
+
+def bench_arbitrary_flicker(painting: str, photo: str | None = None, frames: int = 24,
+                            size: int = 256, momenta: tuple[float, ...] = (0.5, 0.9),
+                            method: str = "wct", device: str = "cpu",
+                            vgg_weights: str | None = None, flashes: bool = False,
+                            backend: str = "auto") -> list[dict[str, Any]]:
+    """Flicker of the arbitrary path on a panning clip (see ``bench_flicker``): per-frame
+    content statistics vs their moving average (``ContentSmoother``) at each momentum, the style
+    statistics fixed. Rows as ``bench_flicker``'s."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from .arbitrary import use_backend
+    from .video import read_clip, stylize_video_paintings, write_clip
+
+    dev = resolve_device(device)
+    st = use_backend(_arbitrary_stylizer(vgg_weights, dev), backend, dev)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = write_clip(_pan_clip(photo, frames, size, flashes), Path(tmp) / "pan.mp4", fps=24)
+        for mom in (None, *momenta):
+            r = stylize_video_paintings(st, src, Path(tmp) / "out.mp4", {painting: 1.0},
+                                        method=method, max_size=None, smooth=mom, bar=False)
+            out = [f.astype(np.float32) for f in read_clip(Path(tmp) / "out.mp4")[0]]
+            aligned = float(np.mean([np.abs(b[:-2, :-4] - a[2:, 4:]).mean()
+                                     for a, b in zip(out, out[1:])]))
+            rows.append({"smooth": mom, "flicker": r.flicker, "input_mean_abs_diff":
+                         r.flicker_input, "output_mean_abs_diff": r.flicker_output,
+                         "motion_aligned_output_diff": aligned, "seconds": r.seconds})
+    return rows
+
+
+def bench_arbitrary(painting: str, sizes: list[int], repeats: int = 3, model: str | None = None,
+                    device: str = "cpu", vgg_weights: str | None = None,
+                    photo: str | None = None, onnx: bool = True) -> list[dict[str, Any]]:
+    """The arbitrary path next to the feed-forward one, as ratios to the feed-forward fp32 eager
+    time in the same round (interleaved, median over rounds; ``bench``'s rows). Per size: a
+    photo (``photo``, default the amber sample) resized to size² through the feed-forward model
+    (``model``, default an untrained IN TransformerNet of the shipped size) in fp32 eager and
+    onnxruntime, and through the arbitrary chain (relu3_1 → relu2_1 → relu1_1, painting
+    statistics computed once beforehand, as for a folder) with WCT and AdaIN in torch and
+    onnxruntime; the painting statistics themselves get their own row. PSNR: each
+    onnxruntime row against its torch fp32 row."""
+    from PIL import Image
+
+    import weights
+    from engine.images import to_tensor
+
+    from .arbitrary import load_paintings, onnx_runtime
+
+    dev = resolve_device(device)
+    ff_rows = {}
+    if model:
+        from .infer import load_model
+
+        net = load_model(model, device=dev).net.eval()
+    else:
+        torch.manual_seed(0)
+        net = TransformerNet(norm="in").to(dev).eval()
+    runner = None
+    if onnx and dev.type == "cpu":
+        import tempfile
+
+        from .deploy import OnnxStyleRunner, export_onnx
+        from .infer import StyleModel
+
+        with tempfile.TemporaryDirectory() as tmp:
+            runner = OnnxStyleRunner(export_onnx(StyleModel(net=net, config=net.config,
+                                                            name="bench"), f"{tmp}/m.onnx"))
+    st = _arbitrary_stylizer(vgg_weights, dev)
+    rt = onnx_runtime(st) if runner is not None else None
+    img = Image.open(photo or weights.SAMPLES_DIR / "amber.jpg").convert("RGB")
+    rows: list[dict[str, Any]] = []
+    for s in sizes:
+        x = to_tensor(img.resize((s, s), Image.LANCZOS)).to(dev)
+        styles, w = load_paintings({painting: 1.0}, s)
+        styles = [t.to(dev) for t in styles]
+        stats = {m: st.style_statistics(styles, w, m) for m in ("wct", "adain")}
+
+        def arb(method: str, runtime: Any) -> Callable[[], torch.Tensor]:
+            def run() -> torch.Tensor:
+                st.runtime = runtime
+                try:
+                    return st(x, stats[method])
+                finally:
+                    st.runtime = None
+            return run
+
+        def style_stats() -> torch.Tensor:
+            return st.style_statistics(styles, w, "wct").per_level["relu3_1"][0].cov
+
+        def eager() -> torch.Tensor:
+            with torch.no_grad():
+                return net(x)
+
+        variants: list[tuple[str, Callable[[], torch.Tensor], str | None]] = [
+            ("feed-forward fp32 eager (reference)", eager, None)]
+        if runner is not None:
+            variants.append(("feed-forward onnxruntime fp32", lambda: runner(x),
+                             variants[0][0]))
+        for m in ("wct", "adain"):
+            variants.append((f"arbitrary {m} torch fp32", arb(m, None), None))
+            if rt is not None:
+                variants.append((f"arbitrary {m} onnxruntime fp32", arb(m, rt),
+                                 f"arbitrary {m} torch fp32"))
+        variants.append(("painting statistics, WCT (once per painting and size)", style_stats,
+                         None))
+        outs, first, times = {}, {}, {n: [] for n, _, _ in variants}
+        for name, fn, _ in variants:  # warm-up (onnxruntime arenas, allocator)
+            t = time.perf_counter()
+            outs[name] = fn()
+            first[name] = (time.perf_counter() - t) * 1000
+        for _ in range(repeats):
+            for name, fn, _ in variants:
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+        ref = variants[0][0]
+        for name, _, against in variants:
+            ratios = [a / b for a, b in zip(times[name], times[ref])]
+            q = psnr(outs[name], outs[against]) if against else float("inf")
+            rows.append({"size": s, "variant": name, "ms": statistics.median(times[name]) * 1000,
+                         "ratio": statistics.median(ratios), "psnr_db": q,
+                         "used": against is None or q >= PSNR_MIN, "first_ms": first[name]})
+    return rows

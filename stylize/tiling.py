@@ -592,3 +592,42 @@ def _materialise(stage: _Stage, read, folder: str | None) -> _Stage:
     for r0 in range(0, n, step):
         out.write(r0, read(np.arange(r0, min(n, r0 + step))))
     return out
+
+
+# ---- the arbitrary-style path (encoder → WCT/AdaIN → decoders) ---------------------------------
+
+# Peak RSS growth of one fp32 pass of the relu3_1 → relu2_1 → relu1_1 chain on CPU, per input
+# pixel: 1392 / 1399 B (WCT) and 1217 / 1416 B (AdaIN) at 512² / 1024² (`ru_maxrss` in a fresh
+# process, shipped decoders). Rounded up.
+ARBITRARY_BYTES_PER_PIXEL = 1600.0
+# Whole-image buffers the tiled chain keeps besides a tile: uint8/PIL input and output (16 B) and
+# float32 images (the level's input and output, the bicubic upscale between scales: 3 × 12 B).
+_ARBITRARY_IMAGE_BYTES_PER_PIXEL = 52.0
+MIN_ARBITRARY_TILE = 128
+
+
+def plan_arbitrary_tile(width: int, height: int, *, device: "torch.device | str" = "cpu",
+                        max_memory: int | None = None, tile: int | None = None) -> int | None:
+    """Tile size (px) for the arbitrary-style chain on a ``width``×``height`` image, or None
+    when the whole image fits ``max_memory`` (bytes; default ``default_memory_budget``). An
+    explicit ``tile`` is used as given when the image is larger."""
+    if tile is not None:
+        if tile < MIN_ARBITRARY_TILE:
+            raise ValueError(f"tile must be at least {MIN_ARBITRARY_TILE} px, got {tile}")
+        return tile if max(width, height) > tile else None
+    dev = _device_type(device)
+    budget = default_memory_budget(device) if max_memory is None else int(max_memory)
+    if dev == "cpu":
+        resident = _process_rss() if max_memory is not None else 0
+        budget -= resident + int(_ARBITRARY_IMAGE_BYTES_PER_PIXEL * width * height)
+    if width * height * ARBITRARY_BYTES_PER_PIXEL <= budget:
+        return None
+    need = ARBITRARY_BYTES_PER_PIXEL * MIN_ARBITRARY_TILE ** 2
+    if budget < need:
+        have = f" (given {max_memory / 2**20:.0f} MB)" if max_memory is not None else ""
+        raise ValueError(f"not enough memory to stylize a {width}×{height} image{have}: the "
+                         f"image buffers and a minimal tile need about "
+                         f"{(max(0, (max_memory or 0) - budget) + need) / 2**20:.0f} MB; raise "
+                         "the memory limit or downscale (max size)")
+    return max(MIN_ARBITRARY_TILE, min(2048, int(math.sqrt(budget / ARBITRARY_BYTES_PER_PIXEL))
+                                       // 4 * 4))

@@ -457,3 +457,137 @@ def read_clip(path: str | Path) -> tuple[list[np.ndarray], float, bool]:
         return frames, fps, bool(inp.streams.audio)
     finally:
         inp.close()
+
+
+# ---- the arbitrary-style path: any painting, fixed style statistics -------------------------
+
+def transcode(src: str | Path, dst: str | Path, frame_fn: Callable[[np.ndarray], np.ndarray], *,
+              max_size: int | None = None, progress: Callable[[int, int | None], None] | None = None,
+              bar: bool = True, smooth: float | None = None) -> VideoReport:
+    """Decode ``src`` frame by frame, map each (H×W×3 ``uint8``, downscaled to ``max_size``)
+    through ``frame_fn`` (same shape out) in order, and write ``dst`` atomically at the source
+    size, keeping the frame rate and remuxing the first audio stream unchanged. ``smooth`` is
+    only recorded in the report."""
+    import av
+    from tqdm.auto import tqdm
+
+    src, dst = Path(src), Path(dst)
+    fmt = video_format(dst)
+    if max_size is not None and max_size < 16:
+        raise ValueError(f"max_size must be at least 16, got {max_size}")
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"output {dst} is the input; choose another output")
+    t0 = time.perf_counter()
+    inp = _open_input(src)
+    try:
+        vin = inp.streams.video[0]
+        ain = inp.streams.audio[0] if inp.streams.audio else None
+        rate = vin.average_rate or vin.guessed_rate
+        rate = Fraction(rate) if rate and rate > 0 else Fraction(25)
+        w, h = vin.codec_context.width, vin.codec_context.height
+        if not w or not h:
+            raise ValueError(f"{src}: the video stream has no frame size")
+        pw, ph = w, h
+        if max_size and max(w, h) > max_size:
+            s = max_size / max(w, h)
+            pw, ph = max(16, round(w * s)), max(16, round(h * s))
+        ow, oh = w - w % 2, h - h % 2  # yuv420p needs even sizes
+        total = vin.frames or None
+        fin, fout = FlickerMeter(), FlickerMeter()
+        n = 0
+        with atomic_path(dst) as tmp, contextlib.ExitStack() as stack:
+            out = stack.enter_context(av.open(str(tmp), mode="w", format=fmt))
+            vout = out.add_stream(_VIDEO_CODECS[fmt], rate=rate)
+            vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
+            tb = Fraction(rate.denominator, rate.numerator)
+            aout = out.add_stream_from_template(ain) if ain is not None and fmt != "webm" \
+                else None  # webm takes only opus/vorbis audio; most sources are aac
+            pbar = stack.enter_context(tqdm(total=total, desc="frames", unit="frame",
+                                            disable=not bar, leave=False))
+            streams = [vin] + ([ain] if aout is not None else [])
+            for packet in inp.demux(*streams):
+                if packet.stream is ain:
+                    if packet.dts is not None:
+                        packet.stream = aout
+                        out.mux(packet)
+                    continue
+                for frame in packet.decode():
+                    if (frame.width, frame.height) != (w, h):
+                        raise ValueError(f"{src}: frame {n + 1} is {frame.width}×{frame.height} "
+                                         f"but the video started at {w}×{h}; a video whose "
+                                         "frame size changes mid-stream is not supported")
+                    rgb = frame.to_ndarray(format="rgb24")
+                    if (pw, ph) != (w, h):
+                        rgb = np.asarray(Image.fromarray(rgb).resize((pw, ph), Image.LANCZOS))
+                    y = frame_fn(rgb)
+                    fin.add(rgb)
+                    fout.add(y)
+                    if (pw, ph) != (w, h):
+                        y = np.asarray(Image.fromarray(y).resize((w, h), Image.BICUBIC))
+                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(y[:oh, :ow]),
+                                                    format="rgb24")
+                    vf.pts, vf.time_base = n, tb
+                    for p in vout.encode(vf):
+                        out.mux(p)
+                    n += 1
+                    pbar.update(1)
+                    if progress is not None:
+                        progress(n, total)
+            for p in vout.encode():
+                out.mux(p)
+            if n == 0:
+                raise ValueError(f"{src} has no decodable video frames")
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"video error on {src}: {exc}") from None
+    except (IndexError, KeyError, TypeError, AttributeError, ZeroDivisionError,
+            OverflowError) as exc:  # PyAV/numpy on a stream they do not expect
+        raise ValueError(f"{src}: its video stream is not one normlab can stylize "
+                         f"({_describe_stream(inp)}; {type(exc).__name__}: "
+                         f"{str(exc)[:80]})") from None
+    finally:
+        inp.close()
+    fi, fo = fin.value, fout.value
+    return VideoReport(frames=n, fps=float(rate), width=ow, height=oh, audio=aout is not None,
+                       seconds=time.perf_counter() - t0, flicker_input=fi, flicker_output=fo,
+                       flicker=fo / fi if fi > 0 else float("nan"), smooth=smooth)
+
+
+def stylize_video_paintings(stylizer: Any, src: str | Path, dst: str | Path,
+                            paintings: dict[str, float], *, method: str = "wct",
+                            alpha: float = 1.0, scales: tuple[int, ...] = (1,),
+                            style_size: int | None = None, max_size: int | None = 512,
+                            smooth: float | None = 0.9, preserve_color: bool = False,
+                            strength: float = 1.0, max_memory: int | None = None,
+                            progress: Callable[[int, int | None], None] | None = None,
+                            bar: bool = True) -> VideoReport:
+    """Stylize every frame of ``src`` into ``dst`` with any painting(s) (``stylize.arbitrary``):
+    the style statistics are computed once, at the processed frame size, for the whole video.
+    ``smooth``: EMA momentum of the frames' content statistics (``ContentSmoother``; None = each
+    frame its own), which keeps the whitening from jumping with every object that enters."""
+    from .arbitrary import ContentSmoother, load_paintings
+    from .tiling import plan_arbitrary_tile
+
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    info = probe_video(src)
+    fw, fh = info.width, info.height
+    if max_size and max(fw, fh) > max_size:
+        s = max_size / max(fw, fh)
+        fw, fh = max(16, round(fw * s)), max(16, round(fh * s))
+    dev = next(stylizer.parameters()).device
+    tile = plan_arbitrary_tile(fw, fh, device=dev, max_memory=max_memory)
+    styles, weights = load_paintings(paintings, style_size or max(fw, fh))
+    stats = stylizer.style_statistics([t.to(dev) for t in styles], weights, method)
+    smoother = ContentSmoother(smooth) if smooth is not None else None
+
+    def frame_fn(rgb: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(dev).permute(2, 0, 1)[None].float()
+        y = stylizer(x, stats, alpha=alpha, scales=scales, tile=tile, smoother=smoother)
+        out = y[0].clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        if preserve_color or strength < 1.0:
+            out = np.asarray(finish_output(Image.fromarray(rgb), Image.fromarray(out),
+                                           preserve_color, strength).convert("RGB"))
+        return out
+
+    return transcode(src, dst, frame_fn, max_size=max_size, progress=progress, bar=bar,
+                     smooth=smooth)

@@ -31,6 +31,17 @@ CSS = """
 .nl-pixelated img { image-rendering: pixelated; }
 .nl-report img { width: 100%; max-width: 900px; height: auto; display: block; }
 #nl_banner:empty { display: none; }
+.nl-card { border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg);
+           padding: 8px 14px; min-height: 200px; }
+.nl-card .nl-big { font-size: 2.2em; font-weight: 600; }
+/* style thumbnails: the whole caption, wrapped, not "candy · fou…" */
+#st_gallery .caption-label { white-space: normal; overflow: visible; text-overflow: clip;
+    overflow-wrap: anywhere; max-width: calc(100% - 6px); font-size: var(--text-xs);
+    line-height: 1.15; text-align: center; padding: 2px 4px; }
+/* a phone: the main tabs wrap onto a second row (no "…" menu), tighter */
+@media (max-width: 640px) {
+  #nl_tabs > .tab-wrapper [role=tablist] button { padding: 4px 8px; font-size: var(--text-sm); }
+}
 footer { display: none !important; }
 """
 
@@ -114,11 +125,30 @@ def _prefer(options: list, wanted: str) -> str | None:
     return values[0] if values else None
 
 
-def _plot(title: str, x_title: str, y_title: str) -> gr.LinePlot:
+class Curve(SimpleNamespace):
+    """A live training curve and the number card that stands in for it while it has one point
+    (a line through one point draws nothing: the plot would be an empty frame)."""
+
+
+def _plot(title: str, x_title: str, y_title: str, elem_id: str, unit: str = "") -> Curve:
     """A live training curve. One series per plot and no initial value: the browser fixes a
     plot's colour domain at its first data, so series that appear later would not be drawn."""
-    return gr.LinePlot(None, x="x", y="value", title=title, x_title=x_title, y_title=y_title,
-                       height=200)
+    plot = gr.LinePlot(None, x="x", y="value", title=title, x_title=x_title, y_title=y_title,
+                       height=200, elem_id=elem_id)
+    card = gr.Markdown(visible=False, elem_id=f"{elem_id}_card", elem_classes="nl-card")
+    return Curve(plot=plot, card=card, title=title, x_title=x_title, unit=unit)
+
+
+def curve_updates(curve: Curve, frame: pd.DataFrame) -> tuple:
+    """The plot and card updates for ``frame``: with exactly one point the card shows its value
+    in place of the plot; otherwise the plot (empty before the first point)."""
+    if len(frame) == 1:
+        x, v = float(frame["x"].iloc[0]), float(frame["value"].iloc[0])
+        value = f"{v:.1f} {curve.unit}".strip() if curve.unit else f"{v:.4g}"
+        text = (f"**{curve.title}**\n\n<span class='nl-big'>{value}</span> at {curve.x_title} "
+                f"{x:g}\n\n(one point so far: the curve is drawn from the second)")
+        return gr.update(value=frame, visible=False), gr.update(value=text, visible=True)
+    return gr.update(value=frame, visible=True), gr.update(visible=False)
 
 
 def _first(choices: list[tuple[str, str]]) -> str | None:
@@ -600,8 +630,8 @@ def _train_style_tab(cfg: UIConfig) -> SimpleNamespace:
                     cancel = gr.Button("Cancel", variant="stop", elem_id="ts_cancel")
                 status = _train_status("ts")
             with gr.Column():
-                content_plot = _plot("Content loss", "step", "loss")
-                style_plot = _plot("Style loss", "step", "loss")
+                content_plot = _plot("Content loss", "step", "loss", "ts_content_plot")
+                style_plot = _plot("Style loss", "step", "loss", "ts_style_plot")
                 preview = gr.Image(label="Preview", type="pil", interactive=False, height=256)
     for comp in (size, steps, batch):
         comp.change(T.style_estimate, [size, steps, batch], estimate, api_visibility="private")
@@ -717,9 +747,11 @@ def _train_classifier_tab(cfg: UIConfig) -> SimpleNamespace:
                     cancel = gr.Button("Cancel", variant="stop", elem_id="tc_cancel")
                 status = _train_status("tc")
             with gr.Column():
-                loss_plot = _plot("Training loss", "epoch", "loss")
-                acc_plot = _plot("Training accuracy", "epoch", "accuracy (%)")
-                test_plot = _plot("Test accuracy (end of each epoch)", "epoch", "accuracy (%)")
+                loss_plot = _plot("Training loss", "epoch", "loss", "tc_loss_plot")
+                acc_plot = _plot("Training accuracy", "epoch", "accuracy (%)", "tc_acc_plot",
+                                 unit="%")
+                test_plot = _plot("Test accuracy (end of each epoch)", "epoch", "accuracy (%)",
+                                  "tc_test_plot", unit="%")
     for comp in (data, epochs, subset):
         comp.change(lambda d, e, s: T.classifier_estimate(cfg, d, e, s), [data, epochs, subset],
                     estimate, api_visibility="private")
@@ -832,10 +864,13 @@ def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.
     """Start (checks at once, then follows the server-side job), Cancel, and re-attach on page
     load (with the form showing what the run was started with). Following holds no worker slot:
     the job runs in its own server thread."""
-    outputs = [tab.status, *tab.plots, *tab.extra, *dropdowns]
+    curves = [c for p in tab.plots for c in (p.plot, p.card)]
+    outputs = [tab.status, *curves, *tab.extra, *dropdowns]
 
     def render(u: T.TrainUpdate, current: list) -> list:
-        out = [u.status, *[_frame(u.history, s) for s in tab.series]]
+        out = [u.status]
+        for p, s in zip(tab.plots, tab.series):
+            out += curve_updates(p, _frame(u.history, s))
         out += [u.preview] * len(tab.extra)
         out += refreshed(current) if u.model_name else [gr.skip()] * len(dropdowns)
         return out
@@ -904,7 +939,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
     with gr.Blocks(title="normlab", fill_width=False, delete_cache=cfg.delete_cache) as demo:
         gr.Markdown(INTRO)
         banner = gr.Markdown(elem_id="nl_banner")
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap", elem_id="nl_tabs"):
             st = _stylize_tab(cfg)
             ts = _train_style_tab(cfg)
             cl = _classify_tab(cfg)

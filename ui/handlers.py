@@ -497,7 +497,8 @@ def style_gallery(cfg: UIConfig) -> list[tuple[str, str, str, str | None]]:
                 tmp = dst.with_suffix(".tmp.png")
                 im.save(tmp)
                 tmp.replace(dst)
-            out.append((str(dst), f"{shown} · {name}", value, style))
+            # spaces, not underscores: a caption wraps at them under its thumbnail
+            out.append((str(dst), f"{shown.replace('_', ' ')} · {name}", value, style))
     return out
 
 

@@ -69,7 +69,8 @@ def test_public_endpoints_are_the_documented_ones(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert names == {"/stylize", "/stylize_video", "/compare", "/classify", "/shift_explorer", "/gates",
                      "/feature_stats", "/train_style", "/cancel_style", "/train_classifier",
-                     "/cancel_classifier", "/report", "/stylize_painting", "/optimize_painting"}
+                     "/cancel_classifier", "/report", "/stylize_painting", "/optimize_painting",
+                     "/divergence"}
 
 
 def test_server_binds_loopback_and_limits_uploads(server):

@@ -338,15 +338,19 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                                 elem_id="st_upload")
         with gr.Accordion("Compare norms: the same image through several models", open=False):
             with gr.Row():
-                cmp_models = gr.Dropdown(style_choices,
+                cmp_models = gr.Dropdown(style_choices, elem_id="cmp_models",
                                          value=H.distinct_norm_choices(cfg, "stylize"),
                                          multiselect=True, label="Models (one per norm first)",
+                                         info="A model with several styles shows its first; "
+                                              "the caption under the grid names each cell.",
                                          allow_custom_value=True, scale=3)
                 cmp_max = gr.Slider(128, 1024, value=384, step=64,
                                     label="Size of each cell (longest side, px)")
             cmp_run = gr.Button("Compare")
             cmp_out = gr.Image(label="Comparison (each cell: model · style · norm)", type="pil",
-                               format="png", interactive=False)
+                               format="png", interactive=False, elem_id="cmp_out")
+            cmp_caption = gr.Markdown(elem_id="cmp_caption")
+            cmp_labels = gr.State([])
         with gr.Accordion("Webcam (live)", open=False):
             with gr.Row():
                 cam_in = gr.Image(label="Webcam", sources=["webcam"], streaming=True,
@@ -509,9 +513,11 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
 
     @guard
     def do_compare(image, models, max_size):
-        return H.compare(cfg, image, models, max_size)
+        return H.compare_cells(cfg, image, models, max_size)
 
-    cmp_run.click(do_compare, [st_in, cmp_models, cmp_max], cmp_out, api_name="compare")
+    cmp_run.click(do_compare, [st_in, cmp_models, cmp_max], [cmp_out, cmp_labels],
+                  api_name="compare").then(H.compare_caption, cmp_labels, cmp_caption,
+                                           api_visibility="private")
 
     @guard
     def do_webcam(frame, model, strength, color, smooth=False, live=None, style=None,
@@ -795,6 +801,7 @@ def _norms_lab_tab(cfg: UIConfig) -> SimpleNamespace:
             fs_strength = _strength_slider(_prefer(shifts, "brightness"))
         fs_run = gr.Button("Compute statistics", elem_id="fs_run")
         fs_plot = gr.Plot(label="Channel statistics", elem_id="fs_plot")
+        dv = _divergence_panel(cfg)
 
     @guard
     def do_gates(model):
@@ -810,7 +817,80 @@ def _norms_lab_tab(cfg: UIConfig) -> SimpleNamespace:
     fs_run.click(do_stats, [fs_in, fs_models, fs_depth, fs_shift, fs_strength],
                  [fs_shifted, fs_plot], api_name="feature_stats")
     fs_shift.change(_strength_for, fs_shift, fs_strength, api_visibility="private")
-    return SimpleNamespace(model=lab_model, models=fs_models)
+    return SimpleNamespace(model=lab_model, models=fs_models, dv_models=dv.models)
+
+
+def _domain_update(cfg: UIConfig, data: str | None):
+    """The two domain boxes for a dataset: PACS's domains or the test set, and shifts."""
+    try:
+        doms = H.divergence_domains(cfg, data)
+    except ValueError:
+        return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
+    a, b = H.default_domains(doms)
+    return gr.update(choices=doms, value=a), gr.update(choices=doms, value=b)
+
+
+def _divergence_panel(cfg: UIConfig) -> SimpleNamespace:
+    """IBN-Net's feature divergence between two domains, by depth (the CLI's ``classify
+    divergence``): computed once per click, then the layer slider redraws from the kept result."""
+    clf_choices = H.model_choices(cfg, "classify")
+    data_opts = T.dataset_dirs(cfg)
+    data0 = _prefer(data_opts, "cifar10")
+    try:
+        doms = H.divergence_domains(cfg, data0) if data0 else []
+    except ValueError:
+        doms = []
+    a0, b0 = H.default_domains(doms)
+    gr.Markdown("### Feature divergence between domains (IBN-Net, Pan et al. 2018, Sec. 3)\n"
+                "How far apart two domains (photos vs sketches, or images vs their grayscale "
+                "copies) sit in each layer: the symmetric KL between Gaussians fitted per channel "
+                "over each domain's images. **D(μ)** (IBN-Net's measure) and **D(σ)** live in "
+                "the instance statistics that IN removes; **D after IN** is what survives it. "
+                "Pick the layer with the slider: the bar chart and table follow at once.",
+                elem_id="dv_intro")
+    with gr.Row():
+        models = gr.Dropdown(clf_choices, value=H.distinct_norm_choices(cfg, "classify", 3),
+                             multiselect=True, label="Classifiers (one per norm first)",
+                             allow_custom_value=False, scale=3, elem_id="dv_models")
+        data = gr.Dropdown(data_opts, value=data0, label="Dataset (by name, with image counts)",
+                           scale=3, elem_id="dv_data")
+    with gr.Row():
+        dom_a = gr.Dropdown(doms, value=a0, label="Domain A", elem_id="dv_a")
+        dom_b = gr.Dropdown(doms, value=b0, label="Domain B", elem_id="dv_b")
+        limit = gr.Slider(20, 1000, value=200, step=20, label="Images per domain",
+                          elem_id="dv_limit")
+    run = gr.Button("Compute divergence", elem_id="dv_run")
+    with gr.Row():
+        by_depth = gr.Plot(label="Divergence by depth (the chosen layer shaded)",
+                           elem_id="dv_plot", scale=3)
+        with gr.Column(scale=2):
+            depth = gr.Slider(0, 1, value=0, step=0.05, elem_id="dv_depth",
+                              label="Layer depth (0 = stem → 1 = last block)")
+            at_layer = gr.Plot(label="At this layer", elem_id="dv_layer_plot")
+    table = gr.Markdown(elem_classes="nl-table", elem_id="dv_table")
+    kept = gr.State(None)  # this session's last result: the slider redraws without recomputing
+
+    @guard
+    def do_divergence(models, data, a, b, n, d, progress=gr.Progress()):
+        progress(0, desc="decoding the images…")
+        divs = H.divergence(cfg, models, data, a, b, n, on_progress=lambda i, t, m: progress(
+            i / max(t, 1), desc=f"{m}: features of {a} and {b}"))
+        return (H.divergence_figure(divs, d), H.divergence_layer_chart(divs, d),
+                H.divergence_table(divs, d), divs)
+
+    run.click(do_divergence, [models, data, dom_a, dom_b, limit, depth],
+              [by_depth, at_layer, table, kept], api_name="divergence")
+
+    def redraw(divs, d):
+        if not divs:
+            return gr.skip(), gr.skip(), gr.skip()
+        return (H.divergence_figure(divs, d), H.divergence_layer_chart(divs, d),
+                H.divergence_table(divs, d))
+
+    depth.change(redraw, [kept, depth], [by_depth, at_layer, table], api_visibility="private",
+                 trigger_mode="always_last")
+    data.change(lambda d: _domain_update(cfg, d), data, [dom_a, dom_b], api_visibility="private")
+    return SimpleNamespace(models=models)
 
 
 def _reports_tab(cfg: UIConfig) -> SimpleNamespace:
@@ -974,6 +1054,8 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
 
         # models trained in other sessions (or before a restart) show up on page load
         demo.load(lambda *c: refreshed(list(c)), dropdowns, dropdowns, api_visibility="private")
+        demo.load(lambda v: _dropdown_update(H.model_choices(cfg, "classify"), v, True),
+                  lab.dv_models, lab.dv_models, api_visibility="private")
         demo.load(*st.info, api_visibility="private")
         demo.load(*st.gallery, api_visibility="private")
         demo.load(lambda: training_banner([(style_job, "Train a style"),

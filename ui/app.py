@@ -860,14 +860,13 @@ def _divergence_panel(cfg: UIConfig) -> SimpleNamespace:
         limit = gr.Slider(20, 1000, value=200, step=20, label="Images per domain",
                           elem_id="dv_limit")
     run = gr.Button("Compute divergence", elem_id="dv_run")
+    by_depth = gr.Plot(label="Divergence by depth (the chosen layer shaded)", elem_id="dv_plot")
     with gr.Row():
-        by_depth = gr.Plot(label="Divergence by depth (the chosen layer shaded)",
-                           elem_id="dv_plot", scale=3)
         with gr.Column(scale=2):
             depth = gr.Slider(0, 1, value=0, step=0.05, elem_id="dv_depth",
                               label="Layer depth (0 = stem → 1 = last block)")
-            at_layer = gr.Plot(label="At this layer", elem_id="dv_layer_plot")
-    table = gr.Markdown(elem_classes="nl-table", elem_id="dv_table")
+            table = gr.Markdown(elem_classes="nl-table", elem_id="dv_table")
+        at_layer = gr.Plot(label="At this layer", elem_id="dv_layer_plot", scale=3)
     kept = gr.State(None)  # this session's last result: the slider redraws without recomputing
 
     @guard

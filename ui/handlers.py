@@ -928,7 +928,7 @@ def divergence_layer_chart(divs: list[Divergence], depth: float = 0.0):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.6 + 1.7 * len(divs), 3.0))
+    fig, ax = plt.subplots(figsize=(2.0 + 1.8 * len(divs), 3.4))
     width = 0.8 / len(MEASURES)
     for j, (field, label) in enumerate(MEASURES):
         xs = [i + (j - 1) * width for i in range(len(divs))]
@@ -941,7 +941,8 @@ def divergence_layer_chart(divs: list[Divergence], depth: float = 0.0):
     ax.set_ylabel("symmetric KL", fontsize=8)
     ax.set_title(f"{divs[0].domains[0]} vs {divs[0].domains[1]} at depth {float(depth):.2f}",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3,
+              frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig

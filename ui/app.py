@@ -31,8 +31,7 @@ CSS = """
 .nl-pixelated img { image-rendering: pixelated; }
 .nl-report img { width: 100%; max-width: 900px; height: auto; display: block; }
 #nl_banner:empty { display: none; }
-.nl-card { border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg);
-           padding: 8px 14px; min-height: 200px; }
+.nl-card { padding: 4px 6px; min-height: 200px; }
 .nl-card .nl-big { font-size: 2.2em; font-weight: 600; }
 /* style thumbnails: the whole caption, wrapped, not "candy · fou…" */
 #st_gallery .caption-label { white-space: normal; overflow: visible; text-overflow: clip;
@@ -48,6 +47,11 @@ footer { display: none !important; }
 INTRO = ("**normlab** — normalization layers (BN, IN, BN+IN, BIN, IBN) in style-transfer and "
          "classification CNNs. Every button calls the same library functions as the `normlab` "
          "command line.")
+
+# runs in the browser before the painting buttons' handlers (which get its return value as
+# their inputs): the result box, and its progress, are at the top of the tab
+SHOW_RESULT = ("(...args) => { document.querySelector('#st_out')?.scrollIntoView("
+               "{behavior: 'smooth', block: 'start'}); return args; }")
 
 NOT_AN_IMAGE = "the uploaded file is not an image this server can read (JPEG, PNG, WebP, …)"
 
@@ -280,8 +284,7 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                         "(Gatys et al. 2016): slow (minutes), the most faithful.",
                         elem_id="st_any_note")
             with gr.Row():
-                st_painting = gr.Image(type="filepath", label="Painting", height=200,
-                                       elem_id="st_painting")
+                st_painting = image_input("Painting", "st_painting", height=200)
                 with gr.Column():
                     st_method = gr.Radio(list(PAINTING_METHODS), value=PAINTING_METHODS[0],
                                          label="Method",
@@ -457,9 +460,9 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
 
     any_event = st_any_run.click(do_painting, [st_in, st_painting, st_method, st_alpha,
                                                st_any_size, st_color], st_out,
-                                 api_name="stylize_painting")
+                                 api_name="stylize_painting", js=SHOW_RESULT)
     opt_event = st_opt_run.click(do_optimize, [st_in, st_painting, st_any_size, st_opt_iters],
-                                 st_out, api_name="optimize_painting")
+                                 st_out, api_name="optimize_painting", js=SHOW_RESULT)
     st_stop.click(STOPS.stop, None, None, cancels=[run_event, any_event, opt_event],
                   api_visibility="private")
 

@@ -799,3 +799,50 @@ def test_browser_divergence_panel_follows_the_layer_slider(server):
                                timeout=60_000)
         assert "rror" not in _toasts(page)
         page.screenshot(path=str(ARTIFACTS / "ui_divergence.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_browser_pickers_on_the_shared_data(tmp_path):
+    """Issue 35.11 on the real folders: datasets and content folders by name with image counts
+    (no server paths, no CIFAR class folders); the PACS domain fields show only when PACS is
+    chosen; the divergence panel offers PACS's domains by name."""
+    from ui import launch
+    from ui.config import UIConfig
+
+    data = [need_shared("data", d) for d in ("cifar10", "pacs", "content")]
+    cfg = UIConfig(allowed_dirs=data, runs_dir=tmp_path / "runs", device="cpu",
+                   reports_dir=tmp_path / "reports", output_dir=tmp_path / "out")
+    port = free_port()
+    demo = launch(cfg, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with _page([f"http://127.0.0.1:{port}/"], 1400, 900) as page:
+            page.get_by_role("tab", name="Train a style").click()
+            page.locator("#ts_content input").first.click()
+            content = [o.replace("✓", "").strip()
+                       for o in page.get_by_role("option").all_inner_texts()]
+            page.keyboard.press("Escape")
+            page.get_by_role("tab", name="Train a classifier").click()
+            assert "cifar10 — 10 classes" in page.locator("#tc_data input").first.input_value()
+            assert not page.locator("#tc_train_dom").is_visible()
+            page.locator("#tc_data input").first.click()
+            options = [o.replace("✓", "").strip()
+                       for o in page.get_by_role("option").all_inner_texts()]
+            pacs = next(o for o in options if o.startswith("pacs"))
+            page.get_by_role("option", name=pacs).click()
+            page.locator("#tc_train_dom").wait_for(state="visible", timeout=15_000)
+            assert page.locator("#tc_test_dom textarea, #tc_test_dom input").first \
+                .input_value() == "sketch"
+            page.screenshot(path=str(ARTIFACTS / "ui_train_classifier_pacs.png"))
+            page.get_by_role("tab", name="Norms lab").click()
+            page.locator("#dv_data input").first.click()
+            page.get_by_role("option", name=pacs).click()
+            page.wait_for_function("() => document.querySelector('#dv_a input').value === 'photo'"
+                                   " && document.querySelector('#dv_b input').value === 'sketch'",
+                                   timeout=15_000)
+    finally:
+        demo.close()
+    assert any(o.startswith("content (") and o.endswith(" images)") for o in content), content
+    assert not any("/" in o.split(" (")[0] or o.startswith(("airplane", "cat", "dog"))
+                   for o in content), content  # names, not paths or CIFAR class folders
+    assert len(options) == 2 and all("images" in o and "/" not in o for o in options), options
+    assert "art_painting" in pacs and "sketch" in pacs

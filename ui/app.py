@@ -863,13 +863,12 @@ def _divergence_panel(cfg: UIConfig) -> SimpleNamespace:
         limit = gr.Slider(20, 1000, value=200, step=20, label="Images per domain",
                           elem_id="dv_limit")
     run = gr.Button("Compute divergence", elem_id="dv_run")
-    by_depth = gr.Plot(label="Divergence by depth (the chosen layer shaded)", elem_id="dv_plot")
-    with gr.Row():
-        with gr.Column(scale=2):
-            depth = gr.Slider(0, 1, value=0, step=0.05, elem_id="dv_depth",
-                              label="Layer depth (0 = stem → 1 = last block)")
-            table = gr.Markdown(elem_classes="nl-table", elem_id="dv_table")
-        at_layer = gr.Plot(label="At this layer", elem_id="dv_layer_plot", scale=3)
+    # the figures carry their own titles (a plot's label would sit on the first one)
+    by_depth = gr.Plot(label="Divergence by depth", show_label=False, elem_id="dv_plot")
+    depth = gr.Slider(0, 1, value=0, step=0.05, elem_id="dv_depth",
+                      label="Layer depth (0 = stem → 1 = last block; shaded above)")
+    at_layer = gr.Plot(label="At this layer", show_label=False, elem_id="dv_layer_plot")
+    table = gr.Markdown(elem_classes="nl-table", elem_id="dv_table")
     kept = gr.State(None)  # this session's last result: the slider redraws without recomputing
 
     @guard

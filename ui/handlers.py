@@ -928,7 +928,7 @@ def divergence_layer_chart(divs: list[Divergence], depth: float = 0.0):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(2.0 + 1.8 * len(divs), 3.4))
+    fig, ax = plt.subplots(figsize=(3.0 + 2.4 * len(divs), 3.2))
     width = 0.8 / len(MEASURES)
     for j, (field, label) in enumerate(MEASURES):
         xs = [i + (j - 1) * width for i in range(len(divs))]
@@ -939,8 +939,8 @@ def divergence_layer_chart(divs: list[Divergence], depth: float = 0.0):
                   [f"{d.model}\n{d.layers[layer_at(d, depth)]}" for d in divs], fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("symmetric KL", fontsize=8)
-    ax.set_title(f"{divs[0].domains[0]} vs {divs[0].domains[1]} at depth {float(depth):.2f}",
-                 fontsize=9)
+    ax.set_title(f"{divs[0].domains[0]} vs {divs[0].domains[1]} at layer depth "
+                 f"{float(depth):.2f}", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3,
               frameon=False)
     ax.spines[["top", "right"]].set_visible(False)

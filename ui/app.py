@@ -31,7 +31,8 @@ CSS = """
 .nl-pixelated img { image-rendering: pixelated; }
 .nl-report img { width: 100%; max-width: 900px; height: auto; display: block; }
 #nl_banner:empty { display: none; }
-.nl-card { padding: 4px 6px; min-height: 200px; }
+.nl-card { padding: 10px 16px; min-height: 200px; border-radius: var(--block-radius);
+           background: var(--block-background-fill); }
 .nl-card .nl-big { font-size: 2.2em; font-weight: 600; }
 /* style thumbnails: the whole caption, wrapped, not "candy · fou…" */
 #st_gallery .caption-label { white-space: normal; overflow: visible; text-overflow: clip;
@@ -150,7 +151,7 @@ def curve_updates(curve: Curve, frame: pd.DataFrame) -> tuple:
         x, v = float(frame["x"].iloc[0]), float(frame["value"].iloc[0])
         value = f"{v:.1f} {curve.unit}".strip() if curve.unit else f"{v:.4g}"
         text = (f"**{curve.title}**\n\n<span class='nl-big'>{value}</span> at {curve.x_title} "
-                f"{x:g}\n\n(one point so far: the curve is drawn from the second)")
+                f"{x:g}\n\n(one point so far: a curve needs two)")
         return gr.update(value=frame, visible=False), gr.update(value=text, visible=True)
     return gr.update(value=frame, visible=True), gr.update(visible=False)
 

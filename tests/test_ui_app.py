@@ -663,6 +663,13 @@ def test_browser_phone_tabs_wrap_and_captions_are_whole(server):
             assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (t.inner_text(), box)
         rows = {round(t.bounding_box()["y"]) for t in tabs.all()}
         assert len(rows) <= 2, rows  # compact: two rows at most
+        # every style thumbnail is on the screen (rows of 3), none scrolled off to the right
+        thumbs = page.locator("#st_gallery .thumbnail-item")
+        for i in range(thumbs.count()):
+            box = thumbs.nth(i).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (i, box)
+        assert not captions.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth"
+                                         " + 1).map(e => e.innerText)")
         page.screenshot(path=str(ARTIFACTS / "ui_stylize_phone_tabs.png"))
         page.get_by_role("tab", name="About").click()
         page.locator("#about").wait_for(state="visible", timeout=15_000)

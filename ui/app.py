@@ -41,6 +41,11 @@ CSS = """
 /* a phone: the main tabs wrap onto a second row (no "…" menu), tighter */
 @media (max-width: 640px) {
   #nl_tabs > .tab-wrapper [role=tablist] button { padding: 4px 8px; font-size: var(--text-sm); }
+  /* every style thumbnail in view, 3 a row, not a row that scrolls sideways off the screen */
+  #st_gallery, #st_gallery .grid-wrap { height: auto !important; max-height: none !important;
+                                        overflow: visible !important; }
+  #st_gallery .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important;
+                                grid-template-rows: none !important; }
 }
 footer { display: none !important; }
 """

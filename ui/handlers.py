@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 import classify as clf_lib
+from classify import analysis as clf_analysis  # (the package loads its modules lazily)
 import experiments  # noqa: F401  (registers style:MODEL shifts with classify)
 import norms
 import weights
@@ -832,7 +833,7 @@ def feature_stats(cfg: UIConfig, image: Image.Image | str | None, choices: list[
 
 # --------------------------------------------------------------------------- divergence
 
-Divergence = clf_lib.analysis.Divergence
+Divergence = clf_analysis.Divergence
 
 
 def _offered_data(cfg: UIConfig, data: str | None) -> str:
@@ -895,10 +896,10 @@ def divergence(cfg: UIConfig, choices: list[str] | None, data: str | None, domai
         clf = load_classifier(cfg, choice)
         key = (clf.image_size, tuple(clf.class_names))
         if key not in sets_for:
-            sets_for[key] = clf_lib.analysis.domain_sets(clf, data, [domain_a, domain_b], limit,
+            sets_for[key] = clf_analysis.domain_sets(clf, data, [domain_a, domain_b], limit,
                                                          dev)
         sets = sets_for[key]
-        d = clf_lib.analysis.feature_divergence(clf, sets[domain_a], sets[domain_b],
+        d = clf_analysis.feature_divergence(clf, sets[domain_a], sets[domain_b],
                                                 (domain_a, domain_b), dev)
         d.model = choice.removeprefix(TRAINED_PREFIX)
         out.append(d)
@@ -912,7 +913,7 @@ def layer_at(div: Divergence, depth: float) -> int:
 
 def divergence_figure(divs: list[Divergence], depth: float = 0.0):
     """Divergence by depth, one panel per model, the chosen layer marked."""
-    fig = clf_lib.analysis.divergence_figure(divs)
+    fig = clf_analysis.divergence_figure(divs)
     for ax, d in zip(fig.axes, divs):
         ax.axvline(layer_at(d, depth), color="0.3", lw=6, alpha=0.15, zorder=0)
     return fig

@@ -69,7 +69,8 @@ def test_public_endpoints_are_the_documented_ones(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert names == {"/stylize", "/stylize_video", "/compare", "/classify", "/shift_explorer", "/gates",
                      "/feature_stats", "/train_style", "/cancel_style", "/train_classifier",
-                     "/cancel_classifier", "/report", "/stylize_painting", "/optimize_painting"}
+                     "/cancel_classifier", "/report", "/stylize_painting", "/optimize_painting",
+                     "/divergence"}
 
 
 def test_server_binds_loopback_and_limits_uploads(server):
@@ -631,3 +632,224 @@ def test_browser_reload_reattaches_to_a_running_training(server):
         assert "Cancelled" not in page.locator("#tc_status").inner_text()
         assert not _badges(page, "#tc_status")
         page.screenshot(path=str(ARTIFACTS / "ui_train_classifier_1400x900.png"))
+
+
+@pytest.mark.browser
+def test_browser_phone_tabs_wrap_and_captions_are_whole(server):
+    """Issue 35.11: on a 390×844 phone all seven main tabs show (wrapped, no "…" overflow menu)
+    and each one opens. The style thumbnails' captions are whole (wrapped), not cut to "candy ·
+    fou…"."""
+    gallery = H.style_gallery(server[1])
+    with _page(server, 1400, 900) as page:
+        page.wait_for_function("n => document.querySelectorAll('#st_gallery .caption-label')"
+                               ".length === n", arg=len(gallery), timeout=30_000)
+        captions = page.locator("#st_gallery .caption-label")
+        cut = captions.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1"
+                                    " || getComputedStyle(e).textOverflow === 'ellipsis')"
+                                    ".map(e => e.innerText)")
+        assert not cut, cut
+        assert sorted(captions.all_inner_texts()) == sorted(g[1] for g in gallery)
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(800)
+        tabs = page.get_by_role("tab")
+        names = ["Stylize", "Train a style", "Classify", "Train a classifier", "Norms lab",
+                 "Reports", "About"]
+        assert tabs.all_inner_texts() == names
+        assert all(t.is_visible() for t in tabs.all())
+        more = page.locator("[aria-label='More tabs']")
+        assert more.count() == 0 or not more.first.is_visible()
+        for t in tabs.all():
+            box = t.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (t.inner_text(), box)
+        rows = {round(t.bounding_box()["y"]) for t in tabs.all()}
+        assert len(rows) <= 2, rows  # compact: two rows at most
+        # every style thumbnail is on the screen (rows of 3), none scrolled off to the right
+        thumbs = page.locator("#st_gallery .thumbnail-item")
+        for i in range(thumbs.count()):
+            box = thumbs.nth(i).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (i, box)
+        assert not captions.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth"
+                                         " + 1).map(e => e.innerText)")
+        page.screenshot(path=str(ARTIFACTS / "ui_stylize_phone_tabs.png"))
+        page.get_by_role("tab", name="About").click()
+        page.locator("#about").wait_for(state="visible", timeout=15_000)
+
+
+@pytest.mark.browser
+def test_browser_one_point_curve_is_a_number_card(server):
+    """Issue 35.9: a one-epoch training has one test accuracy: the curve's place shows a card
+    with the number (a line through one point would be an empty frame); curves with more
+    points are plots."""
+    with _page(server, 1400, 900) as page:
+        page.get_by_role("tab", name="Train a classifier").click()
+        page.locator("#tc_estimate").get_by_text("about").wait_for(timeout=30_000)
+        page.locator("#tc_epochs input").fill("1")
+        page.locator("#tc_subset input").fill("0")
+        page.locator("#tc_batch input").fill("4")
+        page.locator("#tc_start").click()
+        page.wait_for_function("() => document.querySelector('#tc_status').innerText"
+                               ".includes('Finished')", timeout=180_000)
+        status = page.locator("#tc_status").inner_text()
+        card = page.locator("#tc_test_plot_card")
+        card.wait_for(state="visible", timeout=15_000)
+        text = card.inner_text()
+        acc = status.split("test accuracy ")[1].split(" %")[0]
+        assert "Test accuracy" in text and f"{acc} %" in text and "epoch 1" in text, text
+        plot = page.locator("#tc_test_plot")
+        assert plot.count() == 0 or not plot.first.is_visible()
+        # the training loss has a point per step (3 steps): a plot, no card
+        page.locator("#tc_loss_plot").wait_for(state="visible", timeout=15_000)
+        loss_card = page.locator("#tc_loss_plot_card")
+        assert loss_card.count() == 0 or not loss_card.first.is_visible()
+        page.screenshot(path=str(ARTIFACTS / "ui_train_classifier_one_epoch.png"))
+
+
+@pytest.mark.browser
+def test_browser_compare_defaults_differ_in_norm_and_name_each_cell(server, small_png):
+    """Issue 35.11: "Compare norms" opens on models that differ in norm, and the caption under
+    the grid names the model, style and norm of every cell."""
+    with _page(server, 1400, 900) as page:
+        page.get_by_text("Compare norms: the same image through several models").click()
+        page.locator("#cmp_models").wait_for(state="visible", timeout=15_000)
+        chips = [c.replace("×", "").strip() for c in
+                 page.locator("#cmp_models .token").all_inner_texts()]
+        by_label = {lab: v for lab, v in H.model_choices(server[1], "stylize")}
+        chosen = [by_label[c] for c in chips]
+        norms_of = [H.model_norm(server[1], "stylize", v) for v in chosen]
+        assert len(chosen) >= 2 and len(set(norms_of[:2])) == 2, (chips, norms_of)
+        page.locator("#st_in input[type=file]").set_input_files(small_png)
+        page.locator("#st_in img").first.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Compare", exact=True).click()
+        _loaded(page, "#cmp_out img", timeout=120_000)
+        page.locator("#cmp_caption").get_by_text("Left to right").wait_for(timeout=30_000)
+        caption = page.locator("#cmp_caption").inner_text()
+        for v in chosen:
+            model = H.load_style(server[1], v)
+            assert f"{v.removeprefix('ui:')} · {H.style_label(model, None)} · " \
+                   f"{model.config.norm}" in caption, caption
+        assert "rror" not in _toasts(page)
+
+
+@pytest.mark.browser
+def test_browser_any_painting_result_errors_and_download_name(server):
+    """The "Any painting" accordion: a photo and a painting give the result at the photo's size
+    (processed at 512 px), named after both; no painting is one visible line."""
+    photo = need_shared("data", "content", "adain_avril.jpg")
+    painting = need_shared("data", "styles", "the_scream.jpg")
+    if server[1].vgg_weights is None:
+        pytest.skip("no VGG encoder file")
+    with _page(server, 1400, 900) as page:
+        page.locator("#st_in input[type=file]").set_input_files(str(photo))
+        page.locator("#st_in img").first.wait_for(timeout=30_000)
+        page.get_by_text("Any painting: upload your own style image").click()
+        page.locator("#st_any_run").wait_for(state="visible", timeout=15_000)
+        assert page.locator("#st_any_size input[type=number]").input_value() == "512"
+        page.locator("#st_any_run").click()  # no painting yet
+        page.get_by_text("upload a painting").first.wait_for(timeout=30_000)
+        toast = _toasts(page)
+        assert "upload a painting" in toast and "Traceback" not in toast
+        lines = [t for t in toast.split("\n") if t.strip() not in {"", "×", "Error"}]
+        assert len(lines) == 1, lines  # the toast's title and close button, and one line
+        page.locator("#st_painting input[type=file]").set_input_files(str(painting))
+        page.locator("#st_painting img").first.wait_for(timeout=30_000)
+        method = page.locator("#st_method input:checked").first.input_value()
+        page.locator("#st_any_run").click()
+        # the result box (at the top of the tab) comes into view with its progress
+        page.wait_for_function("() => { const r = document.querySelector('#st_out')"
+                               ".getBoundingClientRect(); return r.top > -5 && r.top < 300; }",
+                               timeout=15_000)
+        page.wait_for_function(
+            "w => { const i = document.querySelector('#st_out img'); return i && i.complete &&"
+            " i.naturalWidth > 0 && decodeURIComponent(i.src).endsWith(w); }",
+            arg=f"adain_avril-the_scream-{method}.png", timeout=240_000)
+        size = page.locator("#st_out img").first.evaluate(
+            "img => [img.naturalWidth, img.naturalHeight]")
+        page.screenshot(path=str(ARTIFACTS / "ui_any_painting.png"))
+    assert tuple(size) == _size(photo)
+
+
+@pytest.mark.browser
+def test_browser_divergence_panel_follows_the_layer_slider(server):
+    """Issue 35.9: the divergence analysis as a panel: classifiers, a dataset (by name) and two
+    domains → divergence by depth; the layer slider then redraws the layer chart and table from
+    the kept result (no recomputation)."""
+    from test_ui_handlers import make_classifier
+
+    cfg, tmp = server[1], server[2]
+    for norm in ("bn", "in"):
+        if f"ab-{norm}" not in cfg.registry.names("classify"):
+            cfg.registry.add("classify", f"ab-{norm}", make_classifier(
+                tmp / f"ab-{norm}.safetensors", norm, classes=("a", "b")))
+    with _page(server, 1400, 900) as page:
+        page.get_by_role("tab", name="Norms lab").click()
+        page.locator("#dv_run").scroll_into_view_if_needed()
+        assert page.locator("#dv_a input").first.input_value() == "test"
+        assert page.locator("#dv_b input").first.input_value() == "shift:grayscale"
+        assert "images" in page.locator("#dv_data input").first.input_value()
+        page.locator("#dv_models .remove-all").first.click()
+        for label in ("ab-bn (trained here)", "ab-in (trained here)"):
+            page.locator("#dv_models input").first.click()
+            page.get_by_role("option", name=label, exact=True).click()
+        page.locator("#dv_run").click()
+        _loaded(page, "#dv_plot img", timeout=120_000)
+        _loaded(page, "#dv_layer_plot img", timeout=60_000)
+        first = page.locator("#dv_table").inner_text()
+        assert "ab-bn" in first and "bn1 (1/10)" in first
+        before = page.locator("#dv_layer_plot img").first.get_attribute("src")
+        depth = page.locator("#dv_depth input[type=number]")
+        depth.fill("1")
+        depth.press("Enter")
+        page.wait_for_function("() => document.querySelector('#dv_table').innerText"
+                               ".includes('(10/10)')", timeout=60_000)
+        page.wait_for_function("s => { const i = document.querySelector('#dv_layer_plot img');"
+                               " return i && i.src !== s && i.complete; }", arg=before,
+                               timeout=60_000)
+        assert "rror" not in _toasts(page)
+        page.screenshot(path=str(ARTIFACTS / "ui_divergence.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_browser_pickers_on_the_shared_data(tmp_path):
+    """Issue 35.11 on the real folders: datasets and content folders by name with image counts
+    (no server paths, no CIFAR class folders); the PACS domain fields show only when PACS is
+    chosen; the divergence panel offers PACS's domains by name."""
+    from ui import launch
+    from ui.config import UIConfig
+
+    data = [need_shared("data", d) for d in ("cifar10", "pacs", "content")]
+    cfg = UIConfig(allowed_dirs=data, runs_dir=tmp_path / "runs", device="cpu",
+                   reports_dir=tmp_path / "reports", output_dir=tmp_path / "out")
+    port = free_port()
+    demo = launch(cfg, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with _page([f"http://127.0.0.1:{port}/"], 1400, 900) as page:
+            page.get_by_role("tab", name="Train a style").click()
+            page.locator("#ts_content input").first.click()
+            content = [o.replace("✓", "").strip()
+                       for o in page.get_by_role("option").all_inner_texts()]
+            page.keyboard.press("Escape")
+            page.get_by_role("tab", name="Train a classifier").click()
+            assert "cifar10 — 10 classes" in page.locator("#tc_data input").first.input_value()
+            assert not page.locator("#tc_train_dom").is_visible()
+            page.locator("#tc_data input").first.click()
+            options = [o.replace("✓", "").strip()
+                       for o in page.get_by_role("option").all_inner_texts()]
+            pacs = next(o for o in options if o.startswith("pacs"))
+            page.get_by_role("option", name=pacs).click()
+            page.locator("#tc_train_dom").wait_for(state="visible", timeout=15_000)
+            assert page.locator("#tc_test_dom textarea, #tc_test_dom input").first \
+                .input_value() == "sketch"
+            page.screenshot(path=str(ARTIFACTS / "ui_train_classifier_pacs.png"))
+            page.get_by_role("tab", name="Norms lab").click()
+            page.locator("#dv_data input").first.click()
+            page.get_by_role("option", name=pacs).click()
+            page.wait_for_function("() => document.querySelector('#dv_a input').value === 'photo'"
+                                   " && document.querySelector('#dv_b input').value === 'sketch'",
+                                   timeout=15_000)
+    finally:
+        demo.close()
+    assert any(o.startswith("content (") and o.endswith(" images)") for o in content), content
+    assert not any("/" in o.split(" (")[0] or o.startswith(("airplane", "cat", "dog"))
+                   for o in content), content  # names, not paths or CIFAR class folders
+    assert len(options) == 2 and all("images" in o and "/" not in o for o in options), options
+    assert "art_painting" in pacs and "sketch" in pacs

@@ -239,6 +239,59 @@ def test_feature_stats_in_removes_the_shift_bn_does_not(cfg):
     assert len(fig.axes) == 4
 
 
+def divergence_config(tmp: Path) -> UIConfig:
+    """A UI config whose tiny dataset (classes a, b) has two classifiers of its own (BN, IN)."""
+    cfg = make_ui_config(tmp, with_models=False)
+    for norm in ("bn", "in"):
+        cfg.registry.add("classify", f"ab-{norm}",
+                         make_classifier(tmp / f"ab-{norm}.safetensors", norm, classes=("a", "b")))
+    return cfg
+
+
+def test_divergence_by_depth_in_removes_the_stem_divergence(tmp_path):
+    """Issue 35.9: the divergence panel's numbers. Under IN the stem's per-channel means are its
+    β for every image, so test vs grayscale has no D(μ) there; under BN it does."""
+    from ui import training as T
+
+    cfg = divergence_config(tmp_path)
+    data = T.dataset_dirs(cfg)[0][1]
+    domains = H.divergence_domains(cfg, data)
+    assert domains[0] == "test" and "shift:grayscale" in domains
+    assert H.default_domains(domains) == ("test", "shift:grayscale")
+    assert H.default_domains(["art_painting", "photo", "sketch"]) == ("photo", "sketch")
+    divs = H.divergence(cfg, ["ui:ab-bn", "ui:ab-in"], data, "test", "shift:grayscale", 4)
+    bn, inn = divs
+    assert (bn.model, inn.model) == ("ab-bn", "ab-in") and bn.layers == inn.layers
+    assert bn.layers[0] == "bn1" and len(bn.layers) == 10
+    assert inn.total[0] < 1e-3 * bn.total[0] and bn.total[0] > 0.01
+    assert [H.layer_at(bn, d) for d in (0, 0.5, 1)] == [0, 5, 9]
+    table = H.divergence_table(divs, 1.0)
+    assert f"| ab-bn | {bn.layers[-1]} (10/10) | {bn.total[-1]:.4f} |" in table
+    assert len(H.divergence_figure(divs, 0.5).axes) == 2
+    chart = H.divergence_layer_chart(divs, 0.0)
+    assert len(chart.axes[0].patches) == 3 * 2  # three measures × two models
+    assert "bn1" in chart.axes[0].get_xticklabels()[0].get_text()
+
+
+def test_divergence_bad_input_is_one_line(tmp_path):
+    from ui import training as T
+
+    cfg = divergence_config(tmp_path)
+    cfg.registry.add("classify", "r20-cats", make_classifier(tmp_path / "c.safetensors", "bn"))
+    data = T.dataset_dirs(cfg)[0][1]
+    cases = [(dict(domain_b="test"), "two different domains"),
+             (dict(domain_b="shift:/etc/passwd"), "pick both domains"),
+             (dict(data="folder:/etc,/etc"), "operator-allowed"),
+             (dict(choices=[]), "at least one classifier"),
+             (dict(limit=1), "between 2 and 5000"),
+             (dict(choices=["ui:r20-cats"]), "classes")]
+    for change, message in cases:
+        args = dict(choices=["ui:ab-bn"], data=data, domain_a="test",
+                    domain_b="shift:grayscale", limit=4) | change
+        with pytest.raises(ValueError, match=message):
+            H.divergence(cfg, **args)
+
+
 def test_about_lists_every_norm():
     import norms
 

@@ -31,12 +31,33 @@ CSS = """
 .nl-pixelated img { image-rendering: pixelated; }
 .nl-report img { width: 100%; max-width: 900px; height: auto; display: block; }
 #nl_banner:empty { display: none; }
+.nl-card { padding: 10px 16px; min-height: 200px; border-radius: var(--block-radius);
+           background: var(--block-background-fill); }
+.nl-card .nl-big { font-size: 2.2em; font-weight: 600; }
+/* style thumbnails: the whole caption, wrapped, not "candy · fou…" */
+#st_gallery .caption-label { white-space: normal; overflow: visible; text-overflow: clip;
+    overflow-wrap: anywhere; max-width: calc(100% - 6px); font-size: var(--text-xs);
+    line-height: 1.15; text-align: center; padding: 2px 4px; }
+/* a phone: the main tabs wrap onto a second row (no "…" menu), tighter */
+@media (max-width: 640px) {
+  #nl_tabs > .tab-wrapper [role=tablist] button { padding: 4px 8px; font-size: var(--text-sm); }
+  /* every style thumbnail in view, 3 a row, not a row that scrolls sideways off the screen */
+  #st_gallery, #st_gallery .grid-wrap { height: auto !important; max-height: none !important;
+                                        overflow: visible !important; }
+  #st_gallery .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important;
+                                grid-template-rows: none !important; }
+}
 footer { display: none !important; }
 """
 
 INTRO = ("**normlab** — normalization layers (BN, IN, BN+IN, BIN, IBN) in style-transfer and "
          "classification CNNs. Every button calls the same library functions as the `normlab` "
          "command line.")
+
+# runs in the browser before the painting buttons' handlers (which get its return value as
+# their inputs): the result box, and its progress, are at the top of the tab
+SHOW_RESULT = ("(...args) => { document.querySelector('#st_out')?.scrollIntoView("
+               "{behavior: 'smooth', block: 'start'}); return args; }")
 
 NOT_AN_IMAGE = "the uploaded file is not an image this server can read (JPEG, PNG, WebP, …)"
 
@@ -114,11 +135,30 @@ def _prefer(options: list, wanted: str) -> str | None:
     return values[0] if values else None
 
 
-def _plot(title: str, x_title: str, y_title: str) -> gr.LinePlot:
+class Curve(SimpleNamespace):
+    """A live training curve and the number card that stands in for it while it has one point
+    (a line through one point draws nothing: the plot would be an empty frame)."""
+
+
+def _plot(title: str, x_title: str, y_title: str, elem_id: str, unit: str = "") -> Curve:
     """A live training curve. One series per plot and no initial value: the browser fixes a
     plot's colour domain at its first data, so series that appear later would not be drawn."""
-    return gr.LinePlot(None, x="x", y="value", title=title, x_title=x_title, y_title=y_title,
-                       height=200)
+    plot = gr.LinePlot(None, x="x", y="value", title=title, x_title=x_title, y_title=y_title,
+                       height=200, elem_id=elem_id)
+    card = gr.Markdown(visible=False, elem_id=f"{elem_id}_card", elem_classes="nl-card")
+    return Curve(plot=plot, card=card, title=title, x_title=x_title, unit=unit)
+
+
+def curve_updates(curve: Curve, frame: pd.DataFrame) -> tuple:
+    """The plot and card updates for ``frame``: with exactly one point the card shows its value
+    in place of the plot; otherwise the plot (empty before the first point)."""
+    if len(frame) == 1:
+        x, v = float(frame["x"].iloc[0]), float(frame["value"].iloc[0])
+        value = f"{v:.1f} {curve.unit}".strip() if curve.unit else f"{v:.4g}"
+        text = (f"**{curve.title}**\n\n<span class='nl-big'>{value}</span> at {curve.x_title} "
+                f"{x:g}\n\n(one point so far: a curve needs two)")
+        return gr.update(value=frame, visible=False), gr.update(value=text, visible=True)
+    return gr.update(value=frame, visible=True), gr.update(visible=False)
 
 
 def _first(choices: list[tuple[str, str]]) -> str | None:
@@ -250,8 +290,7 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                         "(Gatys et al. 2016): slow (minutes), the most faithful.",
                         elem_id="st_any_note")
             with gr.Row():
-                st_painting = gr.Image(type="filepath", label="Painting", height=200,
-                                       elem_id="st_painting")
+                st_painting = image_input("Painting", "st_painting", height=200)
                 with gr.Column():
                     st_method = gr.Radio(list(PAINTING_METHODS), value=PAINTING_METHODS[0],
                                          label="Method",
@@ -308,15 +347,19 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                                 elem_id="st_upload")
         with gr.Accordion("Compare norms: the same image through several models", open=False):
             with gr.Row():
-                cmp_models = gr.Dropdown(style_choices,
+                cmp_models = gr.Dropdown(style_choices, elem_id="cmp_models",
                                          value=H.distinct_norm_choices(cfg, "stylize"),
                                          multiselect=True, label="Models (one per norm first)",
+                                         info="A model with several styles shows its first; "
+                                              "the caption under the grid names each cell.",
                                          allow_custom_value=True, scale=3)
                 cmp_max = gr.Slider(128, 1024, value=384, step=64,
                                     label="Size of each cell (longest side, px)")
             cmp_run = gr.Button("Compare")
             cmp_out = gr.Image(label="Comparison (each cell: model · style · norm)", type="pil",
-                               format="png", interactive=False)
+                               format="png", interactive=False, elem_id="cmp_out")
+            cmp_caption = gr.Markdown(elem_id="cmp_caption")
+            cmp_labels = gr.State([])
         with gr.Accordion("Webcam (live)", open=False):
             with gr.Row():
                 cam_in = gr.Image(label="Webcam", sources=["webcam"], streaming=True,
@@ -423,9 +466,9 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
 
     any_event = st_any_run.click(do_painting, [st_in, st_painting, st_method, st_alpha,
                                                st_any_size, st_color], st_out,
-                                 api_name="stylize_painting")
+                                 api_name="stylize_painting", js=SHOW_RESULT)
     opt_event = st_opt_run.click(do_optimize, [st_in, st_painting, st_any_size, st_opt_iters],
-                                 st_out, api_name="optimize_painting")
+                                 st_out, api_name="optimize_painting", js=SHOW_RESULT)
     st_stop.click(STOPS.stop, None, None, cancels=[run_event, any_event, opt_event],
                   api_visibility="private")
 
@@ -479,9 +522,11 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
 
     @guard
     def do_compare(image, models, max_size):
-        return H.compare(cfg, image, models, max_size)
+        return H.compare_cells(cfg, image, models, max_size)
 
-    cmp_run.click(do_compare, [st_in, cmp_models, cmp_max], cmp_out, api_name="compare")
+    cmp_run.click(do_compare, [st_in, cmp_models, cmp_max], [cmp_out, cmp_labels],
+                  api_name="compare").then(H.compare_caption, cmp_labels, cmp_caption,
+                                           api_visibility="private")
 
     @guard
     def do_webcam(frame, model, strength, color, smooth=False, live=None, style=None,
@@ -600,8 +645,8 @@ def _train_style_tab(cfg: UIConfig) -> SimpleNamespace:
                     cancel = gr.Button("Cancel", variant="stop", elem_id="ts_cancel")
                 status = _train_status("ts")
             with gr.Column():
-                content_plot = _plot("Content loss", "step", "loss")
-                style_plot = _plot("Style loss", "step", "loss")
+                content_plot = _plot("Content loss", "step", "loss", "ts_content_plot")
+                style_plot = _plot("Style loss", "step", "loss", "ts_style_plot")
                 preview = gr.Image(label="Preview", type="pil", interactive=False, height=256)
     for comp in (size, steps, batch):
         comp.change(T.style_estimate, [size, steps, batch], estimate, api_visibility="private")
@@ -717,9 +762,11 @@ def _train_classifier_tab(cfg: UIConfig) -> SimpleNamespace:
                     cancel = gr.Button("Cancel", variant="stop", elem_id="tc_cancel")
                 status = _train_status("tc")
             with gr.Column():
-                loss_plot = _plot("Training loss", "epoch", "loss")
-                acc_plot = _plot("Training accuracy", "epoch", "accuracy (%)")
-                test_plot = _plot("Test accuracy (end of each epoch)", "epoch", "accuracy (%)")
+                loss_plot = _plot("Training loss", "epoch", "loss", "tc_loss_plot")
+                acc_plot = _plot("Training accuracy", "epoch", "accuracy (%)", "tc_acc_plot",
+                                 unit="%")
+                test_plot = _plot("Test accuracy (end of each epoch)", "epoch", "accuracy (%)",
+                                  "tc_test_plot", unit="%")
     for comp in (data, epochs, subset):
         comp.change(lambda d, e, s: T.classifier_estimate(cfg, d, e, s), [data, epochs, subset],
                     estimate, api_visibility="private")
@@ -763,6 +810,7 @@ def _norms_lab_tab(cfg: UIConfig) -> SimpleNamespace:
             fs_strength = _strength_slider(_prefer(shifts, "brightness"))
         fs_run = gr.Button("Compute statistics", elem_id="fs_run")
         fs_plot = gr.Plot(label="Channel statistics", elem_id="fs_plot")
+        dv = _divergence_panel(cfg)
 
     @guard
     def do_gates(model):
@@ -778,7 +826,78 @@ def _norms_lab_tab(cfg: UIConfig) -> SimpleNamespace:
     fs_run.click(do_stats, [fs_in, fs_models, fs_depth, fs_shift, fs_strength],
                  [fs_shifted, fs_plot], api_name="feature_stats")
     fs_shift.change(_strength_for, fs_shift, fs_strength, api_visibility="private")
-    return SimpleNamespace(model=lab_model, models=fs_models)
+    return SimpleNamespace(model=lab_model, models=fs_models, dv_models=dv.models)
+
+
+def _domain_update(cfg: UIConfig, data: str | None):
+    """The two domain boxes for a dataset: PACS's domains or the test set, and shifts."""
+    try:
+        doms = H.divergence_domains(cfg, data)
+    except ValueError:
+        return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
+    a, b = H.default_domains(doms)
+    return gr.update(choices=doms, value=a), gr.update(choices=doms, value=b)
+
+
+def _divergence_panel(cfg: UIConfig) -> SimpleNamespace:
+    """IBN-Net's feature divergence between two domains, by depth (the CLI's ``classify
+    divergence``): computed once per click, then the layer slider redraws from the kept result."""
+    clf_choices = H.model_choices(cfg, "classify")
+    data_opts = T.dataset_dirs(cfg)
+    data0 = _prefer(data_opts, "cifar10")
+    try:
+        doms = H.divergence_domains(cfg, data0) if data0 else []
+    except ValueError:
+        doms = []
+    a0, b0 = H.default_domains(doms)
+    gr.Markdown("### Feature divergence between domains (IBN-Net, Pan et al. 2018, Sec. 3)\n"
+                "How far apart two domains (photos vs sketches, or images vs their grayscale "
+                "copies) sit in each layer: the symmetric KL between Gaussians fitted per channel "
+                "over each domain's images. **D(μ)** (IBN-Net's measure) and **D(σ)** live in "
+                "the instance statistics that IN removes; **D after IN** is what survives it. "
+                "Pick the layer with the slider: the bar chart and table follow at once.",
+                elem_id="dv_intro")
+    with gr.Row():
+        models = gr.Dropdown(clf_choices, value=H.distinct_norm_choices(cfg, "classify", 3),
+                             multiselect=True, label="Classifiers (one per norm first)",
+                             allow_custom_value=False, scale=3, elem_id="dv_models")
+        data = gr.Dropdown(data_opts, value=data0, label="Dataset (by name, with image counts)",
+                           scale=3, elem_id="dv_data")
+    with gr.Row():
+        dom_a = gr.Dropdown(doms, value=a0, label="Domain A", elem_id="dv_a")
+        dom_b = gr.Dropdown(doms, value=b0, label="Domain B", elem_id="dv_b")
+        limit = gr.Slider(20, 1000, value=200, step=20, label="Images per domain",
+                          elem_id="dv_limit")
+    run = gr.Button("Compute divergence", elem_id="dv_run")
+    # the figures carry their own titles (a plot's label would sit on the first one)
+    by_depth = gr.Plot(label="Divergence by depth", show_label=False, elem_id="dv_plot")
+    depth = gr.Slider(0, 1, value=0, step=0.05, elem_id="dv_depth",
+                      label="Layer depth (0 = stem → 1 = last block; shaded above)")
+    at_layer = gr.Plot(label="At this layer", show_label=False, elem_id="dv_layer_plot")
+    table = gr.Markdown(elem_classes="nl-table", elem_id="dv_table")
+    kept = gr.State(None)  # this session's last result: the slider redraws without recomputing
+
+    @guard
+    def do_divergence(models, data, a, b, n, d, progress=gr.Progress()):
+        progress(0, desc="decoding the images…")
+        divs = H.divergence(cfg, models, data, a, b, n, on_progress=lambda i, t, m: progress(
+            i / max(t, 1), desc=f"{m}: features of {a} and {b}"))
+        return (H.divergence_figure(divs, d), H.divergence_layer_chart(divs, d),
+                H.divergence_table(divs, d), divs)
+
+    run.click(do_divergence, [models, data, dom_a, dom_b, limit, depth],
+              [by_depth, at_layer, table, kept], api_name="divergence")
+
+    def redraw(divs, d):
+        if not divs:
+            return gr.skip(), gr.skip(), gr.skip()
+        return (H.divergence_figure(divs, d), H.divergence_layer_chart(divs, d),
+                H.divergence_table(divs, d))
+
+    depth.change(redraw, [kept, depth], [by_depth, at_layer, table], api_visibility="private",
+                 trigger_mode="always_last")
+    data.change(lambda d: _domain_update(cfg, d), data, [dom_a, dom_b], api_visibility="private")
+    return SimpleNamespace(models=models)
 
 
 def _reports_tab(cfg: UIConfig) -> SimpleNamespace:
@@ -832,10 +951,13 @@ def _wire_training(cfg: UIConfig, demo: gr.Blocks, tab: SimpleNamespace, job: T.
     """Start (checks at once, then follows the server-side job), Cancel, and re-attach on page
     load (with the form showing what the run was started with). Following holds no worker slot:
     the job runs in its own server thread."""
-    outputs = [tab.status, *tab.plots, *tab.extra, *dropdowns]
+    curves = [c for p in tab.plots for c in (p.plot, p.card)]
+    outputs = [tab.status, *curves, *tab.extra, *dropdowns]
 
     def render(u: T.TrainUpdate, current: list) -> list:
-        out = [u.status, *[_frame(u.history, s) for s in tab.series]]
+        out = [u.status]
+        for p, s in zip(tab.plots, tab.series):
+            out += curve_updates(p, _frame(u.history, s))
         out += [u.preview] * len(tab.extra)
         out += refreshed(current) if u.model_name else [gr.skip()] * len(dropdowns)
         return out
@@ -904,7 +1026,7 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
     with gr.Blocks(title="normlab", fill_width=False, delete_cache=cfg.delete_cache) as demo:
         gr.Markdown(INTRO)
         banner = gr.Markdown(elem_id="nl_banner")
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap", elem_id="nl_tabs"):
             st = _stylize_tab(cfg)
             ts = _train_style_tab(cfg)
             cl = _classify_tab(cfg)
@@ -939,6 +1061,8 @@ def build_app(cfg: UIConfig | None = None) -> gr.Blocks:
 
         # models trained in other sessions (or before a restart) show up on page load
         demo.load(lambda *c: refreshed(list(c)), dropdowns, dropdowns, api_visibility="private")
+        demo.load(lambda v: _dropdown_update(H.model_choices(cfg, "classify"), v, True),
+                  lab.dv_models, lab.dv_models, api_visibility="private")
         demo.load(*st.info, api_visibility="private")
         demo.load(*st.gallery, api_visibility="private")
         demo.load(lambda: training_banner([(style_job, "Train a style"),

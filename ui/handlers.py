@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 import classify as clf_lib
+from classify import analysis as clf_analysis  # (the package loads its modules lazily)
 import experiments  # noqa: F401  (registers style:MODEL shifts with classify)
 import norms
 import weights
@@ -411,6 +412,20 @@ def style_model_info(cfg: UIConfig, choice: str | None, upload: str | None = Non
 def compare(cfg: UIConfig, image: Image.Image | str | None, choices: list[str] | None,
             max_size: int = 512) -> Image.Image:
     """One labelled grid: the image through each chosen style model (``stylize.compare_grid``)."""
+    return compare_cells(cfg, image, choices, max_size)[0]
+
+
+def compare_caption(labels: list[str]) -> str:
+    """The grid's cells as text (the labels drawn under small cells can be cut off)."""
+    if not labels:
+        return ""
+    cells = " · ".join(f"**{i + 1}.** {lab}" for i, lab in enumerate(labels))
+    return f"Left to right after the input (model · style · norm): {cells}"
+
+
+def compare_cells(cfg: UIConfig, image: Image.Image | str | None, choices: list[str] | None,
+                  max_size: int = 512) -> tuple[Image.Image, list[str]]:
+    """``compare``'s grid and the label of each cell (model · style used · norm)."""
     image = read_image(cfg, image)
     if not choices:
         raise ValueError("pick at least one model to compare")
@@ -421,7 +436,7 @@ def compare(cfg: UIConfig, image: Image.Image | str | None, choices: list[str] |
     # each cell says which model, style and norm it used (a multi-style model: its first style)
     labels = [f"{c.removeprefix(TRAINED_PREFIX)} · {style_label(m, None)} · {m.config.norm}"
               for c, m in zip(choices, models)]
-    return compare_grid(models, image, max_size=max_size, labels=labels)
+    return compare_grid(models, image, max_size=max_size, labels=labels), labels
 
 
 def model_norm(cfg: UIConfig, kind: str, value: str) -> str | None:
@@ -497,7 +512,8 @@ def style_gallery(cfg: UIConfig) -> list[tuple[str, str, str, str | None]]:
                 tmp = dst.with_suffix(".tmp.png")
                 im.save(tmp)
                 tmp.replace(dst)
-            out.append((str(dst), f"{shown} · {name}", value, style))
+            # spaces, not underscores: a caption wraps at them under its thumbnail
+            out.append((str(dst), f"{shown.replace('_', ' ')} · {name}", value, style))
     return out
 
 
@@ -813,6 +829,135 @@ def feature_stats(cfg: UIConfig, image: Image.Image | str | None, choices: list[
     shifted = apply_shift(cfg, image, shift, strength)
     return shifted, [lab.channel_stats(m, [image, shifted], depth, name=c)
                      for c, m in models.items()]
+
+
+# --------------------------------------------------------------------------- divergence
+
+Divergence = clf_analysis.Divergence
+
+
+def _offered_data(cfg: UIConfig, data: str | None) -> str:
+    """A dataset the server offered (``ui.training.dataset_dirs``), else one line."""
+    from .training import dataset_dirs  # (training imports this module)
+
+    if not data:
+        raise ValueError("pick a dataset first")
+    if data not in {v for _, v in dataset_dirs(cfg)}:
+        raise ValueError("that dataset is not one of the operator-allowed datasets")
+    return data
+
+
+def divergence_domains(cfg: UIConfig, data: str | None) -> list[str]:
+    """What a divergence can compare on ``data``: PACS's domains by name, or a folder dataset's
+    ``test`` set; then every shift of that first set as ``shift:NAME``."""
+    data = _offered_data(cfg, data)
+    if data.startswith("pacs:"):
+        root = Path(data[len("pacs:"):])
+        base = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    else:
+        base = ["test"]
+    return base + [f"shift:{s}" for s in shift_names()]
+
+
+def default_domains(domains: list[str]) -> tuple[str | None, str | None]:
+    """The pair a divergence panel opens on: photo vs sketch (PACS), else test vs grayscale."""
+    if "photo" in domains and "sketch" in domains:
+        return "photo", "sketch"
+    b = "shift:grayscale" if "shift:grayscale" in domains else (domains[1:] or [None])[0]
+    return (domains[0] if domains else None), b
+
+
+def divergence(cfg: UIConfig, choices: list[str] | None, data: str | None, domain_a: str | None,
+               domain_b: str | None, limit: int = 200,
+               on_progress: Callable[[int, int, str], None] | None = None) -> list[Divergence]:
+    """IBN-Net feature divergence by depth (``classify.analysis.feature_divergence``) between two
+    domains of an offered dataset, one result per chosen classifier."""
+    data = _offered_data(cfg, data)
+    if not choices:
+        raise ValueError("pick at least one classifier")
+    offered = divergence_domains(cfg, data)
+    for d in (domain_a, domain_b):
+        if d not in offered:
+            raise ValueError(f"pick both domains from the list (got {d!r})")
+    if domain_a == domain_b:
+        raise ValueError("pick two different domains: a domain has no divergence from itself")
+    try:
+        limit = int(limit)
+    except (TypeError, ValueError):
+        raise ValueError(f"images per domain must be a whole number, got {limit!r}") from None
+    if not 2 <= limit <= 5000:
+        raise ValueError(f"images per domain must be between 2 and 5000, got {limit}")
+    dev = device_of(cfg)
+    sets_for: dict[tuple, dict] = {}  # models with the same input size and classes share images
+    out = []
+    for i, choice in enumerate(choices):
+        if on_progress:
+            on_progress(i, len(choices), choice)
+        clf = load_classifier(cfg, choice)
+        key = (clf.image_size, tuple(clf.class_names))
+        if key not in sets_for:
+            sets_for[key] = clf_analysis.domain_sets(clf, data, [domain_a, domain_b], limit,
+                                                         dev)
+        sets = sets_for[key]
+        d = clf_analysis.feature_divergence(clf, sets[domain_a], sets[domain_b],
+                                                (domain_a, domain_b), dev)
+        d.model = choice.removeprefix(TRAINED_PREFIX)
+        out.append(d)
+    return out
+
+
+def layer_at(div: Divergence, depth: float) -> int:
+    """The probed layer at ``depth`` (0 = the stem, 1 = the last block) of one model."""
+    return int(min(max(float(depth or 0), 0.0), 1.0) * (len(div.layers) - 1) + 0.5)  # half up
+
+
+def divergence_figure(divs: list[Divergence], depth: float = 0.0):
+    """Divergence by depth, one panel per model, the chosen layer marked."""
+    fig = clf_analysis.divergence_figure(divs)
+    for ax, d in zip(fig.axes, divs):
+        ax.axvline(layer_at(d, depth), color="0.3", lw=6, alpha=0.15, zorder=0)
+    return fig
+
+
+MEASURES = (("total", "D(μ) (IBN-Net)"), ("removed_std", "D(σ)"), ("kept", "D after IN (kept)"))
+
+
+def divergence_layer_chart(divs: list[Divergence], depth: float = 0.0):
+    """The chosen layer, models side by side: the three measures as bars (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.0 + 2.4 * len(divs), 3.2))
+    width = 0.8 / len(MEASURES)
+    for j, (field, label) in enumerate(MEASURES):
+        xs = [i + (j - 1) * width for i in range(len(divs))]
+        vals = [max(getattr(d, field)[layer_at(d, depth)], 1e-6) for d in divs]
+        bars = ax.bar(xs, vals, width, label=label)
+        ax.bar_label(bars, [f"{v:.3g}" for v in vals], fontsize=7)
+    ax.set_xticks(range(len(divs)),
+                  [f"{d.model}\n{d.layers[layer_at(d, depth)]}" for d in divs], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("symmetric KL", fontsize=8)
+    ax.set_title(f"{divs[0].domains[0]} vs {divs[0].domains[1]} at layer depth "
+                 f"{float(depth):.2f}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3,
+              frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def divergence_table(divs: list[Divergence], depth: float = 0.0) -> str:
+    """The chosen layer's numbers, one row per model."""
+    rows = ["| model | layer | D(μ): removed by IN | D(μ) median | D(σ): removed by IN | "
+            "D after IN: kept |", "|---|---|---:|---:|---:|---:|"]
+    for d in divs:
+        i = layer_at(d, depth)
+        rows.append(f"| {d.model} | {d.layers[i]} ({i + 1}/{len(d.layers)}) | {d.total[i]:.4f} | "
+                    f"{d.total_median[i]:.4f} | {d.removed_std[i]:.4f} | {d.kept[i]:.4f} |")
+    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------- about

@@ -381,11 +381,12 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
                                             disable=not bar, leave=False))
             stack.enter_context(model.lock)
             net = model.net.to(dev).eval()
+            # the frame count and size tell the planner this is a long job (compiled bf16 where
+            # it pays); decided before any override: a probe may compile the frozen graph,
+            # which keeps the learned weights
+            run = _frame_runner(model, backend, dev, fast, smooth, (pw, ph), total, gate)
             stack.enter_context(gate_override(net, gate))
             stack.enter_context(_style(model, style))
-            # the frame count and size tell the planner this is a long job (compiled bf16 where
-            # it pays); decided under the lock, once the gate and style are in place
-            run = _frame_runner(model, backend, dev, fast, smooth, (pw, ph), total, gate)
             pending: list[np.ndarray] = []
 
             def flush() -> None:

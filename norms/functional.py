@@ -29,6 +29,14 @@ def _f32(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
+def _compiling() -> bool:
+    """True while torch.compile (dynamo) traces: data-dependent Python branches must not run."""
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - torch without torch.compiler
+        return False
+
+
 # Planes whose mean dominates their spread (μ² > this · σ²) get their variance recomputed in
 # two passes: the one-pass E[x²] − μ² loses precision to cancellation there.
 _CANCEL_RATIO = 64.0
@@ -43,9 +51,10 @@ def plane_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     n, c, h, w = x.shape
     xf = _f32(x)
-    if xf.device.type != "cpu":
-        # Accelerators reduce in one Welford pass already, and the fallback test below would
-        # cost a host synchronisation per layer.
+    if xf.device.type != "cpu" or _compiling():
+        # Accelerators and inductor's generated kernels reduce in one Welford pass already (no
+        # cancellation to repair), and the fallback test below would cost a host synchronisation
+        # per layer (under torch.compile: a graph break per norm layer).
         var, mean = torch.var_mean(xf, dim=(2, 3), unbiased=False)
         return var, mean
     if xf.is_contiguous():
@@ -171,9 +180,11 @@ def plane_affine(x: Tensor, coeff_fn: CoeffFn, *params: Tensor) -> tuple[Tensor,
 
     While ``torch.onnx.export`` traces the model the same map is written with plain tensor ops
     (``plane_affine_plain``): an exported graph cannot hold the custom autograd Function, and the
-    one-pass CPU statistics of ``plane_stats`` branch on the data.
+    one-pass CPU statistics of ``plane_stats`` branch on the data. Under torch.compile too:
+    inductor fuses var_mean and the multiply-add into its own kernels (the custom Function and
+    its data-dependent branch would split the graph at every norm layer).
     """
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() or _compiling():
         return plane_affine_plain(x, coeff_fn, *params)
     with torch.autocast(x.device.type, enabled=False):
         return PlaneAffine.apply(x, coeff_fn, *params)
@@ -209,7 +220,7 @@ def apply_planes(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     memory format; the fast kernel of ``PlaneAffine``'s forward (plain ops under ONNX export)."""
     n, c = x.shape[:2]
     a, b = a.expand(n, c), b.expand(n, c)
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() or _compiling():  # plain ops fuse under inductor
         y = _f32(x) * a.unsqueeze(-1).unsqueeze(-1) + b.unsqueeze(-1).unsqueeze(-1)
         return y.to(x.dtype)
     return _apply_planes(x, a, b)

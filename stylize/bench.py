@@ -66,7 +66,9 @@ def bench(model: str | None, sizes: list[int], repeats: int = 3, compile: bool =
     time over the fp32 eager time of the same round (robust to other load on the machine);
     ``first_ms`` is the first call (compilation, export warm-up). ``compile`` adds what
     ``--backend compiled`` / ``--fast`` run (torch.compile per input size, bf16 autocast,
-    channels_last) and fp32 torch.compile; ``onnx`` (CPU) the onnxruntime backend."""
+    channels_last, frozen weights), a plain ``torch.compile`` under bf16 autocast as written by
+    hand (the reference the library's path must match or beat) and fp32 torch.compile; ``onnx``
+    (CPU) the onnxruntime backend."""
     import copy
 
     dev = resolve_device(device)
@@ -99,7 +101,9 @@ def bench(model: str | None, sizes: list[int], repeats: int = 3, compile: bool =
     if compile:
         compiled_model = copy.copy(sm)
         compiled_model.compiled = None
+        compiled_model.compiled_shapes = set()
         compiled32 = torch.compile(copy.deepcopy(net), dynamic=False)
+        hand = torch.compile(copy.deepcopy(net), dynamic=False)  # what a user writes by hand
     for s in sizes:
         g = torch.Generator().manual_seed(s)
         x = (torch.rand(1, 3, s, s, generator=g) * 255).to(dev)
@@ -133,8 +137,14 @@ def bench(model: str | None, sizes: list[int], repeats: int = 3, compile: bool =
                 with torch.inference_mode():
                     return compiled32(x)
 
-            variants += [("torch.compile + bf16 autocast (--backend compiled, --fast)",
-                          compiled_bf16), ("torch.compile fp32", compiled_fp32)]
+            def hand_bf16():
+                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16):
+                    return hand(x).float()
+
+            variants += [("compiled bf16 (--backend compiled, --fast, auto for long jobs on a "
+                          "bf16 CPU)", compiled_bf16),
+                         ("plain torch.compile + bf16 autocast (reference)", hand_bf16),
+                         ("torch.compile fp32", compiled_fp32)]
         if runner is not None:
             variants.append(("onnxruntime fp32 (auto, one-shot)", lambda: runner(x)))
         outs, first = {}, {}

@@ -41,8 +41,9 @@ class StyleModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # sha256 of the file it was loaded from (the ONNX cache key; None: built in memory)
     weights_sha: str | None = None
-    # torch.compile'd network for the compiled bf16 path, built on first long job and kept,
-    # with the input shapes it has been compiled for (static shapes: see ``_run_compiled``)
+    # torch.compile'd networks of the compiled bf16 path ("frozen"/"live", see
+    # ``_compiled_net``), built on the first long job and kept, with the input sizes (H, W)
+    # compiled so far (static shapes: see ``_run_compiled``)
     compiled: Any = field(default=None, repr=False)
     compiled_shapes: set = field(default_factory=set, repr=False)
 
@@ -222,6 +223,31 @@ def resolve_backend(backend: str, device: torch.device, fast: bool = False,
     return AUTO_CPU_BACKEND
 
 
+def prepare_long_job(model: StyleModel, size: tuple[int, int], *,
+                     device: str | torch.device = "auto", backend: str = "auto",
+                     fast: bool = False, max_size: int | None = None,
+                     frames: int | None = None, warm: bool = True) -> str:
+    """Plan a long job on ``model`` — a UI session, a webcam loop, a folder or a video — of
+    images of ``size`` (width, height, before ``max_size``), ``frames`` of them (None: no end
+    known, e.g. the UI) and return the backend it will run on ("compiled", "onnxruntime" or
+    "torch", see ``resolve_backend``). On a native-bf16 CPU this probes the machine once (cached)
+    and, with ``warm`` and "compiled", compiles the network for that size now, so the first
+    image the user waits for is not the one that compiles. Then call ``stylize_image`` with
+    ``job_pixels=math.inf`` (or the pixels left) and the same ``backend``, ``max_size``."""
+    import math
+
+    dev = resolve_device(device)
+    w, h = processing_size(size, max_size)
+    pixels = math.inf if frames is None else float(frames) * w * h
+    with model.lock:
+        chosen = resolve_backend(backend, dev, fast, job_pixels=pixels, model=model,
+                                 shape=(h, w))
+    if warm and chosen == "compiled":
+        stylize_image(model, Image.new("RGB", (w, h), (128, 128, 128)), device=dev,
+                      backend=backend, fast=fast, job_pixels=pixels, bar=False)
+    return chosen
+
+
 def _machine_key() -> str:
     """What the probe's result depends on: CPU model and flags, torch's CPU capability, threads."""
     import hashlib
@@ -249,10 +275,15 @@ PROBE_SIDE = 256
 MAX_COMPILED_SHAPES = 4
 
 
+# Bumped when the compiled path changes, so probes cached by an older one are measured again.
+# 2: no graph breaks in the norms, frozen (prepacked) weights.
+PROBE_FORMAT = 2
+
+
 def _probe_key(model: StyleModel) -> str:
     from .deploy import weights_sha
 
-    return f"{_machine_key()}:{weights_sha(model)[-24:]}"
+    return f"{_machine_key()}:{PROBE_FORMAT}:{weights_sha(model)[-24:]}"
 
 
 def _probe_table() -> dict[str, Any]:
@@ -336,14 +367,43 @@ def probe_compiled(model: StyleModel, device: torch.device) -> dict[str, Any]:
     return result
 
 
-def _run_compiled(model: StyleModel, x: torch.Tensor) -> torch.Tensor:
-    """torch.compile + bf16 autocast + channels_last, compiled once per model and input size
-    and kept (a folder of same-size photos or a video compiles once)."""
-    if model.compiled is None:
-        model.compiled = torch.compile(model.net, dynamic=False)
+def _compiled_net(model: StyleModel, frozen: bool) -> Any:
+    """The torch.compile'd network of ``model``, built once per kind and kept (static shapes:
+    one compilation per input size, see ``MAX_COMPILED_SHAPES``). ``frozen``: inductor's
+    freezing, i.e. the weights become constants of the graph, prepacked once for oneDNN's bf16
+    convolutions (no per-call weight casts or reorders); only for weights that no longer change
+    (no gate override, a single style), since an in-place change would not reach the graph."""
+    if not isinstance(model.compiled, dict):
+        model.compiled = {}
+    key = "frozen" if frozen else "live"
+    if key not in model.compiled:
+        import torch._dynamo
+
+        cfg = torch._dynamo.config
+        # the limit counts every model and size compiled in this process: keep room for several
+        cfg.recompile_limit = max(cfg.recompile_limit, 8 * MAX_COMPILED_SHAPES)
+        # ``options`` makes the two kinds distinct backends to dynamo (identical torch.compile
+        # wrappers share compiled code, and a frozen graph would then answer a gate override)
+        model.compiled[key] = torch.compile(model.net, dynamic=False,
+                                            options={"freezing": frozen})
+    return model.compiled[key]
+
+
+def _run_compiled(model: StyleModel, x: torch.Tensor, frozen: bool = True) -> torch.Tensor:
+    """torch.compile + bf16 autocast + channels_last under inference mode (N×3×H×W, 0–255 →
+    float32), compiled once per model and input size and kept (a folder of same-size photos or
+    a video compiles once). ``frozen=False`` where the weights are changed in place between
+    calls (gate overrides, style selection of a multi-style model): see ``_compiled_net``."""
+    import torch._inductor.config as inductor_config
+
+    frozen = frozen and model.config.num_styles == 1
+    net = _compiled_net(model, frozen)
     model.compiled_shapes.add(tuple(x.shape[-2:]))
-    with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16):
-        return model.compiled(x.contiguous(memory_format=torch.channels_last)).float()
+    # inductor reads ``freezing`` when it compiles, i.e. on the first call at each size
+    # (torch.compile's ``options`` do not reach it on torch 2.14)
+    with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16), \
+            inductor_config.patch(freezing=frozen):
+        return net(x.contiguous(memory_format=torch.channels_last)).float()
 
 
 def _run(net: TransformerNet, x: torch.Tensor, fast: bool) -> torch.Tensor:
@@ -491,7 +551,7 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
                 try:
                     half = fast or (dev.type == "cuda" and backend == "auto")
                     out = _stylize_planned(model, work, plan, dev, half, chosen, runner,
-                                           progress, bar)
+                                           progress, bar, frozen=gate is None)
                     break
                 except Exception as exc:  # noqa: BLE001 - only allocation failures are retried
                     if not _is_alloc_failure(exc):
@@ -520,10 +580,12 @@ def stylize_image(model: StyleModel, image: Image.Image, *, max_size: int | None
 
 def _stylize_planned(model: StyleModel, work: Image.Image, plan: Any, dev: torch.device,
                      fast: bool, chosen: str, runner: Any,
-                     progress: Callable[[int, int], None] | None, bar: bool) -> Image.Image:
+                     progress: Callable[[int, int], None] | None, bar: bool,
+                     frozen: bool = True) -> Image.Image:
     """One attempt of ``stylize_image`` at a memory plan with a chosen backend ("torch" or
     "compiled"; ``runner``: an onnxruntime runner to use instead). The caller holds the model's
-    lock and has applied the gate and style."""
+    lock and has applied the gate and style; ``frozen``: whether the compiled graph may hold
+    the weights as constants (no gate override)."""
     from .tiling import (stylize_streamed, stylize_tiled, streamable,
                          streamed_storage_bytes_per_pixel)
 
@@ -560,7 +622,7 @@ def _stylize_planned(model: StyleModel, work: Image.Image, plan: Any, dev: torch
             progress(1, 1)
         return out
     if chosen == "compiled":
-        out = to_image(_run_compiled(model, to_tensor(work).to(dev)).cpu())
+        out = to_image(_run_compiled(model, to_tensor(work).to(dev), frozen=frozen).cpu())
         if progress is not None:
             progress(1, 1)
         return out

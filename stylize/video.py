@@ -182,14 +182,47 @@ def _statistics(net: torch.nn.Module, smooth: float | None,
 
 
 def _forward(net: torch.nn.Module, frames: list[np.ndarray], batch: int, dev: torch.device,
-             fast: bool) -> list[np.ndarray]:
+             fast: bool, run: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> list[np.ndarray]:
+    """Frames through the network ``batch`` at a time (``run``: another forward, e.g. the
+    compiled one, which is fed full batches only: a short last batch is padded with copies of
+    its last frame, so no second shape is compiled; frames are independent without ``smooth``)."""
     out: list[np.ndarray] = []
     for i in range(0, len(frames), batch):
-        x = torch.from_numpy(np.stack(frames[i:i + batch])).to(dev)
+        chunk = frames[i:i + batch]
+        k = len(chunk)
+        if run is not None and k < batch:
+            chunk = chunk + [chunk[-1]] * (batch - k)
+        x = torch.from_numpy(np.stack(chunk)).to(dev)
         x = x.permute(0, 3, 1, 2).float()  # N×3×H×W, 0–255
-        y = _run(net, x, fast).float().clamp(0, 255).round().to(torch.uint8)  # N×3×H×W
+        y = run(x) if run is not None else _run(net, x, fast)
+        y = y[:k].float().clamp(0, 255).round().to(torch.uint8)  # k×3×H×W
         out.extend(y.permute(0, 2, 3, 1).cpu().numpy())
     return out
+
+
+def _frame_runner(model: StyleModel, backend: str, dev: torch.device, fast: bool,
+                  smooth: float | None, size: tuple[int, int], frames: int | None,
+                  gate: float | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The compiled bf16 forward when ``backend`` ("auto", "torch", "compiled") picks it for a
+    job of ``frames`` frames of ``size`` (W, H; unknown length: a long job), else None (eager
+    torch, bf16 autocast with ``fast``). Stream statistics (``smooth``) keep eager torch: their
+    running state lives in Python between frames."""
+    from .infer import _run_compiled, resolve_backend
+
+    if backend == "onnxruntime":
+        raise ValueError("videos run in torch: use backend auto, torch or compiled")
+    if smooth is not None:
+        if backend == "compiled":
+            raise ValueError("the compiled backend cannot carry --smooth statistics between "
+                             "frames; use backend auto or torch")
+        return None
+    w, h = size
+    pixels = float("inf") if not frames else float(frames) * w * h
+    chosen = resolve_backend(backend, dev, fast, job_pixels=pixels, model=model, shape=(h, w))
+    if chosen != "compiled":
+        return None
+    return lambda x: _run_compiled(model, x, frozen=gate is None)
 
 
 def stylize_frames(model: StyleModel, frames: list[np.ndarray], *, smooth: float | None = None,
@@ -280,7 +313,7 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
                   gate: float | None = None, device: str | torch.device = "cpu",
                   fast: bool = False, max_memory: int | None = None,
                   progress: Callable[[int, int | None], None] | None = None,
-                  bar: bool = True, style: Any = None) -> VideoReport:
+                  bar: bool = True, style: Any = None, backend: str = "auto") -> VideoReport:
     """Stylize every frame of ``src`` into ``dst`` (written atomically), keeping the frame rate
     and remuxing the first audio stream unchanged.
 
@@ -289,6 +322,9 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
     ``max_size``: process frames downscaled to this longest side, scaled back up.
     ``progress(done, total)`` per batch (total None when the container does not say).
     ``style``: a multi-style model's style or blend (see ``stylize.model.style_selection``).
+    ``backend``: "auto" (compiled bf16 where ``stylize.infer.resolve_backend`` says the video is
+    long enough to repay compiling on this CPU, and without ``smooth``; else eager torch),
+    "torch" or "compiled" (see ``stylize.infer``).
     """
     import av
     from tqdm.auto import tqdm
@@ -345,13 +381,17 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
                                             disable=not bar, leave=False))
             stack.enter_context(model.lock)
             net = model.net.to(dev).eval()
+            # the frame count and size tell the planner this is a long job (compiled bf16 where
+            # it pays); decided before any override: a probe may compile the frozen graph,
+            # which keeps the learned weights
+            run = _frame_runner(model, backend, dev, fast, smooth, (pw, ph), total, gate)
             stack.enter_context(gate_override(net, gate))
             stack.enter_context(_style(model, style))
             pending: list[np.ndarray] = []
 
             def flush() -> None:
                 nonlocal n
-                for x, y in zip(pending, _forward(net, pending, len(pending), dev, fast)):
+                for x, y in zip(pending, _forward(net, pending, batch, dev, fast, run)):
                     fin.add(x)
                     fout.add(y)
                     if (pw, ph) != (ow, oh):

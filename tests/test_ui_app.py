@@ -601,11 +601,11 @@ def test_browser_reload_reattaches_to_a_running_training(server):
     with _page(server, 1400, 900) as page:
         page.get_by_role("tab", name="Train a classifier").click()
         page.locator("#tc_estimate").get_by_text("about").wait_for(timeout=30_000)
-        page.locator("#tc_epochs input").fill("300")
+        page.locator("#tc_epochs input").fill("500")
         page.locator("#tc_subset input").fill("0")
-        page.locator("#tc_batch input").fill("8")
+        page.locator("#tc_batch input").fill("4")  # 1,500 steps: still running after the reload
         page.locator("#tc_start").click()
-        page.wait_for_function("() => /epoch \\d+\\/300/.test(document.querySelector("
+        page.wait_for_function("() => /epoch \\d+\\/500/.test(document.querySelector("
                                "'#tc_status').innerText)", timeout=90_000)
         assert "elapsed" in page.locator("#tc_status").inner_text()
         page.reload(wait_until="domcontentloaded")
@@ -613,10 +613,10 @@ def test_browser_reload_reattaches_to_a_running_training(server):
         page.locator("#nl_banner").get_by_text("classifier training is running").wait_for(
             timeout=30_000)
         page.get_by_role("tab", name="Train a classifier").click()
-        page.wait_for_function("() => /epoch \\d+\\/300/.test(document.querySelector("
+        page.wait_for_function("() => /epoch \\d+\\/500/.test(document.querySelector("
                                "'#tc_status').innerText)", timeout=60_000)
-        assert page.locator("#tc_epochs input").input_value() == "300"
-        assert page.locator("#tc_batch input").input_value() == "8"
+        assert page.locator("#tc_epochs input").input_value() == "500"
+        assert page.locator("#tc_batch input").input_value() == "4"
         assert page.locator("#tc_subset input").input_value() == "0"
         page.locator("#tc_cancel").click()
         page.locator("#tc_status").get_by_text("cancelling…").wait_for(timeout=5_000)

@@ -2,12 +2,11 @@
 (BN, IN, BN+IN, BIN, IBN, ...): train, run, compare, benchmark.
 
 Names load on first use (PEP 562), so ``stylize.oneshot`` — a cached ONNX export run by
-onnxruntime — starts without importing torch."""
+onnxruntime — and ``stylize train --help`` start without importing torch. ``stylize.train`` is
+the training module (its function: ``stylize.train.train``), as ``classify.train`` is."""
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 _EXPORTS = {
@@ -16,9 +15,9 @@ _EXPORTS = {
     "load_model": ".infer", "stylize_image": ".infer",
     "PerceptualLoss": ".losses", "load_vgg_encoder": ".losses",
     "StyleConfig": ".model", "TransformerNet": ".model", "load_examples_pth": ".model",
-    "TrainConfig": ".config",  # `train` (the function): see _Package
+    "TrainConfig": ".config",
 }
-__all__ = list(_EXPORTS) + ["train"]
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
@@ -37,20 +36,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
-
-
-class _Package(types.ModuleType):
-    """``stylize.train`` is the training function, as it was when this package imported it
-    eagerly, even after the submodule ``stylize.train`` is imported (the import system then
-    binds the submodule to the package's attribute; this keeps the function)."""
-
-    @property
-    def train(self) -> Any:
-        return importlib.import_module(f"{__name__}.train").train
-
-    @train.setter
-    def train(self, value: Any) -> None:
-        pass  # the submodule stays reachable as sys.modules["stylize.train"]
-
-
-sys.modules[__name__].__class__ = _Package

@@ -5,7 +5,6 @@ The loss network here is a tiny fixed random conv stack handed to ``train`` thro
 """
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import engine.io
 from stylize.losses import encoder_from_state_dict, load_vgg_encoder
 from stylize.train import TrainConfig, train
 
-st = importlib.import_module("stylize.train")  # the package attribute `train` is the function
+import stylize.train as st  # noqa: E402  (the training module)
 
 
 class TinyEncoder(nn.Module):

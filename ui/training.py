@@ -430,11 +430,11 @@ def train_style(cfg: UIConfig, job: Job, style_image: str | None, content_dir: s
                 norm: str, image_size: int, steps: int, name: str = "",
                 batch_size: int | None = None, preview_every: int | None = None,
                 on_progress: Callable[[float, str], None] | None = None) -> Iterator[TrainUpdate]:
-    """Train a style network with ``stylize.train`` and register it as ``ui:<name>``. The inputs
+    """Train a style network with ``stylize.train.train`` and register it as ``ui:<name>``. The inputs
     are checked at once (``ValueError`` before any work); the returned iterator runs the job.
     ``batch_size`` and ``preview_every`` default to the form's (``STYLE_DEFAULTS``; a preview
     every fifth of the run when that is 0)."""
-    from stylize import train
+    from stylize.train import train
     if not style_image:
         raise ValueError("upload a style image first")
     if not content_dir:

@@ -4,7 +4,6 @@ for a style it has never seen, versus training a whole network from scratch, at 
 Losses are measured on held-out photos after each time budget."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -105,7 +104,7 @@ def train_timed(job: dict[str, Any]) -> dict[str, Any]:
     them); the model at each point is kept as ``model_<m>min.safetensors``. Reused when done."""
     import torch
 
-    st = importlib.import_module("stylize.train")
+    import stylize.train as st
     folder = Path(job["folder"])
     done = folder / "result.json"
     if done.is_file():
@@ -390,7 +389,7 @@ def plan(ctx) -> dict[str, Any]:
     report needs besides: budget, styles, photo split, loss network and weights."""
     from engine.devices import resolve_device
 
-    st = importlib.import_module("stylize.train")
+    import stylize.train as st
     from stylize.losses import load_vgg_encoder
     from stylize.model import resolve_model_file
 

@@ -194,13 +194,11 @@ def _samples_figure(models: list[tuple[str, Path]], name: str, photos, style: st
 
 def plan(ctx) -> dict[str, Any]:
     """The runs (one spec per variant, for ``new_style.train_timed``) and the report's inputs."""
-    import importlib
-
     from engine.devices import resolve_device
     from stylize.losses import load_vgg_encoder
     from stylize.model import resolve_model_file
 
-    st = importlib.import_module("stylize.train")
+    import stylize.train as st
     b = BUDGETS[ctx.budget]
     content, style, vgg = _inputs(ctx)
     device = str(resolve_device(ctx.device))

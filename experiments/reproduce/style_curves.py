@@ -4,7 +4,6 @@ steps, seed), and the learned ρ of the BIN network (Fig. 6: ρ moves toward IN)
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 import time
@@ -126,7 +125,7 @@ def train_run(ctx, norm: str, seed: int, content: str, style: str, vgg: str | No
     """One style network (resumed when a checkpoint exists, read back when finished)."""
     from engine.devices import resolve_device
 
-    st = importlib.import_module("stylize.train")  # the package's `train` attribute is the function
+    import stylize.train as st
     b = STYLE[ctx.budget]
     cfg = st.TrainConfig(style_image=style, content_dir=content, norm=norm, image_size=b.image_size,
                          batch_size=b.batch_size, steps=b.steps, seed=seed,

@@ -326,128 +326,40 @@ def stylize_video(model: StyleModel, src: str | Path, dst: str | Path, *,
     long enough to repay compiling on this CPU, and without ``smooth``; else eager torch),
     "torch" or "compiled" (see ``stylize.infer``).
     """
-    import av
-    from tqdm.auto import tqdm
-
     from .tiling import activation_bytes_per_pixel, default_memory_budget
 
-    src, dst = Path(src), Path(dst)
-    fmt = video_format(dst)
     if batch < 1:
         raise ValueError(f"frame batch must be at least 1, got {batch}")
     if smooth is not None and not 0.0 <= smooth < 1.0:
         raise ValueError(f"smoothing momentum must be in [0, 1), got {smooth}")
     if max_size is not None and max_size < 16:
         raise ValueError(f"max_size must be at least 16, got {max_size}")
-    if src.resolve() == dst.resolve():
-        raise ValueError(f"output {dst} is the input; choose another output")
     if gate is not None and not model.has_gates:
         raise ValueError(f"model {model.name!r} has no BIN gates; --gate needs a BIN model")
     dev = resolve_device(device)
-    t0 = time.perf_counter()
-    inp = _open_input(src)
-    try:
-        vin = inp.streams.video[0]
-        ain = inp.streams.audio[0] if inp.streams.audio else None
-        rate = vin.average_rate or vin.guessed_rate
-        rate = Fraction(rate) if rate and rate > 0 else Fraction(25)  # a stream without a rate
-        w, h = vin.codec_context.width, vin.codec_context.height
-        if not w or not h:
-            raise ValueError(f"{src}: the video stream has no frame size")
-        pw, ph = w, h
-        if max_size and max(w, h) > max_size:
-            s = max_size / max(w, h)
-            pw, ph = max(16, round(w * s)), max(16, round(h * s))
+
+    def prepare(pw: int, ph: int, total: int | None):
         budget = default_memory_budget(dev) if max_memory is None else max_memory
         per_frame = activation_bytes_per_pixel(model.config, dev, fast) * pw * ph
         if per_frame > budget:
             raise ValueError(f"a {pw}×{ph} frame needs about {per_frame / 2**30:.1f} GB, over the "
                              f"memory budget of {budget / 2**30:.1f} GB; use a smaller max size")
-        batch = max(1, min(batch, int(budget // per_frame)))
-        ow, oh = w - w % 2, h - h % 2  # yuv420p needs even sizes
-        total = vin.frames or None
-        fin, fout = FlickerMeter(), FlickerMeter()
-        n = 0
-        with atomic_path(dst) as tmp, contextlib.ExitStack() as stack:
-            out = stack.enter_context(av.open(str(tmp), mode="w", format=fmt))
-            vout = out.add_stream(_VIDEO_CODECS[fmt], rate=rate)
-            vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
-            tb = Fraction(rate.denominator, rate.numerator)  # one tick per frame
-            if fmt != "webm" or ain is None:
-                aout = out.add_stream_from_template(ain) if ain is not None else None
-            else:
-                aout = None  # webm takes only opus/vorbis audio; most sources are aac
-            pbar = stack.enter_context(tqdm(total=total, desc="frames", unit="frame",
-                                            disable=not bar, leave=False))
+        n_batch = max(1, min(batch, int(budget // per_frame)))
+        with contextlib.ExitStack() as stack:  # released here only if the set-up fails
             stack.enter_context(model.lock)
             net = model.net.to(dev).eval()
             # the frame count and size tell the planner this is a long job (compiled bf16 where
-            # it pays); decided before any override: a probe may compile the frozen graph,
-            # which keeps the learned weights
+            # it pays); decided before any override: a probe may compile the frozen graph, which
+            # keeps the learned weights
             run = _frame_runner(model, backend, dev, fast, smooth, (pw, ph), total, gate)
             stack.enter_context(gate_override(net, gate))
             stack.enter_context(_style(model, style))
-            pending: list[np.ndarray] = []
+            stack.enter_context(_statistics(net, smooth))  # one stream across all batches
+            held = stack.pop_all()  # transcode holds them while the frames run
+        return (lambda frames: _forward(net, frames, n_batch, dev, fast, run)), n_batch, held
 
-            def flush() -> None:
-                nonlocal n
-                for x, y in zip(pending, _forward(net, pending, batch, dev, fast, run)):
-                    fin.add(x)
-                    fout.add(y)
-                    if (pw, ph) != (ow, oh):
-                        y = np.asarray(Image.fromarray(y).resize((w, h), Image.BICUBIC))
-                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(y[:oh, :ow]),
-                                                       format="rgb24")
-                    frame.pts = n
-                    frame.time_base = tb
-                    for packet in vout.encode(frame):
-                        out.mux(packet)
-                    n += 1
-                pbar.update(len(pending))
-                if progress is not None:
-                    progress(n, total)
-                pending.clear()
-
-            with _statistics(net, smooth):  # one stream across all batches
-                streams = [vin] + ([ain] if aout is not None else [])
-                for packet in inp.demux(*streams):
-                    if packet.stream is ain:
-                        if packet.dts is not None:
-                            packet.stream = aout
-                            out.mux(packet)
-                        continue
-                    for frame in packet.decode():
-                        if (frame.width, frame.height) != (w, h):
-                            raise ValueError(
-                                f"{src}: frame {n + len(pending) + 1} is {frame.width}×"
-                                f"{frame.height} but the video started at {w}×{h}; a video "
-                                "whose frame size changes mid-stream is not supported (split it "
-                                "where the size changes)")
-                        rgb = frame.to_ndarray(format="rgb24")
-                        if (pw, ph) != (w, h):
-                            rgb = np.asarray(Image.fromarray(rgb).resize((pw, ph), Image.LANCZOS))
-                        pending.append(rgb)
-                        if len(pending) >= batch:
-                            flush()
-                if pending:
-                    flush()
-            for packet in vout.encode():
-                out.mux(packet)
-            if n == 0:
-                raise ValueError(f"{src} has no decodable video frames")
-    except av.error.FFmpegError as exc:
-        raise ValueError(f"video error on {src}: {exc}") from None
-    except (IndexError, KeyError, TypeError, AttributeError, ZeroDivisionError,
-            OverflowError) as exc:  # PyAV/numpy on a stream they do not expect
-        raise ValueError(f"{src}: its video stream is not one normlab can stylize "
-                         f"({_describe_stream(inp)}; {type(exc).__name__}: "
-                         f"{str(exc)[:80]})") from None
-    finally:
-        inp.close()
-    fi, fo = fin.value, fout.value
-    return VideoReport(frames=n, fps=float(rate), width=ow, height=oh, audio=aout is not None,
-                       seconds=time.perf_counter() - t0, flicker_input=fi, flicker_output=fo,
-                       flicker=fo / fi if fi > 0 else float("nan"), smooth=smooth)
+    return transcode(src, dst, prepare, max_size=max_size, progress=progress, bar=bar,
+                     smooth=smooth)
 
 
 def write_clip(frames: list[np.ndarray], path: str | Path, fps: int | Fraction = 25,
@@ -501,13 +413,24 @@ def read_clip(path: str | Path) -> tuple[list[np.ndarray], float, bool]:
 
 # ---- the arbitrary-style path: any painting, fixed style statistics -------------------------
 
-def transcode(src: str | Path, dst: str | Path, frame_fn: Callable[[np.ndarray], np.ndarray], *,
-              max_size: int | None = None, progress: Callable[[int, int | None], None] | None = None,
+FrameBatchFn = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+def transcode(src: str | Path, dst: str | Path,
+              prepare: Callable[[int, int, int | None], tuple[FrameBatchFn, int,
+                                                             contextlib.AbstractContextManager]],
+              *, max_size: int | None = None,
+              progress: Callable[[int, int | None], None] | None = None,
               bar: bool = True, smooth: float | None = None) -> VideoReport:
-    """Decode ``src`` frame by frame, map each (H×W×3 ``uint8``, downscaled to ``max_size``)
-    through ``frame_fn`` (same shape out) in order, and write ``dst`` atomically at the source
-    size, keeping the frame rate and remuxing the first audio stream unchanged. ``smooth`` is
-    only recorded in the report."""
+    """Decode ``src``, map its frames (H×W×3 ``uint8``, downscaled to ``max_size``) through a
+    batch function in order, and write ``dst`` atomically at the source size, keeping the frame
+    rate and remuxing the first audio stream unchanged. The one container loop of both video
+    paths (a model's, any painting's).
+
+    ``prepare(width, height, frames)`` — the processing size and the frame count (None when the
+    container does not say) — returns ``(batch_fn, batch, context)``: ``batch_fn`` maps up to
+    ``batch`` frames to as many outputs, ``context`` is held while frames run (a model's lock,
+    gate override, streaming statistics). ``smooth`` is only recorded in the report."""
     import av
     from tqdm.auto import tqdm
 
@@ -523,7 +446,7 @@ def transcode(src: str | Path, dst: str | Path, frame_fn: Callable[[np.ndarray],
         vin = inp.streams.video[0]
         ain = inp.streams.audio[0] if inp.streams.audio else None
         rate = vin.average_rate or vin.guessed_rate
-        rate = Fraction(rate) if rate and rate > 0 else Fraction(25)
+        rate = Fraction(rate) if rate and rate > 0 else Fraction(25)  # a stream without a rate
         w, h = vin.codec_context.width, vin.codec_context.height
         if not w or not h:
             raise ValueError(f"{src}: the video stream has no frame size")
@@ -533,17 +456,39 @@ def transcode(src: str | Path, dst: str | Path, frame_fn: Callable[[np.ndarray],
             pw, ph = max(16, round(w * s)), max(16, round(h * s))
         ow, oh = w - w % 2, h - h % 2  # yuv420p needs even sizes
         total = vin.frames or None
+        batch_fn, batch, context = prepare(pw, ph, total)
         fin, fout = FlickerMeter(), FlickerMeter()
         n = 0
         with atomic_path(dst) as tmp, contextlib.ExitStack() as stack:
             out = stack.enter_context(av.open(str(tmp), mode="w", format=fmt))
             vout = out.add_stream(_VIDEO_CODECS[fmt], rate=rate)
             vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
-            tb = Fraction(rate.denominator, rate.numerator)
+            tb = Fraction(rate.denominator, rate.numerator)  # one tick per frame
             aout = out.add_stream_from_template(ain) if ain is not None and fmt != "webm" \
                 else None  # webm takes only opus/vorbis audio; most sources are aac
             pbar = stack.enter_context(tqdm(total=total, desc="frames", unit="frame",
                                             disable=not bar, leave=False))
+            stack.enter_context(context)
+            pending: list[np.ndarray] = []
+
+            def flush() -> None:
+                nonlocal n
+                for x, y in zip(pending, batch_fn(pending)):
+                    fin.add(x)
+                    fout.add(y)
+                    if (pw, ph) != (w, h):
+                        y = np.asarray(Image.fromarray(y).resize((w, h), Image.BICUBIC))
+                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(y[:oh, :ow]),
+                                                    format="rgb24")
+                    vf.pts, vf.time_base = n, tb
+                    for packet in vout.encode(vf):
+                        out.mux(packet)
+                    n += 1
+                pbar.update(len(pending))
+                if progress is not None:
+                    progress(n, total)
+                pending.clear()
+
             streams = [vin] + ([ain] if aout is not None else [])
             for packet in inp.demux(*streams):
                 if packet.stream is ain:
@@ -553,28 +498,21 @@ def transcode(src: str | Path, dst: str | Path, frame_fn: Callable[[np.ndarray],
                     continue
                 for frame in packet.decode():
                     if (frame.width, frame.height) != (w, h):
-                        raise ValueError(f"{src}: frame {n + 1} is {frame.width}×{frame.height} "
-                                         f"but the video started at {w}×{h}; a video whose "
-                                         "frame size changes mid-stream is not supported")
+                        raise ValueError(
+                            f"{src}: frame {n + len(pending) + 1} is {frame.width}×"
+                            f"{frame.height} but the video started at {w}×{h}; a video "
+                            "whose frame size changes mid-stream is not supported (split it "
+                            "where the size changes)")
                     rgb = frame.to_ndarray(format="rgb24")
                     if (pw, ph) != (w, h):
                         rgb = np.asarray(Image.fromarray(rgb).resize((pw, ph), Image.LANCZOS))
-                    y = frame_fn(rgb)
-                    fin.add(rgb)
-                    fout.add(y)
-                    if (pw, ph) != (w, h):
-                        y = np.asarray(Image.fromarray(y).resize((w, h), Image.BICUBIC))
-                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(y[:oh, :ow]),
-                                                    format="rgb24")
-                    vf.pts, vf.time_base = n, tb
-                    for p in vout.encode(vf):
-                        out.mux(p)
-                    n += 1
-                    pbar.update(1)
-                    if progress is not None:
-                        progress(n, total)
-            for p in vout.encode():
-                out.mux(p)
+                    pending.append(rgb)
+                    if len(pending) >= batch:
+                        flush()
+            if pending:
+                flush()
+            for packet in vout.encode():
+                out.mux(packet)
             if n == 0:
                 raise ValueError(f"{src} has no decodable video frames")
     except av.error.FFmpegError as exc:
@@ -629,5 +567,8 @@ def stylize_video_paintings(stylizer: Any, src: str | Path, dst: str | Path,
                                            preserve_color, strength).convert("RGB"))
         return out
 
-    return transcode(src, dst, frame_fn, max_size=max_size, progress=progress, bar=bar,
+    def prepare(pw: int, ph: int, total: int | None):
+        return (lambda frames: [frame_fn(f) for f in frames]), 1, contextlib.nullcontext()
+
+    return transcode(src, dst, prepare, max_size=max_size, progress=progress, bar=bar,
                      smooth=smooth)

@@ -307,25 +307,11 @@ def bench_flicker(model: str, photo: str | None = None, frames: int = 24, size: 
     from pathlib import Path
 
     import numpy as np
-    from PIL import Image
-
-    import weights
 
     from .infer import load_model
     from .video import read_clip, stylize_video, write_clip
 
-    img = Image.open(photo or weights.SAMPLES_DIR / "amber.jpg").convert("RGB")
-    s = (size + 4 * frames) / min(img.size)
-    img = img.resize((round(img.size[0] * s) + 1, round(img.size[1] * s) + 1), Image.LANCZOS)
-    a = np.asarray(img)
-    rng = np.random.default_rng(0)
-    clip = []
-    for t in range(frames):
-        f = a[2 * t:2 * t + size, 4 * t:4 * t + size].copy()  # diagonal pan
-        if flashes:
-            y0, x0 = rng.integers(0, size - size // 4, 2)
-            f[y0:y0 + size // 4, x0:x0 + size // 4] = 255 if t % 2 else 0
-        clip.append(f)
+    clip = _pan_clip(photo, frames, size, flashes)
     m = load_model(model, device=device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -136,3 +136,16 @@ def test_live_stylizer_one_frame_per_call_is_one_stream(model, monkeypatch):
     assert out.size == (48, 32) and out.mode == "RGB"
     with pytest.raises(ValueError, match="momentum"):
         LiveStylizer(m, smooth=1.0)
+
+
+def test_bench_flicker_rows_for_each_momentum():
+    """``stylize bench --video``: one row per momentum (None = per-frame statistics), each with
+    finite flicker figures from the same panning clip (equal input differences)."""
+    import math
+
+    from stylize.bench import bench_flicker
+
+    rows = bench_flicker("candy_bin", frames=4, size=64, momenta=(0.9,))
+    assert [r["smooth"] for r in rows] == [None, 0.9]
+    assert rows[0]["input_mean_abs_diff"] == rows[1]["input_mean_abs_diff"] > 0
+    assert all(math.isfinite(r["flicker"]) and r["motion_aligned_output_diff"] >= 0 for r in rows)

@@ -19,8 +19,9 @@ inverse square roots amplify exactly those.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -88,18 +89,29 @@ def mean_cov(f: Tensor, chunk: int = 65536) -> MeanCov:
     return MeanCov(mean, cov / max(h * w - 1, 1))
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one torch/LAPACK thread: the statistics and WCT step (covariance GEMMs,
+    256×256 float64 ``eigh``, the C×C transform) are latency-bound. Measured on a shared 2-core
+    box (load ≈ 10): one ``eigh`` 0.04–0.08 s on one thread, 12–17 s on two (the threaded LAPACK
+    path waits on busy cores); the relu1_1 covariance of a 384² photo 0.5–0.6 s on one thread,
+    1.3–1.9 s on two. Too small to gain much from threads on an idle machine either."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _matrix_power(cov: Tensor, power: float, eps: float) -> Tensor:
     """(cov + eps·I)^power for symmetric PSD ``cov`` (N×C×C, float64) by eigendecomposition."""
     eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-    threads = torch.get_num_threads()
-    if cov.device.type == "cpu" and threads > 1:
-        # LAPACK's threaded eigh on a few hundred channels is 100× slower on two threads than on
-        # one (12–17 s vs 0.04–0.08 s for 256×256 here): it is latency-bound, not FLOP-bound
-        torch.set_num_threads(1)
-    try:
+    with one_thread():
         vals, vecs = torch.linalg.eigh(cov + eps * eye)
-    finally:
-        torch.set_num_threads(threads)
     vals = vals.clamp_min(eps)  # rounding can leave tiny negative eigenvalues
     return (vecs * vals.pow(power).unsqueeze(-2)) @ vecs.transpose(-1, -2)
 

@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -204,7 +204,7 @@ class ArbitraryStylizer(nn.Module):
                                                                 tile))
                 continue
             feats = self._encode_taps(s, levels)  # one encoder pass gives every level
-            with _one_thread():
+            with transfer.one_thread():
                 for lv in levels:
                     per_level[lv].append(stat(feats[lv]))
         return StyleStatistics(method, [w / total for w in weights], per_level)
@@ -212,7 +212,7 @@ class ArbitraryStylizer(nn.Module):
     def _transfer(self, f: Tensor, stats: StyleStatistics, level: str, alpha: float, eps: float,
                   content_stats: Any = None) -> Tensor:
         fn = transfer.TRANSFERS[stats.method]
-        with _one_thread() if stats.method == "wct" else contextlib.nullcontext():
+        with transfer.one_thread() if stats.method == "wct" else contextlib.nullcontext():
             outs = [fn(f, s, eps, content_stats=content_stats) for s in stats.per_level[level]]
         t = outs[0] if len(outs) == 1 else transfer.blend(outs, stats.weights)
         return alpha * t + (1 - alpha) * f
@@ -221,7 +221,7 @@ class ArbitraryStylizer(nn.Module):
                content: "Callable[[Any], Any] | None" = None) -> Tensor:
         """One level of the chain on a whole image: encode, transfer, decode (N×3×H×W)."""
         f = self._encode(x, level)
-        with _one_thread():  # small GEMMs and eigh: see _one_thread
+        with transfer.one_thread():  # small GEMMs and eigh: see norms.transfer.one_thread
             cs = feature_statistics(f, stats.method, eps)
             if content is not None:  # e.g. a video's moving average
                 cs = content(cs)
@@ -355,24 +355,6 @@ _FACTOR = {"relu1_1": 1, "relu2_1": 2, "relu3_1": 4}  # encoder downsampling at 
 # multiples of 4 keep every tile on the max-pools' grid.
 TILE_MARGIN = 32
 TILE_FEATHER = 16
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the block on one torch/LAPACK thread: the statistics and WCT step (covariance GEMMs,
-    256×256 float64 ``eigh``, the C×C transform). Measured on the shared 2-core box (load ≈ 10):
-    one ``eigh`` 0.04–0.08 s on one thread, 12–17 s on two (the threaded LAPACK path waits on
-    busy cores); the relu1_1 covariance of a 384² photo 0.5–0.6 s on one thread, 1.3–1.9 s on
-    two. These are too small to gain much from threads on an idle machine either."""
-    before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _tile_count(size: tuple[int, int], tile: int | None) -> int:

@@ -248,6 +248,72 @@ def prepare_long_job(model: StyleModel, size: tuple[int, int], *,
     return chosen
 
 
+# Set to 0 to keep ``warm_in_background`` from compiling (the test suite does: a compile thread
+# would run on into the next tests).
+BACKGROUND_COMPILE_ENV = "NORMLAB_BACKGROUND_COMPILE"
+_WARMING: set = set()  # (id(model), (H, W)) being compiled in the background
+_WARMING_LOCK = threading.Lock()
+
+
+def warm_in_background(model: StyleModel, size: tuple[int, int], *,
+                       device: str | torch.device = "cpu",
+                       max_size: int | None = None) -> threading.Thread | None:
+    """For a stream of images of one ``size`` (width, height, before ``max_size``) — the UI's
+    webcam — compile the bf16 path for that size without making any image wait for it: a
+    daemon thread probes the machine (once, cached), compiles a copy of the network and, when
+    done, swaps the copy and its compiled graph into ``model`` under its lock; until then
+    ``stylize_image`` runs on what it picks for a single image (onnxruntime or eager), and
+    after it picks "compiled" for that size by itself (``resolve_backend``: a compiled shape
+    has nothing left to repay). Only the weights as loaded are copied, so gate and style
+    overrides (applied per call inside the lock) keep working on the swapped-in network.
+    Returns the thread, or None when there is nothing to do: not a CPU with native bf16, the
+    size compiled already or being compiled, ``MAX_COMPILED_SHAPES`` reached, or
+    ``NORMLAB_BACKGROUND_COMPILE=0``."""
+    import copy
+    import math
+
+    if os.environ.get(BACKGROUND_COMPILE_ENV, "1") == "0":
+        return None
+    dev = resolve_device(device)
+    if dev.type != "cpu" or not cpu_native_bf16():
+        return None
+    w, h = processing_size(size, max_size)
+    shape = (h, w)
+    key = (id(model), shape)
+    with model.lock:
+        if shape in model.compiled_shapes or len(model.compiled_shapes) >= MAX_COMPILED_SHAPES:
+            return None
+        with _WARMING_LOCK:
+            if key in _WARMING:
+                return None
+            _WARMING.add(key)
+        # outside any override: the lock's holder restores gates and styles before releasing
+        shadow = StyleModel(net=copy.deepcopy(model.net), config=model.config, name=model.name,
+                            meta=model.meta, weights_sha=model.weights_sha)
+
+    def work() -> None:
+        try:
+            chosen = prepare_long_job(shadow, (w, h), device=dev, frames=None, warm=True)
+            if chosen != "compiled":
+                return
+            with model.lock:  # the next image sees the compiled network, never half of it
+                model.net = shadow.net
+                model.compiled = shadow.compiled
+                model.compiled_shapes = set(shadow.compiled_shapes)
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up leaves the model as it was
+            import sys
+
+            print(f"note: background compile for {w}×{h} failed ({exc}); staying on "
+                  f"{AUTO_CPU_BACKEND}", file=sys.stderr)
+        finally:
+            with _WARMING_LOCK:
+                _WARMING.discard(key)
+
+    thread = threading.Thread(target=work, name=f"normlab-compile-{w}x{h}", daemon=True)
+    thread.start()
+    return thread
+
+
 def _machine_key() -> str:
     """What the probe's result depends on: CPU model and flags, torch's CPU capability, threads."""
     import hashlib

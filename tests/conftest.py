@@ -10,6 +10,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("NORMLAB_SHARED", ROOT.parent / "shared"))
+# the UI's webcam compiles in a background thread on CPUs with native bf16; in the suite such a
+# thread would run on into later tests (test_stylize_compiled turns it on where it checks it)
+os.environ.setdefault("NORMLAB_BACKGROUND_COMPILE", "0")
 
 
 def need_shared(*parts: str) -> Path:

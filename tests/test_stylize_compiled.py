@@ -164,3 +164,101 @@ def test_frozen_weights_never_answer_a_gate_override():
     assert psnr(pure_in, learned) < 30  # the override changes the picture…
     assert psnr(got, pure_in) >= PSNR_MIN  # …and the live graph shows it
     assert set(m.compiled) == {"frozen", "live"}
+
+
+def test_warm_in_background_compiles_a_copy_and_swaps_it_in_without_blocking(monkeypatch):
+    """The webcam's warm-up: the model stays usable (its lock free, its network untouched)
+    while the copy compiles; then the copy and its compiled size are swapped in at once, and
+    nothing is started twice or where it is switched off."""
+    import threading
+
+    from stylize import infer
+
+    m = _tiny("bin")
+    before = m.net
+    go = threading.Event()
+    seen = {}
+
+    def fake_prepare(shadow, size, *, device, frames, warm):
+        seen.update(size=size, frames=frames, shadow=shadow)
+        assert shadow.net is not before  # a copy: the live network is never traced
+        assert go.wait(10)
+        shadow.compiled = {"frozen": "graph"}
+        shadow.compiled_shapes = {(size[1], size[0])}
+        return "compiled"
+
+    monkeypatch.setenv(infer.BACKGROUND_COMPILE_ENV, "1")
+    monkeypatch.setattr(infer, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(infer, "prepare_long_job", fake_prepare)
+    t = infer.warm_in_background(m, (640, 480), device="cpu", max_size=320)
+    assert t is not None
+    assert infer.warm_in_background(m, (640, 480), device="cpu", max_size=320) is None  # busy
+    assert m.lock.acquire(timeout=5)  # frames keep running meanwhile
+    m.lock.release()
+    assert m.net is before and not m.compiled_shapes
+    go.set()
+    t.join(10)
+    assert seen["size"] == (320, 240) and seen["frames"] is None
+    assert m.net is seen["shadow"].net and m.compiled == {"frozen": "graph"}
+    assert m.compiled_shapes == {(240, 320)}
+    for k, v in before.state_dict().items():  # the same weights as loaded
+        assert torch.equal(m.net.state_dict()[k], v)
+    assert infer.warm_in_background(m, (640, 480), device="cpu", max_size=320) is None  # done
+    monkeypatch.setenv(infer.BACKGROUND_COMPILE_ENV, "0")
+    assert infer.warm_in_background(m, (100, 100), device="cpu") is None
+    monkeypatch.setenv(infer.BACKGROUND_COMPILE_ENV, "1")
+    monkeypatch.setattr(infer, "cpu_native_bf16", lambda: False)
+    assert infer.warm_in_background(m, (100, 100), device="cpu") is None
+
+
+def test_a_failed_warm_up_leaves_the_model_as_it_was(monkeypatch, capsys):
+    from stylize import infer
+
+    m = _tiny("bin")
+    before = m.net
+
+    def boom(*a, **k):
+        raise RuntimeError("inductor says no")
+
+    monkeypatch.setenv(infer.BACKGROUND_COMPILE_ENV, "1")
+    monkeypatch.setattr(infer, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(infer, "prepare_long_job", boom)
+    infer.warm_in_background(m, (64, 64), device="cpu").join(10)
+    assert m.net is before and not m.compiled_shapes
+    assert "background compile for 64×64 failed (inductor says no)" in capsys.readouterr().err
+    monkeypatch.setattr(infer, "prepare_long_job", lambda *a, **k: "onnxruntime")
+    infer.warm_in_background(m, (64, 64), device="cpu").join(10)  # the probe said no: no swap
+    assert m.net is before and not m.compiled_shapes
+
+
+@pytest.mark.slow  # one real probe and compilation of a tiny network
+def test_after_the_background_warm_up_auto_runs_the_compiled_size(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from engine.devices import cpu_native_bf16
+    from stylize import infer
+    from stylize.bench import psnr
+
+    if not cpu_native_bf16():
+        pytest.skip("the compiled path runs bf16: needs a CPU with native bf16")
+    monkeypatch.setenv(infer.BACKGROUND_COMPILE_ENV, "1")
+    monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path / "cache"))
+    m = _tiny("bin")
+    g = torch.Generator().manual_seed(3)
+    img = Image.fromarray((torch.rand(48, 64, 3, generator=g) * 255).byte().numpy())
+    ref = infer.stylize_image(m, img, backend="torch", bar=False)
+    # the probe must find compiled faster for the swap: make it so whatever the tiny net measures
+    real_probe = infer.probe_compiled
+    monkeypatch.setattr(infer, "probe_compiled",
+                        lambda model, dev: {**real_probe(model, dev), "use_compiled": True})
+    infer.warm_in_background(m, img.size, device="cpu").join(300)
+    assert (48, 64) in m.compiled_shapes
+    used = []
+    real_run = infer._run_compiled
+    monkeypatch.setattr(infer, "_run_compiled",
+                        lambda model, x, frozen=True: used.append(1) or real_run(model, x, frozen))
+    out = infer.stylize_image(m, img, bar=False)  # auto, a single frame's pixels
+    assert used, "auto did not take the compiled size"
+    a = torch.from_numpy(np.array(out)).float()
+    b = torch.from_numpy(np.array(ref)).float()
+    assert psnr(a, b) >= 35  # bf16 against fp32, after 8-bit rounding of both

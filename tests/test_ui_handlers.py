@@ -874,6 +874,21 @@ def test_webcam_stream_restarts_with_the_model_and_stays_per_session(cfg):
     assert y.size == (640, 480)
 
 
+def test_webcam_frames_warm_the_compiled_path_in_the_background_and_stills_do_not(
+        cfg, monkeypatch):
+    calls = []
+    monkeypatch.setattr(H, "warm_in_background",
+                        lambda model, size, **kw: calls.append((model.name, size, kw)))
+    frame = gradient_image(640, 480)
+    y, live = H.webcam_frame(cfg, frame, "ui:tiny-in", 1.0, False, False, None)
+    assert y.size == (640, 480) and live is None
+    assert calls == [(H.load_style(cfg, "ui:tiny-in").name, (640, 480),
+                      {"device": H.device_of(cfg), "max_size": H.WEBCAM_SIZE})]
+    H.webcam_frame(cfg, frame, "ui:tiny-in", 1.0, False, True, None)  # smooth: eager streaming
+    H.stylize(cfg, frame, "ui:tiny-in")  # a single photo never compiles
+    assert len(calls) == 1
+
+
 def test_video_handler_round_trip(cfg, tmp_path, monkeypatch):
     import numpy as np
 

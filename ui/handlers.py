@@ -31,7 +31,7 @@ from engine.devices import resolve_device
 from engine.images import load_image
 from experiments import lab
 from stylize import compare_grid, load_model, stylize_image
-from stylize.infer import processing_size
+from stylize.infer import processing_size, warm_in_background
 from stylize.model import style_names
 from stylize.tiling import activation_bytes_per_pixel, plan_memory
 from stylize.video import LiveStylizer, probe_video
@@ -536,7 +536,13 @@ def webcam_frame(cfg: UIConfig, frame: Image.Image | str | None, choice: str | N
                  live=None, style: str | dict[str, float] | None = None):
     """One webcam frame stylized at ``WEBCAM_SIZE``: ``(image, live)``.
 
-    ``smooth`` off: the frame alone (``stylize``), ``live`` comes back None. ``smooth`` on: the
+    ``smooth`` off: the frame alone (``stylize``), ``live`` comes back None; on a CPU with
+    native bf16 the first frame of a size starts compiling the bf16 path for it in the
+    background (``stylize.infer.warm_in_background``) and later frames take it (~0.3× the fp32
+    time) without any frame waiting for the compilation. A single photo does not: at 512²
+    compiling takes ~10 s of both cores and saves ~0.3 s a photo (docs/benchmarks.md), and
+    photos come in many sizes. ``smooth`` on (eager: the moving statistics live in the norm
+    layers): the
     frame continues the stream held by ``live`` (a ``stylize.video.LiveStylizer``: per-layer
     moving averages of the normalization statistics, ``norms.StreamState``), created on the first
     frame and again when the model or device changed; the caller keeps it for the next frame (one
@@ -545,7 +551,10 @@ def webcam_frame(cfg: UIConfig, frame: Image.Image | str | None, choice: str | N
     if frame is None:
         return None, live
     if not smooth:
-        return stylize(cfg, frame, choice, None, strength, preserve_color, WEBCAM_SIZE,
+        image = read_image(cfg, frame, "a webcam frame")
+        warm_in_background(load_style(cfg, choice), image.size, device=device_of(cfg),
+                           max_size=WEBCAM_SIZE)
+        return stylize(cfg, image, choice, None, strength, preserve_color, WEBCAM_SIZE,
                        style=style), None
     image = read_image(cfg, frame, "a webcam frame")
     model = load_style(cfg, choice)

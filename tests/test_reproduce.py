@@ -587,7 +587,7 @@ def test_new_style_smoke_report(tiny):
     between the time points, losses on held-out photos; a re-run only reads the runs back."""
     from stylize.train import TrainConfig, train
 
-    _folder(tiny / "ns_content", 1, 8, 40, 30)
+    _folder(tiny / "ns_content", 1, 32, 40, 30)  # 4 held out by the split rule
     styles = []
     for k in range(2):
         p = tiny / f"ns_style{k}.png"
@@ -615,9 +615,12 @@ def test_new_style_smoke_report(tiny):
         assert r["cpu_seconds"] >= r["minutes"][-1] * 60
     assert all(np.isfinite(x["style_loss"]) and x["style_loss"] > 0 for x in res["rows"])
     # held-out photos never trained on
-    split = next(Path(ctx.runs).glob("new-style-photos-*"))
+    split = next(Path(ctx.runs).glob("content-split-*"))
     held = {p.resolve() for p in (split / "heldout").iterdir()}
     assert held and not held & {p.resolve() for p in (split / "train").iterdir()}
+    from stylize.photos import content_split  # the project's one split, not a report's own
+
+    assert held <= {p.resolve() for p in content_split(tiny / "ns_content")["heldout"]}
     # norm-only changed only norm parameters of the base
     import norms
     from stylize.model import load_style_net
@@ -642,7 +645,7 @@ def test_strokes_smoke_report(tiny):
     from experiments.reproduce.strokes import BUDGETS, stroke_wavelength
     from stylize.train import TrainConfig, train
 
-    _folder(tiny / "st_content", 1, 8, 40, 50)
+    _folder(tiny / "st_content", 1, 32, 40, 50)  # 4 held out by the split rule
     base = train(TrainConfig(style_image=str(tiny / "style.png"), content_dir=str(tiny / "st_content"),
                              norm="bin", out=str(tiny / "st_base"), image_size=32, batch_size=2,
                              steps=2, device="cpu"), encoder=TinyEncoder(), show_bar=False)

@@ -59,28 +59,32 @@ def _inputs(ctx) -> tuple[Path, list[str], str | None]:
     return content, styles, vgg_weights(ctx)
 
 
-def split_photos(content: Path, folder: Path, heldout: int, seed: int = 0) -> tuple[Path, Path]:
-    """(train folder, held-out folder) of links to ``content``'s photos: a seeded ``heldout`` of
-    them are kept out of training so the losses are measured on photos no run has seen."""
-    from engine.images import list_images
+def split_photos(content: Path, folder: Path, heldout: int) -> tuple[Path, Path]:
+    """(train folder, held-out folder) of links to ``content``'s photos under ``folder``, from
+    the project's one content split (``stylize.photos.content_split``: ``content-split.json``
+    beside ``content``, else its fixed rule): every ``train`` photo, and the first ``heldout``
+    of the held-out part (sorted by path), so the losses are measured on photos that neither
+    these runs nor any shipped style model trained on (fewer where the split holds fewer)."""
+    from stylize.photos import content_split
 
-    files = sorted(list_images(content))
-    if len(files) < heldout + 2:
-        raise ValueError(f"{content} has {len(files)} photos; need at least {heldout + 2}")
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(len(files), heldout, replace=False).tolist())
+    parts = content_split(content)
+    if len(parts["train"]) < 2 or not parts["heldout"]:
+        raise ValueError(f"{content} has {len(parts['train'])} training and "
+                         f"{len(parts['heldout'])} held-out photos; need at least 2 and 1")
+    chosen = {"train": parts["train"], "heldout": parts["heldout"][:heldout]}
     tr, he = folder / "train", folder / "heldout"
     if not (tr.is_dir() and he.is_dir()):
         tmp = folder / ".split.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        for i, f in enumerate(files):
-            d = tmp / ("heldout" if i in held else "train")
+        for name, files in chosen.items():
+            d = tmp / name
             d.mkdir(parents=True, exist_ok=True)
-            dst = d / f"{i:05d}{f.suffix.lower()}"
-            try:
-                os.symlink(f.resolve(), dst)
-            except OSError:  # no symlinks here: copy
-                shutil.copyfile(f, dst)
+            for i, f in enumerate(files):
+                dst = d / f"{i:05d}_{f.stem[:40]}{f.suffix.lower()}"
+                try:
+                    os.symlink(f.resolve(), dst)
+                except OSError:  # no symlinks here: copy
+                    shutil.copyfile(f, dst)
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("train", "heldout"):
             shutil.rmtree(folder / name, ignore_errors=True)
@@ -397,7 +401,7 @@ def plan(ctx) -> dict[str, Any]:
     content, styles, vgg = _inputs(ctx)
     device = str(resolve_device(ctx.device))
     base = str(resolve_model_file(ctx.style_model))
-    split = Path(ctx.runs) / f"new-style-photos-h{b.heldout}"
+    split = Path(ctx.runs) / f"content-split-h{b.heldout}"
     train_dir, heldout = split_photos(content, split, b.heldout)
     encoder = ctx.encoder if ctx.encoder is not None else load_vgg_encoder(vgg)
     spec = getattr(encoder, "spec", None)
@@ -470,7 +474,9 @@ def run(ctx) -> Path:
         "(process CPU time, so other load on the machine does not count) and resumes exactly "
         "between them. Expected cost: " + b.estimate + ".",
         f"Losses: the training loss's weighted content and style terms (same VGG layers, weights "
-        f"and scales), averaged over {b.heldout} held-out photos no run trained on, at "
+        f"and scales), averaged over {len(list(heldout.iterdir()))} held-out photos (the first "
+        "of the project's content split, `stylize.photos`) that no run and no shipped style "
+        f"model trained on, at "
         f"{b.image_size} px, eval mode.",
         "One seed per (style, method): each cell is one run; the spread across styles is in the "
         "per-style table.",

@@ -204,7 +204,7 @@ def plan(ctx) -> dict[str, Any]:
     device = str(resolve_device(ctx.device))
     base = str(resolve_model_file(ctx.style_model))
     # the same held-out photos as new-style (same split folder), never trained on
-    train_dir, heldout = split_photos(content, Path(ctx.runs) / f"new-style-photos-h{b.heldout}",
+    train_dir, heldout = split_photos(content, Path(ctx.runs) / f"content-split-h{b.heldout}",
                                       b.heldout)
     encoder = ctx.encoder if ctx.encoder is not None else load_vgg_encoder(vgg)
     spec = getattr(encoder, "spec", None)

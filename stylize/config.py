@@ -59,6 +59,10 @@ class TrainConfig(_Dict):
     style_weight: float | None = _opt(None, "Style loss weight (default: 5 for --loss relative, "
                                       "else per loss network).")
     tv_weight: float = _opt(0.0, "Total-variation weight.")
+    style_weights: list[float] | None = _opt(
+        None, "Per style image, a multiplier of the style weight (one number per "
+        "--style-image, in their order, e.g. 1,1.5,1,1): calibrates paintings that need more "
+        "or less style than the others (default: 1 for every style).")
     style_size: int | None = _opt(None, "Resize the style image's shorter side to this.")
     seed: int = _opt(42, "Random seed (init and data order).")
     device: str = _opt("auto", "auto, cpu, cuda, mps (default: the global --device).")
@@ -140,6 +144,12 @@ class TrainConfig(_Dict):
             if getattr(self, name) is not None:
                 check_range(name.replace("_", " "), getattr(self, name), 0, 1e12, integer=False)
         check_range("tv weight", self.tv_weight, 0, 1e12, integer=False)
+        if self.style_weights is not None:
+            if len(self.style_weights) != len(self.style_images):
+                raise ValueError(f"--style-weights has {len(self.style_weights)} number(s) for "
+                                 f"{len(self.style_images)} style image(s): give one per image")
+            for w in self.style_weights:
+                check_range("style weights", w, 0, 1e6, integer=False)
         if self.style_size is not None:
             check_range("style size", self.style_size, 16, 8192)
         check_range("checkpoint every (steps)", self.checkpoint_every, 0, 10**8)

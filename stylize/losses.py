@@ -276,7 +276,8 @@ class PerceptualLoss(nn.Module):
     def __init__(self, encoder: nn.Module, style_images: Tensor | Sequence[Tensor],
                  style_layers: list[str], content_layer: str, content_weight: float,
                  style_weight: float, tv_weight: float = 0.0,
-                 style_scales: Sequence[int] = (1,), relative: bool = False) -> None:
+                 style_scales: Sequence[int] = (1,), relative: bool = False,
+                 style_multipliers: Sequence[float] | None = None) -> None:
         super().__init__()
         # relative: every term divided by its target's mean square (content: ‖φ(x)‖², style: each
         # tap's ‖G_l(s)‖²), as ``stylize.optimize`` does. The absolute loss lets relu1_1 — whose
@@ -293,6 +294,11 @@ class PerceptualLoss(nn.Module):
         if not images:
             raise ValueError("no style image given")
         self.num_styles = len(images)
+        # per style, a factor on style_weight (calibration: some paintings need more style)
+        mult = [1.0] * self.num_styles if style_multipliers is None else [float(m) for m in style_multipliers]
+        if len(mult) != self.num_styles:
+            raise ValueError(f"{len(mult)} style multiplier(s) for {self.num_styles} style(s)")
+        self.register_buffer("style_mult", torch.tensor(mult, dtype=torch.float32))
         with torch.no_grad():
             for j, f in enumerate(self.scales):
                 grams: list[list[Tensor]] = [[] for _ in self.style_layers]
@@ -322,6 +328,16 @@ class PerceptualLoss(nn.Module):
             return table[style].expand(n, -1, -1)
         style = style.to(table.device)
         return table[style.expand(n)] if style.numel() == 1 else table[style]  # N×C×C
+
+    def _multiplier(self, style: int | Tensor | None, n: int) -> Tensor:
+        """The style weight's factor for the batch: its style's (training batches hold one
+        style); a batch mixing styles gets the mean of its images' factors."""
+        if style is None:
+            return self.style_mult[0]
+        if isinstance(style, int):
+            return self.style_mult[style]
+        st = style.to(self.style_mult.device)
+        return self.style_mult[st].mean() if st.numel() > 1 else self.style_mult[st.reshape(())]
 
     def _style_term(self, g: Tensor, j: int, i: int, style: int | Tensor | None) -> Tensor:
         n = g.shape[0]
@@ -356,7 +372,7 @@ class PerceptualLoss(nn.Module):
             style_loss = style_loss + sum(
                 self._style_term(gram_matrix(feats[name]), j, i, style)
                 for i, name in enumerate(self.style_layers))
-        style_loss = style_loss / len(self.scales)
+        style_loss = style_loss / len(self.scales) * self._multiplier(style, n)
         out = {"content_loss": self.content_weight * content,
                "style_loss": self.style_weight * style_loss}
         tv = total_variation(y.float()) / (255.0 if self.relative else 1.0)

@@ -40,7 +40,7 @@ from .model import (StyleConfig, TransformerNet, load_style_net, resolve_model_f
 FINAL = "model.safetensors"
 # What a recipe written before a key existed meant (resuming an old run keeps its behaviour).
 LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False,
-                 "content_split": "all", "loss": "absolute"}
+                 "content_split": "all", "loss": "absolute", "style_weights": None}
 # The relative loss's default weights (dimensionless: the same for every painting and encoder);
 # the optimiser (stylize.optimize) uses the same terms.
 RELATIVE_WEIGHTS = {"content_weight": 1.0, "style_weight": 5.0}
@@ -358,7 +358,8 @@ def train(cfg: TrainConfig, progress: Callable[[ProgressEvent], None] | None = N
             content_layer = "relu3_1"  # what the optimiser and `stylize score` measure content at
         loss_fn = PerceptualLoss(enc, [style_tensor(p, cfg.style_size) for p in cfg.style_images],
                                  style_layers, content_layer, cw, sw, cfg.tv_weight,
-                                 style_scales=cfg.style_scales, relative=relative).to(device)
+                                 style_scales=cfg.style_scales, relative=relative,
+                                 style_multipliers=cfg.style_weights).to(device)
         return StylizeTask(cfg, data, loss_fn, device, Path(cfg.out))
 
     return fit(cfg, build, run_settings=RUN_SETTINGS, resume=resume, explicit=explicit,

@@ -225,6 +225,39 @@ def test_multi_scale_style_loss_matches_its_formula():
         TrainConfig(style_image="a.jpg", content_dir="c", image_size=32, style_scales=[1, 4]).validate()
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_per_style_weights_scale_only_their_style_term(relative):
+    enc = TinyEncoder()
+    g = torch.Generator().manual_seed(1)
+    s1, s2 = torch.rand(1, 3, 48, 48, generator=g) * 255, torch.rand(1, 3, 48, 48, generator=g) * 255
+    y, x = torch.rand(2, 3, 32, 32, generator=g) * 255, torch.rand(2, 3, 32, 32, generator=g) * 255
+    plain = PerceptualLoss(enc, [s1, s2], ["t1", "t2"], "t2", 1.0, 3.0, relative=relative)
+    tuned = PerceptualLoss(enc, [s1, s2], ["t1", "t2"], "t2", 1.0, 3.0, relative=relative,
+                           style_multipliers=[1.0, 2.5])
+    for k, m in ((0, 1.0), (1, 2.5)):
+        a, b = plain(y, x, style=k), tuned(y, x, style=k)
+        assert torch.allclose(b["style_loss"], m * a["style_loss"], rtol=1e-5)
+        assert torch.equal(b["content_loss"], a["content_loss"])
+    both = tuned(y, x, style=torch.tensor([1, 1]))["style_loss"]
+    assert torch.allclose(both, 2.5 * plain(y, x, style=1)["style_loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="1 style multiplier"):
+        PerceptualLoss(enc, [s1, s2], ["t1"], "t1", 1.0, 1.0, style_multipliers=[2.0])
+
+
+def test_style_weights_option_is_checked_and_recorded(images, tmp_path):
+    styles, content = images
+    with pytest.raises(ValueError, match="1 number.s. for 2 style image"):
+        _cfg(styles[:2], content, tmp_path / "x", style_weights=[2.0]).validate()
+    with pytest.raises(ValueError, match="style weights"):
+        _cfg(styles[:2], content, tmp_path / "x", style_weights=[1.0, -1.0]).validate()
+    _run(_cfg(styles[:2], content, tmp_path / "w", steps=2, style_weights=[1.0, 3.0]))
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["style_weights"] == [1.0, 3.0]
+    r = CliRunner().invoke(main.app, ["stylize", "train", "--style-image", str(styles[0]),
+                                      str(styles[1]), "--content", str(content), "--style-weights",
+                                      "1,2,3", "--out", str(tmp_path / "cli")])
+    assert r.exit_code != 0 and "3 number(s) for 2 style image(s)" in r.output
+
+
 def test_list_shows_shipped_and_local_models(images, tmp_path):
     styles, content = images
     _run(_cfg(styles[:2], content, tmp_path / "runs" / "duo", steps=2))

@@ -445,6 +445,31 @@ def test_stats_mean_sd_and_noise_verdict():
     assert "noise" not in single.sentence()
 
 
+def test_verdict_line_reads_the_tests_it_is_given():
+    """reproduced / partially / contradicted / direction only / not reproduced / not comparable,
+    from the signs and Holm verdicts of the gaps (welch with clear or overlapping samples)."""
+    from experiments.reproduce.report import verdict_line
+
+    hi, lo = [10.0, 10.1, 9.9, 10.05], [5.0, 5.1, 4.9, 5.05]
+    mid = [7.0, 12.0, 3.0, 8.0]
+    up, down, noisy_up = welch(hi, lo, "a", "b"), welch(lo, hi, "a", "b"), welch(mid, [6.0, 7.0, 5.0, 6.5], "a", "b")
+    noisy_down = welch([6.0, 7.0, 5.0, 6.5], mid, "a", "b")
+    none = welch([1.0], [2.0], "a", "b")
+    word = lambda checks, **kw: verdict_line("claim", checks, "why", **kw).split("**")[1]
+    assert word([(up, 1), (down, -1)]) == "Verdict: reproduced."
+    assert word([(up, 1), (noisy_up, 1)]) == "Verdict: partially reproduced."
+    assert word([(up, 1), (up, -1)]) == "Verdict: partially reproduced, partly contradicted."
+    assert word([(up, -1), (noisy_up, 1)]) == "Verdict: contradicted."
+    assert word([(noisy_up, 1), (noisy_down, -1)]) == ("Verdict: in the claim's direction, inside "
+                                                       "the noise.")
+    assert word([(noisy_up, 1), (noisy_down, 1)]) == "Verdict: not reproduced (inside the noise)."
+    assert word([(none, 1)]) == "Verdict: not comparable (n too small for a test)."
+    assert word([(up, 1)], comparable="other data") == "Verdict: not comparable (other data)."
+    line = verdict_line("claim", [(up, 1), (noisy_up, 1), (up, -1)], "Scale: small.")
+    assert "1 of 3 comparisons in the claim's direction and larger than the noise, 1 in its " \
+           "direction inside the noise, 1 against it larger than the noise. Scale: small." in line
+
+
 def test_stats_paired_holm_and_p_format():
     from experiments.reproduce.stats import fmt_p, holm, holm_adjust, paired
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .budgets import CIFAR, cifar_data, precision_line, sweep_amp, sweep_line
-from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, keyed, mean_sd_table,
+from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, keyed, mean_sd_table, verdict_line,
                      noise_lines, ranking)
 from .stats import summarize
 from .sweep import (RunResult, RunSpec, plan, result_from_dict, run_sweep, runs_table,
@@ -119,12 +119,28 @@ def _table(data: dict) -> tuple[list[str], dict]:
     return list(dict.fromkeys(c for _, c in vals)), vals
 
 
+def verdict(data: dict) -> str:
+    """Whether the BIN paper's Table 1 ranking held here, in one line (``verdict_line``)."""
+    cols, vals = _table(data)
+    want = {"bin": 1, "in": -1, "bn_in": -1}
+    checks = [(g, want[g.a]) for _, g in gap_tests("bn", list(VARIANTS), cols, vals)
+              if g.a in want]
+    n = sorted({summarize(v).n for v in vals.values()} - {0})
+    epochs = max((p.get("epoch", 0) for r in data["runs"] for p in r.get("curve") or []),
+                 default=0)
+    scale = f"{'/'.join(cols)}, {epochs:g} epochs"
+    return verdict_line(
+        "BIN above BN, IN and BN+IN below it (BIN paper Table 1)", checks,
+        f"Scale: CIFAR-10 {scale}, n = {'–'.join(map(str, n))} seeds (the paper: ResNet-20/56/"
+        "110, 160 epochs), so accuracies are lower and only the ranking compares.")
+
+
 def findings(data: dict) -> list[str]:
     """The headline lines, every number from ``data`` (results.json): the report's Findings and
     the READMEs' results sections (``render.results_block``)."""
     cols, vals = _table(data)
     found = gap_tests("bn", list(VARIANTS), cols, vals)
-    out = []
+    out = [verdict(data)]
     for c in cols:
         n = sorted({summarize(vals.get((v, c), [])).n for v in VARIANTS} - {0})
         out.append(f"- CIFAR-10 {c}, n = {'–'.join(map(str, n))} seeds, test top-1 (%): "

@@ -12,7 +12,7 @@ import numpy as np
 
 from .bin_cifar import cifar_grid, sweep_command
 from .budgets import CIFAR, cifar_data
-from .report import TESTS_NOTE, Report, gap_tests, keyed, mean_sd_table, p_brief
+from .report import TESTS_NOTE, Report, gap_tests, keyed, mean_sd_table, p_brief, verdict_line
 from .stats import summarize
 from .sweep import RunSpec, run_sweep
 
@@ -68,8 +68,17 @@ def findings(data: dict) -> list[str]:
     """The headline lines, every number from ``data`` (results.json): the report's Findings and
     the READMEs' results sections."""
     vals = layer_values(data)
-    out = []
-    for pair, found in _tests(data).items():
+    tests = _tests(data)
+    shallow = [L for L in data["layers"] if L == "bn1" or L.startswith("layer1.")]
+    app = next((p for p in tests if p.startswith("appearance")), None)
+    checks = [(g, -1) for c, g in tests.get(app, []) if g.a in ("ibn_a", "ibn_b")
+              and c.split(" · ")[-1] in shallow]
+    out = [verdict_line(
+        "IBN-a and IBN-b lower the appearance divergence of the shallow layers (the stem and "
+        "stage 1) below BN's (IBN-Net Fig. 3)", checks,
+        "Scale: CIFAR-10 ResNet-20 with a stylization as the appearance change (the paper: "
+        "ImageNet ResNet-50, real vs virtual and style domains).")]
+    for pair, found in tests.items():
         n = sorted({len(v) for v in keyed(data["curves"]).values()})
         out.append(f"- {pair}: D(μ) stem → last block (n = {'–'.join(map(str, n))} seeds): "
                    f"{_trend(data, pair)}.")

@@ -10,7 +10,7 @@ from typing import Sequence
 from .bin_cifar import cifar_grid, sweep_command
 from .budgets import CIFAR, cifar_data, precision_line
 from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, grouped_bars, keyed,
-                     mean_sd_table, noise_lines, ranking)
+                     mean_sd_table, noise_lines, ranking, verdict_line)
 from .stats import summarize
 from .sweep import RunSpec, result_from_dict, run_sweep, runs_table
 
@@ -60,6 +60,15 @@ def findings(data: dict) -> list[str]:
     for r in runs:
         full[(r.label, "test")].append(next(iter(r.test_acc.values())))
     clean = gap_tests("bn", list(VARIANTS), ["test"], full)
+    ibn = ("ibn_a", "ibn_b")
+    why = ("Scale: CIFAR-10 ResNet-20 (the paper: ImageNet ResNet-50), shifts applied to "
+           f"{data['probe_images']} test images.")
+    out.insert(0, verdict_line(
+        "IBN-a and IBN-b lose less top-1 than BN under appearance and style shifts (IBN-Net "
+        "Table 1)", [(g, -1) for _, g in found if g.a in ibn], why))
+    out.insert(1, verdict_line(
+        "IBN-a and IBN-b at no cost in clean top-1 (IBN-Net Table 1)",
+        [(g, 1) for _, g in clean if g.a in ibn], why))
     out.append("- Clean top-1 (%) on the full test set (each run's final top-1): "
                + ranking(VARIANTS, "test", full) + "; gap to BN (Welch; Holm over "
                f"{len(clean)} tests): " + "; ".join(gap_brief(g) for _, g in clean)

@@ -137,6 +137,44 @@ def gap_brief(g: Gap, digits: int = 2) -> str:
     return f"{d} ({p_brief(g)}: {'inside the noise' if g.in_noise else 'larger than the noise'})"
 
 
+def verdict_line(claim: str, checks: Sequence[tuple[Gap, int]], why: str,
+                 comparable: str | None = None) -> str:
+    """One findings line saying whether ``claim`` held here: ``checks`` are (gap, the sign the
+    claim predicts for ``gap.diff``) from the report's own Holm families. reproduced = every
+    check in the claim's direction and larger than the noise; partially = some support and
+    nothing larger than the noise against it (or mixed); contradicted = something larger than
+    the noise against it and nothing for it; in the claim's direction, inside the noise = no
+    check larger than the noise but every one pointing its way; not reproduced = no check
+    larger than the noise and some pointing the other way; not comparable = no test possible (n too small) or ``comparable`` (the reason
+    the paper's setting differs in kind). ``why``: scale, architecture, data behind the
+    difference to the paper."""
+    tested = [(g, s) for g, s in checks if g.test != "none"]
+    sup = sum(1 for g, s in tested if not g.in_noise and g.diff * s > 0)
+    against = sum(1 for g, s in tested if not g.in_noise and g.diff * s < 0)
+    direction = sum(1 for g, s in tested if g.in_noise and g.diff * s > 0)
+    n = len(tested)
+    if comparable:
+        word = f"not comparable ({comparable})"
+    elif not n:
+        word = "not comparable (n too small for a test)"
+    elif sup == n:
+        word = "reproduced"
+    elif sup and against:
+        word = "partially reproduced, partly contradicted"
+    elif sup:
+        word = "partially reproduced"
+    elif against:
+        word = "contradicted"
+    elif direction == n:
+        word = "in the claim's direction, inside the noise"
+    else:
+        word = "not reproduced (inside the noise)"
+    counts = (f"{sup} of {n} comparisons in the claim's direction and larger than the noise, "
+              f"{direction} in its direction inside the noise, {against} against it larger "
+              "than the noise")
+    return f"- **Verdict: {word}.** {claim}: {counts}. {why}"
+
+
 TESTS_NOTE = ("one family per list: inside the noise = Holm–Bonferroni-adjusted p ≥ 0.05 over "
               "the list's tests (raw p shown beside it); n too small for a test = fewer than two "
               "values on a side")

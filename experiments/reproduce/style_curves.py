@@ -15,7 +15,8 @@ from engine.io import write_text_atomic
 from engine.metrics import read_metrics
 
 from .budgets import STYLE, shared_root, vgg_weights
-from .report import TESTS_NOTE, Report, gap_brief, gap_tests, keyed, mean_sd_table, noise_lines
+from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, keyed, mean_sd_table, noise_lines,
+                     verdict_line)
 from .stats import summarize
 
 TITLE = "BIN paper Fig. 3 / Fig. 6: style-transfer loss curves of IN, BN, BN+IN and BIN"
@@ -57,7 +58,11 @@ def findings(data: dict) -> list[str]:
     pair = _seeds_match(data["runs"])
     found = gap_tests("in", list(NORMS), list(COLS), vals, pair=pair)
     n = sorted({summarize(v).n for v in vals.values()})
-    out = []
+    out = [verdict_line(
+        "BN+IN and BN end with a higher style loss than IN, BN the highest (BIN paper Fig. 3)",
+        [(g, 1) for c, g in found if c == "style loss" and g.a in ("bn", "bn_in")],
+        f"Scale: the early phase of training only (n = {'–'.join(map(str, n))} seeds; the "
+        "paper trains about 40k steps on MS-COCO).")]
     for c in COLS[:2]:
         s = sorted(((v, summarize(vals.get((v, c), []))) for v in NORMS), key=lambda x: x[1].mean)
         out.append(f"- Final {c} (n = {'–'.join(map(str, n))} seeds), lowest first: "

@@ -211,7 +211,9 @@ def run_cmd(
                                "Li et al. 2017) or adain (mean and std, Huang & Belongie 2017)."),
     alpha: float = typer.Option(1.0, help="With --style-image: 0 = the photo's features, 1 = fully transferred."),
     scales: str = typer.Option("1", help="With --style-image: coarse-to-fine factors, e.g. 2,1 "
-                               "stylizes a half-size copy first (larger patterns)."),
+                               "stylizes a half-size copy first (larger patterns; a region the "
+                               "coarse pass blows out to flat white can come back as a flat "
+                               "grey patch)."),
     style_size: Optional[int] = typer.Option(None, help="With --style-image: longest side the "
                                              "painting is encoded at (default: the photo's)."),
     vgg_weights: Optional[str] = typer.Option(None, help="With --style-image: the normalised "

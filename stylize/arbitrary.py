@@ -547,7 +547,7 @@ def fit_painting(img: "Image.Image", longest: int) -> Tensor:
 
 def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
                            paintings: Mapping[str, float], *, method: str = "wct",
-                           alpha: float = 1.0, scales: Sequence[int] = (2, 1),
+                           alpha: float = 1.0, scales: Sequence[int] = (1,),
                            style_size: int | None = None, max_size: int | None = 1024,
                            preserve_color: bool = False, strength: float = 1.0,
                            stats: StyleStatistics | None = None,

@@ -27,7 +27,10 @@ def _stylizer(device: str, vgg_weights: str | None):
 
 def _arbitrary_factory(method: str):
     def factory(style_image_path: str, *, device: str = "cpu", vgg_weights: str | None = None,
-                alpha: float = 1.0, scales: Any = (2, 1), **_: Any):
+                alpha: float = 1.0, scales: Any = (1,), **_: Any):
+        # scales: what `stylize run --style-image` and the UI use by default (one pass); the
+        # coarse-to-fine (2, 1) turns a blown-out flat region of the coarse pass (a bright
+        # forehead) into a flat grey patch at the fine pass
         from engine.images import to_image, to_tensor
 
         from .arbitrary import parse_scales, stylize_with_paintings

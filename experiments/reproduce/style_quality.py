@@ -13,9 +13,13 @@ import sys
 from pathlib import Path
 
 FILES = {"forward": "forward.json", "wct08": "wct_alpha08.json", "optimize": "optimize.json",
-         "ab": "recipe_ab_300steps.json", "retrain": "retrain.json"}
+         "ab": "recipe_ab_300steps.json", "retrain": "retrain.json", "tv": "retrain_s15.json"}
 BEFORE = "model:four_styles_bin (before: absolute loss)"
 AFTER = "model:four_styles_bin (after: relative loss)"
+# the session-15 follow-ups of the retrain (retrain_s15.json)
+SHIPPED = "model:four_styles_bin (shipped, session 14)"
+TV = "model:four_styles_bin + TV 4 (+1,300 steps)"
+TV_SW = "model:four_styles_bin + TV 4, mosaic style ×1.6 (+480 more)"
 
 
 def _table(path: Path) -> str:
@@ -32,17 +36,63 @@ def _mean(path: Path, method: str, key: str) -> float:
     return next(m[key] for m in d["methods"] if m["method"] == method)
 
 
-def _paired_lines(path: Path) -> str:
-    """Before → after, paired by (photo, style), Holm over the two measures."""
+def _cell(path: Path, method: str, style: str, key: str = "S") -> float:
+    """One (method, style) mean from a score file's summary."""
+    d = json.loads(path.read_text())
+    return next(r[key] for r in d["summary"] if r["method"] == method and r["style"] == style)
+
+
+def _paired_lines(path: Path, before: str = BEFORE, after: str = AFTER) -> str:
+    """``after`` − ``before``, paired by (photo, style), Holm over the two measures."""
     from experiments.reproduce.stats import holm, paired
 
     cells = json.loads(path.read_text())["cells"]
-    key = {(c["photo"], c["style"]): c for c in cells if c["method"] == BEFORE}
+    key = {(c["photo"], c["style"]): c for c in cells if c["method"] == before}
     pairs = [(key[(c["photo"], c["style"])], c) for c in cells
-             if c["method"] == AFTER and (c["photo"], c["style"]) in key]
+             if c["method"] == after and (c["photo"], c["style"]) in key]
     gaps = holm([paired([a[m] for _, a in pairs], [b[m] for b, _ in pairs], "after", "before")
                  for m in ("S", "C")])
     return "\n".join(f"- {m}: {g.sentence(unit='')}" for m, g in zip(("S", "C"), gaps))
+
+
+def crop_figure(models: list[tuple[str, str]], photo: str | Path, styles: list[str],
+                out: str | Path, width: int = 512, box: float = 0.4, zoom: int = 2) -> Path:
+    """A grid of 200 % crops: one row per style, one column per (label, model file), the centre
+    ``box`` fraction of ``photo`` stylized at ``width`` px and enlarged ``zoom``× (nearest), so a
+    grid or halo shows as it does on screen at 200 %."""
+    from PIL import Image, ImageDraw
+
+    from stylize import load_model
+    from stylize.infer import stylize_image
+
+    src = Image.open(photo).convert("RGB")
+    src = src.resize((width, round(src.height * width / src.width)), Image.LANCZOS)
+    w, h = src.size
+    cw, ch = int(w * box), int(h * box)
+    x0, y0 = (w - cw) // 2, max(0, h // 4 - ch // 4)
+    cells = []
+    for style in styles:
+        row = []
+        for _, path in models:
+            y = stylize_image(load_model(path), src, style=style, bar=False, backend="torch")
+            row.append(y.crop((x0, y0, x0 + cw, y0 + ch)).resize((cw * zoom, ch * zoom),
+                                                                Image.NEAREST))
+        cells.append(row)
+    pad, head = 6, 22
+    sheet = Image.new("RGB", (len(models) * (cw * zoom + pad) + 110,
+                              head + len(styles) * (ch * zoom + pad)), "white")
+    d = ImageDraw.Draw(sheet)
+    for j, (label, _) in enumerate(models):
+        d.text((110 + j * (cw * zoom + pad), 4), label, fill="black")
+    for i, (style, row) in enumerate(zip(styles, cells)):
+        d.text((4, head + i * (ch * zoom + pad) + 4), style, fill="black")
+        for j, im in enumerate(row):
+            sheet.paste(im, (110 + j * (cw * zoom + pad), head + i * (ch * zoom + pad)))
+    out = Path(out)
+    from engine.images import save_image
+
+    save_image(sheet, out)
+    return out
 
 
 def render(folder: str | Path) -> str:
@@ -153,6 +203,36 @@ Johnson et al.: 160,000 images), so for a painting that matters `stylize run --s
 
 ![before/after contact sheet: for each style, the old model then the retrained one (columns labelled with the run files)](sheet_retrain.jpg)
 
+**Against the grid: a total-variation term (session 15; not shipped).** The retrained model's
+fine grid comes from the loss, not the upsampling (the network already upsamples by nearest ×2
++ convolution): relu3_1's Gram statistics cannot see a 2–4 px pattern, so nothing stops the
+network from drawing one. Training went on from the retrain's run (its step-1,900 checkpoint,
+100 steps past the shipped file) for 1,200 steps with `--tv-weight 4` (the TV term then carries
+about a quarter of the gradient the style and content terms do), then 480 more with mosaic's
+style weight ×1.6 (`--style-weights 1,1.6,1,1`) to win back mosaic's strength. Same 8 held-out
+photos × 4 styles at 384 px:
+
+{_table(f['tv'])}
+
+TV 4 against the shipped model (paired by photo and style; Holm over the two measures):
+
+{_paired_lines(f['tv'], SHIPPED, TV)}
+
+With mosaic ×1.6 on top, against the shipped model:
+
+{_paired_lines(f['tv'], SHIPPED, TV_SW)}
+
+At 200 % (below, the held-out portrait) TV 4 takes most of the mesh off skin in candy, the great
+wave and rain_princess, where a weaker grid remains on the forehead and in the hair; mosaic
+comes out smoother and paler, its crackle texture gone, which is the S it lost
+({_cell(f['tv'], SHIPPED, 'mosaic'):.2f} → {_cell(f['tv'], TV, 'mosaic'):.2f}). Mosaic ×1.6 did not
+win it back in 480 steps ({_cell(f['tv'], TV_SW, 'mosaic'):.2f}) and cost the other styles some S. Neither
+model ships: the shipped one keeps S ≥ 0.90 on every style. The next step is TV on the styles
+with a grid and none on mosaic, whose own texture is fine (a per-style TV weight, like
+`--style-weights`).
+
+![200 % crops of the held-out portrait: the shipped model and the TV 4 model, one row per style](crops_tv.jpg)
+
 ## Commands
 
     S=../shared/data/styles
@@ -169,10 +249,14 @@ Johnson et al.: 160,000 images), so for a painting that matters `stylize run --s
     # normlab --device cpu stylize score --methods model:OLD.safetensors,model:NEW.safetensors \\
     #   --styles $S/candy.jpg,$S/mosaic.jpg,$S/rain_princess.jpg,$S/the_great_wave.jpg \\
     #   --photos ../shared/data/content --split heldout --limit 8 --sheet-photos 4 -o retrain.json
+    # TV follow-up: runs/s15 in the notes; the same score over the shipped model and the two
+    #   run files -o retrain_s15.json; crops: experiments.reproduce.style_quality.crop_figure(
+    #   [(label, model file), ...], adain_avril.jpg, [the 4 styles], "crops_tv.jpg")
     python -m experiments.reproduce.style_quality reports/style-quality   # this README
 
 The decoders: `weights/manifest.json` (held-out reconstruction PSNR relu3_1 25.1 dB, relu2_1
-24.4 dB, relu1_1 44.8 dB; commands there).
+30.3 dB (24.4 dB at the step-350 export scored in the tables above it replaced), relu1_1
+44.8 dB; commands there).
 """
 
 

@@ -521,7 +521,8 @@ def test_committed_reports_and_readmes_agree_with_their_results():
     assert not stale, f"out of date (run python -m experiments.reproduce.render): {stale}"
     assert blocks >= 14  # README + reports/README: every report at least twice
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "<!-- results:bin-cifar -->\n- CIFAR-10 ResNet-20" in readme
+    assert "<!-- results:bin-cifar -->\n- **Verdict: " in readme  # each block opens with it
+    assert "\n- CIFAR-10 ResNet-20, n = " in readme
 
 
 def test_results_sections_catch_an_edited_number(tmp_path):

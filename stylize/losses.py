@@ -329,7 +329,7 @@ class PerceptualLoss(nn.Module):
         style = style.to(table.device)
         return table[style.expand(n)] if style.numel() == 1 else table[style]  # N×C×C
 
-    def _multiplier(self, style: int | Tensor | None, n: int) -> Tensor:
+    def _multiplier(self, style: int | Tensor | None) -> Tensor:
         """The style weight's factor for the batch: its style's (training batches hold one
         style); a batch mixing styles gets the mean of its images' factors."""
         if style is None:
@@ -372,7 +372,7 @@ class PerceptualLoss(nn.Module):
             style_loss = style_loss + sum(
                 self._style_term(gram_matrix(feats[name]), j, i, style)
                 for i, name in enumerate(self.style_layers))
-        style_loss = style_loss / len(self.scales) * self._multiplier(style, n)
+        style_loss = style_loss / len(self.scales) * self._multiplier(style)
         out = {"content_loss": self.content_weight * content,
                "style_loss": self.style_weight * style_loss}
         tv = total_variation(y.float()) / (255.0 if self.relative else 1.0)

@@ -270,7 +270,6 @@ def warm_in_background(model: StyleModel, size: tuple[int, int], *,
     size compiled already or being compiled, ``MAX_COMPILED_SHAPES`` reached, or
     ``NORMLAB_BACKGROUND_COMPILE=0``."""
     import copy
-    import math
 
     if os.environ.get(BACKGROUND_COMPILE_ENV, "1") == "0":
         return None

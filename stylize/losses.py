@@ -358,7 +358,6 @@ class PerceptualLoss(nn.Module):
     def forward(self, y: Tensor, x: Tensor, style: int | Tensor | None = None) -> dict[str, Tensor]:
         """y: stylized batch, x: content batch (N×3×H×W, 0–255), ``style``: the batch's style
         index (or one per image) → weighted loss terms."""
-        n = y.shape[0]
         fy = self.encoder(y)
         with torch.no_grad():  # the content target needs only the layers up to its own
             fx = (self.encoder(x, [self.content_layer]) if isinstance(self.encoder, VGGEncoder)

@@ -618,8 +618,15 @@ def test_browser_reload_reattaches_to_a_running_training(server):
         assert page.locator("#tc_epochs input").input_value() == "500"
         assert page.locator("#tc_batch input").input_value() == "4"
         assert page.locator("#tc_subset input").input_value() == "0"
+        # the run stops after its current step (milliseconds here), so "cancelling…" may show
+        # for a moment only: record every text the status takes and look for it there
+        page.evaluate("""() => { const el = document.querySelector('#tc_status');
+            window.__tcSeen = [el.innerText];
+            new MutationObserver(() => window.__tcSeen.push(el.innerText)).observe(
+                el, {subtree: true, childList: true, characterData: true}); }""")
         page.locator("#tc_cancel").click()
-        page.locator("#tc_status").get_by_text("cancelling…").wait_for(timeout=5_000)
+        page.wait_for_function("() => window.__tcSeen.some(t => t.includes('cancelling…'))",
+                               timeout=5_000)
         page.wait_for_function("() => document.querySelector('#tc_status').innerText"
                                ".includes('Cancelled')", timeout=90_000)
         page.locator("#tc_cancel").click()  # nothing runs: the last result stays

@@ -43,10 +43,16 @@ def _make(name: str, summary: str):
         runs: Path = typer.Option(Path("runs/reproduce"), help="Training runs (resumable, shared "
                                   "between reproductions)."),
         jobs: int = typer.Option(1, min=1, help="Training runs at once (processes)."),
-        ledger: Optional[Path] = typer.Option(None, help="pacs: also keep every finished run's "
-                                              "result in this JSON file, and count runs it "
-                                              "records as finished (commit it to resume a long "
-                                              "grid on a fresh checkout without runs/)."),
+        ledger: Optional[Path] = typer.Option(None, help="bin-cifar, ibn-shift, divergence, pacs: "
+                                              "also keep every finished run's result (and what "
+                                              "the report measured on its model) in this JSON "
+                                              "file, and count runs it records as finished "
+                                              "(commit it to resume a long grid on a fresh "
+                                              "checkout without runs/)."),
+        seeds: Optional[str] = typer.Option(None, help="bin-cifar, ibn-shift, divergence, pacs: "
+                                            "N (seeds 0..N-1 for every model) or MODEL=N,... "
+                                            "(e.g. bn=5,bin=5: more seeds where the claim is "
+                                            "the point; the rest keep the budget's)."),
         download: bool = typer.Option(False, help="cifar10:ROOT: download CIFAR-10 if missing."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the classifiers "
                                      "(worth it for long GPU runs)."),
@@ -66,7 +72,7 @@ def _make(name: str, summary: str):
         from experiments.reproduce import Context, reproduce, run_status
 
         c = Context(budget=budget.value, out=out or Path("reports") / name, runs=runs, data=data,
-                    jobs=jobs, ledger=ledger, device=_device(ctx, device), download=download,
+                    jobs=jobs, ledger=ledger, seeds=seeds, device=_device(ctx, device), download=download,
                     compile=compile, command=_command(), style_model=style_model, style_image=style_image,
                     vgg_weights=vgg_weights)
         if status:

@@ -235,7 +235,8 @@ def test_a_bad_ledger_is_one_clear_error(tmp_path, text, why):
 
 def test_pacs_report_from_a_ledger_and_others_refuse_one(tiny, monkeypatch):
     """pacs --ledger records its runs and rebuilds the same report from the ledger alone; a
-    reproduction that reads its models refuses --ledger in one line (CLI exit code 2, as for any bad input)."""
+    reproduction without a run grid refuses --ledger in one line (CLI exit code 2, as for any
+    bad input)."""
     from typer.testing import CliRunner
 
     import experiments.reproduce.sweep as sw
@@ -253,9 +254,88 @@ def test_pacs_report_from_a_ledger_and_others_refuse_one(tiny, monkeypatch):
     table = md.split("### Held-out-domain top-1 (%)")[1].split("###")[0]
     first = (tiny / "reports" / "pacs" / "README.md").read_text()
     assert table == first.split("### Held-out-domain top-1 (%)")[1].split("###")[0]
-    r = CliRunner().invoke(main.app, ["reproduce", "ibn-shift", "--ledger", str(path)])
-    assert r.exit_code == 2 and "--ledger works for pacs" in r.output
+    r = CliRunner().invoke(main.app, ["reproduce", "style-curves", "--ledger", str(path)])
+    assert r.exit_code == 2 and "--ledger works for bin-cifar, ibn-shift, pacs, divergence" in r.output
     assert len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(main.app, ["reproduce", "strokes", "--seeds", "5"])
+    assert r.exit_code == 2 and "--seeds works for bin-cifar" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_cifar_reports_from_a_ledger_keep_what_they_measured(tiny, monkeypatch):
+    """bin-cifar, ibn-shift and divergence with --ledger record each run's result and what the
+    report measured on its model (ρ by stage, shifted top-1, divergence by layer); with the run
+    folders gone they re-render the same tables from the ledger alone, and a measure the ledger
+    lacks for a run whose model is gone is one clear error."""
+    import shutil
+
+    import experiments.reproduce.sweep as sw
+    from experiments.reproduce import ibn_shift
+
+    runs, path = tiny / "cifar-ledger-runs", tiny / "cifar-ledger.json"
+    first = {n: reproduce(n, _ctx(tiny, f"{n}-l1", runs=runs, ledger=path)).read_text()
+             for n in ("bin-cifar", "ibn-shift", "divergence")}
+    led = json.loads(path.read_text())["runs"]
+    assert len(led) == 12  # 5 + ibn_b variants × 2 seeds
+    bins = [r for r in led.values() if r["label"] == "bin"]
+    assert all("hist" in r["measures"]["gates"]["stem"] for r in bins)
+    assert all(any(k.startswith("shift|") for k in r["measures"]) for r in led.values()
+               if r["label"] in ("bn", "ibn_a", "ibn_b", "bin"))
+    shutil.rmtree(runs)  # a fresh clone: the run folders are gone, the ledger is committed
+    monkeypatch.setattr(sw, "run_one", lambda *a, **k: pytest.fail("a recorded run was retrained"))
+
+    def section(md: str, head: str) -> str:
+        return md.split(head)[1].split("\n### ")[0]
+
+    for n, head in (("bin-cifar", "### Table 1"), ("bin-cifar", "### Fig. 2 statistics"),
+                    ("ibn-shift", "### Drop (clean"), ("divergence", "### D(μ), median")):
+        again = reproduce(n, _ctx(tiny, f"{n}-l2", runs=runs, ledger=path)).read_text()
+        assert section(again, head) == section(first[n], head), (n, head)
+    assert (tiny / "reports" / "bin-cifar-l2" / "fig2_gates_resnet20.png").is_file()
+    # a measure never made while the models existed (another style shift) needs the models:
+    # --status says those runs are to train, and the report trains them again
+    from experiments.reproduce import run_status
+
+    st = run_status("ibn-shift", _ctx(tiny, "x", runs=runs, ledger=path, style_model="four_styles_bin"))
+    assert st.startswith("8 runs: 8 new")
+    assert run_status("ibn-shift", _ctx(tiny, "x", runs=runs, ledger=path)).startswith("8 runs: 8 finished")
+    trained = []
+
+    def stop(spec, *a, **k):
+        trained.append(spec.label)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sw, "run_one", stop)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce("ibn-shift", _ctx(tiny, "ibn-shift-l3", runs=runs, ledger=path,
+                                    style_model="four_styles_bin"))
+    assert trained == ["bn"]
+    # the direct API, asked to measure runs without models, says which and why
+    specs = ibn_shift.grid(_ctx(tiny, "x", runs=runs))
+    recorded = [sw.Ledger(path).get(s) for s in specs]
+    with pytest.raises(ValueError, match=r"lack the measure 'm' and their models are gone.*remove its entry"):
+        sw.fill_measures(specs, recorded, "m", lambda rs: [0] * len(rs), sw.Ledger(path))
+
+
+def test_more_seeds_where_the_claim_is_the_point(tiny):
+    """--seeds bn=3 trains one more BN seed and keeps the others at the budget's two; the report
+    says so and its tables show n per cell. Bad specs are one line."""
+    from experiments.reproduce.budgets import seeds_by_variant
+
+    v = ("bn", "bin", "in")
+    assert seeds_by_variant(None, v, (0, 1)) == {"bn": (0, 1), "bin": (0, 1), "in": (0, 1)}
+    assert seeds_by_variant("3", v, (0, 1))["in"] == (0, 1, 2)
+    assert seeds_by_variant("bn=5, bin=4", v, (0, 1)) == {"bn": tuple(range(5)),
+                                                          "bin": tuple(range(4)), "in": (0, 1)}
+    for bad, why in (("x", "whole number"), ("gn=3", "unknown variant 'gn'"), ("bn=0", "1 to 100"),
+                     ("bn=", "whole number")):
+        with pytest.raises(ValueError, match=why):
+            seeds_by_variant(bad, v, (0, 1))
+    readme = reproduce("bin-cifar", _ctx(tiny, "bin-cifar-seeds", seeds="bn=3"))
+    md = readme.read_text()
+    assert "| bn | 3 |" in md and "| bin | 2 |" in md
+    assert "Seeds (`--seeds`) differ from the budget's for: bn 0, 1, 2 (n = 3)" in md
+    assert "--seeds 0,1,2 " in md  # the sweep line trains the largest n
 
 
 @pytest.mark.parametrize("name,n", [("bin-cifar", 10), ("pacs", 8)])

@@ -9,8 +9,10 @@
 - ``strokes``: the multi-scale style loss against the single-scale one (stroke size).
 
 Each writes ``README.md`` + PNGs + ``results.json`` into its report folder; training runs live in
-``runs`` (default ``runs/reproduce``) and are reused across reproductions and re-runs; ``pacs``
-also takes a ``ledger`` file that keeps finished runs' results where ``runs`` does not survive.
+``runs`` (default ``runs/reproduce``) and are reused across reproductions and re-runs; the
+classifier reproductions also take a ``ledger`` file that keeps finished runs' results (and what
+the reports measured on their models) where ``runs`` does not survive, and ``seeds`` for more
+seeds where a claim needs the power.
 """
 from __future__ import annotations
 
@@ -49,9 +51,12 @@ class Context:
     runs: Path = Path("runs/reproduce")
     data: str | None = None
     jobs: int = 1
-    # a JSON file recording every finished run's result (see sweep.Ledger): commit it, and a
-    # grid longer than one session resumes on a fresh checkout without runs/ (pacs only)
+    # a JSON file recording every finished run's result and what the reports measured on its
+    # model (see sweep.Ledger): commit it, and a grid longer than one session resumes on a
+    # fresh checkout without runs/
     ledger: Path | None = None
+    # --seeds: N, or VARIANT=N,... (budgets.seeds_by_variant); None = the budget's seeds
+    seeds: str | None = None
     device: str = "auto"
     download: bool = False
     compile: bool = False  # torch.compile the classifiers (pays off for long GPU runs)
@@ -77,6 +82,10 @@ def reproduce(name: str, ctx: Context) -> Path:
         raise ValueError(f"jobs must be at least 1, got {ctx.jobs}")
     mod = REPRODUCTIONS[name][0]
     _check_ledger(name, mod, ctx)
+    if ctx.seeds is not None and not hasattr(mod, "grid"):
+        with_grid = [n for n, (m, _) in REPRODUCTIONS.items() if hasattr(m, "grid")]
+        raise ValueError(f"{name} has no grid of training runs to add seeds to; --seeds works "
+                         f"for {', '.join(with_grid)}")
     return mod.run(ctx)
 
 
@@ -86,8 +95,8 @@ def _check_ledger(name: str, mod: ModuleType, ctx: Context) -> None:
     ctx.ledger = Path(ctx.ledger)
     if not getattr(mod, "TAKES_LEDGER", False):
         takes = [n for n, (m, _) in REPRODUCTIONS.items() if getattr(m, "TAKES_LEDGER", False)]
-        raise ValueError(f"{name} reads its trained models, which a ledger does not keep; "
-                         f"--ledger works for {', '.join(takes)}")
+        raise ValueError(f"{name} trains its style networks inside the report, so there are no "
+                         f"runs to record; --ledger works for {', '.join(takes)}")
 
 
 def run_status(name: str, ctx: Context) -> str:
@@ -105,7 +114,8 @@ def run_status(name: str, ctx: Context) -> str:
     from .sweep import Ledger, status_table
 
     _check_ledger(name, mod, ctx)
-    return status_table(mod.grid(ctx), Ledger(ctx.ledger) if ctx.ledger else None)
+    needs = mod.needs(ctx) if hasattr(mod, "needs") else ()
+    return status_table(mod.grid(ctx), Ledger(ctx.ledger) if ctx.ledger else None, needs)
 
 
 __all__ = ["BUDGETS", "Context", "REPRODUCTIONS", "list_reproductions", "reproduce", "run_status"]

@@ -8,13 +8,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .budgets import CIFAR, cifar_data, precision_line, sweep_amp, sweep_line
+from .budgets import (CIFAR, cifar_data, precision_line, seeds_by_variant, seeds_line, sweep_amp,
+                      sweep_line)
 from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, keyed, mean_sd_table, verdict_line,
                      noise_lines, ranking)
 from .stats import summarize
-from .sweep import (RunResult, RunSpec, plan, result_from_dict, run_sweep, runs_table,
-                    values_by)
+from .sweep import (Ledger, RunResult, RunSpec, fill_measures, plan, result_from_dict, run_sweep,
+                    runs_table, values_by)
 
+# the report is built from the runs' numbers and their gates measure: a ledger keeps both
+TAKES_LEDGER = True
 TITLE = "BIN on CIFAR-10: BN vs IN vs BN+IN vs BIN vs IBN-a (BIN paper Table 1, Fig. 1, Fig. 2)"
 VARIANTS = ("bn", "in", "bn_in", "bin", "ibn_a")
 INTRO = (
@@ -34,14 +37,21 @@ def cifar_grid(ctx, variants: Sequence[str], depths: Sequence[int] | None = None
     # autocast where it pays (see sweep_amp); channels_last is the trainer's on CUDA
     base = b.recipe(cifar_data(ctx.data), str(dev), ctx.download,
                     amp=sweep_amp(dev, ctx.budget), compile=ctx.compile)
-    return plan(base, variants, b.seeds, depths or b.depths, ctx.runs)
+    seeds = seeds_by_variant(ctx.seeds, variants, b.seeds)
+    specs = []
+    for d in depths or b.depths:
+        for v in variants:
+            specs += plan(base, [v], seeds[v], [d], ctx.runs)
+    return specs
 
 
 def sweep_command(ctx, variants: Sequence[str], depths: Sequence[int]) -> str:
-    """The ``normlab reproduce sweep`` line that trains (or reuses) the same runs, as they ran."""
+    """The ``normlab reproduce sweep`` line that trains (or reuses) the same runs, as they ran
+    (with ``--seeds``, the one for the largest n: smaller n are subsets of its seeds)."""
     b = CIFAR[ctx.budget]
+    seeds = max(seeds_by_variant(ctx.seeds, variants, b.seeds).values(), key=len)
     return sweep_line(ctx, b, f"--data {cifar_data(ctx.data)} --variants {','.join(variants)} "
-                      f"--seeds {','.join(map(str, b.seeds))} --depths {','.join(map(str, depths))} "
+                      f"--seeds {','.join(map(str, seeds))} --depths {','.join(map(str, depths))} "
                       f"--epochs {b.epochs} --batch-size {b.batch_size} --lr {b.lr:g} --weight-decay "
                       f"{b.weight_decay:g} --schedule {b.schedule} --label-smoothing "
                       f"{b.label_smoothing:g}")
@@ -81,27 +91,62 @@ def _stage(layer: str) -> str:
     return layer.split(".")[0] if layer.startswith("layer") else "stem"
 
 
-def gate_stats(results: Sequence[RunResult]) -> tuple[str, dict]:
-    """Mean ρ per stage of every BIN run: Markdown table (mean ± sd over seeds) and raw values."""
+GATES = "gates"  # the measure (sweep.fill_measures) kept with every BIN run
+HIST_BINS = 20
+
+
+def measure_gates(runs: Sequence[RunResult]) -> list[dict]:
+    """Per run, its learned ρ by stage: mean, fraction of channels below 0.5 and a 20-bin
+    histogram over [0, 1] (BIN paper Fig. 2), measured once from the model file."""
     import norms
     from classify.checkpoint import load_classifier
 
-    vals: dict[tuple[str, str], list[float]] = {}
+    out = []
+    for r in runs:
+        by: dict[str, list[float]] = {}
+        for L in norms.gate_report(load_classifier(str(r.model)).model).layers:
+            by.setdefault(_stage(L.name), []).extend(L.values.float().tolist())
+        out.append({st: {"mean": float(np.mean(v)), "below_half": float(np.mean(np.array(v) < 0.5)),
+                         "hist": np.histogram(v, HIST_BINS, (0.0, 1.0))[0].tolist()}
+                    for st, v in by.items()})
+    return out
+
+
+def gate_stats(results: Sequence[RunResult]) -> dict[str, list[float]]:
+    """{"ResNet-D | stage mean ρ" / "… ρ<0.5": one value per BIN run} from the runs' gates
+    measures."""
+    vals: dict[str, list[float]] = {}
     for r in results:
         if r.label != "bin":
             continue
-        rep = norms.gate_report(load_classifier(str(r.model)).model)
-        by: dict[str, list[float]] = {}
-        for L in rep.layers:
-            by.setdefault(_stage(L.name), []).extend(L.values.float().tolist())
-        for st, v in by.items():
-            vals.setdefault((f"ResNet-{r.depth}", f"{st} mean ρ"), []).append(float(np.mean(v)))
-            vals.setdefault((f"ResNet-{r.depth}", f"{st} ρ<0.5"),
-                            []).append(float(np.mean(np.array(v) < 0.5)))
-    rows = list(dict.fromkeys(k[0] for k in vals))
-    cols = list(dict.fromkeys(k[1] for k in vals))
-    md = mean_sd_table("BIN model", rows, cols, vals, digits=3) if vals else "(no BIN runs)"
-    return md, {f"{a} | {b}": v for (a, b), v in vals.items()}
+        for st, m in r.measures[GATES].items():
+            vals.setdefault(f"ResNet-{r.depth} | {st} mean ρ", []).append(m["mean"])
+            vals.setdefault(f"ResNet-{r.depth} | {st} ρ<0.5", []).append(m["below_half"])
+    return vals
+
+
+def gates_figure(gates: dict, title: str):
+    """ρ histograms by stage from a run's gates measure (BIN paper Fig. 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(gates), figsize=(2.6 * len(gates), 2.6), squeeze=False)
+    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
+    for ax, (st, m) in zip(axes[0], gates.items()):
+        ax.bar(edges[:-1], m["hist"], width=edges[1] - edges[0], align="edge", color="#4a7ab5")
+        ax.set_title(st, fontsize=8)
+        ax.set_xlabel("ρ  (0 = IN, 1 = BN)", fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def needs(ctx):
+    """The measures each run must hold (``sweep.run_sweep``): the gates of the BIN runs."""
+    return lambda spec: [GATES] if spec.label == "bin" else []
 
 
 def grid(ctx) -> list[RunSpec]:
@@ -185,11 +230,17 @@ def render(rep: Report, data: dict) -> None:
 def run(ctx) -> Path:
     b = CIFAR[ctx.budget]
     specs = grid(ctx)
+    ledger = Ledger(ctx.ledger) if ctx.ledger else None
     rep = Report("bin-cifar", TITLE, ctx.out, ctx.budget, intro=INTRO)
-    results = run_sweep(specs, ctx.jobs)
+    results = run_sweep(specs, ctx.jobs, ledger=ledger, needs=needs(ctx))
+    gated = [i for i, r in enumerate(results) if r.label == "bin"]
+    fill_measures([specs[i] for i in gated], [results[i] for i in gated], GATES, measure_gates,
+                  ledger)
+    seeds = seeds_by_variant(ctx.seeds, VARIANTS, b.seeds)
     rep.setup += [
         f"What ran: CIFAR-10, CIFAR ResNet-{'/'.join(map(str, b.depths))} (option-A shortcuts) × "
         f"{', '.join(VARIANTS)}; {b.describe()}. Expected cost: {b.estimate}.",
+        *filter(None, [seeds_line(seeds, b.seeds)]),
         "The paper: ResNet-20/56/110 (and others), SGD lr 0.1 ÷10 at 50 %/75 % of training, "
         "batch 128, weight decay 1e-4, full CIFAR-10; normlab's `full` budget uses that "
         "schedule (160 epochs)." + ("" if ctx.budget == "full" else
@@ -199,27 +250,30 @@ def run(ctx) -> Path:
                                     + ("" if b.depths == CIFAR["full"].depths else
                                        ", fewer depths") + ", fewer seeds). Accuracies are lower "
                                     "than the paper's and only the ranking is comparable."),
-        f"Data: `{cifar_data(ctx.data)}`. Runs (resumable, reused across reports): `{ctx.runs}`.",
+        f"Data: `{cifar_data(ctx.data)}`. Runs (resumable, reused across reports): `{ctx.runs}`."
+        + (f" Finished runs, with their learned ρ, are recorded in `{ledger.path}`: the report "
+           "re-renders from it without the run folders." if ledger else ""),
         "BIN gates: 10× lr, no weight decay, clipped to [0, 1] after every step (paper Sec. 3.2).",
         precision_line(specs[0].recipe, [r.precision for r in results]),
     ]
     test = next(iter(results[0].test_acc))
     vals = values_by(results, lambda r: r.label, lambda r: [(f"ResNet-{r.depth}", r.test_acc[test])])
-    _, graw = gate_stats(results)
     rep.data.update(runs=[r.to_dict() for r in results],
-                    table={f"{k[0]} | {k[1]}": v for k, v in vals.items()}, gates=graw)
+                    table={f"{k[0]} | {k[1]}": v for k, v in vals.items()},
+                    gates=gate_stats(results))
     render(rep, rep.data)
     rep.figure(curves_figure(results, test, "CIFAR-10 test top-1 during training (mean ± sd)"),
                "fig1_curves.png", "Fig. 1: test top-1 by epoch, mean ± sd band over seeds")
-    from classify.analysis import gates_figure
-    from classify.checkpoint import load_classifier
-
-    for r in results:
-        if r.label == "bin" and r.seed == b.seeds[0]:
-            _, fig = gates_figure(load_classifier(str(r.model)),
-                                  title=f"BIN ρ by stage, ResNet-{r.depth}, seed {r.seed}")
-            rep.figure(fig, f"fig2_gates_resnet{r.depth}.png",
-                       f"Fig. 2: ρ histograms by stage, ResNet-{r.depth} BIN, seed {r.seed}")
+    for d in b.depths:
+        # the lowest seed whose histogram was kept (runs recorded before it was are summaries)
+        r = min((results[i] for i in gated if results[i].depth == d
+                 and all("hist" in m for m in results[i].measures[GATES].values())),
+                key=lambda r: r.seed, default=None)
+        if r is not None:
+            rep.figure(gates_figure(r.measures[GATES],
+                                    f"BIN ρ by stage, ResNet-{d}, seed {r.seed}"),
+                       f"fig2_gates_resnet{d}.png",
+                       f"Fig. 2: ρ histograms by stage, ResNet-{d} BIN, seed {r.seed}")
     rep.commands += [ctx.command or f"normlab reproduce bin-cifar --budget {ctx.budget}",
                      "# the same runs, without the report:",
                      sweep_command(ctx, VARIANTS, b.depths)]

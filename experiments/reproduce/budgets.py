@@ -71,7 +71,7 @@ class ClassifyBudget:
 CIFAR: dict[str, ClassifyBudget] = {
     "smoke": ClassifyBudget(1, (0, 1), (20,), 32, 0.05, "onecycle", 0.1, 256, 200, 48,
                             estimate="seconds"),
-    "cpu": ClassifyBudget(15, (0, 1, 2), (20,), 128, 0.1, "onecycle", 0.1, None, None, 2000,
+    "cpu": ClassifyBudget(15, (0, 1, 2), (20,), 128, 0.1, "onecycle", 0.1, None, None, 10000,
                           estimate="per ResNet-20 run, 15 epochs × 391 steps: ≈ 35 min on 2 CPU "
                                    "threads in float32 (~0.33 s/step); with native-bf16 "
                                    "autocast and --jobs 2 (two runs at once, 1 thread each, "
@@ -200,6 +200,50 @@ def _asked(recipe: dict[str, Any]) -> str:
         dev = str(recipe.get("device", "cpu")).split(":")[0]
         return "float32" if dev == "cpu" else "bf16 autocast where the GPU computes bf16 natively"
     return "autocast" if amp else "float32"
+
+
+def seeds_by_variant(spec: str | None, variants: Sequence[str],
+                     default: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """The seeds each variant trains, from ``--seeds``: None → the budget's ``default`` for all;
+    ``N`` → seeds 0..N−1 for every variant; ``VARIANT=N,...`` → seeds 0..N−1 for those variants
+    and the budget's seeds for the rest (more power where a claim is the point, e.g.
+    ``bn=5,bin=5``). Seeds are 0..N−1 so that every smaller n is a subset of a larger one."""
+    out = {v: tuple(default) for v in variants}
+    if spec is None or not str(spec).strip():
+        return out
+
+    def count(text: str, what: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise ValueError(f"--seeds: {what} must be a whole number of seeds, got "
+                             f"{text.strip()!r}") from None
+        if not 1 <= n <= 100:
+            raise ValueError(f"--seeds: {what} must be 1 to 100 seeds, got {n}")
+        return n
+
+    spec = str(spec).strip()
+    if "=" not in spec:
+        n = count(spec, "N")
+        return {v: tuple(range(n)) for v in variants}
+    for part in spec.split(","):
+        name, _, n = part.partition("=")
+        name = name.strip()
+        if name not in out:
+            raise ValueError(f"--seeds: unknown variant {name!r} here; this reproduction's "
+                             f"variants: {', '.join(variants)}")
+        out[name] = tuple(range(count(n, name)))
+    return out
+
+
+def seeds_line(seeds: dict[str, tuple[int, ...]], default: Sequence[int]) -> str:
+    """The report line on seeds that differ from the budget's (``--seeds``); "" when none do."""
+    other = {v: s for v, s in seeds.items() if tuple(s) != tuple(default)}
+    if not other:
+        return ""
+    return ("Seeds (`--seeds`) differ from the budget's for: "
+            + ", ".join(f"{v} {', '.join(map(str, s))} (n = {len(s)})" for v, s in other.items())
+            + f"; the rest keep {', '.join(map(str, default))}.")
 
 
 def check_budget(budget: str) -> str:

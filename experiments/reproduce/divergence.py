@@ -11,11 +11,13 @@ from typing import Sequence
 import numpy as np
 
 from .bin_cifar import cifar_grid, sweep_command
-from .budgets import CIFAR, cifar_data
+from .budgets import CIFAR, cifar_data, seeds_by_variant, seeds_line
 from .report import TESTS_NOTE, Report, gap_tests, keyed, mean_sd_table, p_brief, verdict_line
 from .stats import summarize
-from .sweep import RunSpec, run_sweep
+from .sweep import Ledger, RunSpec, fill_measures, run_sweep
 
+# the report is built from the runs' numbers and their divergence measure: a ledger keeps both
+TAKES_LEDGER = True
 TITLE = "IBN-Net Fig. 3 on CIFAR-10: feature divergence by depth (appearance vs content)"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
 INTRO = (
@@ -93,9 +95,9 @@ def findings(data: dict) -> list[str]:
         else:
             out.append(f"- {pair}: no layer where a model differs from BN at raw p < 0.05 "
                        f"({len(found)} tests).")
-    if "curves_median" not in data:
-        out.append("- D(μ) as the median over channels: not in this results.json (it predates "
-                   "the measure); re-running the report with the trained runs records it.")
+    if not data.get("curves_median"):
+        out.append("- D(μ) as the median over channels: not measured on these runs (they "
+                   "predate the measure and their models are gone); runs trained again record it.")
     return out
 
 
@@ -107,7 +109,7 @@ def render(rep: Report, data: dict) -> None:
     gaps = []
     for key, what in (("curves", "mean over channels (IBN-Net's D(μ))"),
                       ("curves_median", "median over channels (robust to one outlier channel)")):
-        if key not in data:
+        if not data.get(key):
             continue
         vals = layer_values(data, key)
         for pair, found in _tests(data, key).items():
@@ -167,46 +169,82 @@ def depth_figure(layers: Sequence[str], curves: dict, title: str):
     return fig
 
 
+def needs(ctx) -> list[str]:
+    """The measure every run must hold (``sweep.run_sweep``): its divergence by layer."""
+    return [divergence_measure(ctx, CIFAR[ctx.budget].probe_images)[0]]
+
+
 def grid(ctx) -> list[RunSpec]:
     """The training runs this reproduction needs at ``ctx.budget`` (shared with bin-cifar)."""
     return cifar_grid(ctx, VARIANTS, [CIFAR[ctx.budget].depths[0]])
 
 
-def run(ctx) -> Path:
-    import experiments  # noqa: F401  (registers the style:MODEL shift renderer)
-    from classify.analysis import (divergence_figure, eval_sets, feature_divergence, shifted)
+def divergence_measure(ctx, probe: int) -> tuple[str, object]:
+    """(measure name, compute) of every probed layer's divergence for the appearance and the
+    content pair on a ``probe``-image test subset; the style-rendered images are made once for
+    all the runs measured together."""
+    import dataclasses
+
+    from classify.analysis import eval_sets, feature_divergence, shifted
     from classify.checkpoint import load_classifier
     from engine.devices import resolve_device
 
+    from .ibn_shift import style_id
+
+    style = f"style:{ctx.style_model}"
+    name = f"divergence|{probe} images|{style_id(ctx.style_model)}"
+    dev = str(resolve_device(ctx.device))
+
+    def compute(runs):
+        clfs = [load_classifier(str(r.model), dev) for r in runs]
+        test = next(iter(eval_sets(clfs[0], cifar_data(ctx.data), None, probe).values()))
+        pairs = {f"appearance: clean vs {style}": (test, shifted(test, style, None, device=dev)),
+                 "content: classes 0–4 vs 5–9" if len(test.classes) == 10 else
+                 "content: first vs second half of the classes": class_halves(test)}
+        out = []
+        for clf in clfs:
+            m = {"images": len(test)}
+            for p, (a, bb) in pairs.items():
+                m[p] = dataclasses.asdict(feature_divergence(clf, a, bb, ("A", "B"), dev))
+            out.append(m)
+        return out
+
+    return name, compute
+
+
+def run(ctx) -> Path:
+    import experiments  # noqa: F401  (registers the style:MODEL shift renderer)
+    from classify.analysis import Divergence, divergence_figure
+
     b = CIFAR[ctx.budget]
     depth = b.depths[0]
-    results = run_sweep(grid(ctx), ctx.jobs)
-    dev = str(resolve_device(ctx.device))
+    specs = grid(ctx)
+    ledger = Ledger(ctx.ledger) if ctx.ledger else None
+    name, compute = divergence_measure(ctx, b.probe_images)
+    results = run_sweep(specs, ctx.jobs, ledger=ledger, needs=[name])
+    fill_measures(specs, results, name, compute, ledger)
     rep = Report("divergence", TITLE, ctx.out, ctx.budget, intro=INTRO)
-    clf0 = load_classifier(str(results[0].model), dev)
-    test = next(iter(eval_sets(clf0, cifar_data(ctx.data), None, b.probe_images).values()))
-    style = f"style:{ctx.style_model}"
-    pairs = {f"appearance: clean vs {style}": (test, shifted(test, style, None, device=dev)),
-             "content: classes 0–4 vs 5–9" if len(test.classes) == 10 else
-             "content: first vs second half of the classes": class_halves(test)}
     curves: dict[tuple[str, str], list[list[float]]] = {}
     medians: dict[tuple[str, str], list[list[float]]] = {}
     layers: list[str] = []
     detail = []
+    first = min(r.seed for r in results)
     for r in results:
-        clf = load_classifier(str(r.model), dev)
-        for p, (a, bb) in pairs.items():
-            d = feature_divergence(clf, a, bb, ("A", "B"), dev)
-            layers = d.layers
-            curves.setdefault((p, r.label), []).append(d.total)
-            medians.setdefault((p, r.label), []).append(d.total_median)
-            if r.seed == b.seeds[0] and p.startswith("appearance"):
-                d.model = r.label
-                detail.append(d)
+        for p, d in r.measures[name].items():
+            if p == "images":
+                continue
+            layers = d["layers"]
+            curves.setdefault((p, r.label), []).append(d["total"])
+            if d.get("total_median") is not None:  # runs recorded before it was kept lack it
+                medians.setdefault((p, r.label), []).append(d["total_median"])
+            if r.seed == first and p.startswith("appearance") and d.get("kept") is not None:
+                detail.append(Divergence(**dict(d, domains=tuple(d["domains"]), model=r.label)))
+    probe = results[0].measures[name]["images"]
     rep.setup += [
         f"What ran: CIFAR ResNet-{depth} × {', '.join(VARIANTS)} trained with {b.describe()} "
         f"(shared with `bin-cifar` / `ibn-shift`). Expected cost: {b.estimate}.",
-        f"Probe: {len(test)} test images. Appearance pair: the images vs the same images "
+        *filter(None, [seeds_line(seeds_by_variant(ctx.seeds, VARIANTS, b.seeds), b.seeds)]),
+        f"Probe: {probe} test images. Appearance pair: the images vs the same images "
         f"rendered by `{ctx.style_model}`; content pair: test images of the first half of the "
         "classes vs the second half.",
         "Measure (IBN-Net Sec. 3.1): per layer output and channel, a Gaussian fitted to the "
@@ -218,7 +256,10 @@ def run(ctx) -> Path:
         "of the ImageNet classes (content). Here a CIFAR ResNet and CIFAR-10 images at the "
         "budget's schedule: the shape of the curves is compared, not their values.",
     ]
-    rep.data.update(runs=[r.to_dict() for r in results], layers=layers, probe_images=len(test),
+    if ledger:
+        rep.setup.append(f"Finished runs and their divergences are recorded in `{ledger.path}` "
+                         f"(measure `{name}`): the report re-renders from it without the models.")
+    rep.data.update(runs=[r.to_dict() for r in results], layers=layers, probe_images=probe,
                     curves={f"{p} | {m}": v for (p, m), v in curves.items()},
                     curves_median={f"{p} | {m}": v for (p, m), v in medians.items()})
     render(rep, rep.data)
@@ -227,12 +268,12 @@ def run(ctx) -> Path:
                "seeds): appearance (left) and content (right)")
     if detail:
         rep.figure(divergence_figure(detail), "divergence_detail.png",
-                   f"appearance pair, seed {b.seeds[0]}: D(μ), D(σ) and what survives IN, per model")
+                   f"appearance pair, seed {first}: D(μ), D(σ) and what survives IN, per model")
+    style = f"style:{ctx.style_model}"
     rep.commands += [ctx.command or f"normlab reproduce divergence --budget {ctx.budget}",
                      "# the training runs alone:", sweep_command(ctx, VARIANTS, [depth]),
                      "# one model, appearance pair:",
                      f"normlab classify divergence {results[0].model} --data "
-                     f"{cifar_data(ctx.data)} --domains test,shift:{style} --limit "
-                     f"{b.probe_images}"]
+                     f"{cifar_data(ctx.data)} --domains test,shift:{style} --limit {probe}"]
     rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

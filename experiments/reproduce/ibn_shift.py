@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Sequence
 
 from .bin_cifar import cifar_grid, sweep_command
-from .budgets import CIFAR, cifar_data, precision_line
+from .budgets import CIFAR, cifar_data, precision_line, seeds_by_variant, seeds_line
 from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, grouped_bars, keyed,
                      mean_sd_table, noise_lines, ranking, verdict_line)
 from .stats import summarize
-from .sweep import RunSpec, result_from_dict, run_sweep, runs_table
+from .sweep import Ledger, RunSpec, fill_measures, result_from_dict, run_sweep, runs_table
 
+# the report is built from the runs' numbers and their shift measure: a ledger keeps both
+TAKES_LEDGER = True
 TITLE = "IBN-Net Table 1 on CIFAR-10: accuracy under appearance and style shifts"
 VARIANTS = ("bn", "ibn_a", "ibn_b", "bin")
 SHIFTS = ("rgb_plus=50", "red_plus=50", "contrast=1.5")
@@ -102,33 +104,69 @@ def drops_figure(rows: Sequence[str], conds: Sequence[str], drops: dict):
                         title="accuracy drop under appearance shifts (mean ± sd over seeds)")
 
 
+def needs(ctx) -> list[str]:
+    """The measure every run must hold (``sweep.run_sweep``): its shifted top-1."""
+    return [shift_measure(ctx, CIFAR[ctx.budget].probe_images, shifts_of(ctx))[0]]
+
+
+def shifts_of(ctx) -> list[str]:
+    return list(SHIFTS) + [f"style:{ctx.style_model}"]
+
+
 def grid(ctx) -> list[RunSpec]:
     """The training runs this reproduction needs at ``ctx.budget`` (shared with bin-cifar)."""
     return cifar_grid(ctx, VARIANTS, [CIFAR[ctx.budget].depths[0]])
 
 
-def run(ctx) -> Path:
-    import experiments  # noqa: F401  (registers the style:MODEL shift renderer)
+def style_id(model: str) -> str:
+    """``MODEL@sha`` (the first 10 hex digits of its file): a measure made with one style model
+    is not mistaken for one made with a retrained model of the same name."""
+    import weights
+
+    return f"{model}@{weights.sha256(weights.resolve(model, 'stylize'))[:10]}"
+
+
+def shift_measure(ctx, probe: int, shifts: Sequence[str]) -> tuple[str, object]:
+    """(measure name, compute) of the clean and shifted top-1 of runs on a ``probe``-image
+    test subset: the shifted images are made once for all the runs measured together."""
     from classify.analysis import eval_sets, shift_table
     from classify.checkpoint import load_classifier
     from engine.devices import resolve_device
 
+    style = next((s.split(":", 1)[1] for s in shifts if s.startswith("style:")), None)
+    name = (f"shift|{probe} images|" + ",".join(shifts)
+            + (f"|{style_id(style)}" if style else ""))
+    dev = str(resolve_device(ctx.device))
+
+    def compute(runs):
+        clfs = [load_classifier(str(r.model), dev) for r in runs]
+        ds = next(iter(eval_sets(clfs[0], cifar_data(ctx.data), None, probe).values()))
+        table = shift_table(clfs, ds, list(shifts), dev)
+        return [{"images": len(ds), **table.acc[n]} for n in table.models]
+
+    return name, compute
+
+
+def run(ctx) -> Path:
+    import experiments  # noqa: F401  (registers the style:MODEL shift renderer)
+
     b = CIFAR[ctx.budget]
     depth = b.depths[0]
     specs = grid(ctx)
+    ledger = Ledger(ctx.ledger) if ctx.ledger else None
     rep = Report("ibn-shift", TITLE, ctx.out, ctx.budget,
                  intro=intro({"style_model": ctx.style_model}))
-    results = run_sweep(specs, ctx.jobs)
-    dev = str(resolve_device(ctx.device))
-    clfs = [load_classifier(str(r.model), dev) for r in results]
-    ds = next(iter(eval_sets(clfs[0], cifar_data(ctx.data), None, b.probe_images).values()))
-    shifts = list(SHIFTS) + [f"style:{ctx.style_model}"]
-    table = shift_table(clfs, ds, shifts, dev)  # shifted images made once, shared by all models
+    shifts = shifts_of(ctx)
+    name, compute = shift_measure(ctx, b.probe_images, shifts)
+    results = run_sweep(specs, ctx.jobs, ledger=ledger, needs=[name])
+    fill_measures(specs, results, name, compute, ledger)
+    conds = ["clean"] + shifts
+    probe = results[0].measures[name]["images"]
     acc: dict[tuple[str, str], list[float]] = {}
     drop: dict[tuple[str, str], list[float]] = {}
-    for r, name in zip(results, table.models):
-        a = table.acc[name]
-        for c in table.conditions:
+    for r in results:
+        a = r.measures[name]
+        for c in conds:
             acc.setdefault((r.label, c), []).append(a[c])
             if c != "clean":
                 drop.setdefault((r.label, c), []).append(a["clean"] - a[c])
@@ -136,18 +174,23 @@ def run(ctx) -> Path:
         f"What ran: CIFAR-10, CIFAR ResNet-{depth} × {', '.join(VARIANTS)} trained with "
         f"{b.describe()} (the same runs as `bin-cifar` where they coincide). Expected cost: "
         f"{b.estimate}.",
-        f"Probe: {len(ds)} test images (seeded subset), each shifted once and shared by all "
-        "models. Shifts: RGB+50 and R+50 add to 0–255 pixel values, contrast scales deviations "
-        f"from each image's channel mean by 1.5 (IBN-Net Table 1); style:{ctx.style_model} "
-        "renders the image with normlab's style model at 128 px and resizes it back.",
+        *filter(None, [seeds_line(seeds_by_variant(ctx.seeds, VARIANTS, b.seeds), b.seeds)]),
+        f"Probe: {probe} test images" + (" (the whole test set)" if probe >= 10000 else
+                                          " (seeded subset)")
+        + ", each shifted once and shared by all models. Shifts: RGB+50 and R+50 add to 0–255 "
+        "pixel values, contrast scales deviations from each image's channel mean by 1.5 "
+        f"(IBN-Net Table 1); style:{ctx.style_model} renders the image with normlab's style "
+        "model at 128 px and resizes it back.",
         "The paper: ImageNet ResNet-50 vs IBN-a/IBN-b, 224 px, official ImageNet training "
         "(top-1 drop under each shift). Here CIFAR-10 at 32 px and the budget's schedule: the "
         "claim compared is the *ordering of the drops*, not their size.",
         precision_line(specs[0].recipe, [r.precision for r in results]),
     ]
-    conds = table.conditions
+    if ledger:
+        rep.setup.append(f"Finished runs and their shifted top-1 are recorded in `{ledger.path}` "
+                         f"(measure `{name}`): the report re-renders from it without the models.")
     rows = list(VARIANTS)
-    rep.data.update(runs=[r.to_dict() for r in results], probe_images=len(ds),
+    rep.data.update(runs=[r.to_dict() for r in results], probe_images=probe,
                     style_model=ctx.style_model,
                     accuracy={f"{k[0]} | {k[1]}": v for k, v in acc.items()},
                     drop={f"{k[0]} | {k[1]}": v for k, v in drop.items()})
@@ -158,7 +201,7 @@ def run(ctx) -> Path:
                      "# the training runs alone:", sweep_command(ctx, VARIANTS, [depth]),
                      "# one seed's table from the trained files:",
                      f"normlab classify shift {' '.join(str(r.model) for r in results if r.seed == b.seeds[0])} "
-                     f"--data {cifar_data(ctx.data)} --limit {b.probe_images} --shifts "
+                     f"--data {cifar_data(ctx.data)} --limit {probe} --shifts "
                      f"{','.join(shifts)}"]
     rep.train_seconds = sum(r.seconds for r in results)
     return rep.write()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .budgets import PACS, pacs_data, precision_line, sweep_amp, sweep_line
+from .budgets import (PACS, pacs_data, precision_line, seeds_by_variant, seeds_line, sweep_amp,
+                      sweep_line)
 from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, grouped_bars, keyed,
                      mean_sd_table, noise_lines, ranking, shown_path, verdict_line)
 from .stats import summarize
@@ -126,11 +127,13 @@ def grid(ctx) -> list[RunSpec]:
     dev = resolve_device(ctx.device)
     base = b.recipe(data, str(dev), amp=sweep_amp(dev, ctx.budget), compile=ctx.compile)
     domains = _domains(data)
+    seeds = seeds_by_variant(ctx.seeds, VARIANTS, b.seeds)
     specs = []
     for held in domains:
         train = ",".join(d for d in domains if d != held)
-        specs += plan(base, VARIANTS, b.seeds, [b.depths[0]], ctx.runs, group=held,
-                      extra={"train_domains": train, "test_domains": held})
+        for v in VARIANTS:
+            specs += plan(base, [v], seeds[v], [b.depths[0]], ctx.runs, group=held,
+                          extra={"train_domains": train, "test_domains": held})
     return specs
 
 
@@ -185,7 +188,7 @@ def run(ctx) -> Path:
                      sweep_line(ctx, b, f"--data {data} --train-domains "
                                 f"{','.join(d for d in domains if d != domains[-1])} --test-domains "
                                 f"{domains[-1]} --variants {','.join(VARIANTS)} --seeds "
-                                f"{','.join(map(str, b.seeds))} --depths {depth} --image-size "
+                                f"{','.join(map(str, sorted({s.seed for s in specs})))} --depths {depth} --image-size "
                                 f"{b.image_size} --epochs {b.epochs} --batch-size {b.batch_size} "
                                 f"--lr {b.lr:g} --weight-decay {b.weight_decay:g} --schedule "
                                 f"{b.schedule} --label-smoothing {b.label_smoothing:g}")]

@@ -11,7 +11,9 @@ else starts fresh.
 
 A *ledger* (``Ledger``, ``--ledger FILE``) keeps every finished run's result in one JSON file as
 well: a grid longer than one machine's session, resumed on a fresh checkout without ``runs/``,
-keeps its finished runs when that file is committed (it holds the numbers, not the models).
+keeps its finished runs when that file is committed. It holds the numbers, not the models, so
+what a report measures on a model (gates, shifted accuracy, divergence) is measured once, while
+the model exists, and kept with the run (``fill_measures``).
 
 ``jobs > 1`` runs that many training processes at once (spawned; each gets ``cpu_count // jobs``
 threads on CPU). On a GPU several small CIFAR models share the device that way; each process
@@ -108,6 +110,9 @@ class RunResult:
     # top-1 on its own training batches in its last epoch (augmented, in train mode): how well
     # it fit the training domains, beside how well it transfers (test_acc)
     train_acc: float | None = None
+    # what a reproduction measured on the trained model, by measure name (``fill_measures``):
+    # kept in the ledger so that a report outlives the model files it was measured on
+    measures: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model(self) -> Path:
@@ -129,7 +134,7 @@ _LEDGER_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # field -> (types,
     "group": ((str,), True), "folder": ((str,), True), "test_acc": ((dict,), True),
     "curve": ((list,), False), "seconds": (_NUM, False), "images_per_s": (_NUM + (type(None),), False),
     "reused": ((bool,), False), "precision": ((str,), False), "ran_as": ((str,), False),
-    "train_acc": (_NUM + (type(None),), False),
+    "train_acc": (_NUM + (type(None),), False), "measures": ((dict,), False),
 }
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer",
                float: "a number", bool: "true/false", type(None): "null"}
@@ -170,8 +175,8 @@ def _check_entry(path: Path, key: str, d: Any) -> None:
 class Ledger:
     """Finished runs' results in one JSON file, keyed by ``RunSpec.key`` (what a run learns):
     a record that outlives the run folders. A run found here is not trained again. It keeps the
-    numbers (test top-1, curve, time), not the models, so only reports built from numbers alone
-    take one. Written atomically after every finished run; top-level keys other than ``runs``
+    numbers (test top-1, curve, time, and what reports measured on the models: ``measures``),
+    not the models. Written atomically after every finished run; top-level keys other than ``runs``
     (a user's notes, a future field) are kept as they were. Every entry is checked on load: a
     damaged or hostile file is one line naming the run and the field."""
 
@@ -372,12 +377,25 @@ def _worker(spec_dict: dict[str, Any], threads: int, jobs: int) -> dict[str, Any
     return run_one(spec, show_bar=False, jobs=jobs).to_dict()
 
 
+Needs = Sequence[str] | Callable[[RunSpec], Sequence[str]]
+
+
+def reusable(spec: RunSpec, r: RunResult, needs: Needs) -> bool:
+    """Whether a recorded run serves a report that measures ``needs`` on the models (names, or
+    a function of the run giving them): it holds every one of them, or its model is still there
+    to measure."""
+    names = needs(spec) if callable(needs) else needs
+    return all(n in r.measures for n in names) or r.model.is_file()
+
+
 def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
               progress: Callable[[RunResult, int, int], None] | None = None,
-              ledger: Ledger | None = None) -> list[RunResult]:
+              ledger: Ledger | None = None, needs: Needs = ()) -> list[RunResult]:
     """Run every spec (finished ones are read back, partial ones resumed), ``jobs`` at a time,
     lowest seed first. Results come back in the order of ``specs``. With a ``ledger``, runs it
-    records count as finished, and every finished run is recorded in it."""
+    records count as finished, and every finished run is recorded in it; a recorded run that
+    lacks one of the measures ``needs`` (``fill_measures``) and whose model is gone is trained
+    again, since only its model can be measured."""
     from tqdm.auto import tqdm
 
     if jobs < 1:
@@ -389,7 +407,7 @@ def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
             results[i] = run_one(s)
             if ledger is not None:
                 ledger.add(s, results[i])
-        elif ledger is not None and (r := ledger.get(s)) is not None:
+        elif ledger is not None and (r := ledger.get(s)) is not None and reusable(s, r, needs):
             results[i] = r
         else:
             todo.append(i)
@@ -427,6 +445,38 @@ def run_sweep(specs: Sequence[RunSpec], jobs: int = 1,
     finally:
         bar.close()
     return [r for r in results if r is not None]
+
+
+def fill_measures(specs: Sequence[RunSpec], results: Sequence[RunResult], name: str,
+                  compute: Callable[[list[RunResult]], list[Any]],
+                  ledger: Ledger | None = None) -> None:
+    """Give every result a ``measures[name]``: the runs that lack it are measured together
+    (``compute`` gets them, with their models on disk, and returns one JSON value each, so a
+    costly input such as re-rendered test images is made once), and the values are recorded in
+    each run's ``result.json`` and the ``ledger``. ``name`` should carry every setting the value
+    depends on (probe size, shifts, ...): a changed setting is a new measure. A run that lacks
+    the measure and whose model is gone (a ledger entry on a fresh checkout) is a ValueError
+    naming it: only training it again can measure it."""
+    todo = [i for i, r in enumerate(results) if name not in r.measures]
+    gone = [i for i in todo if not results[i].model.is_file()]
+    if gone:
+        r = results[gone[0]]
+        where = f" (remove its entry from {ledger.path} to train it again)" if ledger else ""
+        raise ValueError(f"{len(gone)} run(s) lack the measure {name!r} and their models are "
+                         f"gone, e.g. {r.label} seed {r.seed}: {r.model} is missing{where}")
+    if not todo:
+        return
+    values = compute([results[i] for i in todo])
+    if len(values) != len(todo):
+        raise RuntimeError(f"measure {name!r} returned {len(values)} values for {len(todo)} runs")
+    for i, v in zip(todo, values):
+        r = results[i]
+        r.measures[name] = v
+        done = Path(r.folder) / RESULT
+        if done.is_file():
+            write_text_atomic(done, json.dumps(dict(r.to_dict(), reused=False), indent=1) + "\n")
+        if ledger is not None:
+            ledger.add(specs[i], r)
 
 
 def values_by(results: Sequence[RunResult], row: Callable[[RunResult], str],
@@ -491,10 +541,12 @@ def runs_table(results: Sequence[RunResult]) -> str:
     return "\n".join(out)
 
 
-def status_table(specs: Sequence[RunSpec], ledger: Ledger | None = None) -> str:
+def status_table(specs: Sequence[RunSpec], ledger: Ledger | None = None,
+                 needs: Needs = ()) -> str:
     """Markdown: where every run of a grid stands — finished, partial (epochs done of the
     total, last test top-1) or new — and how much of the grid's epochs are done. Reads the run
-    folders (and the ``ledger``: a run recorded there is finished); trains nothing."""
+    folders (and the ``ledger``: a run recorded there is finished unless it lacks a measure of
+    ``needs`` and its model is gone, see ``run_sweep``); trains nothing."""
     if not specs:
         return "(no runs)"
     from engine.io import folder_busy
@@ -511,6 +563,8 @@ def status_table(specs: Sequence[RunSpec], ledger: Ledger | None = None) -> str:
         folder = Path(spec.recipe["out"])
         st = status(spec)
         recorded = ledger.get(spec) if ledger is not None and st != "finished" else None
+        if recorded is not None and not reusable(spec, recorded, needs):
+            recorded = None
         rows = read_metrics(folder) if st != "new" and recorded is None else []
         total = int(spec.recipe.get("epochs") or 0)
         ep = int(max((r.get("epoch", 0) for r in rows), default=0))

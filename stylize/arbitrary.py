@@ -553,7 +553,11 @@ def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
                            stats: StyleStatistics | None = None,
                            tile: int | None = None, max_memory: int | None = None,
                            stats_cache: dict | None = None,
-                           progress: Callable[[int, int], None] | None = None) -> "Image.Image":
+                           progress: Callable[[int, int], None] | None = None,
+                           refine: int = 0,
+                           refine_progress: Callable[[int, int], None] | None = None,
+                           refine_styles: Sequence[Tensor] | None = None
+                           ) -> "Image.Image":
     """A photo (PIL) in the style of ``paintings`` (path → blend weight), same size out.
 
     The photo is processed at most ``max_size`` px on its longer side (and scaled back);
@@ -564,7 +568,14 @@ def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
     forced ``tile`` size, every level runs in overlapping tiles with the whole image's content
     statistics (``ArbitraryStylizer._level_tiled``): the same look as one pass (≥ 80 dB).
     ``stats_cache``: a dict that keeps painting statistics per painting size across calls (a
-    folder of photos of one size encodes the paintings once)."""
+    folder of photos of one size encodes the paintings once).
+
+    ``refine``: that many L-BFGS iterations of the Gatys objective (``stylize.optimize``: the
+    photo's content at relu3_1, the paintings' Gram matrices, one scale) starting from the
+    one-pass result, at the processed size; ``refine_progress(done, total)`` after each chunk;
+    ``refine_styles``: the painting tensors when ``stats`` came without ``paintings`` (the UI).
+    The one pass puts the painting's colours and textures in place, a few iterations then
+    sharpen its strokes toward the optimiser's look at a fraction of its cost."""
     from PIL import Image
 
     from engine.images import to_image, to_tensor
@@ -591,12 +602,43 @@ def stylize_with_paintings(stylizer: ArbitraryStylizer, image: "Image.Image",
                                           tile=min(tiles, default=None))
         if stats_cache is not None:
             stats_cache[key] = stats
-    out = stylizer(to_tensor(work).to(device), stats, alpha=alpha, scales=scales,
-                   progress=progress, tile=photo_tile)
+    if refine < 0 or refine > 10_000:
+        raise ValueError(f"--refine must be 0–10000 iterations, got {refine}")
+    if refine and photo_tile is not None:
+        raise ValueError(f"--refine optimises the whole {work.size[0]}×{work.size[1]} image at "
+                         "once, which does not fit the memory budget; lower --max-size")
+    x = to_tensor(work).to(device)
+    out = stylizer(x, stats, alpha=alpha, scales=scales, progress=progress, tile=photo_tile)
+    if refine:
+        if paintings:
+            styles, weights = load_paintings(paintings, style_size or max(work.size))
+        elif refine_styles:
+            styles, weights = list(refine_styles), [1.0] * len(refine_styles)
+        else:
+            raise ValueError("refine needs the paintings (or refine_styles) to optimise toward")
+        out = refine_output(stylizer.encoder, x, out, styles, weights, refine, refine_progress)
     result = to_image(out.cpu())
     if result.size != src.size:
         result = result.resize(src.size, Image.BICUBIC)
     return finish_output(src, result, preserve_color, strength)
+
+
+def refine_output(encoder: nn.Module, photo: Tensor, out: Tensor, styles: Sequence[Tensor],
+                  weights: Sequence[float], iterations: int,
+                  progress: Callable[[int, int], None] | None = None) -> Tensor:
+    """``iterations`` of the optimiser (``stylize.optimize``, its default weights, one scale)
+    from ``out`` toward ``photo``'s content and the ``styles``' Gram statistics blended by
+    ``weights`` (images 1×3×H×W, 0–255; each painting at the size it was encoded at)."""
+    from .optimize import OptimizeConfig, optimize
+
+    cfg = OptimizeConfig(size=None, scales=[1], iterations=[int(iterations)],
+                         style_size=max(max(s.shape[-2:]) for s in styles))
+    dev = photo.device
+    with torch.enable_grad():
+        res = optimize(photo.float(), [s.to(dev) for s in styles], encoder, cfg, weights,
+                       progress=(lambda d, t, _: progress(d, t)) if progress else None,
+                       init=out.float())
+    return res.image
 
 
 # --------------------------------------------------------------------- onnxruntime backend

@@ -156,9 +156,13 @@ def pick_layers(encoder: nn.Module, content_layer: str | None) -> tuple[list[str
 def optimize(photo: Tensor, styles: Sequence[Tensor], encoder: nn.Module,
              cfg: OptimizeConfig | None = None, weights: Sequence[float] | None = None,
              progress: Callable[[int, int, dict[str, float]], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> OptimizeResult:
+             should_stop: Callable[[], bool] | None = None,
+             init: Tensor | None = None) -> OptimizeResult:
     """Optimise an image that has ``photo``'s content and the style of ``styles`` (1×3×H×W,
     0–255 each; several are blended by ``weights`` through their Gram matrices).
+
+    ``init`` (1×3×h×w, 0–255): the image the first stage starts from instead of the photo, e.g.
+    a one-pass WCT result that a few iterations refine (``stylize.arbitrary``'s ``refine``).
 
     ``progress(done, total, terms)`` after every iteration; ``should_stop()`` (checked every
     iteration) ends early with the current image (``stopped=True``). Deterministic for a seed."""
@@ -186,7 +190,9 @@ def optimize(photo: Tensor, styles: Sequence[Tensor], encoder: nn.Module,
                    for s in styles]
         objective = _Objective(encoder, target, painted, weights, cfg, style_layers, content_layer)
         # optimise u = x / 255: unit-scale pixels keep L-BFGS's first step and curvature sane
-        u = ((target.clone() if x is None else _resize(x, size)) / 255.0).requires_grad_(True)
+        start_from = x if x is not None else (init.float() if init is not None else None)
+        u = ((target.clone() if start_from is None else _resize(start_from, size)) / 255.0
+             ).requires_grad_(True)
         if cfg.optimizer == "lbfgs":
             # tolerances off: the iteration budget, not a gradient threshold, ends a stage
             opt: torch.optim.Optimizer = torch.optim.LBFGS(

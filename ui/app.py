@@ -299,6 +299,9 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                                          elem_id="st_alpha")
                     st_any_size = gr.Slider(256, 1024, value=512, step=64, elem_id="st_any_size",
                                             label="Processing size (longest side, px)")
+                    st_refine = gr.Slider(0, 100, value=0, step=10, elem_id="st_refine",
+                                          label="Refine: optimiser iterations after the one "
+                                                "pass (sharper strokes; ~0.3 s each at 512 px)")
             with gr.Row():
                 st_any_run = gr.Button("Stylize with this painting", variant="primary",
                                        elem_id="st_any_run")
@@ -439,8 +442,8 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
     st_in.change(_clear, None, st_out, api_visibility="private")
 
     @guard
-    def do_painting(image, painting, method, alpha, size, color, request: gr.Request = None,
-                    progress=gr.Progress()):
+    def do_painting(image, painting, method, alpha, size, color, refine=0,
+                    request: gr.Request = None, progress=gr.Progress()):
         stop = STOPS.begin(request)
         progress(0, desc="loading the encoder and decoders…")
 
@@ -449,8 +452,14 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                 raise ValueError(H.STOPPED)
             progress(done / max(total, 1), desc=f"stylizing: level {done}/{total}")
 
+        def on_refine(done, total):
+            if stop.is_set():
+                raise ValueError(H.STOPPED)
+            progress(done / max(total, 1), desc=f"refining: iteration {done}/{total}")
+
         out = H.stylize_painting(cfg, image, painting, method=method, alpha=alpha,
-                                 max_size=size, preserve_color=color, on_progress=on_progress)
+                                 max_size=size, preserve_color=color, on_progress=on_progress,
+                                 refine=int(refine or 0), on_refine=on_refine)
         return H.save_result(cfg, out, image, painting, method)
 
     @guard
@@ -465,7 +474,7 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
         return H.save_result(cfg, out, image, painting, "optimized")
 
     any_event = st_any_run.click(do_painting, [st_in, st_painting, st_method, st_alpha,
-                                               st_any_size, st_color], st_out,
+                                               st_any_size, st_color, st_refine], st_out,
                                  api_name="stylize_painting", js=SHOW_RESULT)
     opt_event = st_opt_run.click(do_optimize, [st_in, st_painting, st_any_size, st_opt_iters],
                                  st_out, api_name="optimize_painting", js=SHOW_RESULT)

@@ -259,23 +259,30 @@ def stylize_painting(cfg: UIConfig, image: Image.Image | str | None,
                      painting: Image.Image | str | None, method: str = "wct",
                      alpha: float = 1.0, max_size: int | None = 512,
                      preserve_color: bool = False,
-                     on_progress: Callable[[int, int], None] | None = None) -> Image.Image:
+                     on_progress: Callable[[int, int], None] | None = None,
+                     refine: int = 0,
+                     on_refine: Callable[[int, int], None] | None = None) -> Image.Image:
     """Any painting in one forward pass (``stylize.arbitrary``: encoder → WCT/AdaIN → decoders);
-    the photo is processed at ``max_size`` (longest side) and comes back at its own size."""
+    the photo is processed at ``max_size`` (longest side) and comes back at its own size.
+    ``refine``: that many optimiser iterations from the one-pass result (sharper strokes)."""
     from stylize.arbitrary import METHODS, stylize_with_paintings
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"style strength must be in [0, 1], got {alpha}")
+    if not 0 <= int(refine) <= 200:
+        raise ValueError(f"refine iterations must be 0–200, got {refine}")
     photo = read_image(cfg, image)
     work = processing_size(photo.size, int(max_size) if max_size else None)
     st = painting_stylizer(cfg)
     dev = next(st.parameters()).device
-    stats = st.style_statistics([_painting_tensor(cfg, painting, max(work)).to(dev)], None, method)
+    style = _painting_tensor(cfg, painting, max(work)).to(dev)
+    stats = st.style_statistics([style], None, method)
     return stylize_with_paintings(st, photo, {}, method=method, alpha=float(alpha), scales=(1,),
                                   max_size=max(work), preserve_color=bool(preserve_color),
-                                  stats=stats, progress=on_progress)
+                                  stats=stats, progress=on_progress, refine=int(refine),
+                                  refine_progress=on_refine, refine_styles=[style])
 
 
 def optimize_painting(cfg: UIConfig, image: Image.Image | str | None,

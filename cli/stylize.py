@@ -234,9 +234,10 @@ def run_cmd(
     momentum: Optional[float] = typer.Option(None, help="With --style-image on a video: weight of the past in the moving average of the frames' content statistics, in [0, 1) (default 0.9; 0 = each frame its own)."),
     refine: int = typer.Option(0, help="With --style-image on images: that many optimiser "
                                "(L-BFGS) iterations from the one-pass result, toward the "
-                               "painting's Gram statistics and the photo's content: sharper "
-                               "strokes for seconds more (about 0.3 s an iteration at 512 px "
-                               "on 2 CPU cores; 20–40 is plenty)."),
+                               "painting's Gram statistics and the photo's content: more of "
+                               "the painting's marks, at the optimiser's cost per iteration "
+                               "(a few seconds each at 384–512 px on 2 CPU cores; timings in "
+                               "reports/style-quality)."),
 ) -> None:
     """Stylize images; the output has the input's size (and alpha). Folders map to folders.
     Outputs are checked before any work; existing files are kept unless --overwrite. A model

@@ -301,7 +301,8 @@ def _stylize_tab(cfg: UIConfig) -> SimpleNamespace:
                                             label="Processing size (longest side, px)")
                     st_refine = gr.Slider(0, 100, value=0, step=10, elem_id="st_refine",
                                           label="Refine: optimiser iterations after the one "
-                                                "pass (sharper strokes; ~0.3 s each at 512 px)")
+                                                "pass (more of the painting's marks; seconds "
+                                                "each on a CPU)")
             with gr.Row():
                 st_any_run = gr.Button("Stylize with this painting", variant="primary",
                                        elem_id="st_any_run")

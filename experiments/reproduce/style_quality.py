@@ -346,6 +346,46 @@ The decoders: `weights/manifest.json` (held-out reconstruction PSNR relu3_1 25.1
 """
 
 
+def painting_grid(out: str | Path, photos: list[str] | None = None,
+                  paintings: list[str] | None = None, size: int = 512, cell: int = 300,
+                  refine: int = 0, vgg_weights: str | None = None) -> Path:
+    """docs/stylize_any_painting.jpg: a header row of paintings, then each photo and its WCT
+    results (``stylize run --style-image`` defaults: one pass at ``size`` px), ``cell`` px wide."""
+    from PIL import Image
+
+    from stylize.arbitrary import load_stylizer, stylize_with_paintings
+    from stylize.losses import find_encoder
+
+    from .budgets import shared_root
+
+    styles = shared_root() / "data" / "styles"
+    paintings = paintings or [str(styles / f"{n}.jpg") for n in
+                              ("the_scream", "la_muse", "woman_with_hat", "starry_night")]
+    samples = Path(__file__).resolve().parents[2] / "weights" / "samples"
+    photos = photos or [str(samples / f"{n}.jpg") for n in ("golden_gate", "tubingen", "amber")]
+    st = load_stylizer(find_encoder(vgg_weights))
+
+    def fit(im):
+        return im.resize((cell, round(im.size[1] * cell / im.size[0])), Image.LANCZOS)
+
+    rows = [[None] + [fit(Image.open(p).convert("RGB")) for p in paintings]]
+    for ph in photos:
+        src = Image.open(ph).convert("RGB")
+        rows.append([fit(src)] + [fit(stylize_with_paintings(st, src, {p: 1.0}, max_size=size,
+                                                             refine=refine))
+                                  for p in paintings])
+    hs = [max(im.size[1] for im in r if im is not None) for r in rows]
+    sheet = Image.new("RGB", (cell * (len(paintings) + 1), sum(hs) + 10 * len(hs)), "white")
+    y = 0
+    for r, h in zip(rows, hs):
+        for i, im in enumerate(r):
+            if im is not None:
+                sheet.paste(im, (i * cell, y + (h - im.size[1]) // 2))
+        y += h + 10
+    sheet.save(out, quality=90)
+    return Path(out)
+
+
 def main(argv: list[str]) -> int:
     folder = Path(argv[0] if argv else "reports/style-quality")
     text = render(folder)

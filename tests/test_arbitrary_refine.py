@@ -8,27 +8,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylize import arbitrary
-from stylize.arbitrary import ArbitraryStylizer, Decoder, DecoderConfig, stylize_with_paintings
-from stylize.bench import _random_vgg19_relu3_1
+from stylize.arbitrary import stylize_with_paintings
 from stylize.losses import gram_matrix
 from stylize.optimize import OptimizeConfig, optimize
+from test_arbitrary_tiling import _textured, stylizer  # noqa: F401  (the module's fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def stylizer():
-    torch.manual_seed(0)
-    return ArbitraryStylizer(_random_vgg19_relu3_1(),
-                             {lv: Decoder(DecoderConfig(lv)) for lv in arbitrary.LEVELS})
-
-
-def _textured(h: int, w: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.interpolate(torch.rand(1, 3, h // 8, w // 8, generator=g),
-                                        size=(h, w), mode="bicubic", align_corners=False)
-    return x.clamp(0, 1) * 255
 
 
 def _save(t: torch.Tensor, path) -> str:

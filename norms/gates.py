@@ -137,11 +137,6 @@ class GateReport:
         """Histograms of ρ by depth (BIN paper, Fig. 2). Layers are pooled into ``groups``
         consecutive depth bins (default: one per layer up to 8 layers, else 6 bins) or by
         ``group_of(layer_name)`` (e.g. the stage). Returns a matplotlib Figure."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
         if not self.layers:
             raise ValueError("no gated (BIN) layers in this model: nothing to plot")
         bins: dict[str, list[torch.Tensor]] = {}
@@ -156,17 +151,35 @@ class GateReport:
                 lo, hi = b * n // k, (b + 1) * n // k - 1
                 label = L.name if n == k else f"layers {lo}–{hi}"
                 bins.setdefault(label, []).append(L.values)
-        fig, axes = plt.subplots(1, len(bins), figsize=(2.6 * len(bins), 2.6), squeeze=False,
-                                 sharey=False)
-        for ax, (label, vals) in zip(axes[0], bins.items()):
-            v = torch.cat(vals).float().numpy()
-            ax.hist(v, bins=20, range=(0.0, 1.0), color="#4a7ab5")
-            ax.set_title(label, fontsize=8)
-            ax.set_xlabel("ρ  (0 = IN, 1 = BN)", fontsize=7)
-            ax.tick_params(labelsize=7)
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        return fig
+        import numpy as np
+
+        return histogram_figure({label: np.histogram(torch.cat(vals).float().numpy(), HIST_BINS,
+                                                     (0.0, 1.0))[0].tolist()
+                                 for label, vals in bins.items()}, title)
+
+
+HIST_BINS = 20  # ρ histograms over [0, 1]
+
+
+def histogram_figure(hists: dict[str, list[int]], title: str):
+    """One panel per group of ``HIST_BINS`` ρ counts over [0, 1] (BIN paper Fig. 2): drawn from
+    counts, so a histogram kept without its model (a report's ledger) draws the same figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(hists), figsize=(2.6 * len(hists), 2.6), squeeze=False)
+    width = 1.0 / HIST_BINS
+    for ax, (label, counts) in zip(axes[0], hists.items()):
+        ax.bar([i * width for i in range(len(counts))], counts, width=width, align="edge",
+               color="#4a7ab5")
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("ρ  (0 = IN, 1 = BN)", fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 @torch.no_grad()

@@ -92,7 +92,6 @@ def _stage(layer: str) -> str:
 
 
 GATES = "gates"  # the measure (sweep.fill_measures) kept with every BIN run
-HIST_BINS = 20
 
 
 def measure_gates(runs: Sequence[RunResult]) -> list[dict]:
@@ -100,6 +99,7 @@ def measure_gates(runs: Sequence[RunResult]) -> list[dict]:
     histogram over [0, 1] (BIN paper Fig. 2), measured once from the model file."""
     import norms
     from classify.checkpoint import load_classifier
+    from norms.gates import HIST_BINS
 
     out = []
     for r in runs:
@@ -127,21 +127,9 @@ def gate_stats(results: Sequence[RunResult]) -> dict[str, list[float]]:
 
 def gates_figure(gates: dict, title: str):
     """ρ histograms by stage from a run's gates measure (BIN paper Fig. 2)."""
-    import matplotlib
+    from norms.gates import histogram_figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(gates), figsize=(2.6 * len(gates), 2.6), squeeze=False)
-    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
-    for ax, (st, m) in zip(axes[0], gates.items()):
-        ax.bar(edges[:-1], m["hist"], width=edges[1] - edges[0], align="edge", color="#4a7ab5")
-        ax.set_title(st, fontsize=8)
-        ax.set_xlabel("ρ  (0 = IN, 1 = BN)", fontsize=7)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return histogram_figure({st: m["hist"] for st, m in gates.items()}, title)
 
 
 def needs(ctx):

@@ -325,6 +325,31 @@ class _StyleRun(HookBase):
             t.preview = t.task.preview(t.step)
 
 
+
+def training_loss(cfg: TrainConfig, encoder) -> tuple[TrainConfig, PerceptualLoss]:
+    """The loss ``cfg`` trains with, on the loss network ``encoder``, and ``cfg`` with its
+    weights resolved: unset content/style weights take ``--loss``'s defaults (relative: 1 and
+    5; absolute: the loss network's). The one place a run's loss is built, so anything that
+    measures "the training loss" (the reproductions' held-out losses) measures this one."""
+    spec = getattr(encoder, "spec", None)
+    relative = cfg.loss == "relative"
+    defaults = (RELATIVE_WEIGHTS if relative else
+                {"content_weight": spec.content_weight if spec else 1.0,
+                 "style_weight": spec.style_weight if spec else 1.0})
+    cw = cfg.content_weight if cfg.content_weight is not None else defaults["content_weight"]
+    sw = cfg.style_weight if cfg.style_weight is not None else defaults["style_weight"]
+    cfg = dataclasses.replace(cfg, content_weight=cw, style_weight=sw)
+    style_layers = spec.style_layers if spec else list(encoder.taps)
+    content_layer = spec.content_layer if spec else encoder.taps[-1]
+    if relative and "relu3_1" in getattr(encoder, "taps", []):
+        content_layer = "relu3_1"  # what the optimiser and `stylize score` measure content at
+    loss_fn = PerceptualLoss(encoder, [style_tensor(p, cfg.style_size) for p in cfg.style_images],
+                             style_layers, content_layer, cw, sw, cfg.tv_weight,
+                             style_scales=cfg.style_scales, relative=relative,
+                             style_multipliers=cfg.style_weights)
+    return cfg, loss_fn
+
+
 def train(cfg: TrainConfig, progress: Callable[[ProgressEvent], None] | None = None,
           should_stop: Callable[[], bool] | None = None, *, resume: bool = False,
           encoder: nn.Module | None = None, show_bar: bool = True,
@@ -344,23 +369,8 @@ def train(cfg: TrainConfig, progress: Callable[[ProgressEvent], None] | None = N
     def build(cfg: TrainConfig, device: torch.device) -> StylizeTask:
         data = ContentImages(cfg.content_dir, cfg.image_size, cfg.content_split)
         enc = encoder if encoder is not None else load_vgg_encoder(cfg.vgg_weights)
-        spec = getattr(enc, "spec", None)
-        relative = cfg.loss == "relative"
-        defaults = (RELATIVE_WEIGHTS if relative else
-                    {"content_weight": spec.content_weight if spec else 1.0,
-                     "style_weight": spec.style_weight if spec else 1.0})
-        cw = cfg.content_weight if cfg.content_weight is not None else defaults["content_weight"]
-        sw = cfg.style_weight if cfg.style_weight is not None else defaults["style_weight"]
-        cfg = dataclasses.replace(cfg, content_weight=cw, style_weight=sw)
-        style_layers = spec.style_layers if spec else list(enc.taps)
-        content_layer = spec.content_layer if spec else enc.taps[-1]
-        if relative and "relu3_1" in getattr(enc, "taps", []):
-            content_layer = "relu3_1"  # what the optimiser and `stylize score` measure content at
-        loss_fn = PerceptualLoss(enc, [style_tensor(p, cfg.style_size) for p in cfg.style_images],
-                                 style_layers, content_layer, cw, sw, cfg.tv_weight,
-                                 style_scales=cfg.style_scales, relative=relative,
-                                 style_multipliers=cfg.style_weights).to(device)
-        return StylizeTask(cfg, data, loss_fn, device, Path(cfg.out))
+        cfg, loss_fn = training_loss(cfg, enc)
+        return StylizeTask(cfg, data, loss_fn.to(device), device, Path(cfg.out))
 
     return fit(cfg, build, run_settings=RUN_SETTINGS, resume=resume, explicit=explicit,
                override=override, legacy=LEGACY_RECIPE, progress=progress,

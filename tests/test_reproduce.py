@@ -688,6 +688,18 @@ def test_gpu_resident_data_augments_on_device_like_cpu():
     assert torch.equal(on_gpu.cpu(), augment(x[idx], torch.Generator().manual_seed(5), 4))
 
 
+def _trains_like_stylize_train(runs):
+    """A reproduction's runs use the loss weights `stylize train` defaults to for their --loss
+    (they once passed the absolute loss's weights to the relative loss: style 1,000× too
+    strong)."""
+    from stylize.train import RELATIVE_WEIGHTS
+
+    for r in runs:
+        saved = json.loads((Path(r["folder"]) / "config.json").read_text())
+        assert saved["loss"] == "relative"
+        assert {k: saved[k] for k in RELATIVE_WEIGHTS} == RELATIVE_WEIGHTS, r["folder"]
+
+
 def test_new_style_smoke_report(tiny):
     """norm-only fine-tuning of a base model vs from scratch, stopped by CPU time, resumed
     between the time points, losses on held-out photos; a re-run only reads the runs back."""
@@ -720,6 +732,7 @@ def test_new_style_smoke_report(tiny):
         assert steps == sorted(steps) and steps[0] >= 1
         assert r["cpu_seconds"] >= r["minutes"][-1] * 60
     assert all(np.isfinite(x["style_loss"]) and x["style_loss"] > 0 for x in res["rows"])
+    _trains_like_stylize_train(runs)
     # held-out photos never trained on
     split = next(Path(ctx.runs).glob("content-split-*"))
     held = {p.resolve() for p in (split / "heldout").iterdir()}
@@ -766,6 +779,7 @@ def test_strokes_smoke_report(tiny):
         cfg = json.loads((Path(r["folder"]) / "config.json").read_text())
         assert cfg["train_all"] and cfg["from_model"] == str(base)
         assert cfg["style_scales"] == r["scales"]
+    _trains_like_stylize_train(runs)
     assert all(len(v) == 4 and all(np.isfinite(v)) for v in res["scores"].values())
     # stripes of period 16 px against period 4 px
     xs = torch.arange(64.0)

@@ -170,16 +170,13 @@ def trained_style_net(path: Path):
 
 
 def style_loss_fn(style_image: str, cfg: dict[str, Any], encoder):
-    """The training loss (same VGG layers, weights and style scales) for one style."""
-    from stylize.losses import PerceptualLoss
-    from stylize.train import style_tensor
+    """The training loss of the run config ``cfg`` (``stylize.train.training_loss``: the same
+    taps, weights, relative/absolute form and style scales) for the one style ``style_image``."""
+    from stylize.train import TrainConfig, training_loss
 
-    spec = getattr(encoder, "spec", None)
-    return PerceptualLoss(encoder, [style_tensor(style_image, cfg["style_size"])],
-                          spec.style_layers if spec else list(encoder.taps),
-                          spec.content_layer if spec else encoder.taps[-1],
-                          cfg["content_weight"], cfg["style_weight"],
-                          style_scales=cfg["style_scales"])
+    one = TrainConfig.from_dict(cfg | {"style_image": style_image, "style_weights": None,
+                                       "tv_weight": 0.0})
+    return training_loss(one, encoder)[1]
 
 
 def heldout_losses(model_path: Path, loss_fn, photos) -> dict[str, float]:
@@ -403,16 +400,12 @@ def plan(ctx) -> dict[str, Any]:
     split = Path(ctx.runs) / f"content-split-h{b.heldout}"
     train_dir, heldout = split_photos(content, split, b.heldout)
     encoder = ctx.encoder if ctx.encoder is not None else load_vgg_encoder(vgg)
-    spec = getattr(encoder, "spec", None)
-    cw = spec.content_weight if spec else 1.0
-    sw = spec.style_weight if spec else 1.0
     jobs = []
     for s in styles:
         for method in METHODS:
             cfg = st.TrainConfig(style_image=s, content_dir=str(train_dir), norm="bin",
                                  image_size=b.image_size, batch_size=b.batch_size,
-                                 steps=10**7, seed=0, device=device, vgg_weights=vgg,
-                                 content_weight=cw, style_weight=sw, style_size=384,
+                                 steps=10**7, seed=0, device=device, vgg_weights=vgg, style_size=384,
                                  checkpoint_every=10, from_model=base if method == "norm-only" else None)
             jobs.append((s, method, cfg, b.minutes))
     if b.reference_minutes:
@@ -429,14 +422,14 @@ def plan(ctx) -> dict[str, Any]:
                       "config": cfg.to_dict(), "minutes": list(minutes), "threads": 1,
                       "encoder": ctx.encoder})
     return {"budget": b, "styles": styles, "vgg": vgg, "device": device, "base": base,
-            "train_dir": train_dir, "heldout": heldout, "encoder": encoder, "cw": cw, "sw": sw,
+            "train_dir": train_dir, "heldout": heldout, "encoder": encoder,
             "specs": specs}
 
 
 def run(ctx) -> Path:
     p = plan(ctx)
     b, styles, vgg, device, base = p["budget"], p["styles"], p["vgg"], p["device"], p["base"]
-    train_dir, heldout, encoder, cw, sw = p["train_dir"], p["heldout"], p["encoder"], p["cw"], p["sw"]
+    train_dir, heldout, encoder = p["train_dir"], p["heldout"], p["encoder"]
     specs = p["specs"]
     from tqdm.auto import tqdm
 
@@ -449,7 +442,7 @@ def run(ctx) -> Path:
     else:
         results = [train_timed(j) for j in tqdm(specs, desc="new-style", leave=False)]
 
-    cfg0 = specs[0]["config"] | {"content_weight": cw, "style_weight": sw}
+    cfg0 = specs[0]["config"]
     from stylize.train import ContentImages
 
     photos = ContentImages(heldout, cfg0["image_size"])  # decoded once for every model

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .budgets import shared_root, vgg_weights
-from .new_style import split_photos, train_timed
+from .new_style import split_photos, style_loss_fn, train_timed
 from .report import Report, mean_sd_table, shown_path
 from .style_curves import run_key
 
@@ -207,14 +207,11 @@ def plan(ctx) -> dict[str, Any]:
     train_dir, heldout = split_photos(content, Path(ctx.runs) / f"content-split-h{b.heldout}",
                                       b.heldout)
     encoder = ctx.encoder if ctx.encoder is not None else load_vgg_encoder(vgg)
-    spec = getattr(encoder, "spec", None)
-    cw = spec.content_weight if spec else 1.0
-    sw = spec.style_weight if spec else 1.0
     specs = []
     for scales in b.variants:
         cfg = st.TrainConfig(style_image=style, content_dir=str(train_dir), norm="bin",
                              image_size=b.image_size, batch_size=b.batch_size, steps=10**7, seed=0,
-                             device=device, vgg_weights=vgg, content_weight=cw, style_weight=sw,
+                             device=device, vgg_weights=vgg,
                              style_size=384, checkpoint_every=10, from_model=base, train_all=True,
                              style_scales=list(scales))
         folder = Path(ctx.runs) / f"strokes-{Path(style).stem}-s{''.join(map(str, scales))}-" \
@@ -224,7 +221,7 @@ def plan(ctx) -> dict[str, Any]:
                       "folder": str(folder), "device": device, "config": cfg.to_dict(),
                       "minutes": [b.minutes], "threads": 1, "encoder": ctx.encoder})
     return {"budget": b, "style": style, "vgg": vgg, "device": device, "base": base,
-            "train_dir": train_dir, "heldout": heldout, "encoder": encoder, "cw": cw, "sw": sw,
+            "train_dir": train_dir, "heldout": heldout, "encoder": encoder,
             "specs": specs}
 
 
@@ -232,8 +229,7 @@ def run(ctx) -> Path:
     import torch
     from tqdm.auto import tqdm
 
-    from stylize.losses import PerceptualLoss
-    from stylize.train import ContentImages, style_tensor
+    from stylize.train import ContentImages
 
     p = plan(ctx)
     b, style, vgg, specs = p["budget"], p["style"], p["vgg"], p["specs"]
@@ -251,14 +247,10 @@ def run(ctx) -> Path:
     name = Path(style).stem
     photos = ContentImages(p["heldout"], b.image_size)
     all_scales = sorted({f for v in b.variants for f in v})
-    target = style_tensor(style, 384)
-    enc = p["encoder"]
-    spec = getattr(enc, "spec", None)
-    layers = spec.style_layers if spec else list(enc.taps)
-    content_layer = spec.content_layer if spec else enc.taps[-1]
-    # one loss per scale, so each variant is scored on every scale alike
-    losses = {f: PerceptualLoss(enc, target, layers, content_layer, p["cw"], p["sw"],
-                                style_scales=[f]) for f in all_scales}
+    # one loss per scale (the runs' training loss, stylize.train.training_loss, at that scale
+    # alone), so each variant is scored on every scale alike
+    losses = {f: style_loss_fn(style, specs[0]["config"] | {"style_scales": [f]}, p["encoder"])
+              for f in all_scales}
     cols = ["content"] + [f"style ×{f}" for f in all_scales] + ["wavelength (px)"]
     per: dict[tuple[str, str], list[float]] = {}
     for r in tqdm(results, desc="strokes: scoring", leave=False):

@@ -56,8 +56,10 @@ def _make(name: str, summary: str):
         download: bool = typer.Option(False, help="cifar10:ROOT: download CIFAR-10 if missing."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the classifiers "
                                      "(worth it for long GPU runs)."),
-        style_model: str = typer.Option("candy_bin", help="ibn-shift/divergence: the stylize "
-                                        "model used as a style shift; new-style, strokes: the base model."),
+        style_model: Optional[str] = typer.Option(
+            None, help="ibn-shift/divergence: the stylize model used as a style shift (default "
+            "candy_bin); new-style, strokes: the base model (default four_styles_bin, which has "
+            "seen several styles)."),
         style_image: Optional[str] = typer.Option(None, help="style-curves: style image "
                                                   "(default ../shared/data/styles/candy.jpg); "
                                                   "new-style: comma-separated unseen styles; "

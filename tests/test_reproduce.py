@@ -831,3 +831,20 @@ def test_sweep_amp_policy(monkeypatch):
                           ["bfloat16", "bfloat16", "bfloat16+float32", ""])
     assert "bfloat16 in 2 of 4 runs; bfloat16 then float32 in 1 of 4 runs" in line
     assert "not recorded in 1" in line and "autocast: norm statistics" in line
+
+
+@pytest.mark.parametrize("name, model", [("new-style", "four_styles_bin"),
+                                         ("strokes", "four_styles_bin"),
+                                         ("ibn-shift", "candy_bin"), ("divergence", "candy_bin")])
+def test_style_model_default_is_the_reproductions_own(tmp_path, name, model):
+    """new-style needs a base that has seen several styles (Dumoulin et al.); the shift
+    reproductions keep the one style model their measures are named after; a given one wins."""
+    from experiments.reproduce import REPRODUCTIONS, _default_style_model
+
+    mod = REPRODUCTIONS[name][0]
+    ctx = _ctx(tmp_path, name)
+    _default_style_model(mod, ctx)
+    assert ctx.style_model == model
+    ctx = _ctx(tmp_path, name, style_model="mine.safetensors")
+    _default_style_model(mod, ctx)
+    assert ctx.style_model == "mine.safetensors"

@@ -61,7 +61,9 @@ class Context:
     download: bool = False
     compile: bool = False  # torch.compile the classifiers (pays off for long GPU runs)
     command: str = ""
-    style_model: str = "candy_bin"  # ibn-shift / divergence: the stylize model used as a shift
+    # the stylize model a reproduction uses (ibn-shift / divergence: as a shift; new-style /
+    # strokes: as the base); None: the reproduction's own STYLE_MODEL
+    style_model: str | None = None
     style_image: str | None = None  # style-curves, strokes (new-style: comma-separated)
     vgg_weights: str | None = None  # style-curves
     encoder: Any = None  # style-curves test hook: a loss network instead of VGG weights
@@ -82,11 +84,17 @@ def reproduce(name: str, ctx: Context) -> Path:
         raise ValueError(f"jobs must be at least 1, got {ctx.jobs}")
     mod = REPRODUCTIONS[name][0]
     _check_ledger(name, mod, ctx)
+    _default_style_model(mod, ctx)
     if ctx.seeds is not None and not hasattr(mod, "grid"):
         with_grid = [n for n, (m, _) in REPRODUCTIONS.items() if hasattr(m, "grid")]
         raise ValueError(f"{name} has no grid of training runs to add seeds to; --seeds works "
                          f"for {', '.join(with_grid)}")
     return mod.run(ctx)
+
+
+def _default_style_model(mod: ModuleType, ctx: Context) -> None:
+    if ctx.style_model is None:
+        ctx.style_model = getattr(mod, "STYLE_MODEL", None)
 
 
 def _check_ledger(name: str, mod: ModuleType, ctx: Context) -> None:
@@ -114,6 +122,7 @@ def run_status(name: str, ctx: Context) -> str:
     from .sweep import Ledger, status_table
 
     _check_ledger(name, mod, ctx)
+    _default_style_model(mod, ctx)
     needs = mod.needs(ctx) if hasattr(mod, "needs") else ()
     return status_table(mod.grid(ctx), Ledger(ctx.ledger) if ctx.ledger else None, needs)
 

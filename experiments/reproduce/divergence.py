@@ -16,6 +16,8 @@ from .report import TESTS_NOTE, Report, gap_tests, keyed, mean_sd_table, p_brief
 from .stats import summarize
 from .sweep import Ledger, RunSpec, fill_measures, run_sweep
 
+STYLE_MODEL = "candy_bin"  # the stylize model whose rendering is the appearance change (--style-model)
+
 # the report is built from the runs' numbers and their divergence measure: a ledger keeps both
 TAKES_LEDGER = True
 TITLE = "IBN-Net Fig. 3 on CIFAR-10: feature divergence by depth (appearance vs content)"

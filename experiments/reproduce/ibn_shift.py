@@ -14,6 +14,8 @@ from .report import (TESTS_NOTE, Report, gap_brief, gap_tests, grouped_bars, key
 from .stats import summarize
 from .sweep import Ledger, RunSpec, fill_measures, result_from_dict, run_sweep, runs_table
 
+STYLE_MODEL = "candy_bin"  # the stylize model whose rendering is the style shift (--style-model)
+
 # the report is built from the runs' numbers and their shift measure: a ledger keeps both
 TAKES_LEDGER = True
 TITLE = "IBN-Net Table 1 on CIFAR-10: accuracy under appearance and style shifts"

@@ -19,6 +19,8 @@ from .new_style import split_photos, style_loss_fn, train_timed
 from .report import Report, mean_sd_table, shown_path
 from .style_curves import run_key
 
+STYLE_MODEL = "four_styles_bin"  # the base every variant fine-tunes (--style-model)
+
 TITLE = "Bigger strokes: multi-scale style loss vs single-scale, same CPU time"
 DEFAULT_STYLE = "the_great_wave.jpg"
 

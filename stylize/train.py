@@ -325,7 +325,6 @@ class _StyleRun(HookBase):
             t.preview = t.task.preview(t.step)
 
 
-
 def training_loss(cfg: TrainConfig, encoder) -> tuple[TrainConfig, PerceptualLoss]:
     """The loss ``cfg`` trains with, on the loss network ``encoder``, and ``cfg`` with its
     weights resolved: unset content/style weights take ``--loss``'s defaults (relative: 1 and

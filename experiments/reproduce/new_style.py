@@ -410,7 +410,8 @@ def plan(ctx) -> dict[str, Any]:
             cfg = st.TrainConfig(style_image=s, content_dir=str(train_dir), norm="bin",
                                  image_size=b.image_size, batch_size=b.batch_size,
                                  steps=10**7, seed=0, device=device, vgg_weights=vgg,
-                                 style_size=384, checkpoint_every=10, from_model=base if method == "norm-only" else None)
+                                 style_size=384, checkpoint_every=10,
+                                 from_model=base if method == "norm-only" else None)
             jobs.append((s, method, cfg, b.minutes))
     if b.reference_minutes:
         # the long reference is the first style's scratch run, continued; it goes first so

@@ -472,8 +472,8 @@ def run(ctx) -> Path:
         "between them. Expected cost: " + b.estimate + ".",
         f"Losses: the training loss's weighted content and style terms (same VGG layers, weights "
         f"and scales), averaged over {len(list(heldout.iterdir()))} held-out photos (the first "
-        "of the project's content split, `stylize.photos`) that no run and no shipped style "
-        f"model trained on, at "
+        "of the project's content split, `stylize.photos`) that no run here trained on (what "
+        "the base model itself saw: its entry in weights/manifest.json), at "
         f"{b.image_size} px, eval mode.",
         "One seed per (style, method): each cell is one run; the spread across styles is in the "
         "per-style table.",

@@ -692,7 +692,7 @@ def bench_cmd(
 
 @app.command("export")
 def export_cmd(
-    src: str = typer.Argument(..., help="A shipped model name or a model.safetensors written by `stylize train`."),
+    src: str = typer.Argument(..., help="A shipped model name, a model.safetensors written by `stylize train`, or a run folder (or its checkpoint.pt): the newest checkpoint's weights, to look at a run before it ends."),
     dst: Path = typer.Argument(..., help="Where to write the exported model (.safetensors or .onnx)."),
     format: str = typer.Option("safetensors", "--format", help="safetensors (for normlab, fp16 by default) or onnx (dynamic batch/height/width, for onnxruntime and other runtimes)."),
     half: bool = typer.Option(True, help="safetensors: store weights as float16 (half the size)."),
@@ -709,7 +709,11 @@ def export_cmd(
     if style is not None and fmt != "onnx":
         raise ValueError("--style picks the one style of an ONNX graph; a safetensors export "
                          "keeps every style (leave --style out)")
-    check_output(dst, kind=fmt, inputs=[model_file(src)], overwrite=overwrite)
+    src_file = model_file(src)
+    if src_file is not None and src_file.is_dir():  # a run folder: its newest checkpoint
+        from engine.trainer import CHECKPOINT
+        src_file = src_file / CHECKPOINT
+    check_output(dst, kind=fmt, inputs=[src_file], overwrite=overwrite)
     if fmt == "onnx":
         import dataclasses
 
@@ -730,10 +734,11 @@ def export_cmd(
     from engine.io import check_regular_file
     from stylize.train import export_model
 
-    if not Path(src).exists():
-        raise ValueError(f"{clip(src)} does not exist (safetensors export copies a model file)")
-    check_regular_file(src, "model")
-    typer.echo(str(export_model(Path(src), dst, half=half)))
+    if src_file is None or not src_file.exists():
+        raise ValueError(f"{clip(src_file or src)} does not exist (safetensors export copies a "
+                         "model file or a run's checkpoint)")
+    check_regular_file(src_file, "model")
+    typer.echo(str(export_model(src_file, dst, half=half)))
 
 
 # ------------------------------------------------------------------------------ stylize score

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 import norms
 import engine.io
-from engine.checkpoint import read_model
+from engine.checkpoint import read_model, read_state, state_mismatch
 from engine.checkpoint import save_model as _save_model
 from engine.fit import fit
 from engine.hooks import HookBase, ProgressEvent
@@ -376,10 +376,39 @@ def train(cfg: TrainConfig, progress: Callable[[ProgressEvent], None] | None = N
                should_stop=should_stop, show_bar=show_bar)
 
 
+def model_from_checkpoint(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
+    """The weights of a run's newest training checkpoint (``<run>/checkpoint.pt``, or the run
+    folder) as a style network in eval mode and its model metadata (``steps`` so far,
+    ``finished`` false until the last step): a long run can be looked at and scored before it
+    ends, or after Ctrl-C, without touching it. A fine-tune needs its base model to rebuild."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.is_file():
+        raise ValueError(f"{p} does not exist (a run folder holds {CHECKPOINT} once its first "
+                         "checkpoint is written)")
+    state = read_state(p)
+    cfg = TrainConfig.from_dict({**LEGACY_RECIPE, **state["recipe"]})
+    net, names, _ = build_network(cfg)
+    why = state_mismatch(net.state_dict(), state["model"])
+    if why:
+        raise ValueError(f"{p} is not a style-training checkpoint: {why}")
+    net.load_state_dict(state["model"])
+    step = int(state["step"])
+    last = dict((state.get("task") or {}).get("last") or {})
+    finished = not cfg.epochs and step >= cfg.steps  # an --epochs run's total needs its photos
+    return net.eval(), _model_metadata(cfg, names, step, last, finished)
+
+
 def export_model(src: str | Path, dst: str | Path, half: bool = True,
                  extra: dict[str, Any] | None = None) -> Path:
     """Copy a trained style model to ``dst`` (fp16 floats when ``half``), metadata kept and
-    extended, schema brought up to date."""
+    extended, schema brought up to date. ``src`` may also be a run folder or its
+    ``checkpoint.pt``: the newest checkpoint's weights (``model_from_checkpoint``)."""
+    p = Path(src)
+    if p.is_dir() or p.suffix == ".pt":
+        net, meta = model_from_checkpoint(p)
+        return save_model(dst, net, {**meta, **(extra or {})}, half=half)
     tensors, meta = read_model(src, "style", validate=StyleConfig.from_dict)
     meta.update(extra or {})
     for k in ("kind", "format", "dtype"):

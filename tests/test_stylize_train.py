@@ -211,3 +211,33 @@ def test_library_resume_refuses_a_different_norm_even_if_it_is_the_default(image
     with pytest.raises(ValueError, match="--norm 'in' conflicts with the checkpoint's 'bin'"):
         train(_cfg(images, out, norm="in", steps=4), resume=True, encoder=TinyEncoder(),
               show_bar=False)
+
+
+def test_a_run_folder_exports_its_newest_checkpoint(images, tmp_path):
+    """`stylize export RUN` (or RUN/checkpoint.pt): the newest checkpoint's weights as a model
+    that rebuilds itself, with the steps so far and ``finished`` false: a long run looked at
+    (or scored) before it ends. An empty folder is one error line."""
+    out = tmp_path / "run"
+    count = {"n": 0}
+
+    def progress(event):
+        count["n"] = event.step
+
+    stopped = train(_cfg(images, out, norm="bin", steps=12, checkpoint_every=4),
+                    progress=progress, should_stop=lambda: count["n"] >= 6,
+                    encoder=TinyEncoder(), show_bar=False)
+    runner = CliRunner()
+    for src in (out, out / "checkpoint.pt"):
+        dst = tmp_path / f"mid_{src.name}.safetensors"
+        r = runner.invoke(main.app, ["stylize", "export", str(src), str(dst), "--no-half"])
+        assert r.exit_code == 0, r.output
+        want, _ = engine.io.load_safetensors(stopped)  # what the stopped run wrote at step 6
+        got, meta = engine.io.load_safetensors(dst)
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+        assert meta["steps"] == 6 and meta["finished"] is False
+        assert meta["config"]["norm"] == "bin" and meta["recipe"]["steps"] == 12
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(main.app, ["stylize", "export", str(tmp_path / "empty"),
+                                 str(tmp_path / "x.safetensors")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "checkpoint.pt does not exist" in r.output

@@ -264,6 +264,10 @@ def test_export_half_keeps_config_and_output(tmp_path, bin_model):
     diff = np.abs(np.asarray(stylize_image(a, img), float) - np.asarray(stylize_image(b, img), float))
     assert diff.mean() < 1.0
     _one_error_line(_invoke("export", tmp_path / "nope.safetensors", dst))
+    shipped = tmp_path / "candy.safetensors"  # a shipped name, as the help says
+    r = _invoke("export", "candy_bin", shipped)
+    assert r.exit_code == 0, r.output
+    assert load_model(shipped).config == load_model("candy_bin").config
 
 
 def test_bench_train_times_the_training_loop(tmp_path):

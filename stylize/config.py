@@ -96,6 +96,10 @@ class TrainConfig(_Dict):
         "relative", "relative: each term divided by its target's mean square, every style tap "
         "weighed equally (learns shapes, not only the palette); absolute: the raw MSEs of "
         "earlier models.", **{CHOICES: LOSSES})
+    content_layer: str | None = _opt(
+        None, "Loss-network layer the content loss compares (default: relu3_1 with --loss "
+        "relative, what `stylize score` measures; else the loss network's own). relu2_1 holds "
+        "faces and small objects in place (Johnson et al. use relu2_2).")
 
     @property
     def style_images(self) -> list[str]:

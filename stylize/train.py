@@ -40,7 +40,8 @@ from .model import (StyleConfig, TransformerNet, load_style_net, resolve_model_f
 FINAL = "model.safetensors"
 # What a recipe written before a key existed meant (resuming an old run keeps its behaviour).
 LEGACY_RECIPE = {"output": "linear", "style_scales": [1], "from_model": None, "train_all": False,
-                 "content_split": "all", "loss": "absolute", "style_weights": None}
+                 "content_split": "all", "loss": "absolute", "style_weights": None,
+                 "content_layer": None}
 # The relative loss's default weights (dimensionless: the same for every painting and encoder);
 # the optimiser (stylize.optimize) uses the same terms.
 RELATIVE_WEIGHTS = {"content_weight": 1.0, "style_weight": 5.0}
@@ -342,6 +343,12 @@ def training_loss(cfg: TrainConfig, encoder) -> tuple[TrainConfig, PerceptualLos
     content_layer = spec.content_layer if spec else encoder.taps[-1]
     if relative and "relu3_1" in getattr(encoder, "taps", []):
         content_layer = "relu3_1"  # what the optimiser and `stylize score` measure content at
+    if cfg.content_layer:
+        taps = list(getattr(encoder, "taps", []))
+        if cfg.content_layer not in taps:
+            raise ValueError(f"--content-layer {cfg.content_layer!r} is not a layer of the loss "
+                             f"network (its layers: {', '.join(taps)})")
+        content_layer = cfg.content_layer
     loss_fn = PerceptualLoss(encoder, [style_tensor(p, cfg.style_size) for p in cfg.style_images],
                              style_layers, content_layer, cw, sw, cfg.tv_weight,
                              style_scales=cfg.style_scales, relative=relative,

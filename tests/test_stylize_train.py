@@ -241,3 +241,19 @@ def test_a_run_folder_exports_its_newest_checkpoint(images, tmp_path):
                                  str(tmp_path / "x.safetensors")])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "checkpoint.pt does not exist" in r.output
+
+
+def test_content_layer_option_picks_the_content_tap(images, tmp_path):
+    """--content-layer: the content loss compares that loss-network layer (default: the deepest
+    tap with this encoder); a layer the network lacks is one clear error naming its layers."""
+    enc = TinyEncoder()
+    _, default = st.training_loss(_cfg(images, tmp_path / "a", loss="relative"), enc)
+    assert default.content_layer == "t2"
+    _, shallow = st.training_loss(_cfg(images, tmp_path / "b", loss="relative",
+                                       content_layer="t1"), enc)
+    assert shallow.content_layer == "t1"
+    x = torch.rand(1, 3, 32, 32) * 255
+    y = x + 20 * torch.randn_like(x)
+    assert float(shallow(y, x)["content_loss"]) != float(default(y, x)["content_loss"])
+    with pytest.raises(ValueError, match="not a layer of the loss network.*t1, t2"):
+        st.training_loss(_cfg(images, tmp_path / "c", content_layer="relu9_9"), enc)

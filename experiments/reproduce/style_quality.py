@@ -14,7 +14,8 @@ from pathlib import Path
 
 FILES = {"forward": "forward.json", "wct08": "wct_alpha08.json", "optimize": "optimize.json",
          "ab": "recipe_ab_300steps.json", "retrain": "retrain.json", "tv": "retrain_s15.json",
-         "candy": "candy_s16.json", "refine": "refine.json", "four17": "four_s17.json"}
+         "candy": "candy_s16.json", "refine": "refine.json", "four17": "four_s17.json",
+         "heads": "heads_s18.json"}
 BEFORE = "model:four_styles_bin (before: absolute loss)"
 AFTER = "model:four_styles_bin (after: relative loss)"
 # the session-15 follow-ups of the retrain (retrain_s15.json)
@@ -29,6 +30,10 @@ REFINE = "wct:refine=20"
 # session 17: four_styles_bin trained again from the clean candy_bin (four_s17.json)
 FOUR17 = ("model:four_styles_bin clean try (session 17: from candy_bin, content 1.5, TV 1, "
           "2,400 steps)")
+# session 18: candy from scratch, 500 steps at 128 px, residual vs linear output head (heads_s18.json)
+RES31, RES21 = ("model:candy residual head, content relu3_1", "model:candy residual head, content relu2_1")
+LIN31, LIN21 = ("model:candy linear head, content relu3_1", "model:candy linear head, content relu2_1")
+LIN31X2 = "model:candy linear head, content relu3_1 ×2"
 
 
 def _table(path: Path) -> str:
@@ -310,6 +315,53 @@ scratch with the shipped model's loss settings (content 1, style scales 1 and 2,
 
 ![shipped four_styles_bin then the session-17 try, per style (columns labelled with the files scored)](sheet_four_s17.jpg)
 
+**The output head: why the from-scratch models are colour grades with black holes (session
+18).** A from-scratch `four_styles_bin` (the shipped model's loss settings, residual head) was
+still a colour grade with large black holes in the background after 2,975 of its 8,000 steps,
+and the shipped `candy_bin` (3,600 steps from scratch) keeps black and red patches on the
+portrait's eyes and cheek (its previews show them from step 600 to the end). To find the cause
+at a cost this CPU affords: candy from scratch, BIN, 128 px, batch 4, 500 steps, seed 42,
+relative loss, one change per run (`runs/s18/blob_ab.py`; 10 minutes each, two at a time):
+the output head (`--output residual`, the default, or `linear`), the content layer
+(relu3_1, the default, or relu2_1: the new `--content-layer`), BN instead of BIN (whether
+instance statistics invite the blobs, as they do in StyleGAN), and content weight ×2. The
+same 8 held-out photos at 384 px:
+
+{_table(f['heads'])}
+
+Residual → linear head, paired by photo (n = 8). Content at relu3_1:
+
+{_paired_lines(f['heads'], RES31, LIN31)}
+
+Content at relu2_1:
+
+{_paired_lines(f['heads'], RES21, LIN21)}
+
+The linear head gives far more style and moves further from the photo (C up too). The
+pictures (the sheet below; the linear-head portrait at 512 px and 300 % crops looked at) say
+more, and more plainly. Every residual-head run is the photo with a colour cast and holes:
+black dots over the face, the sail and the starfish (content relu3_1), dark-red pools in the
+water and around the tiger (relu2_1: the subjects stay intact, the background does not),
+blown-out white patches (BN, so not the instance statistics). Every linear-head run is a
+candy painting: the photo redrawn in candy's red, yellow and pale blue bands with dark
+outlines, the sailboat and the starfish clear, the face readable; at 300 % thick painterly
+bands with pale-blue and pink edges, slightly soft, no grid. Content ×2 (S
+{_mean(f['heads'], LIN31X2, 'S'):.3f}, C {_mean(f['heads'], LIN31X2, 'C'):.3f}) keeps more of
+each face. The shipped `candy_bin` (3,600 steps at 192 px, residual head, TV 4)
+scores S {cn_s:.3f}, C {cn_c:.3f}: the linear head with content ×2 is as strong, closer to the
+photo and free of holes after 500 steps at 128 px.
+
+Why: the residual head computes y = 263·σ(logit(x̃) + z) − 4, so the network starts as the
+photo (chosen so that early previews are not black), but a dark candy stroke across a bright
+area needs a large z, and where the sigmoid saturates its gradient vanishes: the cheap way to
+match the painting's share of dark pixels is a saturated hole where the photo is already
+dark, and the net stays a colour grade around the holes. The linear head has no such
+saturation. This is one style, one seed, 500 steps at 128 px: a diagnosis, not yet a recipe.
+The test at full size is `runs/s18/four_linear.sh` (four styles from scratch, linear head,
+content ×2, 8,000 steps at 192 px, resumable); the defaults change when it holds up.
+
+![candy from scratch, 500 steps: residual (3 runs) then linear head (3 runs) on 4 held-out photos (columns labelled with the run files)](sheet_heads_s18.jpg)
+
 **WCT + a few optimiser iterations (`--refine`, session 16).** The one-pass WCT result puts the
 painting's palette and texture in place; `stylize run --style-image P --refine N` (the UI's
 Refine slider, the score method `wct:refine=N`) then runs N L-BFGS iterations of the
@@ -362,6 +414,9 @@ pairs), a check, not a survey: the first two held-out photos only.
     # session 17 try: runs/s17/four.sh, then stylize score --methods model:four_styles_bin,
     #   model:runs/s17/four_styles_bin/model.safetensors --styles (the 4 styles) --limit 8
     #   (then the methods renamed: four_s17.json; sheet: its first 2 photo rows)
+    # output heads (session 18): runs/s18/blob_ab.py NAME 500 [output=linear] [content=relu2_1]
+    #   [norm=bn] [cw=2], then stylize score --methods model:RUN/model.safetensors,... --styles
+    #   $S/candy.jpg --limit 8 (then the methods renamed: heads_s18.json)
     # refine: stylize score --methods wct,wct:refine=20 --styles (the 6 paintings) --limit 2
     #   --sheet-photos 2 -o refine.json --sheet sheet_refine.jpg
     python -m experiments.reproduce.style_quality reports/style-quality   # this README

@@ -321,7 +321,7 @@ still a colour grade with large black holes in the background after 2,975 of its
 and the shipped `candy_bin` (3,600 steps from scratch) keeps black and red patches on the
 portrait's eyes and cheek (its previews show them from step 600 to the end). To find the cause
 at a cost this CPU affords: candy from scratch, BIN, 128 px, batch 4, 500 steps, seed 42,
-relative loss, one change per run (`runs/s18/blob_ab.py`; 10 minutes each, two at a time):
+relative loss, one change per run (`stylize train` options; commands below; 10 minutes each, two at a time, one thread each):
 the output head (`--output residual`, the default, or `linear`), the content layer
 (relu3_1, the default, or relu2_1: the new `--content-layer`), BN instead of BIN (whether
 instance statistics invite the blobs, as they do in StyleGAN), and content weight ×2. The
@@ -414,9 +414,12 @@ pairs), a check, not a survey: the first two held-out photos only.
     # session 17 try: runs/s17/four.sh, then stylize score --methods model:four_styles_bin,
     #   model:runs/s17/four_styles_bin/model.safetensors --styles (the 4 styles) --limit 8
     #   (then the methods renamed: four_s17.json; sheet: its first 2 photo rows)
-    # output heads (session 18): runs/s18/blob_ab.py NAME 500 [output=linear] [content=relu2_1]
-    #   [norm=bn] [cw=2], then stylize score --methods model:RUN/model.safetensors,... --styles
-    #   $S/candy.jpg --limit 8 (then the methods renamed: heads_s18.json)
+    # output heads (session 18): normlab --device cpu stylize train --style-image $S/candy.jpg \\
+    #   --content ../shared/data/content --norm bin --image-size 128 --batch-size 4 --steps 500 \\
+    #   --seed 42 --style-size 384 --amp --loss relative --vgg-weights (as above) --out runs/NAME \\
+    #   [--output linear] [--content-layer relu2_1] [--norm bn] [--content-weight 2], then
+    #   stylize score --methods model:runs/NAME/model.safetensors,... --styles $S/candy.jpg
+    #   --limit 8 (then the methods renamed: heads_s18.json)
     # refine: stylize score --methods wct,wct:refine=20 --styles (the 6 paintings) --limit 2
     #   --sheet-photos 2 -o refine.json --sheet sheet_refine.jpg
     python -m experiments.reproduce.style_quality reports/style-quality   # this README

@@ -407,10 +407,11 @@ def plan(ctx) -> dict[str, Any]:
     jobs = []
     for s in styles:
         for method in METHODS:
+            # the residual head these reports were recorded with (run keys and results stay valid)
             cfg = st.TrainConfig(style_image=s, content_dir=str(train_dir), norm="bin",
                                  image_size=b.image_size, batch_size=b.batch_size,
                                  steps=10**7, seed=0, device=device, vgg_weights=vgg,
-                                 style_size=384, checkpoint_every=10,
+                                 style_size=384, checkpoint_every=10, output="residual",
                                  from_model=base if method == "norm-only" else None)
             jobs.append((s, method, cfg, b.minutes))
     if b.reference_minutes:

@@ -211,11 +211,12 @@ def plan(ctx) -> dict[str, Any]:
     encoder = ctx.encoder if ctx.encoder is not None else load_vgg_encoder(vgg)
     specs = []
     for scales in b.variants:
+        # the residual head these reports were recorded with (run keys and results stay valid)
         cfg = st.TrainConfig(style_image=style, content_dir=str(train_dir), norm="bin",
                              image_size=b.image_size, batch_size=b.batch_size, steps=10**7, seed=0,
                              device=device, vgg_weights=vgg,
                              style_size=384, checkpoint_every=10, from_model=base, train_all=True,
-                             style_scales=list(scales))
+                             style_scales=list(scales), output="residual")
         folder = Path(ctx.runs) / f"strokes-{Path(style).stem}-s{''.join(map(str, scales))}-" \
                                   f"{run_key(cfg, vgg)}"
         cfg.out = str(folder)

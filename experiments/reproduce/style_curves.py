@@ -132,10 +132,11 @@ def train_run(ctx, norm: str, seed: int, content: str, style: str, vgg: str | No
 
     import stylize.train as st
     b = STYLE[ctx.budget]
+    # the residual head these reports were recorded with (run keys and results stay valid)
     cfg = st.TrainConfig(style_image=style, content_dir=content, norm=norm, image_size=b.image_size,
                          batch_size=b.batch_size, steps=b.steps, seed=seed,
                          device=str(resolve_device(ctx.device)), vgg_weights=vgg,
-                         checkpoint_every=max(1, b.steps // 10))
+                         checkpoint_every=max(1, b.steps // 10), output="residual")
     folder = Path(ctx.runs) / f"stylize-{norm}-s{seed}-{run_key(cfg, vgg)}"
     cfg.out = str(folder)
     done = folder / RESULT

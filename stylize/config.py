@@ -23,6 +23,7 @@ DECODER_RUN_SETTINGS = ("out", "device", "amp", "compile", "checkpoint_every", "
 DECODER_LEVELS = ("relu3_1", "relu2_1", "relu1_1")  # stylize.arbitrary.LEVELS, deepest first
 LOSSES = ("relative", "absolute")
 CONTENT_SPLITS = ("train", "all")
+OUTPUT_CHOICES = ("linear", "residual", "additive")  # the network heads of stylize.model.TransformerNet
 
 
 class _Dict:
@@ -79,7 +80,12 @@ class TrainConfig(_Dict):
         "VGG-19 encoder; 'torchvision' downloads VGG-16 once. Default: torchvision's cache.")
     base_channels: int = _opt(32, "Channels of the network's first conv (stylize.model).")
     num_residual: int = _opt(5, "Residual blocks of the network.")
-    output: str = _opt("residual", "Network head (stylize.model.StyleConfig.output).")
+    output: str = _opt(
+        "linear", "Network head (stylize.model.StyleConfig.output): linear, the raw conv output "
+        "(dark for the first few hundred steps, then the painting's strokes); residual and "
+        "additive start as the photo and stay near it: a colour grade with black holes "
+        "(residual) or red halos (additive) (reports/style-quality, 'The output head').",
+        **{CHOICES: OUTPUT_CHOICES})
     style_scales: list[int] = _opt(
         [1, 2], "Multi-scale style loss: downsampling factors whose Gram matrices are matched "
         "(1 = usual loss; 1,2,4 learns larger strokes; stylize.losses.PerceptualLoss).")

@@ -34,8 +34,9 @@ class StyleConfig:
     num_residual: int = 5
     num_styles: int = 1  # > 1: conditional norms (one γ, β, ρ row per style)
     # "linear": pytorch/examples' raw conv output (0–255 only after long training);
-    # "residual": y = 263·σ(logit((x + 4)/263) + z) − 4 with the last conv zero-initialised, so the network
-    # starts as the identity (see TransformerNet) — no black or striped early outputs.
+    # "residual": y = 263·σ(logit((x + 4)/263) + z) − 4 and "additive": y = x + z, with the last conv
+    # zero-initialised, so the network starts as the identity (see TransformerNet) — no black
+    # early outputs, but training stays near the photo (reports/style-quality, "The output head").
     output: str = "linear"
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +80,7 @@ class StyleConfig:
                                     num_styles=self.num_styles if self.conditional else None)
 
 
-OUTPUTS = ("linear", "residual")
+from .config import OUTPUT_CHOICES as OUTPUTS  # noqa: E402  (one list for the CLI and the model)
 # logit(x̃) of the content image needs x̃ inside (0, 1): 0–255 is mapped to [4/263, 259/263]
 _SKIP_PAD = 4.0
 
@@ -137,15 +138,16 @@ class ResidualBlock(nn.Module):
 class TransformerNet(nn.Module):
     """Image transformation network of Johnson et al. 2016 (pytorch/examples layout).
 
-    Input and output are RGB in 0–255. ``output="linear"`` (pytorch/examples) has no output
-    activation (clamp when saving); ``output="residual"`` computes y = 263·σ(logit(x̃) + z) − 4 with
-    x̃ = (x + 4)/263, from the last conv's z, initialised to zero (so y = x at the start). Why: with the linear head the last conv starts at
-    ≈ ±0.3, and Adam (lr 1e-3) raises a 2,592-input conv's output by only ≈ 1 per step, so the
-    first ~100 steps are near-black with streaks of the few channels that grow first; the
-    residual head starts as the content photo, stays within 4 of 0–255, and a colour change of a few
-    logits is a small step. Any spatial size works: the input is padded to a multiple of 4
-    (reflection) and the output cropped back. Conditional configs select their style with
-    ``norms.set_style`` (style 0 when built).
+    Input and output are RGB in 0–255. ``output="linear"`` (pytorch/examples; the default) has no
+    output activation (clamp when saving). ``output="residual"`` computes y = 263·σ(logit(x̃) + z) − 4
+    with x̃ = (x + 4)/263 and ``output="additive"`` y = x + z, from the last conv's z, initialised to
+    zero (so y = x at the start). The linear head's first ~100 steps are near-black (its last conv
+    starts at ≈ ±0.3 and Adam moves it by ≈ 1 per step), but it then draws the painting; the two
+    photo heads start as the photo and stay near it after 500 steps at 128 px (candy S ≈ 0.5
+    against 0.9): a colour grade with black holes where the sigmoid saturates (residual), or the
+    photo with red halos (additive) — reports/style-quality, "The output head". Any spatial size
+    works: the input is padded to a multiple of 4 (reflection) and the output cropped back.
+    Conditional configs select their style with ``norms.set_style`` (style 0 when built).
     """
 
     def __init__(self, norm: str = "in", base_channels: int = 32, num_residual: int = 5,
@@ -171,7 +173,7 @@ class TransformerNet(nn.Module):
         self.in5 = norm_layer(c1)
         self.deconv3 = ConvLayer(c1, 3, 9, 1)
         self.relu = nn.ReLU()
-        if self.config.output == "residual":  # start as the identity (see the class docstring)
+        if self.config.output in ("residual", "additive"):  # start as the identity (class docstring)
             nn.init.zeros_(self.deconv3.conv2d.weight)
             nn.init.zeros_(self.deconv3.conv2d.bias)
         if self.config.conditional:
@@ -197,6 +199,8 @@ class TransformerNet(nn.Module):
             xt = (x.float() + _SKIP_PAD) / (255.0 + 2 * _SKIP_PAD)
             # N×3×H×W in (−4, 259); exactly x where z = 0
             y = (255.0 + 2 * _SKIP_PAD) * torch.sigmoid(torch.logit(xt) + y.float()) - _SKIP_PAD
+        elif self.config.output == "additive":  # float32: bf16 holds 0–255 only to ±1
+            y = x.float() + y.float()  # N×3×H×W; exactly x where z = 0, no saturation
         return y[..., :h, :w] if (ph or pw) else y
 
 

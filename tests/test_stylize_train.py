@@ -80,10 +80,9 @@ def _losses(out: Path, key: str) -> list[float]:
 def test_thirty_steps_lower_the_style_loss(images, tmp_path):
     out = tmp_path / "run"
     seen = []
-    # the linear head starts far from the style (black), so 30 steps must cut its style loss a
-    # lot; the residual head (the default) starts at the photo: see test_early_outputs_*
-    path = train(_cfg(images, out, output="linear"), progress=seen.append, encoder=TinyEncoder(),
-                 show_bar=False)
+    # the linear head (the default) starts far from the style (black), so 30 steps must cut its
+    # style loss a lot; the residual head starts at the photo: see test_early_outputs_*
+    path = train(_cfg(images, out), progress=seen.append, encoder=TinyEncoder(), show_bar=False)
     style = _losses(out, "style_loss")
     assert len(style) == 30 and [p.step for p in seen] == list(range(1, 31))
     assert {"content_loss", "style_loss"} <= set(seen[-1].metrics) and seen[-1].total == 30
@@ -91,6 +90,8 @@ def test_thirty_steps_lower_the_style_loss(images, tmp_path):
     tensors, meta = engine.io.load_safetensors(path)
     assert meta["config"]["norm"] == "in" and meta["style"] == "style" and meta["steps"] == 30
     assert meta["recipe"]["image_size"] == 32
+    # the default head is the linear one: the residual head paints black holes (reports/style-quality)
+    assert meta["config"]["output"] == meta["recipe"]["output"] == "linear"
     assert meta["final_losses"]["skipped_files"] == 1.0  # broken.jpg skipped, not a crash
 
 

@@ -661,7 +661,9 @@ def classifier_estimate(cfg: UIConfig, data: str | None, epochs: float | None,
 # long a useful run takes. Mixed precision: the configs' "auto" is float32 on a CPU; the
 # classifier form autocasts where it pays (engine.devices.autocast_pays: a CPU with native bf16,
 # a CUDA GPU), since a form run is about minutes, not bit-reproducibility across machines.
-CPU_SIZED = {"style": {"image_size": 128, "steps": 150, "batch_size": 2},
+# Style: 500 steps, since the linear head (the default) spends its first ~200 steps near black
+# before it draws the painting (reports/style-quality, "The output head").
+CPU_SIZED = {"style": {"image_size": 128, "steps": 500, "batch_size": 2},
              "classify": {"epochs": 3, "train_subset": 5000}}
 
 

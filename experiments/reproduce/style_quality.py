@@ -15,7 +15,7 @@ from pathlib import Path
 FILES = {"forward": "forward.json", "wct08": "wct_alpha08.json", "optimize": "optimize.json",
          "ab": "recipe_ab_300steps.json", "retrain": "retrain.json", "tv": "retrain_s15.json",
          "candy": "candy_s16.json", "refine": "refine.json", "four17": "four_s17.json",
-         "heads": "heads_s18.json"}
+         "heads": "heads_s18.json", "heads_add": "heads_add_s19.json"}
 BEFORE = "model:four_styles_bin (before: absolute loss)"
 AFTER = "model:four_styles_bin (after: relative loss)"
 # the session-15 follow-ups of the retrain (retrain_s15.json)
@@ -34,6 +34,9 @@ FOUR17 = ("model:four_styles_bin clean try (session 17: from candy_bin, content 
 RES31, RES21 = ("model:candy residual head, content relu3_1", "model:candy residual head, content relu2_1")
 LIN31, LIN21 = ("model:candy linear head, content relu3_1", "model:candy linear head, content relu2_1")
 LIN31X2 = "model:candy linear head, content relu3_1 ×2"
+# session 19: the additive head y = x + z, same runs otherwise (heads_add_s19.json)
+ADD31, ADD31X2 = ("model:candy additive head, content relu3_1",
+                  "model:candy additive head, content relu3_1 ×2")
 
 
 def _table(path: Path) -> str:
@@ -351,16 +354,40 @@ each face. The shipped `candy_bin` (3,600 steps at 192 px, residual head, TV 4)
 scores S {cn_s:.3f}, C {cn_c:.3f}: the linear head with content ×2 is as strong, closer to the
 photo and free of holes after 500 steps at 128 px.
 
-Why: the residual head computes y = 263·σ(logit(x̃) + z) − 4, so the network starts as the
-photo (chosen so that early previews are not black), but a dark candy stroke across a bright
-area needs a large z, and where the sigmoid saturates its gradient vanishes: the cheap way to
-match the painting's share of dark pixels is a saturated hole where the photo is already
-dark, and the net stays a colour grade around the holes. The linear head has no such
-saturation. This is one style, one seed, 500 steps at 128 px: a diagnosis, not yet a recipe.
-The test at full size is `runs/s18/four_linear.sh` (four styles from scratch, linear head,
-content ×2, 8,000 steps at 192 px, resumable); the defaults change when it holds up.
+Why (session 18's guess, corrected in session 19): the residual head computes
+y = 263·σ(logit(x̃) + z) − 4, so the network starts as the photo (chosen so that early previews
+are not black); a dark candy stroke across a bright area needs a large z, and where the sigmoid
+saturates its gradient vanishes, so a saturated hole where the photo is already dark is a cheap
+way to match the painting's share of dark pixels. That explains the holes, not the colour
+grade. The test: an **additive head**, y = x + z (`--output additive`), which starts as the
+photo too but cannot saturate. The same candy runs, 500 steps at 128 px, seed 42, scored on
+the same 8 held-out photos beside the residual and linear runs above:
+
+{_table(f['heads_add'])}
+
+Additive → linear head, paired by photo (n = 8). Content weight 1:
+
+{_paired_lines(f['heads_add'], ADD31, LIN31)}
+
+Content weight 2:
+
+{_paired_lines(f['heads_add'], ADD31X2, LIN31X2)}
+
+The additive runs stay next to the photo (S {_mean(f['heads_add'], ADD31, 'S'):.2f} and
+{_mean(f['heads_add'], ADD31X2, 'S'):.2f}; C {_mean(f['heads_add'], ADD31, 'C'):.2f} and {_mean(f['heads_add'], ADD31X2, 'C'):.2f}).
+In the sheet below and at 100 % they are the photo with a pink cast in the sky and red
+smears in the water and beside the tiger: no holes, and no candy marks at all.
+So it is the start at the photo, not the saturation,
+that keeps these heads a colour grade. Our reading: the photo is already a low content loss, and the
+cheapest style gain near it is a colour shift and fringes along edges; the linear head starts
+near black, must rebuild the image, and builds it out of the painting's marks. Saturation
+then adds the residual head's holes. This is one style, one seed, 500 steps at 128 px: a
+diagnosis, not yet a recipe. The test at full size is `runs/s18/four_linear.sh` (four styles
+from scratch, linear head, content ×2, 8,000 steps at 192 px, resumable).
 
 ![candy from scratch, 500 steps: residual (3 runs) then linear head (3 runs) on 4 held-out photos (columns labelled with the run files)](sheet_heads_s18.jpg)
+
+![the same photos: residual, linear, linear content ×2, additive, additive content ×2 (columns labelled with the run files)](sheet_heads_add_s19.jpg)
 
 **WCT + a few optimiser iterations (`--refine`, session 16).** The one-pass WCT result puts the
 painting's palette and texture in place; `stylize run --style-image P --refine N` (the UI's
@@ -419,7 +446,8 @@ pairs), a check, not a survey: the first two held-out photos only.
     #   --seed 42 --style-size 384 --amp --loss relative --vgg-weights (as above) --out runs/NAME \\
     #   [--output linear] [--content-layer relu2_1] [--norm bn] [--content-weight 2], then
     #   stylize score --methods model:runs/NAME/model.safetensors,... --styles $S/candy.jpg
-    #   --limit 8 (then the methods renamed: heads_s18.json)
+    #   --limit 8 (then the methods renamed: heads_s18.json); session 19: the same with
+    #   --output additive [--content-weight 2], scored beside three of them (heads_add_s19.json)
     # refine: stylize score --methods wct,wct:refine=20 --styles (the 6 paintings) --limit 2
     #   --sheet-photos 2 -o refine.json --sheet sheet_refine.jpg
     python -m experiments.reproduce.style_quality reports/style-quality   # this README

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import norms
 import engine.io
+import norms
+
+from .config import OUTPUT_CHOICES as OUTPUTS  # one list for the CLI and the model
 
 
 @dataclass
@@ -80,7 +82,6 @@ class StyleConfig:
                                     num_styles=self.num_styles if self.conditional else None)
 
 
-from .config import OUTPUT_CHOICES as OUTPUTS  # noqa: E402  (one list for the CLI and the model)
 # logit(x̃) of the content image needs x̃ inside (0, 1): 0–255 is mapped to [4/263, 259/263]
 _SKIP_PAD = 4.0
 

@@ -273,8 +273,8 @@ def test_list_shows_shipped_and_local_models(images, tmp_path):
 
 def test_early_outputs_are_neither_black_nor_constant(images, tmp_path):
     """The residual head, 30 steps at 64 px with the real loss network: the output looks like a
-    picture (the linear head, the default since it does not saturate into black holes, gives
-    near-black images with streaks this early)."""
+    picture (the linear head, the default since the heads that start as the photo stay near it,
+    gives near-black images with streaks this early)."""
     vgg = need_shared("weights", "vgg19_normalised_relu3_1.pth")
     styles, content = images
     for i in range(4):  # 64 px photos: smooth gradients and shapes

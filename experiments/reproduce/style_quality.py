@@ -415,7 +415,9 @@ orange dabs, the great wave's teal and navy line work); on the face the shipped 
 over it (candy a blue-grey face, mosaic lead lines across the cheeks, the great wave dark
 contours) and the new one keeps a natural face with the painting in the hair and the
 background; its mosaic is paler, with fewer lead lines. Both show a faint vertical streak
-texture on the face in rain_princess at 100 %. Neither meets both targets, and this one is
+texture on the face in rain_princess at 100 %; at 200 % the new model's mosaic and
+rain_princess lay a fine diamond / checker texture (4–6 px) over the sailboat's water, a grid
+that is not the painting's. Neither meets both targets, and this one is
 not shipped: its training style loss has nearly flattened (mean 1.40 over steps 4,001–4,500,
 1.35 over 5,501–6,000), so its last 2,000 steps would hardly lift S to 0.90; the next try
 weighs content less (between 1 and 2) or mosaic's style more, from scratch or from this
